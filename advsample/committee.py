@@ -1,0 +1,246 @@
+"""The committee: M member models evaluated together, member axis first.
+
+energies [M, B] (reference units), forces [M, N, 3] by autograd, per member in one
+backward pass (each member sees its own view of the positions, so d(sum E)/dx_m is
+member m's gradient). Model parameters all carry the member axis first, so members can
+be trained apart and gathered with :meth:`Committee.gather`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch import nn
+
+from . import uncertainty
+from .models import MODELS
+from .structures import Batch
+
+CHECKPOINT_FORMAT = "advsample.committee"
+CHECKPOINT_VERSION = 1
+
+
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu": users with a GPU get it with no code change."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class CommitteeOutput:
+    """Member predictions and their statistics for one batch.
+
+    energies [M, B]; forces [M, N, 3] or None; structure_index [N]; free [N, 3] bool.
+    """
+
+    energies: torch.Tensor
+    forces: torch.Tensor | None
+    structure_index: torch.Tensor
+    free: torch.Tensor
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.energies.shape[1])
+
+    @cached_property
+    def energy_mean(self) -> torch.Tensor:
+        """[B]"""
+        return self.energies.mean(0)
+
+    @cached_property
+    def energy_variance(self) -> torch.Tensor:
+        """[B] variance over members."""
+        return uncertainty.energy_variance(self.energies)
+
+    @cached_property
+    def forces_mean(self) -> torch.Tensor:
+        """[N, 3]"""
+        return self._forces().mean(0)
+
+    @cached_property
+    def force_variance_per_atom(self) -> torch.Tensor:
+        """[N] member variance averaged over x, y, z."""
+        return uncertainty.force_variance_per_atom(self._forces())
+
+    @cached_property
+    def force_variance(self) -> torch.Tensor:
+        """[B] member variance averaged over each structure's free coordinates."""
+        return uncertainty.force_variance_per_structure(
+            self._forces(), self.structure_index, self.n_structures, self.free
+        )
+
+    def _forces(self) -> torch.Tensor:
+        if self.forces is None:
+            raise ValueError("forces were not computed: call the committee with forces=True")
+        return self.forces
+
+
+class Committee(nn.Module):
+    """A committee of M potentials: E = energy_scale * model(batch) + energy_shift * n_atoms."""
+
+    def __init__(self, model: nn.Module, energy_shift: float = 0.0, energy_scale: float = 1.0):
+        super().__init__()
+        if type(model).__name__ not in MODELS:
+            raise ValueError(f"unknown model class {type(model).__name__}; register it with models.register_model")
+        self.model = model
+        self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+
+    @property
+    def n_members(self) -> int:
+        return int(self.model.n_members)
+
+    @property
+    def device(self) -> torch.device:
+        return self.energy_shift.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def forward(
+        self, batch: Batch, forces: bool = True, create_graph: bool = False, positions: torch.Tensor | None = None
+    ) -> CommitteeOutput:
+        """Predict energies [M, B] and (optionally) forces [M, N, 3].
+
+        ``positions`` [N, 3] overrides the batch's positions (the attack passes x0 + δ so
+        gradients reach δ). ``create_graph`` keeps the force graph (training, the attack).
+        """
+        batch = batch.to(self.device, self.dtype)
+        if positions is None:
+            positions = batch.positions
+        positions = positions.to(self.device, self.dtype)
+        if forces and not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)
+        member_positions = positions.unsqueeze(0).expand(self.n_members, -1, -1)
+        with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
+            raw = self.model(batch, member_positions)
+            energies = self.energy_scale * raw + self.energy_shift * batch.n_atoms.to(raw.dtype)
+            member_forces = None
+            if forces:
+                (gradient,) = torch.autograd.grad(
+                    energies.sum(), member_positions, create_graph=create_graph, retain_graph=create_graph
+                )
+                member_forces = -gradient
+        if not create_graph:
+            energies = energies.detach()
+        return CommitteeOutput(energies, member_forces, batch.structure_index, ~batch.fixed)
+
+    def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 512) -> dict[str, np.ndarray]:
+        """NumPy predictions for many structures, in chunks.
+
+        Returns energies [M, B], energy_mean/energy_std [B], forces [M, N, 3],
+        forces_mean [N, 3], forces_std_per_atom [N], forces_std [B] (per structure).
+        """
+        if isinstance(atoms_list, Atoms):
+            atoms_list = [atoms_list]
+        chunks = []
+        for start in range(0, len(atoms_list), batch_size):
+            batch = Batch.from_atoms(atoms_list[start : start + batch_size])
+            out = self(batch, forces=True)
+            chunks.append(
+                {
+                    "energies": out.energies,
+                    "forces": out.forces,
+                    "energy_std": out.energy_variance.sqrt(),
+                    "forces_std_per_atom": out.force_variance_per_atom.sqrt(),
+                    "forces_std": out.force_variance.sqrt(),
+                }
+            )
+        result = {
+            key: torch.cat([c[key].detach() for c in chunks], dim=1 if key in ("energies", "forces") else 0)
+            .cpu()
+            .numpy()
+            for key in chunks[0]
+        }
+        result["energy_mean"] = result["energies"].mean(0)
+        result["forces_mean"] = result["forces"].mean(0)
+        return result
+
+    def fit_normalization(self, energies: np.ndarray, n_atoms: np.ndarray) -> None:
+        """Set shift (mean energy per atom) and scale (std of the remainder) from training labels."""
+        energies = np.asarray(energies, dtype=float)
+        n_atoms = np.asarray(n_atoms, dtype=float)
+        shift = float(np.sum(energies) / np.sum(n_atoms))
+        scale = float(np.std(energies - shift * n_atoms))
+        self.energy_shift.fill_(shift)
+        self.energy_scale.fill_(scale if scale > 1e-8 else 1.0)
+
+    # -- persistence -------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model_class": type(self.model).__name__,
+            "model_config": self.model.config(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.checkpoint(), path)
+        return path
+
+    @staticmethod
+    def _read(path: str | Path) -> dict:
+        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an advsample committee checkpoint")
+        if data.get("format_version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"{path} has checkpoint format version {data.get('format_version')}, "
+                f"this advsample reads version {CHECKPOINT_VERSION}"
+            )
+        return data
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Committee":
+        """Rebuild a committee from a checkpoint (model class and config included)."""
+        data = cls._read(path)
+        if data["model_class"] not in MODELS:
+            raise ValueError(f"{path}: unknown model class {data['model_class']}")
+        model = MODELS[data["model_class"]](**data["model_config"])
+        committee = cls(model)
+        committee.load_state_dict(data["state_dict"])
+        return committee.to(device or default_device())
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load weights into this committee; fails clearly if the checkpoint is another model."""
+        data = self._read(path)
+        mine = (type(self.model).__name__, self.model.config())
+        theirs = (data["model_class"], data["model_config"])
+        if mine != theirs:
+            raise ValueError(
+                f"checkpoint {path} is from a different model: {theirs[0]} {theirs[1]}; "
+                f"this committee is {mine[0]} {mine[1]}"
+            )
+        self.load_state_dict(data["state_dict"])
+
+    @classmethod
+    def gather(cls, committees: Sequence["Committee"]) -> "Committee":
+        """One committee holding the members of several (same architecture, e.g. trained apart).
+
+        All concatenate along the member axis; normalization is taken from the first.
+        """
+        if not committees:
+            raise ValueError("gather needs at least one committee")
+        first = committees[0]
+        name, config = type(first.model).__name__, dict(first.model.config())
+        for other in committees[1:]:
+            other_config = dict(other.model.config())
+            if type(other.model).__name__ != name or {**other_config, "n_members": 0, "seed": 0} != {
+                **config,
+                "n_members": 0,
+                "seed": 0,
+            }:
+                raise ValueError("gather needs committees of the same model architecture")
+        config["n_members"] = sum(c.n_members for c in committees)
+        gathered = cls(MODELS[name](**config), float(first.energy_shift), float(first.energy_scale))
+        states = [c.model.state_dict() for c in committees]
+        gathered.model.load_state_dict({k: torch.cat([s[k].cpu() for s in states]) for k in states[0]})
+        return gathered.to(first.device)
