@@ -4,8 +4,10 @@ A model maps a :class:`~advsample.structures.Batch` to raw energies [M, B] and g
 ``config()`` (keyword arguments that rebuild it); :data:`MODELS` names them for checkpoints.
 """
 from .mlp import MLPCommittee
+from .schnet import SchNetCommittee
 
 MODELS = {"MLPCommittee": MLPCommittee}
+MODELS["SchNetCommittee"] = SchNetCommittee
 
 
 def register_model(cls):

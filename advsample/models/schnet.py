@@ -1,0 +1,287 @@
+"""A committee of SchNet models stored as one module (member axis first on every parameter).
+
+SchNet (Schütt et al., J. Chem. Phys. 148, 241722, 2018): species embedding, Gaussian
+radial basis of interatomic distances, continuous-filter convolutions with a smooth
+cosine cutoff, atomwise readout summed per structure. The filters are linear in the
+cut-off radial basis, as in PaiNN (Schütt et al., ICML 2021), instead of SchNet's
+two-layer filter network: the pair-level tensors [M, P, F] dominate the cost of the
+force-loss double backward, and this halves it. The M members are evaluated
+together with batched matmuls (``torch.baddbmm`` on weights shaped ``[M, in, out]``),
+so :meth:`advsample.committee.Committee.gather` can concatenate members along dim 0.
+
+Distances are computed from the per-member ``positions`` [M, N, 3] argument, never from
+``batch.positions``, so the committee's one ``autograd.grad`` gives every member's forces.
+
+Neighbours
+    * Non-periodic structures: all ordered pairs (i, j), i != j, within each structure,
+      built in torch over the whole batch (cached while the batch layout is unchanged);
+      pairs farther apart than the cutoff are dropped.
+    * Periodic structures (any ``pbc`` True): ``ase.neighborlist.neighbor_list('ijS')``
+      on the CPU, per structure; r_ij = x_j - x_i + S @ cell.
+
+Rules (each raises ``ValueError`` with a message that says what to change)
+    * an element the model was not built for (``species``);
+    * two atoms (or an atom and a periodic image) closer than ``min_distance`` Å;
+    * a periodic structure whose cell is narrower than the cutoff in a periodic
+      direction (perpendicular height < ``cutoff``), or degenerate. The neighbour list
+      itself handles any number of images correctly; the rule keeps the number of
+      images per pair and the cost per atom bounded and catches cells that were not
+      meant to be periodic. The message gives the ``atoms.repeat`` that fixes it.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from ..structures import Batch
+
+
+def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.softplus(x) - math.log(2.0)
+
+
+def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """0.5 (cos(pi d / rc) + 1) for d < rc, else 0 (continuous with continuous derivative)."""
+    inside = distances < cutoff
+    return torch.where(inside, 0.5 * (torch.cos(distances * (math.pi / cutoff)) + 1.0), torch.zeros_like(distances))
+
+
+def cell_heights(cell: np.ndarray) -> np.ndarray:
+    """[3] perpendicular widths of a cell (volume / area of the opposite face); 0 if degenerate."""
+    cell = np.asarray(cell, dtype=float)
+    volume = abs(np.linalg.det(cell))
+    heights = np.zeros(3)
+    for k in range(3):
+        area = np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
+        heights[k] = volume / area if area > 0 else 0.0
+    return heights
+
+
+class SchNetCommittee(nn.Module):
+    """M independent SchNet models evaluated together; raw energies [M, B].
+
+    Parameters (all JSON-serialisable, returned by :meth:`config`):
+        n_members: committee size M.
+        species: atomic numbers the model knows (embedding rows).
+        n_features: width F of the atom features and filters.
+        n_interactions: number of interaction blocks.
+        cutoff: radial cutoff in Å.
+        n_rbf: number of Gaussian radial basis functions on [0, cutoff].
+        min_distance: closest allowed approach of two atoms (Å); 0 disables the check.
+        seed: seeds the independent initialisation of every member.
+    """
+
+    def __init__(
+        self,
+        n_members: int = 5,
+        species: Sequence[int] = (1, 7),
+        n_features: int = 32,
+        n_interactions: int = 2,
+        cutoff: float = 5.0,
+        n_rbf: int = 20,
+        min_distance: float = 0.3,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        if cutoff <= 0 or n_rbf < 1 or n_features < 1 or n_interactions < 0:
+            raise ValueError("cutoff, n_rbf and n_features must be positive, n_interactions >= 0")
+        species = sorted({int(z) for z in species})
+        if not species or species[0] < 1 or species[-1] >= len(chemical_symbols):
+            raise ValueError(f"species must be atomic numbers 1..{len(chemical_symbols) - 1}, got {species}")
+        self.n_members = int(n_members)
+        self.species = species
+        self.n_features = int(n_features)
+        self.n_interactions = int(n_interactions)
+        self.cutoff = float(cutoff)
+        self.n_rbf = int(n_rbf)
+        self.min_distance = float(min_distance)
+        self.seed = int(seed)
+
+        M, F, K = self.n_members, self.n_features, self.n_rbf
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def weight(fan_in: int, fan_out: int) -> nn.Parameter:
+            # independent Glorot-uniform initialisation per member (committee diversity)
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            return nn.Parameter((torch.rand(M, fan_in, fan_out, generator=generator) * 2 - 1) * bound)
+
+        def bias(fan_out: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(M, 1, fan_out))
+
+        self.embedding = nn.Parameter(torch.randn(M, len(species), F, generator=generator))
+        # linear filters of all interactions side by side: [M, K, T * F]
+        self.filters = weight(K, F * max(self.n_interactions, 1))
+        self.in2f = nn.ParameterList([weight(F, F) for _ in range(self.n_interactions)])
+        self.f2out_w = nn.ParameterList([weight(F, F) for _ in range(self.n_interactions)])
+        self.f2out_b = nn.ParameterList([bias(F) for _ in range(self.n_interactions)])
+        self.dense_w = nn.ParameterList([weight(F, F) for _ in range(self.n_interactions)])
+        self.dense_b = nn.ParameterList([bias(F) for _ in range(self.n_interactions)])
+        hidden = max(F // 2, 1)
+        self.out_w1 = weight(F, hidden)
+        self.out_b1 = bias(hidden)
+        self.out_w2 = weight(hidden, 1)
+        self.out_b2 = bias(1)
+
+        # not in the state dict (gather concatenates state along the member axis)
+        lookup = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
+        lookup[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("species_lookup", lookup, persistent=False)
+        self.register_buffer("rbf_centers", torch.linspace(0.0, self.cutoff, K), persistent=False)
+        spacing = self.cutoff / max(K - 1, 1)
+        self.rbf_gamma = 0.5 / spacing**2
+        self._pair_cache: tuple | None = None
+
+    def config(self) -> dict:
+        return {
+            "n_members": self.n_members,
+            "species": list(self.species),
+            "n_features": self.n_features,
+            "n_interactions": self.n_interactions,
+            "cutoff": self.cutoff,
+            "n_rbf": self.n_rbf,
+            "min_distance": self.min_distance,
+            "seed": self.seed,
+        }
+
+    # -- input checks ------------------------------------------------------------------
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """[N] atomic numbers -> [N] embedding rows; ValueError for elements the model lacks."""
+        valid = (numbers >= 0) & (numbers < self.species_lookup.shape[0])
+        index = self.species_lookup[numbers.clamp(0, self.species_lookup.shape[0] - 1)]
+        bad = ~valid | (index < 0)
+        if bool(bad.any()):
+            unknown = sorted({int(z) for z in numbers[bad].tolist()})
+            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown]
+            known = [chemical_symbols[z] for z in self.species]
+            raise ValueError(
+                f"element(s) {', '.join(names)} not known to this model; it was built for species "
+                f"{', '.join(known)} (atomic numbers {self.species})"
+            )
+        return index
+
+    # -- neighbours --------------------------------------------------------------------
+    def _molecular_pairs(self, batch: Batch, molecular: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ordered pairs i != j inside each non-periodic structure: (i [P], j [P])."""
+        key = (batch.structure_index, batch.pbc)
+        versions = (batch.structure_index._version, batch.pbc._version)
+        if self._pair_cache is not None:
+            refs, cached_versions, pairs = self._pair_cache
+            if all(r() is k for r, k in zip(refs, key)) and cached_versions == versions:
+                return pairs
+        device = batch.structure_index.device
+        index = batch.structure_index
+        atom_mask = molecular[index]
+        n_atoms = torch.bincount(index, minlength=batch.n_structures)
+        first = torch.cumsum(n_atoms, 0) - n_atoms  # [B] index of each structure's first atom
+        atoms = torch.arange(index.shape[0], device=device)[atom_mask]
+        size = n_atoms[index[atoms]]  # [n] size of each atom's structure
+        i = torch.repeat_interleave(atoms, size)
+        # j runs over the atoms of i's structure: first[s] + 0..n_s-1
+        offsets = torch.arange(i.shape[0], device=device) - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+        j = first[index[i]] + offsets
+        keep = i != j
+        pairs = (i[keep], j[keep])
+        self._pair_cache = (tuple(weakref.ref(k) for k in key), versions, pairs)
+        return pairs
+
+    def _periodic_pairs(self, batch: Batch, positions: torch.Tensor, periodic: torch.Tensor):
+        """Pairs of periodic structures via ASE: (i [P], j [P], shift vectors [P, 3])."""
+        from ase import Atoms
+        from ase.neighborlist import neighbor_list
+
+        device, dtype = positions.device, positions.dtype
+        index = batch.structure_index
+        first = (torch.cumsum(batch.n_atoms, 0) - batch.n_atoms).tolist()
+        reference = positions[0].detach().cpu().double().numpy()
+        cells = batch.cells.detach().cpu().double().numpy()
+        pbcs = batch.pbc.cpu().numpy()
+        index_np = index.cpu().numpy()
+        all_i, all_j, all_shift = [], [], []
+        for b in torch.nonzero(periodic).flatten().tolist():
+            cell, pbc = cells[b], pbcs[b]
+            heights = cell_heights(cell)
+            for axis in np.flatnonzero(pbc):
+                if heights[axis] < self.cutoff:
+                    repeat = [int(math.ceil(self.cutoff / h)) if p and h > 0 else 1 for h, p in zip(heights, pbc)]
+                    raise ValueError(
+                        f"structure {b}: periodic cell too small for the cutoff: its height along cell "
+                        f"vector {axis} is {heights[axis]:.3g} Å < cutoff {self.cutoff:g} Å; use a supercell "
+                        f"at least as wide as the cutoff, e.g. atoms.repeat({tuple(repeat)})"
+                    )
+            atoms = Atoms(positions=reference[index_np == b], cell=cell, pbc=pbc)
+            i, j, shift = neighbor_list("ijS", atoms, self.cutoff)
+            all_i.append(torch.as_tensor(i + first[b], dtype=torch.long))
+            all_j.append(torch.as_tensor(j + first[b], dtype=torch.long))
+            vectors = torch.as_tensor(shift, dtype=torch.float64) @ torch.as_tensor(cell)
+            all_shift.append(vectors)
+        i = torch.cat(all_i).to(device)
+        j = torch.cat(all_j).to(device)
+        return i, j, torch.cat(all_shift).to(device=device, dtype=dtype)
+
+    def neighbours(self, batch: Batch, positions: torch.Tensor):
+        """Pair indices (i [P], j [P]) and shift vectors [P, 3] (None if no periodic structure)."""
+        periodic = batch.pbc.any(dim=1)
+        n_periodic = int(periodic.sum())
+        if n_periodic == 0:
+            i, j = self._molecular_pairs(batch, ~periodic)
+            return i, j, None
+        pi, pj, shift = self._periodic_pairs(batch, positions, periodic)
+        if n_periodic == batch.n_structures:
+            return pi, pj, shift
+        mi, mj = self._molecular_pairs(batch, ~periodic)
+        zeros = torch.zeros(mi.shape[0], 3, device=shift.device, dtype=shift.dtype)
+        return torch.cat([mi, pi]), torch.cat([mj, pj]), torch.cat([zeros, shift])
+
+    # -- model -------------------------------------------------------------------------
+    def forward(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B] from member views of the positions [M, N, 3]."""
+        M = self.n_members
+        if positions.dim() != 3 or positions.shape[0] != M or positions.shape[2] != 3:
+            raise ValueError(f"positions must have shape [{M}, N, 3], got {tuple(positions.shape)}")
+        species = self.species_index(batch.numbers)
+        i, j, shift = self.neighbours(batch, positions)
+        vectors = positions[:, j] - positions[:, i]  # [M, P, 3]
+        if shift is not None:
+            vectors = vectors + shift
+        distances = vectors.pow(2).sum(-1).clamp_min(1e-12).sqrt()  # [M, P]
+
+        with torch.no_grad():
+            close = distances.detach().amin(0)
+            far = close >= self.cutoff
+            if self.min_distance > 0 and distances.numel() and bool((close < self.min_distance).any()):
+                k = int(torch.argmin(close))
+                s = int(batch.structure_index[i[k]])
+                start = int((batch.structure_index < s).sum())
+                raise ValueError(
+                    f"structure {s}: atoms {int(i[k]) - start} and {int(j[k]) - start} are "
+                    f"{float(close[k]):.3g} Å apart, closer than min_distance={self.min_distance:g} Å "
+                    "(overlapping atoms)"
+                )
+            drop = bool(far.any())
+        if drop:  # pairs beyond the cutoff contribute nothing: drop them
+            keep = ~far
+            i, j, distances = i[keep], j[keep], distances[:, keep]
+
+        x = self.embedding[:, species, :]  # [M, N, F]
+        rbf = torch.exp(-self.rbf_gamma * (distances.unsqueeze(-1) - self.rbf_centers) ** 2)  # [M, P, K]
+        rbf = rbf * cosine_cutoff(distances, self.cutoff).unsqueeze(-1)
+        F = self.n_features
+        for t in range(self.n_interactions):
+            w = torch.bmm(rbf, self.filters[:, :, t * F : (t + 1) * F])  # [M, P, F]
+            y = torch.bmm(x, self.in2f[t])  # [M, N, F]
+            messages = y[:, j] * w
+            aggregated = torch.zeros_like(y).index_add(1, i, messages)
+            v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
+            x = x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
+        h = shifted_softplus(torch.baddbmm(self.out_b1, x, self.out_w1))
+        atom_energies = torch.baddbmm(self.out_b2, h, self.out_w2).squeeze(-1)  # [M, N]
+        energies = atom_energies.new_zeros(M, batch.n_structures)
+        return energies.index_add(1, batch.structure_index, atom_energies)
