@@ -1,0 +1,211 @@
+"""Batched adversarial attack: all seeds move together by gradient ascent on log L_adv.
+
+log L_adv(x + δ) = log σ²(x + δ) − (Ē(x + δ) − E_ref)/kT − log Q, maximised with Adam on
+δ [N, 3] (δ₀ ~ N(0, σ₀²)), one forward/backward per step for the whole batch. Fixed
+coordinates never move, per-atom displacements are clipped, and a seed that produces NaN
+or brings two atoms closer than ``min_distance`` stops at its last good step (recorded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import write
+from tqdm.auto import tqdm
+
+from . import uncertainty
+from .committee import Committee
+from .structures import Batch
+
+
+@dataclass
+class AttackConfig:
+    """Attack settings; energies in the reference's unit (eV for molecules), lengths in Å."""
+
+    kT: float = 1.0  # temperature of the objective: how far uphill seeds may go
+    n_steps: int = 60  # gradient-ascent steps
+    learning_rate: float = 0.01  # Adam step on δ (Å)
+    initial_displacement: float = 0.01  # σ₀ of δ₀ ~ N(0, σ₀²) (Å)
+    max_displacement: float | None = None  # clip of each atom's |δ| (Å); None: no clip
+    min_distance: float = 0.5  # stop a seed when two of its atoms come closer (Å)
+    uncertainty: str = "forces"  # "forces": σ²_F per structure; "energy": σ²_E
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kT <= 0:
+            raise ValueError(f"kT must be positive, got {self.kT}")
+        if self.n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
+        if self.uncertainty not in ("forces", "energy"):
+            raise ValueError(f"uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
+
+
+@dataclass
+class AttackResult:
+    """Every step of every seed. T = n_steps + 1 recorded frames (step 0 = δ₀).
+
+    positions [T, N, 3] (Å); variance, energy_mean, log_score, active [T, B];
+    stop_step [B] (-1 = ran to the end); stop_reason [B]; seeds: the B seed structures.
+    """
+
+    seeds: list[Atoms]
+    structure_index: np.ndarray
+    positions: np.ndarray
+    variance: np.ndarray
+    energy_mean: np.ndarray
+    log_score: np.ndarray
+    active: np.ndarray
+    stop_step: np.ndarray
+    stop_reason: list[str]
+    kT: float
+    energy_reference: float
+
+    @property
+    def n_steps(self) -> int:
+        return self.positions.shape[0] - 1
+
+    def frame(self, step: int, seed: int) -> Atoms:
+        """The geometry of ``seed`` at ``step`` with its committee values in ``info``."""
+        atoms = self.seeds[seed].copy()
+        atoms.calc = None
+        atoms.set_positions(self.positions[step, self.structure_index == seed], apply_constraint=False)
+        atoms.info.update(
+            attack_seed=int(seed),
+            attack_step=int(step),
+            committee_energy=float(self.energy_mean[step, seed]),
+            committee_variance=float(self.variance[step, seed]),
+            log_score=float(self.log_score[step, seed]),
+        )
+        return atoms
+
+    def trajectory(self, seed: int) -> list[Atoms]:
+        """Frames of one seed while it was active."""
+        return [self.frame(t, seed) for t in range(self.n_steps + 1) if self.active[t, seed]]
+
+    def snapshots(self, every: int = 5) -> list[Atoms]:
+        """Candidates: each active seed every ``every`` steps and at its last active step."""
+        out = []
+        for seed in range(len(self.seeds)):
+            steps = np.flatnonzero(self.active[:, seed])
+            chosen = sorted(set(steps[every::every].tolist()) | {int(steps[-1])}) if len(steps) > 1 else []
+            out.extend(self.frame(t, seed) for t in chosen if t > 0)
+        return out
+
+    def final(self) -> list[Atoms]:
+        """The last active frame of each seed."""
+        return [self.frame(int(np.flatnonzero(self.active[:, b])[-1]), b) for b in range(len(self.seeds))]
+
+    def write(self, path: str | Path) -> Path:
+        """All trajectories, seed after seed, as one extxyz file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = [atoms for b in range(len(self.seeds)) for atoms in self.trajectory(b)]
+        write(path, frames, format="extxyz")
+        return path
+
+
+def _close_pairs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i, j), i < j, of atoms in the same structure (for the distance check)."""
+    same = batch.structure_index[:, None] == batch.structure_index[None, :]
+    i, j = torch.nonzero(torch.triu(same, diagonal=1), as_tuple=True)
+    return i, j
+
+
+def attack(
+    committee: Committee,
+    seeds: Sequence[Atoms],
+    train_energies: Sequence[float],
+    config: AttackConfig | None = None,
+    progress: bool = True,
+) -> AttackResult:
+    """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q."""
+    config = config or AttackConfig()
+    if len(seeds) == 0:
+        raise ValueError("attack needs at least one seed structure")
+    energy_reference = float(np.min(train_energies))
+    log_q = uncertainty.log_partition(train_energies, config.kT, energy_reference)
+    batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)
+    free = (~batch.fixed).to(committee.dtype)
+    n_structures = batch.n_structures
+    generator = torch.Generator().manual_seed(config.seed)
+    delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype) * config.initial_displacement
+    delta = torch.nn.Parameter(delta0.to(committee.device) * free)
+    optimizer = torch.optim.Adam([delta], lr=config.learning_rate)
+    pair_i, pair_j = _close_pairs(batch)
+    active = torch.ones(n_structures, dtype=torch.bool, device=committee.device)
+    stop_step = np.full(n_structures, -1)
+    stop_reason = [""] * n_structures
+    records = {key: [] for key in ("positions", "variance", "energy_mean", "log_score", "active")}
+    last_good = delta.detach().clone()
+
+    committee.eval()
+    for step in tqdm(range(config.n_steps + 1), desc="adversarial attack", disable=not progress, leave=False):
+        positions = batch.positions + delta
+        need_forces_graph = config.uncertainty == "forces"
+        out = committee(batch, forces=need_forces_graph, create_graph=need_forces_graph, positions=positions)
+        variance = out.force_variance if need_forces_graph else out.energy_variance
+        score = uncertainty.adversarial_log_score(variance, out.energy_mean, config.kT, log_q, energy_reference)
+
+        # stop seeds that went non-finite or brought atoms too close; they keep their last good δ
+        bad = ~torch.isfinite(score) | ~torch.isfinite(out.energy_mean)
+        reasons = {int(b): "non-finite committee output" for b in torch.nonzero(bad & active).flatten()}
+        if len(pair_i):
+            distances = (positions[pair_i] - positions[pair_j]).norm(dim=-1).detach()
+            too_close = torch.zeros_like(active)
+            too_close[batch.structure_index[pair_i[distances < config.min_distance]]] = True
+            for b in torch.nonzero(too_close & active & ~bad).flatten():
+                reasons[int(b)] = f"atoms closer than {config.min_distance} Å"
+            bad = bad | too_close
+        newly_stopped = bad & active
+        if newly_stopped.any():
+            for b, reason in reasons.items():
+                stop_step[b], stop_reason[b] = step, reason
+            active = active & ~bad
+            atom_stopped = newly_stopped[batch.structure_index]
+            with torch.no_grad():
+                delta[atom_stopped] = last_good[atom_stopped]
+            positions = batch.positions + delta
+
+        records["positions"].append(positions.detach().cpu().numpy())
+        records["variance"].append(variance.detach().cpu().numpy())
+        records["energy_mean"].append(out.energy_mean.detach().cpu().numpy())
+        records["log_score"].append(score.detach().cpu().numpy())
+        records["active"].append(active.cpu().numpy())
+        if step == config.n_steps or not active.any():
+            break
+
+        last_good = delta.detach().clone()
+        objective = torch.where(active, score, torch.zeros_like(score)).sum()
+        optimizer.zero_grad(set_to_none=True)
+        (-objective).backward()
+        with torch.no_grad():
+            delta.grad *= free * active[batch.structure_index, None]
+            delta.grad.nan_to_num_(0.0)
+        optimizer.step()
+        with torch.no_grad():
+            frozen = ~active[batch.structure_index]
+            delta[frozen] = last_good[frozen]
+            delta *= free
+            if config.max_displacement is not None:
+                norm = delta.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+                delta *= norm.clamp(max=config.max_displacement) / norm
+
+    # a seed's variance at a stopped step is not a valid frame: active marks the valid ones
+    stacked = {key: np.stack(value) for key, value in records.items()}
+    return AttackResult(
+        seeds=list(seeds),
+        structure_index=batch.structure_index.cpu().numpy(),
+        positions=stacked["positions"],
+        variance=stacked["variance"],
+        energy_mean=stacked["energy_mean"],
+        log_score=stacked["log_score"],
+        active=stacked["active"],
+        stop_step=stop_step,
+        stop_reason=stop_reason,
+        kT=config.kT,
+        energy_reference=energy_reference,
+    )

@@ -1,0 +1,130 @@
+"""Choose which candidates to label: rank, filter by uncertainty, energy window and distance.
+
+Candidates carry the committee's view in ``atoms.info``: ``committee_energy`` (Ē),
+``committee_variance`` (σ², the sampler's uncertainty) and ``log_score``. Ranking by
+the adversarial score ``log σ² − (Ē − E_ref)/kT`` (never σ alone: σ grows without bound
+away from the data). The result is an ordered list longer than the budget; labeling
+takes candidates in that order until the budget is filled, so a failed label is
+replaced by the next one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+RANKINGS = ("score", "sigma", "random")
+
+
+@dataclass
+class SelectionConfig:
+    """Selection settings; energies relative to the training minimum, in the reference's unit."""
+
+    budget: int = 20  # new labels per round
+    kT: float = 1.0  # temperature of the ranking score
+    ranking: str = "score"  # "score" (adversarial), "sigma" (σ only), "random"
+    energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
+    uncertainty_percentile: float | None = 50.0  # prefer σ² above this percentile of the training σ²
+    min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
+
+    def __post_init__(self):
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1 label per round, got {self.budget}")
+        if self.kT <= 0:
+            raise ValueError(f"kT must be positive, got {self.kT}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
+
+
+def descriptor(atoms: Atoms) -> np.ndarray:
+    """Invariant fingerprint (Å): a single particle's position, or all pair distances / √n_pairs.
+
+    The Euclidean distance between fingerprints is then the particle distance, or the RMS
+    change of the pair distances of a molecule.
+    """
+    if len(atoms) == 1:
+        return atoms.positions[0].copy()
+    i, j = np.triu_indices(len(atoms), k=1)
+    return np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1) / np.sqrt(len(i))
+
+
+def structure_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between fingerprints a [n, d] and b [m, d] -> [n, m] (Å)."""
+    return np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+
+
+def _descriptors(atoms_list: Sequence[Atoms]) -> dict[int, tuple[list[int], np.ndarray]]:
+    """Group descriptors by number of atoms: {n_atoms: (indices, [k, d])}."""
+    groups: dict[int, list[int]] = {}
+    for index, atoms in enumerate(atoms_list):
+        groups.setdefault(len(atoms), []).append(index)
+    return {n: (idx, np.stack([descriptor(atoms_list[i]) for i in idx])) for n, idx in groups.items()}
+
+
+def rank(candidates: Sequence[Atoms], config: SelectionConfig, energy_reference: float, seed: int = 0) -> np.ndarray:
+    """Candidate indices, best first, by the configured ranking."""
+    energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float)
+    variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
+    if config.ranking == "random":
+        return np.random.default_rng(seed).permutation(len(candidates))
+    if config.ranking == "sigma":
+        key = np.log(np.clip(variance, 1e-30, None))
+    else:
+        key = np.log(np.clip(variance, 1e-30, None)) - (energy - energy_reference) / config.kT
+    key = np.where(np.isfinite(key), key, -np.inf)
+    return np.argsort(-key, kind="stable")
+
+
+def select(
+    candidates: Sequence[Atoms],
+    train: Sequence[Atoms],
+    config: SelectionConfig,
+    energy_reference: float,
+    train_variance: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[list[Atoms], dict]:
+    """Ordered candidates to label (best first, longer than the budget when possible) and a report.
+
+    Order: candidates passing the uncertainty threshold first, then the rest (the fallback
+    when too few pass); within each, by ranking. Candidates above the energy ceiling or
+    closer than ``min_distance`` to training data or an earlier pick are dropped.
+    """
+    report = {"n_candidates": len(candidates), "dropped_energy_ceiling": 0, "dropped_distance": 0, "threshold": None}
+    if len(candidates) == 0:
+        return [], report
+    order = rank(candidates, config, energy_reference, seed)
+    energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float) - energy_reference
+    variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
+    keep = np.isfinite(energy) & np.isfinite(variance)
+    if config.energy_ceiling is not None:
+        above = energy > config.energy_ceiling
+        report["dropped_energy_ceiling"] = int((above & keep).sum())
+        keep &= ~above
+    passes = np.ones(len(candidates), dtype=bool)
+    if config.uncertainty_percentile is not None and train_variance is not None and len(train_variance):
+        threshold = float(np.percentile(train_variance, config.uncertainty_percentile))
+        report["threshold"] = threshold
+        passes = variance > threshold
+    order = [i for i in order if keep[i] and passes[i]] + [i for i in order if keep[i] and not passes[i]]
+    report["n_above_threshold"] = int((keep & passes).sum())
+
+    chosen: list[int] = []
+    if config.min_distance > 0:
+        reference_groups = _descriptors(train) if len(train) else {}
+        picked: dict[int, list[np.ndarray]] = {}
+        for i in order:
+            d = descriptor(candidates[i])[None, :]
+            n = len(candidates[i])
+            near_train = n in reference_groups and structure_distance(d, reference_groups[n][1]).min() < config.min_distance
+            near_pick = bool(picked.get(n)) and structure_distance(d, np.stack(picked[n])).min() < config.min_distance
+            if near_train or near_pick:
+                report["dropped_distance"] += 1
+                continue
+            chosen.append(i)
+            picked.setdefault(n, []).append(d[0])
+    else:
+        chosen = order
+    report["n_ranked"] = len(chosen)
+    return [candidates[i] for i in chosen], report
