@@ -103,7 +103,7 @@ def local_config(workers: int = 2, run_dir: str | os.PathLike = "runinfo", retri
                 max_workers_per_node=int(workers),
                 cores_per_worker=1,
                 encrypted=False,  # loopback only
-                heartbeat_period=2,
+                heartbeat_period=1,  # also how often a dead worker is noticed and restarted
                 heartbeat_threshold=10,
                 poll_period=10,
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init),

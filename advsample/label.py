@@ -397,9 +397,13 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
                            retries, kind="executor")
                 else:
                     finish(key, out, retries)
-        finally:
+        finally:  # after an interrupt: drop what has not started (Parsl cannot cancel)
             for future in futures:
-                future.cancel()
+                if not future.done():
+                    try:
+                        future.cancel()
+                    except NotImplementedError:
+                        pass
 
     result.indices = sorted(slots)
     result.labeled = [slots[i] for i in result.indices]

@@ -1,0 +1,76 @@
+"""Labeling on Parsl: two local HighThroughputExecutor workers (one executor for the module)."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("parsl")
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+from test_label import make_clusters  # noqa: E402  (workers import it too: PYTHONPATH below)
+
+from advsample.executors import executor_workers, local_config, parsl_executor  # noqa: E402
+from advsample.label import CalculatorSpec, LabelCache, label_structures, label_until  # noqa: E402
+from advsample.structures import labels_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def parsl_pool(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("parsl")
+    config = local_config(workers=2, run_dir=run_dir / "runinfo", retries=2,
+                          worker_init=f"export PYTHONPATH={TESTS}:$PYTHONPATH; export OMP_NUM_THREADS=1")
+    with parsl_executor(config) as pool:
+        yield pool
+
+
+def toy(tmp_path, **kwargs) -> CalculatorSpec:
+    return CalculatorSpec("test_label:ToyCalc", {"log": str(tmp_path / "calls.log"), **kwargs})
+
+
+def calls(tmp_path) -> Counter:
+    log = tmp_path / "calls.log"
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+def test_two_parsl_workers_match_inline(parsl_pool, tmp_path):
+    assert executor_workers(parsl_pool) == 2
+    atoms = make_clusters(8, seed=1)
+    inline = label_structures(atoms, toy(tmp_path), progress=False)
+    remote = label_structures(atoms, toy(tmp_path), executor=parsl_pool, cache=tmp_path / "c.jsonl", progress=False)
+    assert remote.n_labeled == 8 and remote.n_calls == 8 and remote.indices == list(range(8))
+    for a, b in zip(labels_of(inline.labeled), labels_of(remote.labeled)):
+        np.testing.assert_array_equal(a, b)
+    again = label_structures(atoms, toy(tmp_path), executor=parsl_pool, cache=tmp_path / "c.jsonl", progress=False)
+    assert again.n_calls == 0 and again.n_cached == 8
+    assert calls(tmp_path) == Counter({str(i): 2 for i in range(8)})  # once inline, once on Parsl
+
+
+def test_killed_worker_is_retried_and_nothing_labeled_twice(parsl_pool, tmp_path):
+    atoms = make_clusters(6, seed=2, behave={2: "exit", 4: "raise"})
+    cache = LabelCache(tmp_path / "c.jsonl")
+    result = label_structures(atoms, toy(tmp_path, marker=str(tmp_path / "marker")), executor=parsl_pool,
+                              cache=cache, progress=False)
+    assert (tmp_path / "marker").exists()  # the worker did die once
+    assert result.indices == [0, 1, 2, 3, 5]
+    assert result.n_retries == 1
+    assert result.labeled[2].info["label_retries"] == 1
+    assert [f["index"] for f in result.failures] == [4] and "SCF" in result.failures[0]["reason"]
+    assert calls(tmp_path) == Counter({str(i): 1 for i in range(6)})
+    assert cache.get(atoms[2])["retries"] == 1
+
+
+def test_task_failing_after_its_retries_is_a_recorded_failure(parsl_pool, tmp_path):
+    atoms = make_clusters(4, seed=3, behave={1: "always_exit"})
+    cache = LabelCache(tmp_path / "c.jsonl")
+    result = label_until(atoms, 3, toy(tmp_path), executor=parsl_pool, cache=cache, progress=False)
+    assert result.indices == [0, 2, 3]
+    (failure,) = result.failures
+    assert failure["index"] == 1 and failure["kind"] == "executor" and failure["retries"] == 3
+    assert "after 3 retries" in failure["reason"]
+    assert cache.get(atoms[1]) is None  # a lost worker is not the structure's fault: tried again next run
