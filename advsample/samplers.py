@@ -1,6 +1,6 @@
 """Ways to propose candidate geometries, one interface.
 
-``sampler.propose(committee, seeds, train_energies, seed)`` returns a :class:`Proposal`:
+``sampler.propose(committee, seeds, train_energies, seed, progress)`` returns a :class:`Proposal`:
 candidates (``ase.Atoms`` with ``committee_energy``, ``committee_variance`` and
 ``log_score`` in ``info``) and, for the attack, the trajectories. ``sampler.ranking``
 says how selection should order them; ``sampler.parts(budget)`` splits a round's label
@@ -71,7 +71,9 @@ class Sampler:
     name = "sampler"
     ranking = "score"
 
-    def propose(self, committee: Committee, seeds: Sequence[Atoms], train_energies, seed: int = 0) -> Proposal:
+    def propose(
+        self, committee: Committee, seeds: Sequence[Atoms], train_energies, seed: int = 0, progress: bool = True
+    ) -> Proposal:
         raise NotImplementedError
 
     def parts(self, budget: int) -> list[tuple["Sampler", int]]:
@@ -86,13 +88,12 @@ class AdversarialSampler(Sampler):
     config: AttackConfig = field(default_factory=AttackConfig)
     n_seeds: int | None = None  # None: every training structure is a seed
     snapshot_every: int = 5
-    progress: bool = True
     name = "adversarial"
     ranking = "score"
 
-    def propose(self, committee, seeds, train_energies, seed=0) -> Proposal:
+    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
         chosen = choose_seeds(seeds, self.n_seeds, seed)
-        result = attack(committee, chosen, train_energies, replace(self.config, seed=seed), progress=self.progress)
+        result = attack(committee, chosen, train_energies, replace(self.config, seed=seed), progress=progress)
         return Proposal(result.snapshots(self.snapshot_every), attack=result)
 
 
@@ -113,7 +114,7 @@ class RandomDisplacementSampler(Sampler):
     ranking: str = "random"
     name = "random"
 
-    def propose(self, committee, seeds, train_energies, seed=0) -> Proposal:
+    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
         rng = np.random.default_rng(seed)
         candidates = []
         for atoms in choose_seeds(seeds, self.n_seeds, seed):
@@ -145,7 +146,7 @@ class UncertaintyMDSampler(Sampler):
     name = "md"
     ranking = "sigma"
 
-    def propose(self, committee, seeds, train_energies, seed=0) -> Proposal:
+    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
         trajectories = []
         calculator = CommitteeCalculator(committee)
         for index, atoms in enumerate(choose_seeds(seeds, self.n_seeds, seed)):
@@ -187,7 +188,7 @@ class MixedSampler(Sampler):
         n_first = int(round(self.share * budget))
         return [(s, n) for s, n in ((self.first, n_first), (self.second, budget - n_first)) if n > 0]
 
-    def propose(self, committee, seeds, train_energies, seed=0) -> Proposal:
+    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
         raise TypeError("MixedSampler proposes through parts(): each part proposes and selects on its own")
 
 
