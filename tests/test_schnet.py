@@ -148,3 +148,13 @@ def test_cell_too_small_for_cutoff():
     committee = make_committee(cutoff=4.0)
     with pytest.raises(ValueError, match=r"periodic cell too small for the cutoff.*repeat\(\(2, 2, 2\)\)"):
         committee(Batch.from_atoms([bulk("Cu", "fcc", a=3.6)]))
+
+
+def test_slab_with_zero_cell_vector_along_the_open_direction():
+    committee = make_committee(cutoff=3.5)
+    sheet = Atoms("C2", positions=[[0, 0, 0], [1.42, 0, 0.1]], cell=[[4.26, 0, 0], [2.13, 3.69, 0], [0, 0, 0]])
+    sheet.pbc = [True, True, False]
+    sheet.rattle(0.02, seed=3)
+    e_cell, _ = energies_forces(committee, [sheet])
+    e_super, _ = energies_forces(committee, [sheet.repeat((2, 3, 1))])
+    np.testing.assert_allclose(e_super, 6 * e_cell, rtol=1e-10)

@@ -53,8 +53,14 @@ def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 
 def cell_heights(cell: np.ndarray) -> np.ndarray:
-    """[3] perpendicular widths of a cell (volume / area of the opposite face); 0 if degenerate."""
-    cell = np.asarray(cell, dtype=float)
+    """[3] perpendicular widths of a cell (volume / area of the opposite face); 0 if degenerate.
+
+    Missing (zero) cell vectors, allowed along non-periodic directions, are completed
+    with unit vectors orthogonal to the others first (``ase.cell.Cell.complete``).
+    """
+    from ase.cell import Cell
+
+    cell = Cell(np.asarray(cell, dtype=float)).complete().array
     volume = abs(np.linalg.det(cell))
     heights = np.zeros(3)
     for k in range(3):
