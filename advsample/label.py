@@ -269,6 +269,7 @@ class LabelResult:
     ``cached`` (reported from the cache) and ``kind`` ("calculation" or "executor").
     n_calls: reference calculations run now (including failed ones); n_cached: structures
     answered from the cache (labels and remembered failures); n_failed: len(failures).
+    seconds: wall time; compute_seconds: reference time summed over the calculations run now.
     """
 
     labeled: list[Atoms] = field(default_factory=list)
@@ -278,6 +279,7 @@ class LabelResult:
     n_cached: int = 0
     n_retries: int = 0
     seconds: float = 0.0
+    compute_seconds: float = 0.0
 
     @property
     def n_failed(self) -> int:
@@ -351,6 +353,7 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
     def finish(key: str, out: dict, retries: int = 0, kind: str = "calculation"):
         result.n_calls += 1
         result.n_retries += retries
+        result.compute_seconds += float(out.get("seconds", 0.0))
         indices = groups[key]
         if out.get("ok"):
             if cache is not None:
@@ -471,6 +474,7 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
             total.n_calls += r.n_calls
             total.n_cached += r.n_cached
             total.n_retries += r.n_retries
+            total.compute_seconds += r.compute_seconds
             position += len(wave)
             bar.n = min(len(successes), bar.total)
             bar.refresh()
