@@ -142,33 +142,33 @@ def attack(
     records = {key: [] for key in ("positions", "variance", "energy_mean", "log_score", "active")}
     last_good = delta.detach().clone()
 
+    def _stop(seeds: torch.Tensor, step: int, reason: str) -> torch.Tensor:
+        """Deactivate ``seeds`` [B] bool at ``step``, restore their last good δ; returns positions."""
+        nonlocal active
+        for b in torch.nonzero(seeds).flatten().tolist():
+            stop_step[b], stop_reason[b] = step, reason
+        if seeds.any():
+            active = active & ~seeds
+            with torch.no_grad():
+                atoms = seeds[batch.structure_index]
+                delta[atoms] = last_good[atoms]
+        return batch.positions + delta
+
     committee.eval()
     for step in tqdm(range(config.n_steps + 1), desc="adversarial attack", disable=not progress, leave=False):
         positions = batch.positions + delta
-        need_forces_graph = config.uncertainty == "forces"
-        out = committee(batch, forces=need_forces_graph, create_graph=need_forces_graph, positions=positions)
-        variance = out.force_variance if need_forces_graph else out.energy_variance
-        score = uncertainty.adversarial_log_score(variance, out.energy_mean, config.kT, log_q, energy_reference)
-
-        # stop seeds that went non-finite or brought atoms too close; they keep their last good δ
-        bad = ~torch.isfinite(score) | ~torch.isfinite(out.energy_mean)
-        reasons = {int(b): "non-finite committee output" for b in torch.nonzero(bad & active).flatten()}
+        # stop seeds that bring atoms too close before the model sees them; they keep their last good δ
         if len(pair_i):
             distances = (positions[pair_i] - positions[pair_j]).norm(dim=-1).detach()
             too_close = torch.zeros_like(active)
             too_close[batch.structure_index[pair_i[distances < config.min_distance]]] = True
-            for b in torch.nonzero(too_close & active & ~bad).flatten():
-                reasons[int(b)] = f"atoms closer than {config.min_distance} Å"
-            bad = bad | too_close
-        newly_stopped = bad & active
-        if newly_stopped.any():
-            for b, reason in reasons.items():
-                stop_step[b], stop_reason[b] = step, reason
-            active = active & ~bad
-            atom_stopped = newly_stopped[batch.structure_index]
-            with torch.no_grad():
-                delta[atom_stopped] = last_good[atom_stopped]
-            positions = batch.positions + delta
+            positions = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
+        need_forces_graph = config.uncertainty == "forces"
+        out = committee(batch, forces=need_forces_graph, create_graph=need_forces_graph, positions=positions)
+        variance = out.force_variance if need_forces_graph else out.energy_variance
+        score = uncertainty.adversarial_log_score(variance, out.energy_mean, config.kT, log_q, energy_reference)
+        non_finite = ~torch.isfinite(score) | ~torch.isfinite(out.energy_mean)
+        positions = _stop(non_finite & active, step, "non-finite committee output")
 
         records["positions"].append(positions.detach().cpu().numpy())
         records["variance"].append(variance.detach().cpu().numpy())

@@ -159,6 +159,7 @@ class UncertaintyMDSampler(Sampler):
                 timestep=self.timestep_fs * units.fs,
                 temperature_K=self.temperature_K,
                 friction=self.friction,
+                fixcm=False,
                 rng=rng,
             )
             frames = []

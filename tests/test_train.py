@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from advsample.committee import Committee
+from advsample.models import MLPCommittee
+from advsample.structures import labeled
+from advsample.train import TrainConfig, split_validation, train_committee
+
+
+def test_validation_split_is_fixed_by_seed(left_well_data):
+    train_a, validation_a = split_validation(left_well_data, 0.2, seed=3)
+    train_b, validation_b = split_validation(left_well_data, 0.2, seed=3)
+    assert [id(a) for a in validation_a] == [id(a) for a in validation_b]
+    assert len(validation_a) == round(0.2 * len(left_well_data))
+    assert not {id(a) for a in train_a} & {id(a) for a in validation_a}
+
+
+def test_training_is_seeded_and_lowers_the_loss(left_well_data):
+    def fit(bootstrap):
+        committee = Committee(MLPCommittee(3, (32, 32), seed=0))
+        history = train_committee(
+            committee, left_well_data[:60], left_well_data[60:80],
+            TrainConfig(epochs=150, progress=False, seed=4, bootstrap=bootstrap),
+        )
+        return committee, history
+
+    (c1, h1), (c2, h2) = fit(True), fit(True)
+    np.testing.assert_array_equal(h1.validation_loss, h2.validation_loss)
+    assert h1.validation_loss[-1] < 0.2 * h1.validation_loss[0]
+    points = left_well_data[80:90]
+    np.testing.assert_array_equal(c1.predict(points)["energies"], c2.predict(points)["energies"])
+    _, h3 = fit(False)
+    assert h3.validation_loss != h1.validation_loss  # bootstrap changes what members see
+
+
+def test_early_stopping_keeps_best_weights(left_well_data):
+    committee = Committee(MLPCommittee(2, (16,), seed=0))
+    history = train_committee(
+        committee, left_well_data[:40], left_well_data[40:60],
+        TrainConfig(epochs=3000, patience=5, learning_rate=0.05, progress=False),
+    )
+    assert history.stopped_early and len(history.epoch) < 3000
+    assert sum(history.best_validation_loss) <= min(history.validation_loss) + 1e-9
+
+
+def test_bad_training_input_is_rejected():
+    committee = Committee(MLPCommittee(2, (8,)))
+    with pytest.raises(ValueError, match="empty training set"):
+        train_committee(committee, [], None, TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ValueError, match="no energy/forces label"):
+        train_committee(committee, [molecule("H2")], None, TrainConfig(epochs=1, progress=False))
+    nan_label = labeled(molecule("H2"), float("nan"), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        train_committee(committee, [nan_label], None, TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
