@@ -1,0 +1,66 @@
+"""Shared bits of the benchmark scripts: threads, machine description, timing, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
+
+
+def set_threads(threads: int | None) -> int:
+    """One torch thread unless told otherwise (the machine is shared); returns the count used."""
+    torch.set_num_threads(int(threads) if threads else 1)
+    return torch.get_num_threads()
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    from advsample.committee import default_device
+
+    return {
+        "device": default_device(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def median_ms(step: Callable[[], None], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``step`` in ms over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def interleaved_median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms per step for several steps timed in alternation (fair under a fluctuating load)."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Human-readable lines, then (with --json) one JSON object as the last line."""
+    if as_json:
+        print(json.dumps(result, default=float))
