@@ -59,7 +59,10 @@ def executor_workers(executor) -> int:
     dfk = getattr(executor, "_dfk", None)  # ParslPoolExecutor
     if dfk is not None:
         total = 0
+        chosen = getattr(executor, "executors", "all")
         for ex in dfk.config.executors:
+            if chosen != "all" and ex.label not in chosen:
+                continue
             n = getattr(ex, "max_workers_per_node", None) or 0
             blocks = getattr(getattr(ex, "provider", None), "max_blocks", 1) or 1
             nodes = getattr(getattr(ex, "provider", None), "nodes_per_block", 1) or 1
@@ -118,22 +121,31 @@ def local_config(workers: int = 2, run_dir: str | os.PathLike = "runinfo", retri
 
 def load_parsl_config(path: str | os.PathLike):
     """The ``config`` object defined by the Python file at ``path``."""
+    return _load_config_file(path)[0]
+
+
+def _load_config_file(path: str | os.PathLike):
+    """(config, executors) from a Python file: ``config`` required, ``executors`` optional
+    (the labels of the Parsl executors to send work to, e.g. ``["label"]``; default all)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Parsl config file {path} does not exist")
     namespace = runpy.run_path(str(path))
     if "config" not in namespace:
         raise ValueError(f"{path} must define a variable named `config` (a parsl.config.Config)")
-    return namespace["config"]
+    return namespace["config"], namespace.get("executors", "all")
 
 
-def parsl_executor(config=None, workers: int = 2, run_dir: str | os.PathLike = "runinfo"):
+def parsl_executor(config=None, workers: int = 2, run_dir: str | os.PathLike = "runinfo", executors="all"):
     """A ``concurrent.futures`` executor backed by Parsl (``parsl.concurrent.ParslPoolExecutor``).
 
     ``config``: a ``parsl.config.Config``, a path to a Python file defining ``config``, or
-    None for :func:`local_config` (``workers``, ``run_dir``). Starts the workers now; use it
-    as a context manager (or call ``shutdown()``) to stop them. Only one Parsl executor can
-    be live per process.
+    None for :func:`local_config` (``workers``, ``run_dir``). ``executors``: labels of the
+    Parsl executors in the config that receive the tasks ("all", or e.g. ``["label"]``; a
+    config file may set it with a variable ``executors``). Starts the workers now; use it as
+    a context manager (or call ``shutdown()``) to stop them. Only one Parsl config can be
+    loaded per process: for a second view on the same workers (e.g. training on the "train"
+    executor) use ``ParslPoolExecutor(dfk=parsl.dfk(), executors=["train"])``.
     """
     try:
         from parsl.concurrent import ParslPoolExecutor
@@ -142,9 +154,11 @@ def parsl_executor(config=None, workers: int = 2, run_dir: str | os.PathLike = "
     if config is None:
         config = local_config(workers=workers, run_dir=run_dir)
     elif isinstance(config, (str, os.PathLike)):
-        config = load_parsl_config(config)
+        config, from_file = _load_config_file(config)
+        if executors == "all":
+            executors = from_file
     _put_venv_on_path()
-    return ParslPoolExecutor(config=config)
+    return ParslPoolExecutor(config=config, executors=executors)
 
 
 def make_executor(name: str | None = "inline", max_workers: int = 2) -> Executor:

@@ -15,17 +15,22 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 from test_label import make_clusters  # noqa: E402  (workers import it too: PYTHONPATH below)
 
-from advsample.executors import executor_workers, local_config, parsl_executor  # noqa: E402
+from advsample.executors import executor_workers, make_executor  # noqa: E402
 from advsample.label import CalculatorSpec, LabelCache, label_structures, label_until  # noqa: E402
 from advsample.structures import labels_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def parsl_pool(tmp_path_factory):
+    """Two local workers, built the way notebooks do it: ``make_executor("parsl:CONFIG.py")``."""
     run_dir = tmp_path_factory.mktemp("parsl")
-    config = local_config(workers=2, run_dir=run_dir / "runinfo", retries=2,
-                          worker_init=f"export PYTHONPATH={TESTS}:$PYTHONPATH; export OMP_NUM_THREADS=1")
-    with parsl_executor(config) as pool:
+    config_file = run_dir / "local_config.py"
+    config_file.write_text(
+        "from advsample.executors import local_config\n"
+        f"config = local_config(workers=2, run_dir={str(run_dir / 'runinfo')!r}, retries=2,\n"
+        f"    worker_init='export PYTHONPATH={TESTS}:$PYTHONPATH; export OMP_NUM_THREADS=1')\n"
+    )
+    with make_executor(f"parsl:{config_file}") as pool:
         yield pool
 
 
@@ -74,3 +79,20 @@ def test_task_failing_after_its_retries_is_a_recorded_failure(parsl_pool, tmp_pa
     assert failure["index"] == 1 and failure["kind"] == "executor" and failure["retries"] == 3
     assert "after 3 retries" in failure["reason"]
     assert cache.get(atoms[1]) is None  # a lost worker is not the structure's fault: tried again next run
+
+
+def test_config_files_in_docs_load(tmp_path):
+    """The Slurm example of docs/cluster.md builds a Config (nothing is submitted)."""
+    import re
+
+    from advsample.executors import _load_config_file
+
+    text = (TESTS.parent / "docs" / "cluster.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "SlurmProvider(" in b)
+    path = tmp_path / "slurm_config.py"
+    path.write_text(block.replace('address_by_interface("ib0")', '"127.0.0.1"'))
+    config, executors = _load_config_file(path)
+    assert [e.label for e in config.executors] == ["label", "train"] and config.retries == 2
+    assert executors == ["label"]
+    pbs = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "PBSProProvider(" in b)
+    exec(compile("ENV = ''\n" + pbs, "pbs", "exec"), {})
