@@ -1,0 +1,526 @@
+"""Compare samplers at an equal number of reference labels, over several random seeds.
+
+One *method* is a sampler with its settings (``adversarial``, ``random``, ``random_scored``,
+``md``, ``mixed``, and ``adversarial_kT<x>`` for the temperature sweep). Every run starts
+from the same initial data, is tested on the same fixed test set, and labels the same
+budget per round; it differs only in the method and the seed (committee initialisation,
+validation split, sampler randomness).
+
+    problem = make_problem("double_well_2d")
+    rows = run_comparison(problem, ["adversarial", "random"], seeds=[0, 1, 2], rounds=5, out_dir="runs")
+    summary = aggregate(rows)           # raises UnequalLabelsError if budgets/labels differ
+    label_ratio(summary, "random", "adversarial")
+    comparison_figure(summary)
+
+``rows`` are flat dicts, one per (method, seed, round) (:data:`ROW_FIELDS`), written to
+and read from CSV with :func:`write_rows` / :func:`read_rows`. ``labels`` counts the new
+reference labels beyond the initial data. Problems are built by name and options (not
+pickled), so runs can go to a process pool.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from ase import Atoms, units
+
+from .committee import Committee, default_device
+from .models import MLPCommittee
+from .samplers import MixedSampler, Sampler, make_sampler
+from .select import SelectionConfig
+from .train import TrainConfig
+
+SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed")
+SYSTEMS = ("double_well_2d", "double_well_1d", "ammonia")
+METRICS = ("force_mae", "energy_mae", "force_spearman", "force_miscalibration_area")
+
+ROW_FIELDS = [
+    "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "n_train",
+    "force_mae", "energy_mae", "force_rmse", "force_spearman", "force_miscalibration_area",
+    "selected_energy_mean", "selected_energy_max", "selected_energy_median",
+    "barrier_error_kcal_mol", "path_force_mae", "sample_s", "select_s", "label_s", "train_s",
+]
+
+
+class UnequalLabelsError(ValueError):
+    """Runs being compared did not use the same reference labels per round."""
+
+
+# -- problems ------------------------------------------------------------------------------
+@dataclass
+class Problem:
+    """Everything a run needs besides the method and the seed.
+
+    ``make_committee(seed)`` builds a fresh committee; ``extra_metrics(committee)`` adds
+    problem figures (the NH3 barrier); ``displacement`` is the random samplers' step (Å);
+    ``attack_options`` go to :class:`advsample.attack.AttackConfig`.
+    """
+
+    name: str
+    reference: object
+    initial: list[Atoms]
+    test: list[Atoms]
+    make_committee: Callable[[int], Committee]
+    kT: float
+    train_config: TrainConfig
+    selection: SelectionConfig
+    displacement: float
+    attack_options: dict = field(default_factory=dict)
+    md_options: dict = field(default_factory=dict)
+    extra_metrics: Callable[[Committee], dict] | None = None
+    options: dict = field(default_factory=dict)  # how it was built (make_problem arguments)
+
+
+TOY_REGIONS = {"double_well_2d": [(-1.5, 0.0), (-1.2, 1.2)], "double_well_1d": [(-1.6, 0.0)]}
+
+
+def _toy_problem(name, n_initial=128, n_test=400, test_max_energy=4.0, epochs=1500, hidden=(64, 64, 64),
+                 budget=20, kT=1.0, displacement=0.2, n_members=5, attack_steps=60, md_steps=200) -> Problem:
+    from .surfaces import get_surface
+
+    surface = get_surface(name)
+    initial = surface.sample(n_initial, seed=0, max_energy=0.0, region=TOY_REGIONS[name])
+    test = surface.sample(n_test, seed=5, max_energy=test_max_energy)
+    axes = tuple(range(surface.n_dims))
+    hidden = tuple(hidden)
+
+    def make_committee(seed: int) -> Committee:
+        return Committee(MLPCommittee(n_members, hidden, input_axes=axes, seed=seed)).to(default_device())
+
+    return Problem(
+        name=name,
+        reference=surface,
+        initial=initial,
+        test=test,
+        make_committee=make_committee,
+        kT=kT,
+        train_config=TrainConfig(epochs=epochs, progress=False),
+        selection=SelectionConfig(budget=budget, kT=kT, min_distance=0.02),
+        displacement=displacement,
+        attack_options={"learning_rate": 0.02, "n_steps": attack_steps},
+        # the toy's energy unit read as eV (as ASE MD does): T such that k_B T = kT
+        md_options={"temperature_K": kT / units.kB, "timestep_fs": 1.0, "n_steps": md_steps, "interval": 5, "n_seeds": 8},
+    )
+
+
+def _ammonia_problem(epochs=3000, hidden=(64, 64, 64), budget=20, kT=0.05, energy_ceiling=1.0,
+                     displacement=0.1, n_members=5, n_path=21) -> Problem:
+    """NH3 with GFN2-xTB labels; an MLP committee on the 12 Cartesian coordinates (as in DESIGN.md)."""
+    from .calculator import CommitteeCalculator
+    from .metrics import test_errors
+    from .molecules import KCAL_PER_MOL, ammonia_splits, inversion_barrier, xtb_calculator  # noqa: F401
+
+    reference = xtb_calculator()
+    initial, test = ammonia_splits(seed=0, n_path=n_path, calculator=reference)
+    reference_barrier = inversion_barrier(xtb_calculator())
+    path = [a for a in test if a.info.get("subset") == "inversion_path"]
+    hidden = tuple(hidden)
+
+    def make_committee(seed: int) -> Committee:
+        model = MLPCommittee(n_members, hidden, n_atoms=4, input_axes=(0, 1, 2), seed=seed)
+        return Committee(model).to(default_device())
+
+    def extra_metrics(committee: Committee) -> dict:
+        out = {"reference_barrier_kcal_mol": reference_barrier}
+        try:
+            barrier = inversion_barrier(CommitteeCalculator(committee))
+            out.update(barrier_kcal_mol=barrier, barrier_error_kcal_mol=barrier - reference_barrier)
+        except Exception as error:  # an optimisation that does not converge is a result too
+            out.update(barrier_kcal_mol=float("nan"), barrier_error_kcal_mol=float("nan"), barrier_failure=str(error))
+        if path:
+            out["path_force_mae"] = test_errors(committee, path)["force_mae"]
+        return out
+
+    return Problem(
+        name="ammonia",
+        reference=reference,
+        initial=initial,
+        test=test,
+        make_committee=make_committee,
+        kT=kT,
+        train_config=TrainConfig(epochs=epochs, patience=500, progress=False),
+        selection=SelectionConfig(budget=budget, kT=kT, min_distance=0.01, energy_ceiling=energy_ceiling),
+        displacement=displacement,
+        attack_options={"learning_rate": 0.01, "n_steps": 60, "min_distance": 0.6},
+        md_options={"temperature_K": 1500.0, "timestep_fs": 0.5, "n_steps": 200, "interval": 5, "n_seeds": 8},
+        extra_metrics=extra_metrics,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_problem(name: str, options_json: str) -> Problem:
+    options = json.loads(options_json)
+    if name in TOY_REGIONS:
+        problem = _toy_problem(name, **options)
+    elif name == "ammonia":
+        problem = _ammonia_problem(**options)
+    else:
+        raise ValueError(f"unknown system {name!r}; choose one of {SYSTEMS}")
+    problem.options = options
+    return problem
+
+
+def make_problem(name: str, **options) -> Problem:
+    """The comparison problem by name (:data:`SYSTEMS`); built once per process and options.
+
+    Toys: 128 points of the left well below E = 0 (initial), 400 test points below E = 4
+    over both wells, 5 MLPs 3 × 64, kT = 1, 20 labels per round. ``ammonia``: the 118-structure
+    xTB train pool, test = 20 held-out geometries + the relaxed inversion path, kT = 0.05 eV,
+    selection ceiling 1 eV above the training minimum.
+    """
+    return _cached_problem(name, json.dumps(options, sort_keys=True))
+
+
+# -- methods -------------------------------------------------------------------------------
+def parse_method(method: str) -> tuple[str, float | None]:
+    """"adversarial_kT0.5" -> ("adversarial", 0.5); "random" -> ("random", None)."""
+    if "_kT" in method:
+        name, value = method.split("_kT", 1)
+        return name, float(value)
+    return method, None
+
+
+def method_name(sampler: str, kT: float | None = None) -> str:
+    return sampler if kT is None else f"{sampler}_kT{kT:g}"
+
+
+def make_method(problem: Problem, method: str) -> tuple[Sampler, SelectionConfig, float]:
+    """(sampler, selection settings, kT) of a method on a problem."""
+    name, kT = parse_method(method)
+    kT = problem.kT if kT is None else kT
+    selection = replace(problem.selection, kT=kT)
+
+    def adversarial():
+        return make_sampler("adversarial", kT=kT, **problem.attack_options)
+
+    def random(ranking):
+        return make_sampler(ranking, kT=kT, displacement=problem.displacement)
+
+    if name == "adversarial":
+        sampler = adversarial()
+    elif name == "random":
+        sampler = random("random")
+        selection = replace(selection, uncertainty_percentile=None)  # picked at random, no σ filter
+    elif name == "random_scored":
+        sampler = random("random_scored")
+    elif name == "md":
+        sampler = make_sampler("md", kT=kT, **problem.md_options)
+    elif name == "mixed":
+        sampler = MixedSampler(adversarial(), random("random"), share=0.5)
+    else:
+        raise ValueError(f"unknown method {method!r}; samplers are {SAMPLERS}, sweeps 'adversarial_kT<x>'")
+    return sampler, selection, kT
+
+
+# -- runs ----------------------------------------------------------------------------------
+def _row(problem: Problem, method: str, kT: float, seed: int, metrics: dict) -> dict:
+    test = metrics.get("test", {})
+    extra = metrics.get("extra", {})
+    timings = metrics.get("timings", {})
+    energies = np.asarray(metrics.get("selected_reference_energies", []), dtype=float)
+    row = {
+        "system": problem.name,
+        "method": method,
+        "sampler": parse_method(method)[0],
+        "kT": kT,
+        "seed": seed,
+        "round": metrics["round"],
+        "labels": metrics["labels_used"],
+        "budget": problem.selection.budget,
+        "n_train": metrics["n_train"],
+        **{key: test.get(key, math.nan) for key in ("force_mae", "energy_mae", "force_rmse", "force_spearman",
+                                                     "force_miscalibration_area")},
+        "selected_energy_mean": float(energies.mean()) if energies.size else math.nan,
+        "selected_energy_max": float(energies.max()) if energies.size else math.nan,
+        "selected_energy_median": float(np.median(energies)) if energies.size else math.nan,
+        "barrier_error_kcal_mol": extra.get("barrier_error_kcal_mol", math.nan),
+        "path_force_mae": extra.get("path_force_mae", math.nan),
+        **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s")},
+    }
+    if metrics["round"] == 0:
+        row["train_s"] = metrics.get("training", {}).get("train_s", math.nan)
+    return row
+
+
+def run_one(system: str, options: dict, method: str, seed: int, rounds: int, run_dir: str | Path,
+            threads: int | None = 1) -> list[dict]:
+    """One active-learning run; returns one row per round (0..rounds). Resumes from ``run_dir``."""
+    import torch
+
+    from .loop import ActiveLearning
+
+    if threads:
+        torch.set_num_threads(threads)
+    problem = make_problem(system, **options)
+    sampler, selection, kT = make_method(problem, method)
+    loop = ActiveLearning(
+        run_dir,
+        problem.make_committee(seed),
+        problem.reference,
+        problem.initial,
+        sampler,
+        test=problem.test,
+        selection=selection,
+        train_config=problem.train_config,
+        seed=seed,
+        extra_metrics=problem.extra_metrics,
+        progress=False,
+    )
+    return [_row(problem, method, kT, seed, record.metrics) for record in loop.irun(rounds)]
+
+
+def run_comparison(system: str, methods: Sequence[str], seeds: Sequence[int], rounds: int, out_dir: str | Path,
+                   options: dict | None = None, workers: int = 1, log: Callable[[str], None] | None = print) -> list[dict]:
+    """Every (method, seed) run; rows sorted by method, seed, round. Run directories under ``out_dir``.
+
+    ``workers`` > 1 runs in a process pool (one torch thread each).
+    """
+    options = dict(options or {})
+    out_dir = Path(out_dir)
+    jobs = [(m, s) for m in methods for s in seeds]
+    rows: list[dict] = []
+    start = time.perf_counter()
+
+    def done(method, seed, result):
+        rows.extend(result)
+        if log:
+            final = result[-1]
+            log(f"{method:>18} seed {seed}: labels {final['labels']:4d}  test force MAE "
+                f"{result[0]['force_mae']:.3g} -> {final['force_mae']:.3g}   [{time.perf_counter() - start:.0f} s]")
+
+    if workers > 1:
+        make_problem(system, **options)  # fail early on a bad system/options
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {(m, s): pool.submit(run_one, system, options, m, s, rounds, out_dir / f"{m}_seed{s}")
+                       for m, s in jobs}
+            for (m, s), future in futures.items():
+                done(m, s, future.result())
+    else:
+        for m, s in jobs:
+            done(m, s, run_one(system, options, m, s, rounds, out_dir / f"{m}_seed{s}"))
+    order = {m: i for i, m in enumerate(methods)}
+    rows.sort(key=lambda r: (order[r["method"]], r["seed"], r["round"]))
+    return rows
+
+
+# -- CSV -----------------------------------------------------------------------------------
+def write_rows(rows: Sequence[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows from :func:`write_rows`, numbers parsed back."""
+    integers = {"seed", "round", "labels", "budget", "n_train"}
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row = {}
+            for key, value in raw.items():
+                if key in ("system", "method", "sampler"):
+                    row[key] = value
+                elif key in integers:
+                    row[key] = int(float(value))
+                else:
+                    row[key] = float(value) if value not in ("", None) else math.nan
+            rows.append(row)
+    return rows
+
+
+# -- aggregation ---------------------------------------------------------------------------
+def check_equal_labels(rows: Sequence[dict]) -> dict[int, int]:
+    """{round: labels} shared by every run; raises :class:`UnequalLabelsError` otherwise.
+
+    Every run must have the same budget per round, the same rounds, and have used the same
+    number of reference labels at each round (a run that could not fill its budget is not
+    comparable at equal labels).
+    """
+    if not rows:
+        raise ValueError("no runs to compare")
+    systems = {r["system"] for r in rows}
+    if len(systems) > 1:
+        raise UnequalLabelsError(f"runs on different systems cannot be compared: {sorted(systems)}")
+    budgets = {r["budget"] for r in rows}
+    if len(budgets) > 1:
+        raise UnequalLabelsError(f"runs with different label budgets per round: {sorted(budgets)}")
+    runs: dict[tuple, dict[int, int]] = {}
+    for r in rows:
+        runs.setdefault((r["method"], r["seed"]), {})[int(r["round"])] = int(r["labels"])
+    reference_run, reference = next(iter(runs.items()))
+    for run, labels in runs.items():
+        if labels != reference:
+            differing = sorted(k for k in set(labels) | set(reference) if labels.get(k) != reference.get(k))
+            raise UnequalLabelsError(
+                f"run {run[0]} seed {run[1]} used labels {[labels.get(k) for k in differing]} at rounds {differing}, "
+                f"run {reference_run[0]} seed {reference_run[1]} used {[reference.get(k) for k in differing]}: "
+                "samplers are compared only at equal reference labels"
+            )
+    return reference
+
+
+def aggregate(rows: Sequence[dict], metrics: Sequence[str] = (*METRICS, "selected_energy_mean",
+                                                                 "barrier_error_kcal_mol", "path_force_mae")) -> dict:
+    """Mean, std, min, max over seeds per method and round, after :func:`check_equal_labels`.
+
+    Returns {"labels": [L per round], "methods": {method: {metric: {"mean": [...], "std": [...],
+    "min": [...], "max": [...]}, "n_seeds": n}}}.
+    """
+    labels_by_round = check_equal_labels(rows)
+    rounds = sorted(labels_by_round)
+    summary = {"system": rows[0]["system"], "labels": [labels_by_round[k] for k in rounds], "rounds": rounds,
+               "methods": {}}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        entry = {"n_seeds": len({r["seed"] for r in mine}), "kT": mine[0]["kT"]}
+        for metric in metrics:
+            stats = {"mean": [], "std": [], "min": [], "max": []}
+            for k in rounds:
+                values = np.array([float(r[metric]) for r in mine if r["round"] == k], dtype=float)
+                values = values[np.isfinite(values)]
+                for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
+                    stats[name].append(float(fn(values)) if values.size else math.nan)
+            entry[metric] = stats
+        summary["methods"][method] = entry
+    return summary
+
+
+def labels_to_reach(labels: Sequence[float], errors: Sequence[float], target: float) -> float | None:
+    """Labels at which a (mean) learning curve first reaches ``target``; log-linear between rounds.
+
+    None when it never does within the curve.
+    """
+    labels, errors = np.asarray(labels, float), np.asarray(errors, float)
+    for k in range(len(errors)):
+        if errors[k] <= target:
+            if k == 0:
+                return float(labels[0])
+            e0, e1 = math.log(errors[k - 1]), math.log(errors[k])
+            t = (e0 - math.log(target)) / (e0 - e1) if e0 != e1 else 1.0
+            return float(labels[k - 1] + t * (labels[k] - labels[k - 1]))
+    return None
+
+
+def label_ratio(summary: dict, baseline: str = "random", method: str = "adversarial", metric: str = "force_mae") -> dict:
+    """How many labels ``baseline`` needs / ``method`` needs to reach the same mean test error.
+
+    ``target``: the larger of the two final mean errors (an error both curves reach), so
+    the ratio is defined whenever both improve on round 0; below 1 means the baseline
+    needed fewer labels. ``baseline_labels_to_method_final``: labels the baseline needs
+    to reach ``method``'s final error, None if it does not get there within the budget.
+    """
+    labels = summary["labels"]
+    a = summary["methods"][method][metric]["mean"]
+    b = summary["methods"][baseline][metric]["mean"]
+    target = max(a[-1], b[-1])
+    need_a, need_b = labels_to_reach(labels, a, target), labels_to_reach(labels, b, target)
+    ratio = need_b / need_a if need_a and need_b is not None and need_a > 0 else None
+    return {
+        "method": method,
+        "baseline": baseline,
+        "metric": metric,
+        "target": target,
+        "labels_method": need_a,
+        "labels_baseline": need_b,
+        "ratio": ratio,
+        "baseline_labels_to_method_final": labels_to_reach(labels, b, a[-1]),
+        "method_final": a[-1],
+        "baseline_final": b[-1],
+    }
+
+
+def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
+    """One line per method: initial and final mean ± std of ``metric`` and the labels used."""
+    out = []
+    for method, entry in summary["methods"].items():
+        stats = entry[metric]
+        out.append({
+            "method": method,
+            "kT": entry["kT"],
+            "n_seeds": entry["n_seeds"],
+            "labels": summary["labels"][-1],
+            f"{metric}_initial": stats["mean"][0],
+            f"{metric}_final": stats["mean"][-1],
+            f"{metric}_final_std": stats["std"][-1],
+            "improvement": stats["mean"][0] / stats["mean"][-1] if stats["mean"][-1] > 0 else math.nan,
+            "energy_mae_final": entry["energy_mae"]["mean"][-1],
+            "spearman_final": entry["force_spearman"]["mean"][-1],
+            "miscalibration_final": entry["force_miscalibration_area"]["mean"][-1],
+            "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
+            if len(summary["labels"]) > 1 else math.nan,
+        })
+    return out
+
+
+def markdown_table(table: Sequence[dict], digits: int = 3) -> str:
+    """A Markdown table of :func:`final_table` lines."""
+    if not table:
+        return ""
+    keys = list(table[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for line in table:
+        cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in (line[k] for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- plots ---------------------------------------------------------------------------------
+def comparison_figure(summary: dict, metrics: Sequence[str] = ("force_mae", "energy_mae", "force_spearman"),
+                      methods: Sequence[str] | None = None, energy_unit: str = "arb. units", length_unit: str = "Å"):
+    """Learning curves vs reference labels: mean (line) and min–max over seeds (band), log y for errors."""
+    from matplotlib.figure import Figure
+
+    labels = {
+        "force_mae": f"test force MAE ({energy_unit}/{length_unit})",
+        "energy_mae": f"test energy MAE ({energy_unit})",
+        "force_rmse": f"test force RMSE ({energy_unit}/{length_unit})",
+        "force_spearman": "Spearman ρ (force σ vs error)",
+        "force_miscalibration_area": "miscalibration area",
+        "barrier_error_kcal_mol": "barrier error (kcal/mol)",
+        "path_force_mae": f"inversion-path force MAE ({energy_unit}/{length_unit})",
+        "selected_energy_mean": f"mean selected energy above min ({energy_unit})",
+    }
+    methods = list(methods or summary["methods"])
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    x = np.asarray(summary["labels"], float)
+    for ax, metric in zip(axes, metrics):
+        for method in methods:
+            stats = summary["methods"][method][metric]
+            mean = np.asarray(stats["mean"], float)
+            (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} (n={summary['methods'][method]['n_seeds']})")
+            ax.fill_between(x, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, linewidth=0)
+        if metric in ("force_mae", "energy_mae", "force_rmse", "path_force_mae"):
+            ax.set_yscale("log")
+        ax.set_xlabel("new reference labels")
+        ax.set_ylabel(labels.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{summary['system']}: mean over seeds, band = min–max", fontsize=10)
+    return fig
+
+
+def save_summary(summary: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1, default=float))
+    return path
+
+
+def default_workers() -> int:
+    """Two workers on a machine with ≥ 2 cores, else one."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
