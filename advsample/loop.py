@@ -158,13 +158,12 @@ class ActiveLearning:
         """(initial training set, validation, test); validation and test are stored on first use."""
         train, validation = split_validation(self.initial, self.validation_fraction, self.seed)
         validation_path, test_path = self.run_dir / "validation.extxyz", self.run_dir / "test.extxyz"
-        if validation_path.exists():
-            validation = _read_atoms(validation_path)
-        else:
+        if not validation_path.exists():
             _write_atoms(validation_path, validation)
         if not test_path.exists():
             _write_atoms(test_path, self.test)
-        return train, validation, _read_atoms(test_path)
+        # always continue from what is on disk, so a resumed run sees exactly the same numbers
+        return train, _read_atoms(validation_path), _read_atoms(test_path)
 
     def _new_committee(self, number: int, previous: Committee | None) -> Committee:
         if self.warm_start and previous is not None:
@@ -318,6 +317,7 @@ class ActiveLearning:
             _write_atoms(directory / "trajectories.extxyz", trajectories)
         record.committee.save(directory / "committee.pt")
         _write_json(directory / "metrics.json", record.metrics)
+        record.train = _read_atoms(directory / "train.extxyz")  # the next round starts from the disk state
 
     def _load_round(self, number: int) -> RoundRecord | None:
         directory = self._round_dir(number)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 
 from . import uncertainty
 from .attack import AttackConfig, AttackResult, attack
@@ -153,7 +153,7 @@ class UncertaintyMDSampler(Sampler):
             system = atoms.copy()
             system.calc = calculator
             rng = np.random.default_rng([seed, index])
-            MaxwellBoltzmannDistribution(system, temperature_K=self.temperature_K, rng=rng)
+            thermalize_momenta(system, self.temperature_K, rng=rng)
             dynamics = Langevin(
                 system,
                 timestep=self.timestep_fs * units.fs,

@@ -88,8 +88,9 @@ def select(
     """Ordered candidates to label (best first, longer than the budget when possible) and a report.
 
     Order: candidates passing the uncertainty threshold first, then the rest (the fallback
-    when too few pass); within each, by ranking. Candidates above the energy ceiling or
-    closer than ``min_distance`` to training data or an earlier pick are dropped.
+    when too few pass); within each, by ranking. Candidates above the energy ceiling are
+    dropped; those closer than ``min_distance`` to training data or an earlier pick go to
+    the very end (used only when nothing else is left, so the budget is still filled).
     """
     report = {"n_candidates": len(candidates), "dropped_energy_ceiling": 0, "dropped_distance": 0, "threshold": None}
     if len(candidates) == 0:
@@ -114,16 +115,20 @@ def select(
     if config.min_distance > 0:
         reference_groups = _descriptors(train) if len(train) else {}
         picked: dict[int, list[np.ndarray]] = {}
+        crowded: list[int] = []
         for i in order:
             d = descriptor(candidates[i])[None, :]
             n = len(candidates[i])
             near_train = n in reference_groups and structure_distance(d, reference_groups[n][1]).min() < config.min_distance
             near_pick = bool(picked.get(n)) and structure_distance(d, np.stack(picked[n])).min() < config.min_distance
             if near_train or near_pick:
-                report["dropped_distance"] += 1
+                crowded.append(i)
                 continue
             chosen.append(i)
             picked.setdefault(n, []).append(d[0])
+        report["dropped_distance"] = len(crowded)
+        # last resort, so the budget can still be filled: the crowded ones, in rank order
+        chosen += crowded
     else:
         chosen = order
     report["n_ranked"] = len(chosen)
