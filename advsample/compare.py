@@ -416,19 +416,23 @@ def labels_to_reach(labels: Sequence[float], errors: Sequence[float], target: fl
 
 
 def label_ratio(summary: dict, baseline: str = "random", method: str = "adversarial", metric: str = "force_mae") -> dict:
-    """How many labels ``baseline`` needs / ``method`` needs to reach the same mean test error.
+    """Labels ``baseline`` needs / labels ``method`` needs to reach ``method``'s final mean test error.
 
-    ``target``: the larger of the two final mean errors (an error both curves reach), so
-    the ratio is defined whenever both improve on round 0; below 1 means the baseline
-    needed fewer labels. ``baseline_labels_to_method_final``: labels the baseline needs
-    to reach ``method``'s final error, None if it does not get there within the budget.
+    ``target`` = the final mean ``metric`` of ``method``; each curve's labels come from
+    :func:`labels_to_reach` (first crossing, log-linear between rounds). ``ratio`` > 1:
+    the baseline needs more labels; < 1: fewer. None when the baseline never reaches the
+    target within the budget (then ``ratio_at_least`` = budget / labels ``method`` needs,
+    a lower bound) or when the target is not below the round-0 error.
     """
     labels = summary["labels"]
     a = summary["methods"][method][metric]["mean"]
     b = summary["methods"][baseline][metric]["mean"]
-    target = max(a[-1], b[-1])
-    need_a, need_b = labels_to_reach(labels, a, target), labels_to_reach(labels, b, target)
-    ratio = need_b / need_a if need_a and need_b is not None and need_a > 0 else None
+    target = a[-1]
+    need_a = labels_to_reach(labels, a, target)
+    need_b = labels_to_reach(labels, b, target)
+    defined = bool(need_a) and target < a[0] and target < b[0]
+    ratio = need_b / need_a if defined and need_b is not None else None
+    at_least = labels[-1] / need_a if defined and need_b is None else None
     return {
         "method": method,
         "baseline": baseline,
@@ -437,7 +441,7 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
         "labels_method": need_a,
         "labels_baseline": need_b,
         "ratio": ratio,
-        "baseline_labels_to_method_final": labels_to_reach(labels, b, a[-1]),
+        "ratio_at_least": at_least,
         "method_final": a[-1],
         "baseline_final": b[-1],
     }
