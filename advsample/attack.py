@@ -164,7 +164,8 @@ def attack(
             too_close[batch.structure_index[pair_i[distances < config.min_distance]]] = True
             positions = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
         need_forces_graph = config.uncertainty == "forces"
-        out = committee(batch, forces=need_forces_graph, create_graph=need_forces_graph, positions=positions)
+        # create_graph=True keeps Ē attached to δ also for the energy variance (no forces needed)
+        out = committee(batch, forces=need_forces_graph, create_graph=True, positions=positions)
         variance = out.force_variance if need_forces_graph else out.energy_variance
         score = uncertainty.adversarial_log_score(variance, out.energy_mean, config.kT, log_q, energy_reference)
         non_finite = ~torch.isfinite(score) | ~torch.isfinite(out.energy_mean)
