@@ -1,0 +1,136 @@
+"""Benchmarks run with --quick --json and print one JSON object last; the comparison notebook runs; equal labels enforced.
+
+No timing assertions: the scripts are started together (they mostly wait on a shared
+CPU), each test then reads its own script's output.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advsample import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "committee_speed": [],
+    "speed": [],
+    "double_well": [],
+    "double_well_1d": ["--surface", "double_well_1d"],
+    "sample_efficiency": [],
+}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Every benchmark started at once with --quick --json; {name: Popen}."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    processes = {}
+    for name, extra in SCRIPTS.items():
+        script = ROOT / "benchmarks" / f"{name.replace('_1d', '')}.py"
+        out = tmp_path_factory.mktemp(name)
+        args = [sys.executable, str(script), "--quick", "--json", *extra]
+        if name == "sample_efficiency":
+            args += ["--out", str(out)]
+        processes[name] = (subprocess.Popen(args, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True), out)
+    yield processes
+    for process, _ in processes.values():
+        if process.poll() is None:
+            process.kill()
+
+
+def result_of(launched, name) -> tuple[dict, Path]:
+    process, out = launched[name]
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
+    last = stdout.strip().splitlines()[-1]
+    return json.loads(last), out
+
+
+def test_committee_speed(launched):
+    result, _ = result_of(launched, "committee_speed")
+    for key in ("speedup_train_step", "speedup_train_step_schnet", "ms_batched", "ms_loop"):
+        assert result[key] > 0 and math.isfinite(result[key])
+    assert result["machine"]["torch_threads"] == 1
+
+
+def test_speed(launched):
+    result, _ = result_of(launched, "speed")
+    assert result["speedup_train_step"] > 0 and result["speedup_attack"] > 0
+    assert result["device"] in ("cpu", "cuda")
+    for system in ("double_well_2d", "ammonia"):
+        timings = result["al_round"][system]["mean"]
+        assert {"train_s", "sample_s", "select_s", "label_s"} <= set(timings)
+        assert result["al_round"][system]["per_round"][0]["new_labels"] > 0
+
+
+@pytest.mark.parametrize("name", ["double_well", "double_well_1d"])
+def test_double_well(launched, name):
+    result, _ = result_of(launched, name)
+    assert result["rounds"] == 1 and result["labels"] == result["labels_per_round"]
+    assert result["test_force_mae_final"] > 0
+    assert result["improvement"] == pytest.approx(result["test_force_mae_initial"] / result["test_force_mae_final"])
+    assert len(result["test_force_mae_per_round"]) == 2
+
+
+def test_sample_efficiency(launched):
+    result, out = result_of(launched, "sample_efficiency")
+    assert set(compare.SAMPLERS) <= set(result["final"])
+    assert any("_kT" in m for m in result["final"])
+    assert len({line["labels"] for line in result["final"].values()}) == 1  # equal labels
+    assert "label_ratio_random_over_adversarial" in result
+    rows = compare.read_rows(out / "rows.csv")
+    assert {r["method"] for r in rows} == set(result["final"])
+    assert (out / "comparison.png").stat().st_size > 0 and (out / "kT_sweep.png").exists()
+
+
+def test_notebook_smoke(tmp_path):
+    import papermill as pm
+
+    notebook = ROOT / "notebooks" / "04_sampler_comparison.ipynb"
+    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True},
+                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["smoke"] is True
+    assert summary["labels"][0] == 0 and summary["labels"][-1] > 0
+    assert "adversarial" in summary["final_force_mae"] and "random" in summary["final_force_mae"]
+    assert (tmp_path / "sampler_comparison" / "comparison.png").exists()
+
+
+def _rows(labels_by_run: dict[tuple[str, int], list[int]], budget: int = 10) -> list[dict]:
+    rows = []
+    for (method, seed), labels in labels_by_run.items():
+        for k, n in enumerate(labels):
+            rows.append({"system": "toy", "method": method, "sampler": method, "kT": 1.0, "seed": seed, "round": k,
+                         "labels": n, "budget": budget, "n_train": 100 + n, "force_mae": 1.0 / (1 + n),
+                         "energy_mae": 0.5, "force_spearman": 0.5, "force_miscalibration_area": 0.1,
+                         "selected_energy_mean": 1.0, "barrier_error_kcal_mol": math.nan, "path_force_mae": math.nan})
+    return rows
+
+
+def test_unequal_labels_refused():
+    equal = _rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10, 20]})
+    assert compare.check_equal_labels(equal) == {0: 0, 1: 10, 2: 20}
+    with pytest.raises(compare.UnequalLabelsError, match="equal reference labels"):
+        compare.aggregate(_rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10, 17]}))
+    with pytest.raises(compare.UnequalLabelsError, match="budgets"):
+        compare.aggregate(_rows({("adversarial", 0): [0, 10]}, budget=10) + _rows({("random", 0): [0, 10]}, budget=5))
+    with pytest.raises(compare.UnequalLabelsError):  # a run with fewer rounds
+        compare.aggregate(_rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10]}))
+
+
+def test_label_ratio():
+    summary = {"labels": [0, 10, 20], "methods": {
+        "adversarial": {"force_mae": {"mean": [4.0, 1.0, 0.5]}},
+        "random": {"force_mae": {"mean": [4.0, 2.0, 1.0]}},
+        "better": {"force_mae": {"mean": [4.0, 0.5, 0.25]}},
+    }}
+    slow = compare.label_ratio(summary, "random", "adversarial")
+    assert slow["ratio"] is None and slow["ratio_at_least"] == pytest.approx(1.0)
+    assert compare.label_ratio(summary, "better", "adversarial")["ratio"] == pytest.approx(0.5)
+    assert compare.labels_to_reach([0, 10, 20], [4.0, 2.0, 1.0], 2.0) == pytest.approx(10.0)
+    assert compare.labels_to_reach([0, 10], [4.0, 2.0], 1.0) is None
