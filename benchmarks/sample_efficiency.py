@@ -1,7 +1,7 @@
 """Sample efficiency: samplers compared at the same number of reference labels, over seeds.
 
     python benchmarks/sample_efficiency.py [--system double_well_2d|double_well_1d|ammonia]
-        [--seeds 3] [--rounds 5] [--labels 20] [--epochs 1000]
+        [--seeds 3] [--rounds 4] [--labels 20] [--epochs 600]
         [--samplers adversarial,random,random_scored,md,mixed] [--kT-sweep 0.3,3]
         [--workers 2] [--out DIR] [--from-csv rows.csv] [--threads N] [--quick] [--json]
 
@@ -67,9 +67,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="double_well_2d", choices=compare.SYSTEMS)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--labels", type=int, default=20, help="new reference labels per round")
-    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default 1000; NH3 3000)")
+    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default 600; NH3 3000)")
     parser.add_argument("--samplers", default=",".join(compare.SAMPLERS))
     parser.add_argument("--kT-sweep", default=None, help="extra attack temperatures (default 0.3,3; NH3 0.02,0.1)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     ammonia = args.system == "ammonia"
     sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else ([0.02, 0.1] if ammonia else [0.3, 3.0])
-    options = {"budget": args.labels, "epochs": args.epochs or (3000 if ammonia else 1000)}
+    options = {"budget": args.labels, "epochs": args.epochs or (3000 if ammonia else 600)}
     seeds, rounds, workers = args.seeds, args.rounds, args.workers
     if args.quick:
         seeds, rounds, workers, sweep = min(seeds, 2), 1, 1, sweep[:1]

@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack-steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=20, help="repeats of the committee training step")
     parser.add_argument("--rounds", type=int, default=2, help="active-learning rounds timed per system")
-    parser.add_argument("--epochs-2d", type=int, default=1500)
+    parser.add_argument("--epochs-2d", type=int, default=500)
     parser.add_argument("--epochs-ammonia", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
