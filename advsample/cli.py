@@ -1,0 +1,93 @@
+"""``advsample`` command line.
+
+    advsample report [-o DIR] [--notebooks NB ...] [-p NAME VALUE]... [--params FILE.yaml]
+                     [--smoke] [--executor NAME] [-k KERNEL] [--timeout S] [--no-progress]
+    advsample fetch-js [--dest DIR] [--force]
+
+Exit codes of ``report``: 0 all notebooks ran, 1 at least one failed (the report is
+still written), 2 a usage error (unknown notebook or parameter, bad params file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advsample", description="advsample notebooks and reports")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rep = sub.add_parser(
+        "report", help="run notebooks with papermill and write an HTML report folder",
+        description="Run notebooks with papermill; write executed notebooks, self-contained HTML, "
+                    "summary.csv/summary.json and index.html into the output folder.")
+    rep.add_argument("-o", "--output", default="report", metavar="DIR", help="output folder (default: report/)")
+    rep.add_argument("--notebooks", nargs="+", metavar="NB",
+                     help="notebook paths or stems in notebooks/ (default: every notebooks/*.ipynb)")
+    rep.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a parameter; VALUE is read as a YAML scalar (3, 0.5, true, null, text)")
+    rep.add_argument("--params", metavar="FILE.yaml",
+                     help="YAML mapping of parameters; a key that is a notebook stem holds that notebook's own")
+    rep.add_argument("--smoke", action="store_true", help="shortcut for -p smoke true")
+    rep.add_argument("--executor", metavar="NAME",
+                     help="passed as the 'executor' parameter to notebooks that declare one")
+    rep.add_argument("-k", "--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    rep.add_argument("--timeout", type=float, default=None, metavar="S", help="per-cell timeout in seconds")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    fetch = sub.add_parser("fetch-js", help="download the pinned JavaScript bundles the HTML reports inline (npm)")
+    fetch.add_argument("--dest", default=None, help="folder (default: $ADVSAMPLE_JS_DIR or advsample/viz/static/npm)")
+    fetch.add_argument("--force", action="store_true", help="download again even if present")
+    return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    notebooks = report.resolve_notebooks(args.notebooks)
+    known_stems = {nb.stem for nb in notebooks}
+    try:
+        known_stems |= {p.stem for p in report.default_notebooks_dir().glob("*.ipynb")}
+    except Exception:
+        pass
+    global_params, sections = {}, {}
+    if args.params:
+        global_params, sections = report.load_params_file(args.params, known_stems)
+        selected = {nb.stem for nb in notebooks}
+        sections = {k: v for k, v in sections.items() if k in selected}
+    cli_params = {name: report.parse_value(value) for name, value in args.param}
+    if args.smoke:
+        cli_params["smoke"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        plan = report.plan_parameters(notebooks, global_params, sections, cli_params, executor=args.executor)
+    results = report.build_report(notebooks, args.output, plan, kernel=args.kernel, timeout=args.timeout,
+                                  progress=not args.no_progress)
+    failed = [r for r in results if not r.ok]
+    print(f"report: {args.output}/index.html ({len(results)} notebooks, {len(failed)} failed)")
+    for r in failed:
+        print(f"  FAILED {r.stem}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .report import ReportError, fetch_js
+
+    try:
+        if args.command == "report":
+            return _report(args)
+        if args.command == "fetch-js":
+            print(fetch_js(args.dest, force=args.force))
+            return 0
+    except ReportError as exc:
+        print(f"advsample {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
