@@ -108,14 +108,20 @@ def resolve_notebooks(names: Sequence[str] | None = None, notebooks_dir: Path | 
 
 
 def parse_value(text: str) -> Any:
-    """A ``-p`` value as a YAML scalar: ``3`` -> int, ``0.5`` -> float, ``true`` -> bool,
+    """A ``-p`` value as a YAML scalar: ``3`` -> int, ``0.5`` / ``1e-3`` -> float, ``true`` -> bool,
     ``null`` -> None, ``[1, 2]`` -> list, anything else -> the string itself."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _NUMBER_RE.match(text.strip()):
+        return float(text)  # YAML 1.1 reads 1e-3 as a string; a parameter means the number
+    return value
+
+
+_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def load_params_file(path: str | os.PathLike, stems: Iterable[str] = ()) -> tuple[dict, dict[str, dict]]:
