@@ -362,7 +362,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def write_summaries(results: Sequence[NotebookResult], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``summary.json`` (``{stem: {status, duration_s, error, params, summary, files}}``) and
-    ``summary.csv`` (one row per notebook, the notebooks' summaries flattened with dotted keys)."""
+    ``summary.csv`` (one row per notebook, the notebooks' summaries flattened with dotted keys;
+    a summary key that clashes with a fixed column, e.g. ``notebook``, becomes ``summary.<key>``)."""
     out = Path(out_dir)
     combined = {
         r.stem: {"status": r.status, "duration_s": r.duration_s, "error": r.error, "params": r.params,
@@ -372,8 +373,9 @@ def write_summaries(results: Sequence[NotebookResult], out_dir: str | os.PathLik
     json_path = out / "summary.json"
     json_path.write_text(json.dumps(combined, indent=2, default=str) + "\n")
     rows, keys = [], []
+    reserved = {"notebook", "status", "duration_s", "error"}
     for r in results:
-        flat = _flatten(r.summary or {})
+        flat = {(f"summary.{k}" if k in reserved else k): v for k, v in _flatten(r.summary or {}).items()}
         for k in flat:
             if k not in keys:
                 keys.append(k)

@@ -24,7 +24,7 @@ def _notebook(path: Path, params: str, body: list[str]) -> Path:
     return path
 
 
-SUMMARY = "import json, os\njson.dump({'n': n, 'smoke': smoke, 'scale': scale, 'cwd': os.path.basename(os.getcwd())}, open('summary.json', 'w'))"
+SUMMARY = "import json, os\njson.dump({'notebook': 'ok', 'n': n, 'smoke': smoke, 'scale': scale, 'cwd': os.path.basename(os.getcwd())}, open('summary.json', 'w'))"
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_failing_notebook_recorded_and_exit_nonzero(run):
 def test_notebook_ran_in_its_folder_with_parameters(run):
     _, out = run
     s = json.loads((out / "ok" / "summary.json").read_text())
-    assert s == {"n": 4, "smoke": True, "scale": 0.5, "cwd": "ok"}
+    assert s == {"notebook": "ok", "n": 4, "smoke": True, "scale": 0.5, "cwd": "ok"}
     combined = json.loads((out / "summary.json").read_text())
     assert combined["ok"]["params"] == {"scale": 0.5, "n": 4, "smoke": True, "executor": "process"}
     assert combined["bad"]["params"] == {"smoke": True}  # bad declares neither scale nor executor
@@ -153,6 +153,7 @@ def test_summary_csv(run):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["notebook"] for r in rows] == ["ok", "bad"]
     assert rows[0]["status"] == "ok" and rows[0]["n"] == "4" and rows[0]["scale"] == "0.5"
+    assert rows[0]["summary.notebook"] == "ok"  # a clashing summary key gets a prefix
     assert rows[1]["status"] == "failed" and "boom" in rows[1]["error"] and rows[1]["n"] == ""
 
 
