@@ -237,6 +237,8 @@ def attack_paths(attack_or_frames, surface) -> list[np.ndarray]:
             by_seed.setdefault(int(atoms.info["attack_seed"]), []).append(
                 (int(atoms.info["attack_step"]), atoms.positions[0, : surface.n_dims])
             )
+    if not by_seed:
+        raise ValueError("no attack trajectories: frames need attack_seed and attack_step in atoms.info")
     return [np.array([p for _, p in sorted(by_seed[b], key=lambda t: t[0])]) for b in sorted(by_seed)]
 
 
