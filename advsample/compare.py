@@ -117,7 +117,7 @@ def _ammonia_problem(epochs=3000, hidden=(64, 64, 64), budget=20, kT=0.05, energ
     """NH3 with GFN2-xTB labels; an MLP committee on the 12 Cartesian coordinates (as in DESIGN.md)."""
     from .calculator import CommitteeCalculator
     from .metrics import test_errors
-    from .molecules import KCAL_PER_MOL, ammonia_splits, inversion_barrier, xtb_calculator  # noqa: F401
+    from .molecules import ammonia_splits, inversion_barrier, xtb_calculator
 
     reference = xtb_calculator()
     initial, test = ammonia_splits(seed=0, n_path=n_path, calculator=reference)
