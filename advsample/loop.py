@@ -137,6 +137,7 @@ class ActiveLearning:
         if n_rounds < 0:
             raise ValueError(f"n_rounds must be >= 0, got {n_rounds}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_settings()
         initial_train, validation, test = self._fixed_sets()
         cache = LabelCache(self.run_dir / "labels.jsonl")
         self.records = []
@@ -154,6 +155,33 @@ class ActiveLearning:
             yield record
 
     # -- rounds ------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """What fixes a run's numbers (besides its data): a resumed run must match them."""
+        return {
+            "model": [type(self.template.model).__name__, self.template.model.config()],
+            "sampler": repr(self.sampler),
+            "selection": repr(self.selection),
+            "train_config": repr(replace(self.train_config, progress=False)),
+            "validation_fraction": self.validation_fraction,
+            "warm_start": self.warm_start,
+            "oversample": self.oversample,
+            "seed": self.seed,
+        }
+
+    def _check_settings(self) -> None:
+        path = self.run_dir / "settings.json"
+        settings = json.loads(json.dumps(self.settings()))
+        if not path.exists():
+            _write_json(path, settings)
+            return
+        stored = json.loads(path.read_text())
+        changed = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
+        if changed:
+            raise ValueError(
+                f"{self.run_dir} holds a run made with other settings ({', '.join(changed)} differ); "
+                "use a new run_dir, or the same settings to resume it"
+            )
+
     def _fixed_sets(self) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
         """(initial training set, validation, test); validation and test are stored on first use."""
         train, validation = split_validation(self.initial, self.validation_fraction, self.seed)

@@ -203,6 +203,7 @@ def make_sampler(name: str, kT: float = 1.0, **options) -> Sampler:
     if name == "random_scored":
         return RandomDisplacementSampler(kT=kT, ranking="score", **options)
     if name == "md":
+        options.setdefault("temperature_K", kT / units.kB)  # the same kT drives the MD, unless given
         return UncertaintyMDSampler(kT=kT, **options)
     if name == "mixed":
         return MixedSampler(AdversarialSampler(AttackConfig(kT=kT)), RandomDisplacementSampler(kT=kT), **options)

@@ -106,3 +106,10 @@ def test_loop_rejects_bad_setups(tmp_path):
     loop = make_loop(tmp_path / "run", double_well_1d())
     with pytest.raises(ValueError, match="n_rounds"):
         loop.run(-1)
+
+
+def test_a_run_dir_is_not_resumed_with_other_settings(tmp_path):
+    make_loop(tmp_path / "run", double_well_1d(), epochs=5, budget=8).run(0)
+    make_loop(tmp_path / "run", double_well_1d(), epochs=5, budget=8).run(0)  # same settings: resumes
+    with pytest.raises(ValueError, match="other settings.*selection"):
+        make_loop(tmp_path / "run", double_well_1d(), epochs=5, budget=9).run(0)
