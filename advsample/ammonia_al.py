@@ -17,6 +17,7 @@ packaged DFT labels are replaced, never mixed).
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -63,7 +64,7 @@ class AmmoniaALConfig:
     md_energy_tolerance_eV: float = 0.0217  # |Ē − E_xTB| allowed on checked MD frames (0.5 kcal/mol)
     md_check_frames: int = 5  # MD frames per run compared with xTB
     seed: int = 0
-    executor: str = "inline"  # labeling executor: inline, process, parsl
+    executor: str = "inline"  # labeling executor: inline | processes | parsl | parsl:CONFIG.py
 
     def __post_init__(self):
         if self.n_rounds < 0:
@@ -127,8 +128,13 @@ def ammonia_active_learning(
     train_pool: Sequence[Atoms],
     test: Sequence[Atoms],
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> ActiveLearning:
-    """The ActiveLearning run of this study (call ``.irun(config.n_rounds)``)."""
+    """The ActiveLearning run of this study (call ``.irun(config.n_rounds)``).
+
+    ``executor``: where xTB labels run; None builds ``make_executor(config.executor)``
+    (prefer passing one from ``with make_executor(...) as executor:`` so it is shut down).
+    """
     committee = Committee(
         SchNetCommittee(n_members=config.n_members, species=(1, 7), n_features=config.n_features, seed=config.seed)
     )
@@ -144,7 +150,7 @@ def ammonia_active_learning(
     md_starts = list(train_pool[: config.md_runs])
     return ActiveLearning(
         run_dir, committee, XTB_SPEC, train_pool, sampler, test=test, selection=selection,
-        train_config=train_config, executor=make_executor(config.executor), seed=config.seed,
+        train_config=train_config, executor=executor or make_executor(config.executor), seed=config.seed,
         extra_metrics=committee_metrics(config, md_starts), progress=progress,
     )
 
