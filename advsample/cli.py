@@ -1,7 +1,7 @@
 """``advsample`` command line.
 
     advsample report [-o DIR] [--notebooks NB ...] [-p NAME VALUE]... [--params FILE.yaml]
-                     [--smoke] [--executor NAME] [-k KERNEL] [--timeout S] [--no-progress]
+                     [--smoke | --full] [--executor NAME] [-k KERNEL] [--timeout S] [--no-progress]
     advsample fetch-js [--dest DIR] [--force]
 
 Exit codes of ``report``: 0 all notebooks ran, 1 at least one failed (the report is
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--params", metavar="FILE.yaml",
                      help="YAML mapping of parameters; a key that is a notebook stem holds that notebook's own")
     rep.add_argument("--smoke", action="store_true", help="shortcut for -p smoke true")
+    rep.add_argument("--full", action="store_true",
+                     help="every notebook at its own defaults (without it, advsample/report_defaults.yaml "
+                          "shortens the long notebooks to minutes)")
     rep.add_argument("--executor", metavar="NAME",
                      help="passed as the 'executor' parameter to notebooks that declare one")
     rep.add_argument("-k", "--kernel", default="python3", help="Jupyter kernel name (default: python3)")
@@ -54,10 +57,15 @@ def _report(args: argparse.Namespace) -> int:
     except Exception:
         pass
     global_params, sections = {}, {}
+    if not (args.full or args.smoke):  # the embedded defaults: minutes on 2 cores
+        global_params, sections = report.load_params_file(report.EMBEDDED_DEFAULTS, known_stems)
     if args.params:
-        global_params, sections = report.load_params_file(args.params, known_stems)
-        selected = {nb.stem for nb in notebooks}
-        sections = {k: v for k, v in sections.items() if k in selected}
+        file_globals, file_sections = report.load_params_file(args.params, known_stems)
+        global_params.update(file_globals)
+        for stem, params in file_sections.items():
+            sections[stem] = {**sections.get(stem, {}), **params}
+    selected = {nb.stem for nb in notebooks}
+    sections = {k: v for k, v in sections.items() if k in selected}
     cli_params = {name: report.parse_value(value) for name, value in args.param}
     if args.smoke:
         cli_params["smoke"] = True

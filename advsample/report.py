@@ -68,6 +68,9 @@ class ReportError(Exception):
 # notebooks and parameters
 # --------------------------------------------------------------------------------------
 
+EMBEDDED_DEFAULTS = Path(__file__).with_name("report_defaults.yaml")
+
+
 def default_notebooks_dir() -> Path:
     """``notebooks/`` next to the package (a source checkout or an editable install)."""
     import advsample

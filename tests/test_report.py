@@ -195,3 +195,13 @@ def test_frame_slider_html():
     assert 'max="1"' in html and len(fs) == 2
     with pytest.raises(ValueError):
         frame_slider([png], labels=["a", "b"])
+
+
+def test_embedded_defaults_fit_the_real_notebooks():
+    """The report's embedded defaults name only parameters the notebooks declare."""
+    notebooks = report.resolve_notebooks(None)
+    stems = {nb.stem for nb in notebooks}
+    global_params, sections = load_params_file(report.EMBEDDED_DEFAULTS, stems)
+    assert set(sections) <= stems and sections, "the defaults shorten some notebook"
+    plan = plan_parameters(notebooks, global_params, sections)
+    assert plan["03_ammonia_inversion"]["n_rounds"] < 5
