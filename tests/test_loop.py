@@ -35,7 +35,7 @@ class CountingSurface(Calculator):
         self.results = dict(self.surface.results)
 
 
-def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", seed=0):
+def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", seed=0, executor=None):
     surface = double_well_1d()
     initial = surface.sample(40, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)])
     test = surface.sample(200, seed=1, max_energy=3.0)
@@ -49,6 +49,7 @@ def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", s
         selection=SelectionConfig(budget=budget, kT=1.0, min_distance=0.02),
         train_config=TrainConfig(epochs=epochs, patience=200),
         seed=seed,
+        executor=executor,
         progress=False,
     )
 

@@ -96,3 +96,19 @@ def test_config_files_in_docs_load(tmp_path):
     assert executors == ["label"]
     pbs = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "PBSProProvider(" in b)
     exec(compile("ENV = ''\n" + pbs, "pbs", "exec"), {})
+
+
+def test_two_active_learning_rounds_on_parsl_match_in_process(parsl_pool, tmp_path):
+    """Labels through two local Parsl workers give the same training set as in-process labels."""
+    from test_loop import make_loop
+
+    reference = CalculatorSpec("advsample.surfaces:double_well_1d")
+    in_process = make_loop(tmp_path / "inline", reference, epochs=60).run(2)
+    on_parsl = make_loop(tmp_path / "parsl", reference, epochs=60, executor=parsl_pool).run(2)
+    assert on_parsl[-1].metrics["labels_used"] == in_process[-1].metrics["labels_used"] == 16
+    np.testing.assert_array_equal(
+        [a.positions for a in on_parsl[-1].train], [a.positions for a in in_process[-1].train]
+    )
+    np.testing.assert_array_equal(
+        [a.get_potential_energy() for a in on_parsl[-1].train], [a.get_potential_energy() for a in in_process[-1].train]
+    )
