@@ -172,7 +172,7 @@ def attack_strip(frames: Sequence[Atoms], sigma: np.ndarray, n_panels: int = 5,
 def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[[Atoms], str] | None = None,
                   title: str | None = None, dpi: int = 60, interval_ms: int = 150):
     """Every frame pre-rendered (PNG) behind a browser-side slider (:func:`advsample.viz.embed.frame_slider`)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from .embed import frame_slider
 
@@ -181,7 +181,8 @@ def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[
     caption = caption or _caption
     images, labels = [], []
     for t, atoms in enumerate(frames):
-        fig, ax = plt.subplots(figsize=(2.8, 2.8))
+        fig = Figure(figsize=(2.8, 2.8))  # not pyplot: dozens of frames would all stay open
+        ax = fig.subplots()
         scatter = _draw(ax, atoms, sigma[t], axes, norm, cmap, extent, caption(atoms))
         fig.colorbar(scatter, ax=ax, label="force σ (eV/Å)", shrink=0.8)
         images.append(fig)
