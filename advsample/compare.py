@@ -40,14 +40,14 @@ from .select import SelectionConfig
 from .train import TrainConfig
 
 SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed")
-SYSTEMS = ("double_well_2d", "double_well_1d", "ammonia")
+SYSTEMS = ("double_well_2d", "double_well_1d", "ammonia", "ethanol")
 METRICS = ("force_mae", "energy_mae", "force_spearman", "force_miscalibration_area")
 
 ROW_FIELDS = [
     "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "n_train",
     "force_mae", "energy_mae", "force_rmse", "force_spearman", "force_miscalibration_area",
     "selected_energy_mean", "selected_energy_max", "selected_energy_median",
-    "barrier_error_kcal_mol", "path_force_mae", "sample_s", "select_s", "label_s", "train_s",
+    "barrier_error_kcal_mol", "path_force_mae", "path_energy_mae", "sample_s", "select_s", "label_s", "train_s",
 ]
 
 
@@ -156,6 +156,59 @@ def _ammonia_problem(epochs=3000, hidden=(64, 64, 64), budget=20, kT=0.05, energ
     )
 
 
+def _ethanol_problem(n_initial=100, n_scan=24, n_test_thermal=20, epochs=1000, patience=200, n_members=5,
+                     n_features=32, budget=10, kT=0.1, energy_ceiling=0.5, displacement=0.05, attack_steps=60,
+                     attack_learning_rate=0.01, uncertainty="forces", n_attack_seeds=None, md_steps=200,
+                     data_seed=0) -> Problem:
+    """Ethanol with GFN2-xTB labels and a SchNet committee (species H, C, O).
+
+    Initial data: ``n_initial`` 300 K MD frames of the anti conformer only (H–O–C–C torsion
+    within 40° of 180°); test: the relaxed torsion scan (both gauche basins, the barriers,
+    cis) plus held-out thermal frames near anti and both gauche minima
+    (:func:`advsample.molecules.ethanol_dataset`). Labels through a
+    :class:`~advsample.label.CalculatorSpec` of :func:`~advsample.molecules.xtb_calculator`.
+    Extra metrics on the scan: force MAE (``path_force_mae``, eV/Å), energy-profile MAE
+    relative to the anti point (``path_energy_mae``, eV) and the anti→gauche barrier error
+    at the scan geometries (``barrier_error_kcal_mol``).
+    """
+    from .label import CalculatorSpec
+    from .metrics import test_errors
+    from .models.schnet import SchNetCommittee
+    from .molecules import ethanol_dataset, torsion_profile_errors, xtb_calculator
+
+    initial, test = ethanol_dataset(n_initial, seed=data_seed, n_scan=n_scan, n_test_thermal=n_test_thermal,
+                                    calculator=xtb_calculator())
+    scan = [a for a in test if a.info.get("subset") == "torsion_scan"]
+
+    def make_committee(seed: int) -> Committee:
+        model = SchNetCommittee(n_members=n_members, species=(1, 6, 8), n_features=n_features, seed=seed)
+        return Committee(model).to(default_device())
+
+    def extra_metrics(committee: Committee) -> dict:
+        if not scan:
+            return {}
+        out = torsion_profile_errors(lambda atoms: committee.predict(atoms)["energy_mean"], scan)
+        out["path_energy_mae"] = out.pop("profile_mae")
+        out["path_force_mae"] = test_errors(committee, scan)["force_mae"]
+        return out
+
+    return Problem(
+        name="ethanol",
+        reference=CalculatorSpec("advsample.molecules:xtb_calculator", {}),
+        initial=initial,
+        test=test,
+        make_committee=make_committee,
+        kT=kT,
+        train_config=TrainConfig(epochs=epochs, patience=patience, progress=False),
+        selection=SelectionConfig(budget=budget, kT=kT, min_distance=0.01, energy_ceiling=energy_ceiling),
+        displacement=displacement,
+        attack_options={"learning_rate": attack_learning_rate, "n_steps": attack_steps, "min_distance": 0.6,
+                        "uncertainty": uncertainty, "n_seeds": n_attack_seeds},
+        md_options={"temperature_K": 300.0, "timestep_fs": 0.5, "n_steps": md_steps, "interval": 5, "n_seeds": 8},
+        extra_metrics=extra_metrics,
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_problem(name: str, options_json: str) -> Problem:
     options = json.loads(options_json)
@@ -163,6 +216,8 @@ def _cached_problem(name: str, options_json: str) -> Problem:
         problem = _toy_problem(name, **options)
     elif name == "ammonia":
         problem = _ammonia_problem(**options)
+    elif name == "ethanol":
+        problem = _ethanol_problem(**options)
     else:
         raise ValueError(f"unknown system {name!r}; choose one of {SYSTEMS}")
     problem.options = options
@@ -175,7 +230,9 @@ def make_problem(name: str, **options) -> Problem:
     Toys: 128 points of the left well below E = 0 (initial), 400 test points below E = 4
     over both wells, 5 MLPs 3 × 64, kT = 1, 20 labels per round. ``ammonia``: the 118-structure
     xTB train pool, test = 20 held-out geometries + the relaxed inversion path, kT = 0.05 eV,
-    selection ceiling 1 eV above the training minimum.
+    selection ceiling 1 eV above the training minimum. ``ethanol``: 100 anti-conformer 300 K
+    MD frames (xTB), test = relaxed H–O–C–C torsion scan + thermal frames near anti and
+    gauche, SchNet committee (H, C, O), kT = 0.1 eV, ceiling 0.5 eV, 10 labels per round.
     """
     return _cached_problem(name, json.dumps(options, sort_keys=True))
 
@@ -244,6 +301,7 @@ def _row(problem: Problem, method: str, kT: float, seed: int, metrics: dict) -> 
         "selected_energy_median": float(np.median(energies)) if energies.size else math.nan,
         "barrier_error_kcal_mol": extra.get("barrier_error_kcal_mol", math.nan),
         "path_force_mae": extra.get("path_force_mae", math.nan),
+        "path_energy_mae": extra.get("path_energy_mae", math.nan),
         **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s")},
     }
     if metrics["round"] == 0:
@@ -373,7 +431,8 @@ def check_equal_labels(rows: Sequence[dict]) -> dict[int, int]:
 
 
 def aggregate(rows: Sequence[dict], metrics: Sequence[str] = (*METRICS, "selected_energy_mean",
-                                                                 "barrier_error_kcal_mol", "path_force_mae")) -> dict:
+                                                                 "barrier_error_kcal_mol", "path_force_mae",
+                                                                 "path_energy_mae")) -> dict:
     """Mean, std, min, max over seeds per method and round, after :func:`check_equal_labels`.
 
     Returns {"labels": [L per round], "methods": {method: {metric: {"mean": [...], "std": [...],
@@ -390,7 +449,7 @@ def aggregate(rows: Sequence[dict], metrics: Sequence[str] = (*METRICS, "selecte
         for metric in metrics:
             stats = {"mean": [], "std": [], "min": [], "max": []}
             for k in rounds:
-                values = np.array([float(r[metric]) for r in mine if r["round"] == k], dtype=float)
+                values = np.array([float(r.get(metric, math.nan)) for r in mine if r["round"] == k], dtype=float)
                 values = values[np.isfinite(values)]
                 for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
                     stats[name].append(float(fn(values)) if values.size else math.nan)
@@ -495,7 +554,8 @@ def comparison_figure(summary: dict, metrics: Sequence[str] = ("force_mae", "ene
         "force_spearman": "Spearman ρ (force σ vs error)",
         "force_miscalibration_area": "miscalibration area",
         "barrier_error_kcal_mol": "barrier error (kcal/mol)",
-        "path_force_mae": f"inversion-path force MAE ({energy_unit}/{length_unit})",
+        "path_force_mae": f"path force MAE ({energy_unit}/{length_unit})",
+        "path_energy_mae": f"path energy-profile MAE ({energy_unit})",
         "selected_energy_mean": f"mean selected energy above min ({energy_unit})",
     }
     methods = list(methods or summary["methods"])
@@ -508,7 +568,7 @@ def comparison_figure(summary: dict, metrics: Sequence[str] = ("force_mae", "ene
             mean = np.asarray(stats["mean"], float)
             (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} (n={summary['methods'][method]['n_seeds']})")
             ax.fill_between(x, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, linewidth=0)
-        if metric in ("force_mae", "energy_mae", "force_rmse", "path_force_mae"):
+        if metric in ("force_mae", "energy_mae", "force_rmse", "path_force_mae", "path_energy_mae"):
             ax.set_yscale("log")
         ax.set_xlabel("new reference labels")
         ax.set_ylabel(labels.get(metric, metric))

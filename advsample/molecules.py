@@ -279,3 +279,215 @@ def inversion_barrier(
             results.append(labeled(atoms, energy, forces, umbrella_height=umbrella_height(atoms)))
         return barrier, results[0], results[1]
     return barrier
+
+
+# -- ethanol: one conformer basin in training, the whole H–O–C–C torsion in the test --------
+# GFN2-xTB (measured with this code): relaxed scan of the H–O–C–C torsion from the anti
+# minimum (180°): a barrier of ≈ 0.04 eV near 130°, the gauche minima (±60°) ≈ 0.07 eV
+# *below* anti, the cis point (0°) ≈ 0.05 eV above gauche. (xTB on ethanol: a few ms per
+# call with OMP_NUM_THREADS=1; with OpenMP threads on a shared machine ~1 s.)
+ETHANOL_NAME = "CH3CH2OH"  # in ase.collections.g2; built in the anti (trans) conformer
+ANTI_WINDOW_DEG = 40.0  # training frames: |φ| ≥ 180 − this (the anti basin)
+GAUCHE_WINDOW_DEG = 40.0  # gauche test frames: |φ ∓ 60| ≤ this
+
+
+def torsion_indices(atoms: Atoms) -> tuple[int, int, int, int]:
+    """(H, O, C_α, C_β) of ethanol's hydroxyl torsion, found from the geometry (any atom order)."""
+    symbols = atoms.get_chemical_symbols()
+    if sorted(symbols) != sorted("CCOHHHHHH"):
+        raise ValueError(f"expected ethanol C2H6O, got {atoms.get_chemical_formula()}")
+    d = atoms.get_all_distances()
+    oxygen = symbols.index("O")
+    carbons = [i for i, s in enumerate(symbols) if s == "C"]
+    alpha = min(carbons, key=lambda c: d[oxygen, c])
+    beta = next(c for c in carbons if c != alpha)
+    hydrogens = [i for i, s in enumerate(symbols) if s == "H"]
+    hydroxyl = min(hydrogens, key=lambda h: d[oxygen, h])
+    return hydroxyl, oxygen, alpha, beta
+
+
+def torsion_angle(atoms: Atoms) -> float:
+    """H–O–C–C dihedral of ethanol in degrees, in (−180, 180]: anti ≈ ±180, gauche ≈ ±60."""
+    h, o, ca, cb = torsion_indices(atoms)
+    phi = float(atoms.get_dihedral(h, o, ca, cb))  # ASE: [0, 360)
+    return phi - 360.0 if phi > 180.0 else phi
+
+
+def torsion_angles(atoms_list: Sequence[Atoms]) -> np.ndarray:
+    """[B] :func:`torsion_angle` of every structure (degrees)."""
+    return np.array([torsion_angle(a) for a in atoms_list], dtype=float)
+
+
+def ethanol_minimum(calculator=None, fmax: float = 0.01, steps: int = 300, torsion_deg: float | None = None) -> Atoms:
+    """Ethanol relaxed with ``calculator`` (default xTB): anti from ``ase.build.molecule``, or the
+    minimum nearest ``torsion_deg`` (e.g. 60 for gauche) when given (started there, then relaxed freely)."""
+    from ase.build import molecule
+
+    calculator = calculator if calculator is not None else xtb_calculator()
+    atoms = molecule(ETHANOL_NAME)
+    if torsion_deg is not None:
+        h, o, ca, cb = torsion_indices(atoms)
+        atoms.set_dihedral(cb, ca, o, h, torsion_deg % 360.0, indices=[h])
+    _relax(atoms, calculator, fmax, steps, f"ethanol minimum (start φ={torsion_deg})")
+    atoms.calc = None
+    return atoms
+
+
+def torsion_scan(
+    n_points: int = 24, calculator=None, fmax: float = 0.02, steps: int = 300, start: Atoms | None = None
+) -> list[Atoms]:
+    """Relaxed scan of the H–O–C–C torsion: φ from 180° through gauche+ (60), cis (0), gauche− (−60).
+
+    φ_k = 180 − k·360/n_points; at each φ the torsion is fixed (``ase.constraints.FixInternals``)
+    and every other coordinate relaxed with BFGS (``fmax`` eV/Å) under ``calculator``
+    (default GFN2-xTB), each point starting from the previous one. Returned unlabeled,
+    without constraints; ``info["torsion"]`` = φ in degrees (−180, 180].
+    """
+    from ase.constraints import FixInternals
+
+    calculator = calculator if calculator is not None else xtb_calculator()
+    current = (start if start is not None else ethanol_minimum(calculator)).copy()
+    h, o, ca, cb = torsion_indices(current)
+    path = []
+    for k in range(n_points):
+        phi = 180.0 - k * 360.0 / n_points
+        atoms = current.copy()
+        atoms.constraints = []
+        atoms.set_dihedral(cb, ca, o, h, phi % 360.0, indices=[h])  # moves only the hydroxyl H
+        atoms.set_constraint(FixInternals(dihedrals_deg=[[atoms.get_dihedral(h, o, ca, cb), [h, o, ca, cb]]]))
+        _relax(atoms, calculator, fmax, steps, f"ethanol torsion scan φ={phi:.0f}°")
+        atoms.calc = None
+        current = atoms
+        out = atoms.copy()
+        out.constraints = []
+        out.info["torsion"] = torsion_angle(out)
+        path.append(out)
+    return path
+
+
+def _in_window(phi: float, centre: float, width: float) -> bool:
+    return abs((phi - centre + 180.0) % 360.0 - 180.0) <= width
+
+
+def thermal_frames(
+    start: Atoms, n_frames: int, centre_deg: float, window_deg: float, seed: int = 0, temperature_K: float = 300.0,
+    calculator=None, timestep_fs: float = 0.5, interval: int = 20, equilibration: int = 200,
+    friction_per_fs: float = 0.02, max_steps: int = 20000,
+) -> list[Atoms]:
+    """Langevin MD frames (``temperature_K``, GFN2-xTB) that stay in one torsion basin.
+
+    From ``start``: Maxwell–Boltzmann velocities, ``equilibration`` steps, then a frame every
+    ``interval`` steps, kept when the H–O–C–C torsion is within ``window_deg`` of
+    ``centre_deg``; a trajectory that leaves the basin (more than 1.5 × the window away)
+    restarts from ``start`` with fresh velocities. Seeded (``seed``); unlabeled copies.
+    Raises ``RuntimeError`` after ``max_steps`` MD steps without ``n_frames`` frames.
+    """
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    calculator = calculator if calculator is not None else xtb_calculator()
+    rng = np.random.default_rng(seed)
+    frames: list[Atoms] = []
+    total = 0
+
+    def restart():
+        atoms = start.copy()
+        atoms.constraints = []
+        atoms.calc = calculator
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+        Stationary(atoms)
+        ZeroRotation(atoms)
+        dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                            friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
+        dynamics.run(equilibration)
+        return atoms, dynamics
+
+    atoms, dynamics = restart()
+    total += equilibration
+    while len(frames) < n_frames:
+        if total > max_steps:
+            raise RuntimeError(
+                f"thermal_frames: {len(frames)}/{n_frames} frames near φ={centre_deg}° after {total} steps")
+        dynamics.run(interval)
+        total += interval
+        phi = torsion_angle(atoms)
+        if _in_window(phi, centre_deg, window_deg):
+            frame = atoms.copy()
+            frame.calc = None
+            frame.set_velocities(np.zeros((len(frame), 3)))
+            frame.info["torsion"] = phi
+            frames.append(frame)
+        elif not _in_window(phi, centre_deg, 1.5 * window_deg):
+            atoms, dynamics = restart()
+            total += equilibration
+    return frames
+
+
+def ethanol_dataset(
+    n: int = 100, seed: int = 0, temperature_K: float = 300.0, n_scan: int = 24, n_test_thermal: int = 20,
+    calculator=None,
+) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, test) for ethanol, all labeled with GFN2-xTB (absolute eV, eV/Å).
+
+    * train: ``n`` frames of 300 K Langevin MD (``temperature_K``) from the relaxed anti
+      conformer, kept only while the H–O–C–C torsion is within 40° of 180°: one conformer
+      basin (``info["subset"] = "anti_md"``).
+    * test: the relaxed torsion scan (:func:`torsion_scan`, ``n_scan`` points through both
+      gauche minima, the anti–gauche barriers and cis; ``"torsion_scan"``), plus
+      ``n_test_thermal`` held-out MD frames near each conformer: anti (other seed,
+      ``"anti_md_test"``), gauche+ and gauche− (``"gauche_md"``).
+
+    ``info["torsion"]`` (degrees) is set on every structure. Seeded; nothing is cached
+    (≈ 10–20 s on one core).
+    """
+    calculator = calculator if calculator is not None else xtb_calculator()
+    anti = ethanol_minimum(calculator)
+    gauche = ethanol_minimum(calculator, torsion_deg=60.0)
+    gauche_phi = abs(torsion_angle(gauche))
+    gauche_minus = gauche.copy()
+    gauche_minus.positions[:, 2] *= -1  # the mirror image: φ → −φ
+    seeds = np.random.SeedSequence(seed).generate_state(4)
+
+    def tag(frames, subset):
+        for atoms in frames:
+            atoms.info["subset"] = subset
+        return frames
+
+    train = tag(thermal_frames(anti, n, 180.0, ANTI_WINDOW_DEG, int(seeds[0]), temperature_K, calculator), "anti_md")
+    test = tag(torsion_scan(n_scan, calculator, start=anti), "torsion_scan") if n_scan > 0 else []
+    if n_test_thermal > 0:
+        test += tag(thermal_frames(anti, n_test_thermal, 180.0, ANTI_WINDOW_DEG, int(seeds[1]), temperature_K,
+                                   calculator), "anti_md_test")
+        for start, centre, s in ((gauche, gauche_phi, seeds[2]), (gauche_minus, -gauche_phi, seeds[3])):
+            test += tag(thermal_frames(start, n_test_thermal, centre, GAUCHE_WINDOW_DEG, int(s), temperature_K,
+                                       calculator), "gauche_md")
+    train = relabel_xtb(train, calculator)
+    test = relabel_xtb(test, calculator)
+    for atoms in train + test:
+        atoms.info["torsion"] = torsion_angle(atoms)
+    return train, test
+
+
+def torsion_profile_errors(predict_energies, scan: Sequence[Atoms]) -> dict:
+    """How well an energy model reproduces the relaxed torsion profile (at the scan geometries).
+
+    ``predict_energies(scan)`` -> [B] energies (eV). Profiles are taken relative to the
+    scan's first point (anti, φ = 180°). Returns ``profile_mae`` (eV), ``profile_max_error``
+    (eV), and the anti→gauche barrier (highest scan point between 180° and the gauche
+    minimum, kcal/mol) of reference and model and their difference.
+    """
+    reference = np.array([a.get_potential_energy() for a in scan], dtype=float)
+    predicted = np.asarray(predict_energies(scan), dtype=float)
+    reference, predicted = reference - reference[0], predicted - predicted[0]
+    error = predicted - reference
+    phi = np.array([a.info.get("torsion", torsion_angle(a)) for a in scan])
+    gauche = int(np.argmin(np.where(phi > 0, reference, np.inf)))  # lowest point on the φ > 0 side
+    barrier_ref = float(reference[: gauche + 1].max()) / KCAL_PER_MOL
+    barrier_model = float(predicted[: gauche + 1].max()) / KCAL_PER_MOL
+    return {
+        "profile_mae": float(np.abs(error).mean()),
+        "profile_max_error": float(np.abs(error).max()),
+        "barrier_kcal_mol": barrier_model,
+        "reference_barrier_kcal_mol": barrier_ref,
+        "barrier_error_kcal_mol": barrier_model - barrier_ref,
+    }

@@ -1,6 +1,6 @@
 """Sample efficiency: samplers compared at the same number of reference labels, over seeds.
 
-    python benchmarks/sample_efficiency.py [--system double_well_2d|double_well_1d|ammonia]
+    python benchmarks/sample_efficiency.py [--system double_well_2d|double_well_1d|ammonia|ethanol]
         [--seeds 3] [--rounds 4] [--labels 20] [--epochs 600]
         [--samplers adversarial,random,random_scored,md,mixed] [--kT-sweep 0.3,3]
         [--workers 2] [--out DIR] [--from-csv rows.csv] [--threads N] [--quick] [--json]
@@ -15,7 +15,9 @@ random) and the attack at the temperatures of ``--kT-sweep``.
 
 Per round and run: labels used, test force/energy MAE, calibration (Spearman ρ of σ vs
 error, miscalibration area), energies of the selected structures (relative to the
-training minimum) and, for ammonia, the inversion-barrier error. The report refuses to
+training minimum) and, for ammonia, the inversion-barrier error; for ethanol (SchNet
+committee, GFN2-xTB, initial data in the anti conformer only) the force MAE and the
+energy-profile MAE along the relaxed H–O–C–C torsion scan. The report refuses to
 compare runs that used different numbers of labels (``UnequalLabelsError``).
 
 Writes DIR/rows.csv, DIR/summary.json, DIR/comparison.png (error vs labels, mean and
@@ -49,6 +51,8 @@ def report(rows, out_dir: str, energy_unit: str) -> dict:
     metrics = ["force_mae", "energy_mae", "force_spearman"]
     if summary["system"] == "ammonia":
         metrics.append("barrier_error_kcal_mol")
+    if summary["system"] == "ethanol":
+        metrics += ["path_force_mae", "path_energy_mae"]
     compare.comparison_figure(summary, metrics, samplers, energy_unit=energy_unit).savefig(
         os.path.join(out_dir, "comparison.png"), dpi=110)
     if len(sweep) > 1:
@@ -69,9 +73,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--labels", type=int, default=20, help="new reference labels per round")
-    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default 600; NH3 3000)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="max training epochs (default 600; NH3 3000; ethanol 1000)")
     parser.add_argument("--samplers", default=",".join(compare.SAMPLERS))
-    parser.add_argument("--kT-sweep", default=None, help="extra attack temperatures (default 0.3,3; NH3 0.02,0.1)")
+    parser.add_argument("--kT-sweep", default=None,
+                        help="extra attack temperatures (default 0.3,3; NH3 0.02,0.1; ethanol 0.05,0.2)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")
     parser.add_argument("--from-csv", default=None, help="only report from an earlier rows.csv")
@@ -80,14 +86,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    ammonia = args.system == "ammonia"
-    sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else ([0.02, 0.1] if ammonia else [0.3, 3.0])
-    options = {"budget": args.labels, "epochs": args.epochs or (3000 if ammonia else 600)}
+    ammonia, ethanol = args.system == "ammonia", args.system == "ethanol"
+    molecule = ammonia or ethanol
+    default_sweep = [0.02, 0.1] if ammonia else [0.05, 0.2] if ethanol else [0.3, 3.0]
+    sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else default_sweep
+    options = {"budget": args.labels, "epochs": args.epochs or (3000 if ammonia else 1000 if ethanol else 600)}
     seeds, rounds, workers = args.seeds, args.rounds, args.workers
     if args.quick:
         seeds, rounds, workers, sweep = min(seeds, 2), 1, 1, sweep[:1]
         options.update(budget=min(args.labels, 4), epochs=15)
-        if not ammonia:
+        if ethanol:
+            # a barely trained committee: a wide energy window so that every run fills its budget
+            options.update(n_initial=12, n_scan=6, n_test_thermal=3, attack_steps=6, md_steps=10, n_features=8,
+                           n_members=3, patience=15, energy_ceiling=20.0)
+        elif not ammonia:
             options.update(n_initial=24, n_test=40, attack_steps=6, md_steps=10)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
@@ -101,7 +113,7 @@ def main(argv=None) -> dict:
                                       options=options, workers=workers, log=lambda s: print(s, flush=True))
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
     elapsed = time.perf_counter() - start
-    result = report(rows, args.out, "eV" if ammonia else "arb. units")
+    result = report(rows, args.out, "eV" if molecule else "arb. units")
     print(compare.markdown_table(result["table"]))
     for baseline, ratio in result["ratios"].items():
         r, low = ratio["ratio"], ratio["ratio_at_least"]

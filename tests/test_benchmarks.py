@@ -134,3 +134,39 @@ def test_label_ratio():
     assert compare.label_ratio(summary, "better", "adversarial")["ratio"] == pytest.approx(0.5)
     assert compare.labels_to_reach([0, 10, 20], [4.0, 2.0, 1.0], 2.0) == pytest.approx(10.0)
     assert compare.labels_to_reach([0, 10], [4.0, 2.0], 1.0) is None
+
+
+def test_ethanol_dataset_and_torsion():
+    """Ethanol: torsion on built geometries; a tiny dataset (anti-only train, scan + gauche test), profile metric.
+
+    The full ``--system ethanol --quick`` comparison takes ~20 s on a shared core and is run by hand
+    (docs/results.md), not here.
+    """
+    import numpy as np
+    from ase.build import molecule
+
+    from advsample.molecules import (ethanol_dataset, torsion_angle, torsion_angles, torsion_indices,
+                                     torsion_profile_errors)
+
+    atoms = molecule("CH3CH2OH")  # anti: H–O–C–C = 180°
+    assert abs(abs(torsion_angle(atoms)) - 180.0) < 1e-6
+    h, o, ca, cb = torsion_indices(atoms)
+    atoms.set_dihedral(cb, ca, o, h, 60.0, indices=[h])
+    assert torsion_angle(atoms) == pytest.approx(60.0, abs=1e-6)
+    atoms.set_dihedral(cb, ca, o, h, 290.0, indices=[h])
+    assert torsion_angle(atoms) == pytest.approx(-70.0, abs=1e-6)
+    with pytest.raises(ValueError, match="ethanol"):
+        torsion_indices(molecule("NH3"))
+
+    train, test = ethanol_dataset(6, seed=1, n_scan=4, n_test_thermal=2)
+    assert len(train) == 6 and len(test) == 4 + 3 * 2
+    assert all(len(a) == 9 and a.get_forces().shape == (9, 3) for a in train + test)
+    assert np.all(np.abs(torsion_angles(train)) >= 140.0)  # one basin only
+    scan = [a for a in test if a.info["subset"] == "torsion_scan"]
+    assert [round(a.info["torsion"]) % 360 for a in scan] == [180, 90, 0, 270]
+    gauche = torsion_angles([a for a in test if a.info["subset"] == "gauche_md"])
+    assert np.all(np.abs(gauche) <= 110.0) and (gauche > 0).any() and (gauche < 0).any()
+    exact = torsion_profile_errors(lambda s: [a.get_potential_energy() for a in s], scan)
+    assert exact["profile_mae"] == pytest.approx(0.0) and exact["barrier_error_kcal_mol"] == pytest.approx(0.0)
+    shifted = torsion_profile_errors(lambda s: [a.get_potential_energy() + 1.0 for a in s], scan)
+    assert shifted["profile_mae"] == pytest.approx(0.0, abs=1e-9)  # profiles are relative to anti
