@@ -143,8 +143,7 @@ def md_stability(
         system = Atoms(start.numbers, positions=start.positions, cell=start.cell, pbc=start.pbc)
         bonds = _bonds(system, bond_scale)
         rng = np.random.default_rng([seed, run])
-        thermalize = getattr(velocities, "thermalize_momenta", velocities.MaxwellBoltzmannDistribution)  # ASE >= 3.29
-        thermalize(system, temperature_K=temperature_K, rng=rng)
+        velocities.thermalize_momenta(system, temperature_K=temperature_K, rng=rng)
         velocities.Stationary(system)
         velocities.ZeroRotation(system)
         system.calc = calculator

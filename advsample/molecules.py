@@ -383,7 +383,7 @@ def thermal_frames(
     Raises ``RuntimeError`` after ``max_steps`` MD steps without ``n_frames`` frames.
     """
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     calculator = calculator if calculator is not None else xtb_calculator()
     rng = np.random.default_rng(seed)
@@ -394,7 +394,7 @@ def thermal_frames(
         atoms = start.copy()
         atoms.constraints = []
         atoms.calc = calculator
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+        thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
         Stationary(atoms)
         ZeroRotation(atoms)
         dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
