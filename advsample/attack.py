@@ -99,12 +99,15 @@ class AttackResult:
         """The last active frame of each seed."""
         return [self.frame(int(np.flatnonzero(self.active[:, b])[-1]), b) for b in range(len(self.seeds))]
 
+    def all_frames(self) -> list[Atoms]:
+        """Every active frame of every seed, seed after seed."""
+        return [atoms for b in range(len(self.seeds)) for atoms in self.trajectory(b)]
+
     def write(self, path: str | Path) -> Path:
         """All trajectories, seed after seed, as one extxyz file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        frames = [atoms for b in range(len(self.seeds)) for atoms in self.trajectory(b)]
-        write(path, frames, format="extxyz")
+        write(path, self.all_frames(), format="extxyz")
         return path
 
 

@@ -110,7 +110,8 @@ class ActiveLearning:
         self.sampler = sampler
         self.test = list(test) if test else []
         self.selection = selection or SelectionConfig()
-        self.train_config = replace(train_config or TrainConfig(), progress=progress and (train_config or TrainConfig()).progress)
+        train_config = train_config or TrainConfig()
+        self.train_config = replace(train_config, progress=progress and train_config.progress)
         self.validation_fraction = validation_fraction
         self.warm_start = warm_start
         self.oversample = int(oversample)
@@ -339,7 +340,7 @@ class ActiveLearning:
             trajectories = []
             for proposal in record.proposals:
                 if proposal.attack is not None:
-                    trajectories += [a for b in range(len(proposal.attack.seeds)) for a in proposal.attack.trajectory(b)]
+                    trajectories += proposal.attack.all_frames()
                 for trajectory in proposal.trajectories:
                     trajectories += trajectory
             _write_atoms(directory / "trajectories.extxyz", trajectories)

@@ -25,7 +25,6 @@ import datetime as _dt
 import functools
 import hashlib
 import html
-import io
 import json
 import os
 import re
@@ -37,7 +36,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
-import torch
 from ase import Atoms, units
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta

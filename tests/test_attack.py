@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
 from ase.io import read
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from advsample.surfaces import SURFACES, ToySurface, get_surface
 
