@@ -30,7 +30,7 @@ from .committee import Committee
 from .executors import make_executor
 from .label import CalculatorSpec
 from .loop import ActiveLearning, RoundRecord
-from .metrics import md_stability
+from .metrics import md_stability, test_errors
 from .models.schnet import SchNetCommittee
 from .molecules import ammonia_splits, inversion_barrier, umbrella_heights, xtb_calculator
 from .samplers import make_sampler
@@ -101,33 +101,40 @@ class AmmoniaALConfig:
         return cls(**settings)
 
 
-def committee_metrics(config: AmmoniaALConfig, md_starts: Sequence[Atoms], reference=None) -> Callable[[Committee], dict]:
-    """``extra_metrics`` for the loop: relaxed inversion barrier (kcal/mol) and 1500 K MD stability."""
-    from .molecules import KCAL_PER_MOL  # noqa: F401 - documents the unit
+def committee_metrics(config: AmmoniaALConfig, md_starts: Sequence[Atoms], reference=None,
+                      path: Sequence[Atoms] = ()) -> Callable[[Committee], dict]:
+    """``extra_metrics`` for the loop: the rare-event and the thermal figures of a committee.
 
+    Rare event: relaxed inversion barrier and its error against the reference's (kcal/mol;
+    NaN with ``barrier_note`` when an optimisation does not converge) and, given labeled
+    ``path`` structures, the force and energy MAE along them (``path_force_mae`` eV/Å,
+    ``path_energy_mae`` eV). Thermal: the 1500 K committee-MD stable fraction from
+    ``md_starts`` (:func:`~advsample.metrics.md_stability` with the config's MD settings).
+    """
     reference = reference if reference is not None else xtb_calculator()
     xtb_barrier = inversion_barrier(reference)
+    path = list(path)
 
     def extra(committee: Committee) -> dict:
         try:
-            barrier = inversion_barrier(CommitteeCalculator(committee), steps=1000)
+            barrier, note = inversion_barrier(CommitteeCalculator(committee), steps=1000), ""
         except RuntimeError as error:  # an optimisation that does not converge is a result too
             barrier, note = float("nan"), str(error)
-        else:
-            note = ""
-        md = md_stability(
-            committee, list(md_starts), temperature_K=config.md_temperature_K, n_runs=config.md_runs,
-            n_steps=config.md_steps, reference=reference, energy_tolerance_eV=config.md_energy_tolerance_eV,
-            n_check_frames=config.md_check_frames,
-            seed=config.seed,
-        )
-        return {
+        out = {
             "barrier_kcal_mol": barrier,
             "barrier_reference_kcal_mol": xtb_barrier,
             "barrier_error_kcal_mol": barrier - xtb_barrier,
             "barrier_note": note,
-            **md,
         }
+        if path:
+            errors = test_errors(committee, path)
+            out.update(path_force_mae=errors["force_mae"], path_energy_mae=errors["energy_mae"])
+        out.update(md_stability(
+            committee, list(md_starts), temperature_K=config.md_temperature_K, n_runs=config.md_runs,
+            n_steps=config.md_steps, reference=reference, energy_tolerance_eV=config.md_energy_tolerance_eV,
+            n_check_frames=config.md_check_frames, seed=config.seed,
+        ))
+        return out
 
     return extra
 

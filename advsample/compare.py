@@ -47,7 +47,8 @@ ROW_FIELDS = [
     "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "n_train",
     "force_mae", "energy_mae", "force_rmse", "force_spearman", "force_miscalibration_area",
     "selected_energy_mean", "selected_energy_max", "selected_energy_median",
-    "barrier_error_kcal_mol", "path_force_mae", "path_energy_mae", "sample_s", "select_s", "label_s", "train_s",
+    "barrier_error_kcal_mol", "barrier_abs_error_kcal_mol", "path_force_mae", "path_energy_mae",
+    "md_stable_fraction", "sample_s", "select_s", "label_s", "train_s",
 ]
 
 
@@ -113,37 +114,30 @@ def _toy_problem(name, n_initial=128, n_test=400, test_max_energy=4.0, epochs=15
 
 
 def _ammonia_problem(epochs=3000, n_features=32, budget=20, kT=0.1, energy_ceiling=0.4,
-                     displacement=0.1, n_members=5, n_path=21, uncertainty="energy") -> Problem:
+                     displacement=0.1, n_members=5, n_path=21, uncertainty="energy", stability_md_runs=8,
+                     stability_md_steps=400) -> Problem:
     """NH3 with GFN2-xTB labels and a SchNet committee, the settings of ``ammonia_al``.
 
+    Extra metrics (:func:`advsample.ammonia_al.committee_metrics`): barrier error, errors
+    along the inversion path, and the 1500 K MD-stable fraction (``stability_md_runs`` runs of ``stability_md_steps``).
     (An MLP on the 12 raw Cartesian coordinates, as in DESIGN.md's prototype, is not
     rotation invariant: measured here its test energy error was 5–14 eV on held-out
     geometries in other orientations, so it cannot rank samplers.)
     """
-    from .calculator import CommitteeCalculator
-    from .metrics import test_errors
+    from .ammonia_al import AmmoniaALConfig, committee_metrics
     from .models.schnet import SchNetCommittee
-    from .molecules import ammonia_splits, inversion_barrier, xtb_calculator
+    from .molecules import ammonia_splits, xtb_calculator
 
     reference = xtb_calculator()
     initial, test = ammonia_splits(seed=0, n_path=n_path, calculator=reference)
-    reference_barrier = inversion_barrier(xtb_calculator())
     path = [a for a in test if a.info.get("subset") == "inversion_path"]
+    config = AmmoniaALConfig(kT=kT, energy_ceiling=energy_ceiling, uncertainty=uncertainty, n_members=n_members,
+                             n_features=n_features, epochs=epochs, md_runs=stability_md_runs,
+                             md_steps=stability_md_steps)
 
     def make_committee(seed: int) -> Committee:
         model = SchNetCommittee(n_members=n_members, species=(1, 7), n_features=n_features, seed=seed)
         return Committee(model).to(default_device())
-
-    def extra_metrics(committee: Committee) -> dict:
-        out = {"reference_barrier_kcal_mol": reference_barrier}
-        try:
-            barrier = inversion_barrier(CommitteeCalculator(committee))
-            out.update(barrier_kcal_mol=barrier, barrier_error_kcal_mol=barrier - reference_barrier)
-        except Exception as error:  # an optimisation that does not converge is a result too
-            out.update(barrier_kcal_mol=float("nan"), barrier_error_kcal_mol=float("nan"), barrier_failure=str(error))
-        if path:
-            out["path_force_mae"] = test_errors(committee, path)["force_mae"]
-        return out
 
     return Problem(
         name="ammonia",
@@ -157,7 +151,7 @@ def _ammonia_problem(epochs=3000, n_features=32, budget=20, kT=0.1, energy_ceili
         displacement=displacement,
         attack_options={"learning_rate": 0.01, "n_steps": 40, "min_distance": 0.6, "uncertainty": uncertainty},
         md_options={"temperature_K": 1500.0, "timestep_fs": 0.5, "n_steps": 200, "interval": 5, "n_seeds": 8},
-        extra_metrics=extra_metrics,
+        extra_metrics=committee_metrics(config, initial[:stability_md_runs], reference=reference, path=path),
     )
 
 
@@ -307,8 +301,10 @@ def _row(problem: Problem, method: str, kT: float, seed: int, metrics: dict) -> 
         "selected_energy_max": float(energies.max()) if energies.size else math.nan,
         "selected_energy_median": float(np.median(energies)) if energies.size else math.nan,
         "barrier_error_kcal_mol": extra.get("barrier_error_kcal_mol", math.nan),
+        "barrier_abs_error_kcal_mol": abs(extra.get("barrier_error_kcal_mol", math.nan)),
         "path_force_mae": extra.get("path_force_mae", math.nan),
         "path_energy_mae": extra.get("path_energy_mae", math.nan),
+        "md_stable_fraction": extra.get("md_stable_fraction", math.nan),
         **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s")},
     }
     if metrics["round"] == 0:
@@ -438,8 +434,9 @@ def check_equal_labels(rows: Sequence[dict]) -> dict[int, int]:
 
 
 def aggregate(rows: Sequence[dict], metrics: Sequence[str] = (*METRICS, "selected_energy_mean",
-                                                                 "barrier_error_kcal_mol", "path_force_mae",
-                                                                 "path_energy_mae")) -> dict:
+                                                                 "barrier_error_kcal_mol",
+                                                                 "barrier_abs_error_kcal_mol", "path_force_mae",
+                                                                 "path_energy_mae", "md_stable_fraction")) -> dict:
     """Mean, std, min, max over seeds per method and round, after :func:`check_equal_labels`.
 
     Returns {"labels": [L per round], "methods": {method: {metric: {"mean": [...], "std": [...],
@@ -513,12 +510,19 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
     }
 
 
+RARE_EVENT_AND_THERMAL = ("barrier_abs_error_kcal_mol", "path_force_mae", "md_stable_fraction")
+
+
 def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
-    """One line per method: initial and final mean ± std of ``metric`` and the labels used."""
+    """One line per method: initial and final mean ± std of ``metric`` and the labels used.
+
+    Molecules add the final mean ± std of the rare-event and thermal figures
+    (:data:`RARE_EVENT_AND_THERMAL`) that the runs recorded.
+    """
     out = []
     for method, entry in summary["methods"].items():
         stats = entry[metric]
-        out.append({
+        line = {
             "method": method,
             "kT": entry["kT"],
             "n_seeds": entry["n_seeds"],
@@ -532,7 +536,11 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "miscalibration_final": entry["force_miscalibration_area"]["mean"][-1],
             "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
             if len(summary["labels"]) > 1 else math.nan,
-        })
+        }
+        for extra in RARE_EVENT_AND_THERMAL:
+            if extra in entry and np.isfinite(entry[extra]["mean"][-1]):
+                line.update({f"{extra}_final": entry[extra]["mean"][-1], f"{extra}_final_std": entry[extra]["std"][-1]})
+        out.append(line)
     return out
 
 
@@ -540,10 +548,10 @@ def markdown_table(table: Sequence[dict], digits: int = 3) -> str:
     """A Markdown table of :func:`final_table` lines."""
     if not table:
         return ""
-    keys = list(table[0])
+    keys = list(dict.fromkeys(k for line in table for k in line))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for line in table:
-        cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in (line[k] for k in keys)]
+        cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in (line.get(k, math.nan) for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -563,6 +571,8 @@ def comparison_figure(summary: dict, metrics: Sequence[str] = ("force_mae", "ene
         "barrier_error_kcal_mol": "barrier error (kcal/mol)",
         "path_force_mae": f"path force MAE ({energy_unit}/{length_unit})",
         "path_energy_mae": f"path energy-profile MAE ({energy_unit})",
+        "barrier_abs_error_kcal_mol": "|barrier error| (kcal/mol)",
+        "md_stable_fraction": "1500 K MD-stable fraction",
         "selected_energy_mean": f"mean selected energy above min ({energy_unit})",
     }
     methods = list(methods or summary["methods"])

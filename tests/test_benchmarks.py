@@ -21,6 +21,7 @@ SCRIPTS = {
     "double_well": [],
     "double_well_1d": ["--surface", "double_well_1d"],
     "sample_efficiency": [],
+    "sample_efficiency_ammonia": ["--system", "ammonia", "--samplers", "adversarial,random", "--kT-sweep", ""],
 }
 
 
@@ -30,10 +31,10 @@ def launched(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     processes = {}
     for name, extra in SCRIPTS.items():
-        script = ROOT / "benchmarks" / f"{name.replace('_1d', '')}.py"
+        script = ROOT / "benchmarks" / f"{name.replace('_1d', '').replace('_ammonia', '')}.py"
         out = tmp_path_factory.mktemp(name)
         args = [sys.executable, str(script), "--quick", "--json", *extra]
-        if name == "sample_efficiency":
+        if name.startswith("sample_efficiency"):
             args += ["--out", str(out)]
         processes[name] = (subprocess.Popen(args, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True), out)
@@ -86,6 +87,21 @@ def test_sample_efficiency(launched):
     rows = compare.read_rows(out / "rows.csv")
     assert {r["method"] for r in rows} == set(result["final"])
     assert (out / "comparison.png").stat().st_size > 0 and (out / "kT_sweep.png").exists()
+
+
+def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launched):
+    """NH3: every round records the barrier error, errors along the inversion path and MD stability."""
+    result, out = result_of(launched, "sample_efficiency_ammonia")
+    assert set(result["final"]) == {"adversarial", "random"}
+    rows = compare.read_rows(out / "rows.csv")
+    assert len(rows) == 2 * 2 * 2  # methods x seeds x rounds (0 and 1)
+    for row in rows:
+        assert 0.0 <= row["md_stable_fraction"] <= 1.0
+        assert row["path_force_mae"] > 0
+        if math.isfinite(row["barrier_error_kcal_mol"]):
+            assert row["barrier_abs_error_kcal_mol"] == pytest.approx(abs(row["barrier_error_kcal_mol"]))
+    line = result["final"]["adversarial"]
+    assert {"md_stable_fraction_final", "path_force_mae_final"} <= set(line)
 
 
 def test_notebook_smoke(tmp_path):
