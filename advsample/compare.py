@@ -63,7 +63,10 @@ class Problem:
 
     ``make_committee(seed)`` builds a fresh committee; ``extra_metrics(committee)`` adds
     problem figures (the NH3 barrier); ``displacement`` is the random samplers' step (Å);
-    ``attack_options`` go to :class:`advsample.attack.AttackConfig`.
+    ``attack_options`` go to :class:`advsample.attack.AttackConfig`. The molecules use
+    ``validation_fraction = 0``: their initial data cover one basin only, so a validation
+    set drawn from it cannot reward fitting what the rounds add (measured on NH3:
+    docs/results.md).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Problem:
     attack_options: dict = field(default_factory=dict)
     md_options: dict = field(default_factory=dict)
     extra_metrics: Callable[[Committee], dict] | None = None
+    validation_fraction: float = 0.1  # of the initial data, held out to stop training early (0: training loss)
     options: dict = field(default_factory=dict)  # how it was built (make_problem arguments)
 
 
@@ -146,7 +150,8 @@ def _ammonia_problem(epochs=3000, n_features=32, budget=20, kT=0.1, energy_ceili
         test=test,
         make_committee=make_committee,
         kT=kT,
-        train_config=TrainConfig(epochs=epochs, patience=500, progress=False),
+        train_config=TrainConfig(epochs=epochs, patience=config.patience, progress=False),
+        validation_fraction=config.validation_fraction,
         selection=SelectionConfig(budget=budget, kT=kT, min_distance=0.01, energy_ceiling=energy_ceiling),
         displacement=displacement,
         attack_options={"learning_rate": 0.01, "n_steps": 40, "min_distance": 0.6, "uncertainty": uncertainty},
@@ -158,7 +163,8 @@ def _ammonia_problem(epochs=3000, n_features=32, budget=20, kT=0.1, energy_ceili
 def _ethanol_problem(n_initial=100, n_scan=24, n_test_thermal=20, epochs=1000, patience=200, n_members=5,
                      n_features=32, budget=10, kT=0.1, energy_ceiling=0.5, displacement=0.05, attack_steps=60,
                      attack_learning_rate=0.01, uncertainty="forces", n_attack_seeds=None, md_steps=200,
-                     data_seed=0) -> Problem:
+                     data_seed=0, validation_fraction=0.0, stability_md_runs=8, stability_md_steps=400,
+                     stability_temperature_K=1000.0, stability_energy_tolerance_eV=0.05) -> Problem:
     """Ethanol with GFN2-xTB labels and a SchNet committee (species H, C, O).
 
     Initial data: ``n_initial`` 300 K MD frames of the anti conformer only (H–O–C–C torsion
@@ -168,10 +174,13 @@ def _ethanol_problem(n_initial=100, n_scan=24, n_test_thermal=20, epochs=1000, p
     :class:`~advsample.label.CalculatorSpec` of :func:`~advsample.molecules.xtb_calculator`.
     Extra metrics on the scan: force MAE (``path_force_mae``, eV/Å), energy-profile MAE
     relative to the anti point (``path_energy_mae``, eV) and the anti→gauche barrier error
-    at the scan geometries (``barrier_error_kcal_mol``).
+    at the scan geometries (``barrier_error_kcal_mol``); thermal: the fraction of
+    ``stability_md_runs`` committee-MD runs (``stability_md_steps`` × 0.5 fs at
+    ``stability_temperature_K`` from anti training frames) that stay bonded and within
+    ``stability_energy_tolerance_eV`` of xTB (``md_stable_fraction``).
     """
     from .label import CalculatorSpec
-    from .metrics import test_errors
+    from .metrics import md_stability, test_errors
     from .models.schnet import SchNetCommittee
     from .molecules import ethanol_dataset, torsion_profile_errors, xtb_calculator
 
@@ -183,12 +192,17 @@ def _ethanol_problem(n_initial=100, n_scan=24, n_test_thermal=20, epochs=1000, p
         model = SchNetCommittee(n_members=n_members, species=(1, 6, 8), n_features=n_features, seed=seed)
         return Committee(model).to(default_device())
 
+    reference = xtb_calculator()
+
     def extra_metrics(committee: Committee) -> dict:
-        if not scan:
-            return {}
-        out = torsion_profile_errors(lambda atoms: committee.predict(atoms)["energy_mean"], scan)
-        out["path_energy_mae"] = out.pop("profile_mae")
-        out["path_force_mae"] = test_errors(committee, scan)["force_mae"]
+        out = {}
+        if scan:
+            out = torsion_profile_errors(lambda atoms: committee.predict(atoms)["energy_mean"], scan)
+            out["path_energy_mae"] = out.pop("profile_mae")
+            out["path_force_mae"] = test_errors(committee, scan)["force_mae"]
+        out.update(md_stability(committee, initial[:stability_md_runs], temperature_K=stability_temperature_K,
+                                n_runs=stability_md_runs, n_steps=stability_md_steps, reference=reference,
+                                energy_tolerance_eV=stability_energy_tolerance_eV, n_check_frames=5))
         return out
 
     return Problem(
@@ -205,6 +219,7 @@ def _ethanol_problem(n_initial=100, n_scan=24, n_test_thermal=20, epochs=1000, p
                         "uncertainty": uncertainty, "n_seeds": n_attack_seeds},
         md_options={"temperature_K": 300.0, "timestep_fs": 0.5, "n_steps": md_steps, "interval": 5, "n_seeds": 8},
         extra_metrics=extra_metrics,
+        validation_fraction=validation_fraction,
     )
 
 
@@ -332,6 +347,7 @@ def run_one(system: str, options: dict, method: str, seed: int, rounds: int, run
         test=problem.test,
         selection=selection,
         train_config=problem.train_config,
+        validation_fraction=problem.validation_fraction,
         seed=seed,
         extra_metrics=problem.extra_metrics,
         progress=False,

@@ -19,7 +19,8 @@ training minimum) and, for ammonia, the rare-event figures (inversion-barrier er
 force/energy MAE along the relaxed inversion path) and the thermal one (fraction of
 1500 K committee-MD runs that stay physical and within 0.5 kcal/mol of xTB); for ethanol (SchNet
 committee, GFN2-xTB, initial data in the anti conformer only) the force MAE and the
-energy-profile MAE along the relaxed H–O–C–C torsion scan. The report refuses to
+energy-profile MAE along the relaxed H–O–C–C torsion scan, and the fraction of 1000 K
+committee-MD runs that stay bonded and within 0.05 eV of xTB. The report refuses to
 compare runs that used different numbers of labels (``UnequalLabelsError``).
 
 Writes DIR/rows.csv, DIR/summary.json, DIR/comparison.png (error vs labels, mean and
@@ -54,7 +55,7 @@ def report(rows, out_dir: str, energy_unit: str) -> dict:
     if summary["system"] == "ammonia":
         metrics += ["barrier_abs_error_kcal_mol", "path_force_mae", "md_stable_fraction"]
     if summary["system"] == "ethanol":
-        metrics += ["path_force_mae", "path_energy_mae"]
+        metrics += ["path_force_mae", "path_energy_mae", "md_stable_fraction"]
     compare.comparison_figure(summary, metrics, samplers, energy_unit=energy_unit).savefig(
         os.path.join(out_dir, "comparison.png"), dpi=110)
     if len(sweep) > 1:
@@ -100,7 +101,8 @@ def main(argv=None) -> dict:
         if ethanol:
             # a barely trained committee: a wide energy window so that every run fills its budget
             options.update(n_initial=12, n_scan=6, n_test_thermal=3, attack_steps=6, md_steps=10, n_features=8,
-                           n_members=3, patience=15, energy_ceiling=20.0)
+                           n_members=3, patience=15, energy_ceiling=20.0,
+                           stability_md_runs=2, stability_md_steps=20)
         elif ammonia:
             options.update(stability_md_runs=2, stability_md_steps=20)
         else:

@@ -102,6 +102,9 @@ def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launch
             assert row["barrier_abs_error_kcal_mol"] == pytest.approx(abs(row["barrier_error_kcal_mol"]))
     line = result["final"]["adversarial"]
     assert {"md_stable_fraction_final", "path_force_mae_final"} <= set(line)
+    # as in ammonia_al: no validation split of the pyramidal-only pool (it picked worse weights)
+    settings = json.loads((out / "runs" / "adversarial_seed0" / "settings.json").read_text())
+    assert settings["validation_fraction"] == 0
 
 
 def test_notebook_smoke(tmp_path):
