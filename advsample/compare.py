@@ -618,6 +618,45 @@ def save_summary(summary: dict, path: str | Path) -> Path:
     return path
 
 
+# -- per-system settings of the benchmark and the notebook ---------------------------------
+MOLECULES = ("ammonia", "ethanol")
+DEFAULT_EPOCHS = {"double_well_2d": 600, "double_well_1d": 600, "ammonia": 3000, "ethanol": 1000}
+DEFAULT_KT_SWEEP = {"double_well_2d": (0.3, 3.0), "double_well_1d": (0.3, 3.0), "ammonia": (0.02, 0.3),
+                    "ethanol": (0.05, 0.2)}  # extra attack temperatures besides each problem's kT
+_SMOKE_TOY = {"n_initial": 24, "n_test": 40, "attack_steps": 6, "md_steps": 10}
+SMOKE_OPTIONS = {
+    "double_well_2d": _SMOKE_TOY,
+    "double_well_1d": _SMOKE_TOY,
+    "ammonia": {"stability_md_runs": 2, "stability_md_steps": 20},
+    # a barely trained committee: a wide energy window so that every run fills its budget
+    "ethanol": {"n_initial": 12, "n_scan": 6, "n_test_thermal": 3, "attack_steps": 6, "md_steps": 10,
+                "n_features": 8, "n_members": 3, "patience": 15, "energy_ceiling": 20.0,
+                "stability_md_runs": 2, "stability_md_steps": 20},
+}
+
+
+def smoke_options(system: str, budget: int = 4) -> dict:
+    """Problem options that make one run take seconds (tests, ``smoke``): at most 4 labels, 15 epochs."""
+    if system not in SMOKE_OPTIONS:
+        raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
+    return {"budget": min(budget, 4), "epochs": 15, **SMOKE_OPTIONS[system]}
+
+
+def energy_unit(system: str) -> str:
+    return "eV" if system in MOLECULES else "arb. units"
+
+
+def report_metrics(system: str) -> list[str]:
+    """What the comparison plot shows: test errors and calibration, plus the molecules'
+    rare-event (barrier, path errors) and thermal (MD stability) figures."""
+    metrics = ["force_mae", "energy_mae", "force_spearman"]
+    if system == "ammonia":
+        metrics += ["barrier_abs_error_kcal_mol", "path_force_mae", "md_stable_fraction"]
+    elif system == "ethanol":
+        metrics += ["path_force_mae", "path_energy_mae", "md_stable_fraction"]
+    return metrics
+
+
 def default_workers() -> int:
     """Two workers on a machine with ≥ 2 cores, else one."""
     return 2 if (os.cpu_count() or 1) >= 2 else 1

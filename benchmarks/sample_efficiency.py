@@ -45,17 +45,14 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def report(rows, out_dir: str, energy_unit: str) -> dict:
+def report(rows, out_dir: str) -> dict:
     """Aggregate (raises on unequal labels), write summary + plots, return the JSON figures."""
     summary = compare.aggregate(rows)
     compare.save_summary(summary, os.path.join(out_dir, "summary.json"))
     samplers = [m for m in summary["methods"] if "_kT" not in m]
     sweep = [m for m in summary["methods"] if m.startswith("adversarial")]
-    metrics = ["force_mae", "energy_mae", "force_spearman"]
-    if summary["system"] == "ammonia":
-        metrics += ["barrier_abs_error_kcal_mol", "path_force_mae", "md_stable_fraction"]
-    if summary["system"] == "ethanol":
-        metrics += ["path_force_mae", "path_energy_mae", "md_stable_fraction"]
+    metrics = compare.report_metrics(summary["system"])
+    energy_unit = compare.energy_unit(summary["system"])
     compare.comparison_figure(summary, metrics, samplers, energy_unit=energy_unit).savefig(
         os.path.join(out_dir, "comparison.png"), dpi=110)
     if len(sweep) > 1:
@@ -89,24 +86,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    ammonia, ethanol = args.system == "ammonia", args.system == "ethanol"
-    molecule = ammonia or ethanol
-    default_sweep = [0.02, 0.3] if ammonia else [0.05, 0.2] if ethanol else [0.3, 3.0]
-    sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else default_sweep
-    options = {"budget": args.labels, "epochs": args.epochs or (3000 if ammonia else 1000 if ethanol else 600)}
+    sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else list(compare.DEFAULT_KT_SWEEP[args.system])
+    options = {"budget": args.labels, "epochs": args.epochs or compare.DEFAULT_EPOCHS[args.system]}
     seeds, rounds, workers = args.seeds, args.rounds, args.workers
     if args.quick:
         seeds, rounds, workers, sweep = min(seeds, 2), 1, 1, sweep[:1]
-        options.update(budget=min(args.labels, 4), epochs=15)
-        if ethanol:
-            # a barely trained committee: a wide energy window so that every run fills its budget
-            options.update(n_initial=12, n_scan=6, n_test_thermal=3, attack_steps=6, md_steps=10, n_features=8,
-                           n_members=3, patience=15, energy_ceiling=20.0,
-                           stability_md_runs=2, stability_md_steps=20)
-        elif ammonia:
-            options.update(stability_md_runs=2, stability_md_steps=20)
-        else:
-            options.update(n_initial=24, n_test=40, attack_steps=6, md_steps=10)
+        options = compare.smoke_options(args.system, args.labels)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     if args.from_csv:
@@ -119,7 +104,7 @@ def main(argv=None) -> dict:
                                       options=options, workers=workers, log=lambda s: print(s, flush=True))
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
     elapsed = time.perf_counter() - start
-    result = report(rows, args.out, "eV" if molecule else "arb. units")
+    result = report(rows, args.out)
     print(compare.markdown_table(result["table"]))
     for baseline, ratio in result["ratios"].items():
         r, low = ratio["ratio"], ratio["ratio_at_least"]

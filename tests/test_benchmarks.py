@@ -107,14 +107,15 @@ def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launch
     assert settings["validation_fraction"] == 0
 
 
-def test_notebook_smoke(tmp_path):
+@pytest.mark.parametrize("system", ["double_well_2d", "ammonia"])
+def test_notebook_smoke(tmp_path, system):
     import papermill as pm
 
     notebook = ROOT / "notebooks" / "04_sampler_comparison.ipynb"
-    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True},
+    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True, "system": system},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["smoke"] is True
+    assert summary["smoke"] is True and summary["system"] == system
     assert summary["labels"][0] == 0 and summary["labels"][-1] > 0
     assert "adversarial" in summary["final_force_mae"] and "random" in summary["final_force_mae"]
     assert (tmp_path / "sampler_comparison" / "comparison.png").exists()
