@@ -592,8 +592,12 @@ def comparison_figure(summary: dict, metrics: Sequence[str] = ("force_mae", "ene
         "selected_energy_mean": f"mean selected energy above min ({energy_unit})",
     }
     methods = list(methods or summary["methods"])
-    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    n_cols = min(len(metrics), 3)
+    n_rows = math.ceil(len(metrics) / n_cols)
+    fig = Figure(figsize=(4.2 * n_cols, 3.4 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     x = np.asarray(summary["labels"], float)
     for ax, metric in zip(axes, metrics):
         for method in methods:

@@ -94,8 +94,10 @@ def main(argv=None) -> dict:
         options = compare.smoke_options(args.system, args.labels)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    if args.from_csv:
+    if args.from_csv:  # the CSV says what was run
         rows = compare.read_rows(args.from_csv)
+        seeds, rounds = len({r["seed"] for r in rows}), max(r["round"] for r in rows)
+        options = {"budget": rows[0]["budget"], "from_csv": args.from_csv}
     else:
         methods = [m for m in args.samplers.split(",") if m] + [compare.method_name("adversarial", kT) for kT in sweep]
         print(f"{args.system}: {len(methods)} methods x {seeds} seeds x {rounds} rounds x {options['budget']} labels, "
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
         text = f"{r:.2f}" if r is not None else (f"not reached (> {low:.2f})" if low is not None else "n/a")
         print(f"labels {baseline} needs / labels adversarial needs to reach force MAE {ratio['target']:.3g}: {text}")
     output = {
-        "system": args.system,
+        "system": rows[0]["system"],
         "labels": result["summary"]["labels"],
         "seeds": seeds,
         "rounds": rounds,

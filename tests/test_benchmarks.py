@@ -121,6 +121,19 @@ def test_notebook_smoke(tmp_path, system):
     assert (tmp_path / "sampler_comparison" / "comparison.png").exists()
 
 
+def test_notebook_loads_a_molecule_csv(tmp_path):
+    """The measured NH3 comparison loads with its own system (units, barrier/MD panels), not the parameter's."""
+    import papermill as pm
+
+    notebook = ROOT / "notebooks" / "04_sampler_comparison.ipynb"
+    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"),
+                        parameters={"csv_path": "docs/results/sample_efficiency_nh3/rows.csv"},
+                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["system"] == "ammonia" and summary["labels"] == [0, 10, 20, 30] and summary["n_seeds"] == 3
+    assert set(compare.SAMPLERS) <= set(summary["final_force_mae"])
+
+
 def _rows(labels_by_run: dict[tuple[str, int], list[int]], budget: int = 10) -> list[dict]:
     rows = []
     for (method, seed), labels in labels_by_run.items():
