@@ -526,15 +526,13 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
     }
 
 
-RARE_EVENT_AND_THERMAL = ("barrier_abs_error_kcal_mol", "path_force_mae", "md_stable_fraction")
-
-
 def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
     """One line per method: initial and final mean ± std of ``metric`` and the labels used.
 
-    Molecules add the final mean ± std of the rare-event and thermal figures
-    (:data:`RARE_EVENT_AND_THERMAL`) that the runs recorded.
+    Molecules add the final mean ± std of their rare-event and thermal figures
+    (those :func:`report_metrics` plots beyond the test errors) that the runs recorded.
     """
+    extras = [m for m in report_metrics(summary["system"]) if m not in METRICS]
     out = []
     for method, entry in summary["methods"].items():
         stats = entry[metric]
@@ -553,7 +551,7 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
             if len(summary["labels"]) > 1 else math.nan,
         }
-        for extra in RARE_EVENT_AND_THERMAL:
+        for extra in extras:
             if extra in entry and np.isfinite(entry[extra]["mean"][-1]):
                 line.update({f"{extra}_final": entry[extra]["mean"][-1], f"{extra}_final_std": entry[extra]["std"][-1]})
         out.append(line)
