@@ -26,21 +26,21 @@ from .structures import Batch
 class AttackConfig:
     """Attack settings; energies in the reference's unit (eV for molecules), lengths in Å."""
 
-    kT: float = 1.0  # temperature of the objective: how far uphill seeds may go
+    kT: float | None = None  # temperature of the objective: how far uphill seeds may go (a run's objective sets it)
     n_steps: int = 60  # gradient-ascent steps
     learning_rate: float = 0.01  # Adam step on δ (Å)
     initial_displacement: float = 0.01  # σ₀ of δ₀ ~ N(0, σ₀²) (Å)
     max_displacement: float | None = None  # clip of each atom's |δ| (Å); None: no clip
     min_distance: float = 0.5  # stop a seed when two of its atoms come closer (Å)
-    uncertainty: str = "forces"  # "forces": σ²_F per structure; "energy": σ²_E
+    uncertainty: str | None = None  # "forces" (None): σ²_F per structure; "energy": σ²_E (a run's objective sets it)
     seed: int = 0
 
     def __post_init__(self):
-        if self.kT <= 0:
+        if self.kT is not None and not self.kT > 0:
             raise ValueError(f"kT must be positive, got {self.kT}")
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
-        if self.uncertainty not in ("forces", "energy"):
+        if self.uncertainty not in (None, "forces", "energy"):
             raise ValueError(f"uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
 
 
@@ -127,6 +127,8 @@ def attack(
 ) -> AttackResult:
     """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q."""
     config = config or AttackConfig()
+    if config.kT is None:
+        raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     if len(seeds) == 0:
         raise ValueError("attack needs at least one seed structure")
     energy_reference = float(np.min(train_energies))
@@ -166,7 +168,7 @@ def attack(
             too_close = torch.zeros_like(active)
             too_close[batch.structure_index[pair_i[distances < config.min_distance]]] = True
             positions = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
-        need_forces_graph = config.uncertainty == "forces"
+        need_forces_graph = config.uncertainty != "energy"
         # create_graph=True keeps Ē attached to δ also for the energy variance (no forces needed)
         out = committee(batch, forces=need_forces_graph, create_graph=True, positions=positions)
         variance = out.force_variance if need_forces_graph else out.energy_variance

@@ -30,7 +30,8 @@ from .committee import Committee
 from .label import LabelCache, label_until
 from .metrics import test_errors
 from .models import MODELS
-from .samplers import Proposal, Sampler, score_structures
+from .objective import Objective
+from .samplers import Proposal, Sampler
 from .select import SelectionConfig, select
 from .structures import labels_of
 from .train import TrainConfig, split_validation, train_committee
@@ -77,7 +78,11 @@ class ActiveLearning:
     reference: the labeling calculator (ASE calculator or ``label.CalculatorSpec``).
     initial / test: labeled structures; ``validation_fraction`` of ``initial`` becomes the
     fixed validation set. ``oversample``: new points count this many times in training.
+    ``kT`` (the reference's energy unit) and ``uncertainty`` (``"forces"`` | ``"energy"``) are
+    the run's :class:`~advsample.objective.Objective`, given once: every sampler proposes
+    with it and selection ranks by its score.
     ``extra_metrics(committee) -> dict`` adds problem-specific figures (e.g. a barrier).
+    :meth:`from_system` builds a run from a :class:`~advsample.systems.System`.
     """
 
     def __init__(
@@ -97,7 +102,10 @@ class ActiveLearning:
         seed: int = 0,
         extra_metrics: Callable[[Committee], dict] | None = None,
         progress: bool = True,
+        kT: float = 1.0,
+        uncertainty: str = "forces",
     ):
+        self.objective = Objective(kT, uncertainty)  # fails before anything is paid for
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
         if test:
             labels_of(test)
@@ -121,6 +129,23 @@ class ActiveLearning:
         self.progress = progress
         self.observers: list[tuple[Callable[[RoundRecord], None], int]] = []
         self.records: list[RoundRecord] = []
+
+    @classmethod
+    def from_system(cls, system, run_dir: str | Path, sampler: Sampler, seed: int = 0, **overrides) -> "ActiveLearning":
+        """A run on a :class:`~advsample.systems.System` (or its name): its reference, data,
+        committee (``make_committee(seed)``), objective, selection, training, validation fraction
+        and metrics; keyword ``overrides`` replace any of this class's arguments."""
+        from .systems import get_system
+
+        system = get_system(system)
+        settings = dict(
+            committee=system.make_committee(seed), reference=system.reference, initial=system.initial,
+            test=system.test, selection=system.selection, train_config=system.train,
+            validation_fraction=system.validation_fraction, extra_metrics=system.evaluate,
+            kT=system.kT, uncertainty=system.uncertainty, seed=seed,
+        )
+        settings.update(overrides)
+        return cls(run_dir, sampler=sampler, **settings)
 
     # -- ASE-dynamics-like API ---------------------------------------------------------
     def attach(self, observer: Callable[[RoundRecord], None], interval: int = 1) -> None:
@@ -160,6 +185,7 @@ class ActiveLearning:
         """What fixes a run's numbers (besides its data): a resumed run must match them."""
         return {
             "model": [type(self.template.model).__name__, self.template.model.config()],
+            "objective": repr(self.objective),
             "sampler": repr(self.sampler),
             "selection": repr(self.selection),
             "train_config": repr(replace(self.train_config, progress=False)),
@@ -245,22 +271,21 @@ class ActiveLearning:
         timings = {"sample_s": 0.0, "select_s": 0.0, "label_s": 0.0}
         train_energies, _ = labels_of(previous.train)
         reference_energy = float(np.min(train_energies))
-        train_scored = score_structures(
-            previous.committee, previous.train, train_energies, self.selection.kT, _uncertainty_kind(self.sampler)
-        )
+        train_scored = self.objective.score(previous.committee, previous.train, train_energies)
         train_variance = np.array([a.info["committee_variance"] for a in train_scored])
         accepted, proposals, candidates = [], [], []
         failures, outside_window, reference_calls = [], [], 0
         for part, (sampler, budget) in enumerate(self.sampler.parts(self.selection.budget)):
             start = time.perf_counter()
             proposal = sampler.propose(
-                previous.committee, previous.train, train_energies, seed=self._seed(number, part), progress=self.progress
+                previous.committee, previous.train, train_energies, self.objective, seed=self._seed(number, part),
+                progress=self.progress,
             )
             timings["sample_s"] += time.perf_counter() - start
             start = time.perf_counter()
             config = replace(self.selection, ranking=sampler.ranking)
             ranked, report = select(
-                proposal.candidates, previous.train + accepted, config, reference_energy, train_variance,
+                proposal.candidates, previous.train + accepted, config, self.objective, reference_energy, train_variance,
                 seed=self._seed(number, part),
             )
             timings["select_s"] += time.perf_counter() - start
@@ -364,9 +389,3 @@ class ActiveLearning:
             resumed=True,
         )
 
-
-def _uncertainty_kind(sampler: Sampler) -> str:
-    first = sampler.parts(1)[0][0]
-    if hasattr(first, "config"):
-        return first.config.uncertainty
-    return getattr(first, "uncertainty_kind", "forces")

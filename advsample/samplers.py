@@ -1,10 +1,14 @@
 """Ways to propose candidate geometries, one interface.
 
-``sampler.propose(committee, seeds, train_energies, seed, progress)`` returns a :class:`Proposal`:
-candidates (``ase.Atoms`` with ``committee_energy``, ``committee_variance`` and
-``log_score`` in ``info``) and, for the attack, the trajectories. ``sampler.ranking``
-says how selection should order them; ``sampler.parts(budget)`` splits a round's label
-budget (a mixed sampler spends shares on several samplers).
+``sampler.propose(committee, seeds, train_energies, objective, seed, progress)`` returns a
+:class:`Proposal`: candidates (``ase.Atoms`` with ``committee_energy``,
+``committee_variance`` and ``log_score`` in ``info``, all from the run's
+:class:`~advsample.objective.Objective`) and, for the attack and MD, the trajectories.
+Samplers carry no kT and no uncertainty kind: the run's objective gives both.
+``sampler.ranking`` says how selection orders the candidates (``"score"``: by the
+objective's ``log_score``; ``"sigma"``: by σ² alone; ``"random"``: plain random, no σ
+filter); ``sampler.parts(budget)`` splits a round's label budget (a mixed sampler spends
+shares on several samplers).
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from ase import Atoms, units
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
-from . import uncertainty
 from .attack import AttackConfig, AttackResult, attack
 from .calculator import CommitteeCalculator
 from .committee import Committee
+from .objective import Objective
 from .structures import Batch
 
 
@@ -30,28 +34,6 @@ class Proposal:
     candidates: list[Atoms]
     attack: AttackResult | None = None
     trajectories: list[list[Atoms]] = field(default_factory=list)
-
-
-def score_structures(
-    committee: Committee, atoms_list: Sequence[Atoms], train_energies, kT: float, uncertainty_kind: str = "forces"
-) -> list[Atoms]:
-    """Copies of the structures with the committee's Ē, σ² and adversarial log score in ``info``."""
-    if len(atoms_list) == 0:
-        return []
-    reference = float(np.min(train_energies))
-    log_q = uncertainty.log_partition(train_energies, kT, reference)
-    out = []
-    for start in range(0, len(atoms_list), 512):
-        chunk = atoms_list[start : start + 512]
-        result = committee(Batch.from_atoms(chunk), forces=uncertainty_kind == "forces")
-        variance = result.force_variance if uncertainty_kind == "forces" else result.energy_variance
-        score = uncertainty.adversarial_log_score(variance, result.energy_mean, kT, log_q, reference)
-        for atoms, energy, var, s in zip(chunk, result.energy_mean.tolist(), variance.tolist(), score.tolist()):
-            copy = atoms.copy()
-            copy.calc = None
-            copy.info.update(committee_energy=energy, committee_variance=var, log_score=s)
-            out.append(copy)
-    return out
 
 
 def choose_seeds(atoms_list: Sequence[Atoms], n_seeds: int | None, seed: int = 0) -> list[Atoms]:
@@ -71,8 +53,11 @@ class Sampler:
     ranking = "score"
 
     def propose(
-        self, committee: Committee, seeds: Sequence[Atoms], train_energies, seed: int = 0, progress: bool = True
+        self, committee: Committee, seeds: Sequence[Atoms], train_energies, objective: Objective,
+        seed: int = 0, progress: bool = True,
     ) -> Proposal:
+        """Candidates from the ``seeds`` (training structures) scored with ``objective``;
+        ``train_energies`` [n] (the training labels) fix E_min and Q."""
         raise NotImplementedError
 
     def parts(self, budget: int) -> list[tuple["Sampler", int]]:
@@ -82,7 +67,10 @@ class Sampler:
 
 @dataclass
 class AdversarialSampler(Sampler):
-    """Batched adversarial attack from the seeds; candidates are snapshots every ``snapshot_every`` steps."""
+    """Batched adversarial attack from the seeds; candidates are snapshots every ``snapshot_every`` steps.
+
+    Ranking: by the objective's log score (the quantity the attack ascends).
+    """
 
     config: AttackConfig = field(default_factory=AttackConfig)
     n_seeds: int | None = None  # None: every training structure is a seed
@@ -90,9 +78,17 @@ class AdversarialSampler(Sampler):
     name = "adversarial"
     ranking = "score"
 
-    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
+    def __post_init__(self):
+        if self.config.kT is not None or self.config.uncertainty is not None:
+            raise ValueError("AdversarialSampler: kT and uncertainty are set once per run by the objective "
+                             "(ActiveLearning(kT=..., uncertainty=...)), not in its AttackConfig")
+        if self.snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
+
+    def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         chosen = choose_seeds(seeds, self.n_seeds, seed)
-        result = attack(committee, chosen, train_energies, replace(self.config, seed=seed), progress=progress)
+        config = replace(self.config, kT=objective.kT, uncertainty=objective.uncertainty, seed=seed)
+        result = attack(committee, chosen, train_energies, config, progress=progress)
         return Proposal(result.snapshots(self.snapshot_every), attack=result)
 
 
@@ -100,20 +96,26 @@ class AdversarialSampler(Sampler):
 class RandomDisplacementSampler(Sampler):
     """Gaussian displacements (std ``displacement`` Å per free coordinate) of the seeds.
 
-    ``ranking="random"`` picks at random (plain random sampling); ``"score"`` ranks the
-    same candidates by the adversarial score (the ablation that isolates the attack's
-    gradient ascent from its score).
+    Ranking: ``ranking="random"`` picks at random with no σ filter (plain random sampling);
+    ``"score"`` ranks the same candidates by the objective's log score (the ablation that
+    isolates the attack's gradient ascent from its score).
     """
 
     displacement: float = 0.1
     n_per_seed: int = 10
     n_seeds: int | None = None
-    kT: float = 1.0
-    uncertainty_kind: str = "forces"
     ranking: str = "random"
     name = "random"
 
-    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
+    def __post_init__(self):
+        if not self.displacement > 0:
+            raise ValueError(f"displacement must be a positive length (Å), got {self.displacement!r}")
+        if self.n_per_seed < 1:
+            raise ValueError(f"n_per_seed must be >= 1, got {self.n_per_seed}")
+        if self.ranking not in ("random", "score"):
+            raise ValueError(f"ranking must be 'random' or 'score', got {self.ranking!r}")
+
+    def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         rng = np.random.default_rng(seed)
         candidates = []
         for atoms in choose_seeds(seeds, self.n_seeds, seed):
@@ -124,39 +126,46 @@ class RandomDisplacementSampler(Sampler):
                 step = rng.normal(0.0, self.displacement, size=(len(atoms), 3)) * free
                 copy.set_positions(atoms.positions + step, apply_constraint=False)
                 candidates.append(copy)
-        return Proposal(score_structures(committee, candidates, train_energies, self.kT, self.uncertainty_kind))
+        return Proposal(objective.score(committee, candidates, train_energies))
 
 
 @dataclass
 class UncertaintyMDSampler(Sampler):
-    """Committee Langevin MD (ASE) from the seeds; frames are ranked by σ (classic active learning).
+    """Committee Langevin MD (ASE) from the seeds; frames are ranked by σ² alone (classic active learning).
 
-    temperature_K and timestep_fs in ASE units (for toy surfaces the energy unit is read as eV).
+    ``temperature_K`` None: k_B T = the objective's kT (for toy surfaces the energy unit is
+    read as eV). timestep_fs in fs, friction in ASE units.
     """
 
-    temperature_K: float = 300.0
+    temperature_K: float | None = None
     timestep_fs: float = 1.0
     n_steps: int = 200
     interval: int = 5
     friction: float = 0.02
     n_seeds: int | None = 8
-    kT: float = 1.0
-    uncertainty_kind: str = "forces"
     name = "md"
     ranking = "sigma"
 
-    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
+    def __post_init__(self):
+        if self.temperature_K is not None and not self.temperature_K > 0:
+            raise ValueError(f"temperature_K must be positive, got {self.temperature_K!r}")
+        if not self.timestep_fs > 0 or self.n_steps < 1 or self.interval < 1:
+            raise ValueError(f"timestep_fs must be positive and n_steps, interval >= 1, got "
+                             f"{self.timestep_fs}, {self.n_steps}, {self.interval}")
+
+    def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
+        temperature_K = self.temperature_K if self.temperature_K is not None else objective.kT / units.kB
         trajectories = []
         calculator = CommitteeCalculator(committee)
         for index, atoms in enumerate(choose_seeds(seeds, self.n_seeds, seed)):
             system = atoms.copy()
             system.calc = calculator
             rng = np.random.default_rng([seed, index])
-            thermalize_momenta(system, self.temperature_K, rng=rng)
+            thermalize_momenta(system, temperature_K, rng=rng)
             dynamics = Langevin(
                 system,
                 timestep=self.timestep_fs * units.fs,
-                temperature_K=self.temperature_K,
+                temperature_K=temperature_K,
                 friction=self.friction,
                 fixcm=False,
                 rng=rng,
@@ -171,13 +180,15 @@ class UncertaintyMDSampler(Sampler):
                     break
             trajectories.append(frames)
         frames = [f for trajectory in trajectories for f in trajectory if np.all(np.isfinite(f.positions))]
-        candidates = score_structures(committee, frames, train_energies, self.kT, self.uncertainty_kind)
-        return Proposal(candidates, trajectories=trajectories)
+        return Proposal(objective.score(committee, frames, train_energies), trajectories=trajectories)
 
 
 @dataclass
 class MixedSampler(Sampler):
-    """Spends ``share`` of each round's labels on the first sampler and the rest on the second."""
+    """Spends ``share`` of each round's labels on the first sampler and the rest on the second.
+
+    Ranking: each part is selected by its own sampler's ranking.
+    """
 
     first: Sampler = field(default_factory=AdversarialSampler)
     second: Sampler = field(default_factory=RandomDisplacementSampler)
@@ -188,22 +199,35 @@ class MixedSampler(Sampler):
         n_first = int(round(self.share * budget))
         return [(s, n) for s, n in ((self.first, n_first), (self.second, budget - n_first)) if n > 0]
 
-    def propose(self, committee, seeds, train_energies, seed=0, progress=True) -> Proposal:
+    def __post_init__(self):
+        if not 0 <= self.share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {self.share}")
+
+    def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         raise TypeError("MixedSampler proposes through parts(): each part proposes and selects on its own")
 
 
-def make_sampler(name: str, kT: float = 1.0, **options) -> Sampler:
-    """Sampler by name: adversarial, random, random_scored, md, mixed (options go to its fields)."""
+SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed")
+
+
+def make_sampler(name: str, **options) -> Sampler:
+    """Sampler by name (:data:`SAMPLERS`); options go to its fields (the attack's to AttackConfig).
+
+    kT and the uncertainty kind are not sampler options: the run's objective gives them.
+    """
+    for key in ("kT", "uncertainty", "uncertainty_kind"):
+        if key in options:
+            raise TypeError(f"make_sampler({name!r}): {key!r} is set once per run (ActiveLearning(kT=..., "
+                            "uncertainty=...) or the System), not per sampler")
     if name == "adversarial":
         attack_options = {k: options.pop(k) for k in list(options) if k in AttackConfig.__dataclass_fields__}
-        return AdversarialSampler(AttackConfig(kT=kT, **attack_options), **options)
+        return AdversarialSampler(AttackConfig(**attack_options), **options)
     if name == "random":
-        return RandomDisplacementSampler(kT=kT, ranking="random", **options)
+        return RandomDisplacementSampler(ranking="random", **options)
     if name == "random_scored":
-        return RandomDisplacementSampler(kT=kT, ranking="score", **options)
+        return RandomDisplacementSampler(ranking="score", **options)
     if name == "md":
-        options.setdefault("temperature_K", kT / units.kB)  # the same kT drives the MD, unless given
-        return UncertaintyMDSampler(kT=kT, **options)
+        return UncertaintyMDSampler(**options)
     if name == "mixed":
-        return MixedSampler(AdversarialSampler(AttackConfig(kT=kT)), RandomDisplacementSampler(kT=kT), **options)
-    raise ValueError(f"unknown sampler {name!r}; choose adversarial, random, random_scored, md or mixed")
+        return MixedSampler(AdversarialSampler(), RandomDisplacementSampler(), **options)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")

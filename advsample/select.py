@@ -1,11 +1,12 @@
 """Choose which candidates to label: rank, filter by uncertainty, energy window and distance.
 
 Candidates carry the committee's view in ``atoms.info``: ``committee_energy`` (Ē),
-``committee_variance`` (σ², the sampler's uncertainty) and ``log_score``. Ranking by
-the adversarial score ``log σ² − (Ē − E_ref)/kT`` (never σ alone: σ grows without bound
-away from the data). The result is an ordered list longer than the budget; labeling
-takes candidates in that order until the budget is filled, so a failed label is
-replaced by the next one.
+``committee_variance`` (σ², the run objective's uncertainty) and ``log_score``. Ranking
+``"score"`` orders by the run's :class:`~advsample.objective.Objective` (log σ² − (Ē − E_min)/kT,
+the score the samplers use; never σ alone: σ grows without bound away from the data);
+``"sigma"`` by σ² alone; ``"random"`` is plain random: no σ filter, no ordering. The result
+is an ordered list longer than the budget; labeling takes candidates in that order until
+the budget is filled, so a failed label is replaced by the next one.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .objective import Objective
+
 RANKINGS = ("score", "sigma", "random")
 
 
@@ -23,17 +26,20 @@ class SelectionConfig:
     """Selection settings; energies relative to the training minimum, in the reference's unit."""
 
     budget: int = 20  # new labels per round
-    kT: float = 1.0  # temperature of the ranking score
-    ranking: str = "score"  # "score" (adversarial), "sigma" (σ only), "random"
+    ranking: str = "score"  # "score" (the run objective), "sigma" (σ only), "random"; a loop uses its sampler's
     energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
-    uncertainty_percentile: float | None = 50.0  # prefer σ² above this percentile of the training σ²
+    uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
 
     def __post_init__(self):
-        if self.budget < 1:
-            raise ValueError(f"budget must be >= 1 label per round, got {self.budget}")
-        if self.kT <= 0:
-            raise ValueError(f"kT must be positive, got {self.kT}")
+        if not isinstance(self.budget, (int, np.integer)) or isinstance(self.budget, bool) or self.budget < 1:
+            raise ValueError(f"budget must be an integer >= 1 label per round, got {self.budget!r}")
+        if self.energy_ceiling is not None and not self.energy_ceiling > 0:
+            raise ValueError(f"energy_ceiling must be positive (above the training minimum), got {self.energy_ceiling!r}")
+        if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
+            raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
+        if self.min_distance < 0:
+            raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
         if self.ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
 
@@ -63,17 +69,18 @@ def _descriptors(atoms_list: Sequence[Atoms]) -> dict[int, tuple[list[int], np.n
     return {n: (idx, np.stack([descriptor(atoms_list[i]) for i in idx])) for n, idx in groups.items()}
 
 
-def rank(candidates: Sequence[Atoms], config: SelectionConfig, energy_reference: float, seed: int = 0) -> np.ndarray:
-    """Candidate indices, best first, by the configured ranking."""
+def rank(candidates: Sequence[Atoms], config: SelectionConfig, objective: Objective, energy_reference: float,
+         seed: int = 0) -> np.ndarray:
+    """Candidate indices, best first, by the configured ranking (``"score"``: the objective's)."""
     energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float)
     variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
     if config.ranking == "random":
         return np.random.default_rng(seed).permutation(len(candidates))
     if config.ranking == "sigma":
         key = np.log(np.clip(variance, 1e-30, None))
+        key = np.where(np.isfinite(key), key, -np.inf)
     else:
-        key = np.log(np.clip(variance, 1e-30, None)) - (energy - energy_reference) / config.kT
-    key = np.where(np.isfinite(key), key, -np.inf)
+        key = objective.rank_key(energy, variance, energy_reference)
     return np.argsort(-key, kind="stable")
 
 
@@ -81,21 +88,22 @@ def select(
     candidates: Sequence[Atoms],
     train: Sequence[Atoms],
     config: SelectionConfig,
+    objective: Objective,
     energy_reference: float,
     train_variance: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[list[Atoms], dict]:
     """Ordered candidates to label (best first, longer than the budget when possible) and a report.
 
-    Order: candidates passing the uncertainty threshold first, then the rest (the fallback
-    when too few pass); within each, by ranking. Candidates above the energy ceiling are
+    Order: for the score and σ rankings, candidates passing the uncertainty threshold first,
+    then the rest (the fallback when too few pass); within each, by ranking (random: no threshold). Candidates above the energy ceiling are
     dropped; those closer than ``min_distance`` to training data or an earlier pick go to
     the very end (used only when nothing else is left, so the budget is still filled).
     """
     report = {"n_candidates": len(candidates), "dropped_energy_ceiling": 0, "dropped_distance": 0, "threshold": None}
     if len(candidates) == 0:
         return [], report
-    order = rank(candidates, config, energy_reference, seed)
+    order = rank(candidates, config, objective, energy_reference, seed)
     energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float) - energy_reference
     variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
     keep = np.isfinite(energy) & np.isfinite(variance)
@@ -104,7 +112,8 @@ def select(
         report["dropped_energy_ceiling"] = int((above & keep).sum())
         keep &= ~above
     passes = np.ones(len(candidates), dtype=bool)
-    if config.uncertainty_percentile is not None and train_variance is not None and len(train_variance):
+    if (config.ranking != "random" and config.uncertainty_percentile is not None and train_variance is not None
+            and len(train_variance)):
         threshold = float(np.percentile(train_variance, config.uncertainty_percentile))
         report["threshold"] = threshold
         passes = variance > threshold
