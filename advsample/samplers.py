@@ -207,7 +207,7 @@ class MixedSampler(Sampler):
         raise TypeError("MixedSampler proposes through parts(): each part proposes and selects on its own")
 
 
-SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed")
+SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "biased_md")
 
 
 def make_sampler(name: str, **options) -> Sampler:
@@ -230,4 +230,8 @@ def make_sampler(name: str, **options) -> Sampler:
         return UncertaintyMDSampler(**options)
     if name == "mixed":
         return MixedSampler(AdversarialSampler(), RandomDisplacementSampler(), **options)
+    if name in ("udd", "biased_md"):
+        from .biased_md import BiasedMDSampler, UDDSampler  # biased_md builds on this module
+
+        return (UDDSampler if name == "udd" else BiasedMDSampler)(**options)
     raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")

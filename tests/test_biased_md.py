@@ -1,0 +1,189 @@
+"""UDD-AL and uncertainty-biased MD: the bias formulas, their forces by finite differences,
+the samplers on the 2D double well and a periodic cell, and that the bias reaches higher σ."""
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+
+from advsample.biased_md import (
+    UDD_AMPLITUDE_KT, UDD_WIDTH_KT, BiasedMDCalculator, BiasedMDSampler, UDDCalculator, UDDSampler,
+)
+from advsample.committee import Committee
+from advsample.models import SchNetCommittee
+from advsample.objective import Objective
+from advsample.samplers import SAMPLERS, make_sampler
+from advsample.structures import labels_of
+
+
+def _schnet(species, cutoff=5.0, n_members=4):
+    return Committee(SchNetCommittee(n_members=n_members, species=species, n_features=8, n_interactions=1,
+                                     cutoff=cutoff, seed=0)).to(dtype=torch.float64)
+
+
+def _nh3():
+    atoms = molecule("NH3")
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+def _al():
+    atoms = bulk("Al", cubic=True)  # 4 atoms, 4.05 Å cube: periodic images within the 3.5 Å cutoff
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+CASES = [pytest.param(lambda: _schnet((1, 7)), _nh3, id="NH3"),
+         pytest.param(lambda: _schnet((13,), cutoff=3.5), _al, id="Al-periodic")]
+
+
+def _member_energies(committee, atoms):
+    return committee.predict([atoms])["energies"][:, 0]
+
+
+def _central_difference(energy_of, atoms, step=1e-5):
+    """−dE/dx [N, 3] of ``energy_of(atoms)`` by central differences."""
+    forces = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            shifted = []
+            for sign in (1, -1):
+                copy = atoms.copy()
+                copy.positions[i, k] += sign * step
+                shifted.append(energy_of(copy))
+            forces[i, k] = -(shifted[0] - shifted[1]) / (2 * step)
+    return forces
+
+
+@pytest.mark.parametrize("make_committee, make_atoms", CASES)
+def test_udd_energy_is_the_published_formula_and_forces_its_negative_gradient(make_committee, make_atoms):
+    committee, atoms = make_committee(), make_atoms()
+    energies = _member_energies(committee, atoms)
+    n_members, n_atoms = len(energies), len(atoms)
+    sigma2_paper = 0.5 * np.sum((energies - energies.mean()) ** 2)  # σ²_E of Kulichenko et al.
+    width = np.sqrt(sigma2_paper / (n_members * n_atoms))  # exponent −1: E_bias in its curved part
+    amplitude = 0.7
+    calculator = UDDCalculator(committee, amplitude, width)
+    atoms.calc = calculator
+    expected_bias = amplitude * (np.exp(-sigma2_paper / (n_members * n_atoms * width**2)) - 1.0)
+    assert expected_bias == pytest.approx(amplitude * (np.exp(-1.0) - 1.0))
+    assert atoms.get_potential_energy() == pytest.approx(energies.mean() + expected_bias, rel=1e-9)
+    assert calculator.results["bias_energy"] == pytest.approx(expected_bias, rel=1e-9)
+
+    def energy(copy):
+        copy.calc = UDDCalculator(committee, amplitude, width)
+        return copy.get_potential_energy()
+
+    def bias(copy):
+        copy.calc = UDDCalculator(committee, amplitude, width)
+        copy.get_potential_energy()
+        return copy.calc.results["bias_energy"]
+
+    forces = atoms.get_forces()
+    np.testing.assert_allclose(forces, _central_difference(energy, atoms), atol=1e-6 * max(1, np.abs(forces).max()))
+    bias_forces = calculator.results["bias_forces"]
+    assert np.abs(bias_forces).max() > 1e-3  # the bias is felt: not a trivial zero
+    np.testing.assert_allclose(bias_forces, _central_difference(bias, atoms), atol=1e-6 * np.abs(bias_forces).max())
+
+
+@pytest.mark.parametrize("make_committee, make_atoms", CASES)
+def test_biased_md_force_bias_is_along_the_uncertainty_gradient(make_committee, make_atoms):
+    committee, atoms = make_committee(), make_atoms()
+    tau = 0.3
+    calculator = BiasedMDCalculator(committee, tau=tau, window=1, burn_in_steps=0)
+    atoms.calc = calculator
+    forces = atoms.get_forces()
+    bias_forces = calculator.results["bias_forces"]
+
+    def sigma(copy):
+        return np.std(_member_energies(committee, copy))
+
+    gradient_sigma = -_central_difference(sigma, atoms)  # +∇σ_E
+    cosine = np.sum(bias_forces * gradient_sigma) / (np.linalg.norm(bias_forces) * np.linalg.norm(gradient_sigma))
+    assert cosine > 0.9999
+    # adaptive strength with a one-step window: |F_bias| = τ |F̄|
+    unbiased = forces - bias_forces
+    assert np.linalg.norm(bias_forces) == pytest.approx(tau * np.linalg.norm(unbiased), rel=1e-6)
+    assert calculator.results["energy"] == pytest.approx(
+        calculator.results["energy_unbiased"] - tau * np.linalg.norm(unbiased) / np.linalg.norm(gradient_sigma)
+        * calculator.results["energy_std"], rel=1e-4)
+
+
+def test_biased_md_is_unbiased_during_its_burn_in():
+    committee, atoms = _schnet((1, 7)), _nh3()
+    calculator = BiasedMDCalculator(committee, tau=0.25, window=3, burn_in_steps=2)
+    strengths = []
+    for step in range(4):
+        atoms.positions[0, 0] += 0.01 * step
+        atoms.calc = calculator
+        atoms.get_forces()
+        strengths.append(np.linalg.norm(calculator.results["bias_forces"]))
+    assert strengths[:2] == [0.0, 0.0] and min(strengths[2:]) > 0
+
+
+def test_udd_defaults_are_the_published_glycine_parameters():
+    # 15.4 and 0.12 kcal/mol at 350 K (0.0245 and 0.00019 Hartree in the reference code)
+    sampler = UDDSampler(temperature_K=350.0)
+    amplitude, width = sampler.bias_parameters(Objective(0.1))
+    assert amplitude == pytest.approx(15.4 * units.kcal / units.mol)
+    assert width == pytest.approx(0.12 * units.kcal / units.mol)
+    assert amplitude == pytest.approx(0.0245 * units.Hartree, rel=2e-3)
+    assert width == pytest.approx(0.00019 * units.Hartree, rel=1e-2)
+    assert UDD_AMPLITUDE_KT == pytest.approx(22.14, abs=0.01) and UDD_WIDTH_KT == pytest.approx(0.1725, abs=1e-3)
+    toy = UDDSampler().bias_parameters(Objective(2.0))  # toys: k_B T = the objective's kT
+    assert toy == pytest.approx((UDD_AMPLITUDE_KT * 2.0, UDD_WIDTH_KT * 2.0))
+
+
+def test_bad_bias_options_are_refused():
+    with pytest.raises(ValueError, match="width"):
+        UDDSampler(width=0.0)
+    with pytest.raises(ValueError, match="tau"):
+        BiasedMDSampler(tau=-1.0)
+    with pytest.raises(ValueError, match="ranking"):
+        UDDSampler(ranking="random")
+    with pytest.raises(TypeError, match="once per run"):
+        make_sampler("udd", kT=1.0)
+
+
+@pytest.mark.parametrize("name", ["udd", "biased_md"])
+def test_biased_samplers_propose_scored_candidates_on_the_double_well(name, trained_committee):
+    assert name in SAMPLERS
+    committee, train, _ = trained_committee
+    energies, _ = labels_of(train)
+    sampler = make_sampler(name, n_seeds=2, n_steps=20)
+    proposal = sampler.propose(committee, train[:10], energies, Objective(1.0), seed=1, progress=False)
+    assert sampler.ranking == "sigma" and len(proposal.candidates) == 2 * 20 // 5
+    for atoms in proposal.candidates:
+        assert {"committee_energy", "committee_variance", "log_score"} <= set(atoms.info)
+        assert atoms.positions[0, 2] == 0.0  # the toy's constraint holds under the bias
+    again = sampler.propose(committee, train[:10], energies, Objective(1.0), seed=1, progress=False)
+    np.testing.assert_allclose([a.positions for a in proposal.candidates], [a.positions for a in again.candidates])
+
+
+@pytest.mark.parametrize("name", ["udd", "biased_md"])
+def test_biased_samplers_run_on_a_periodic_cell(name):
+    committee = _schnet((13,), cutoff=3.5, n_members=3)
+    seeds = [_al()]
+    committee.fit_normalization(np.array([-13.0]), np.array([4]))
+    sampler = make_sampler(name, n_seeds=1, n_steps=10, interval=5, temperature_K=300.0, burn_in_steps=0) \
+        if name == "biased_md" else make_sampler(name, n_seeds=1, n_steps=10, interval=5, temperature_K=300.0)
+    proposal = sampler.propose(committee, seeds, np.array([-13.0]), Objective(0.1), seed=0, progress=False)
+    assert len(proposal.candidates) == 2
+    for atoms in proposal.candidates:
+        assert atoms.pbc.all() and np.allclose(atoms.cell, seeds[0].cell)
+        assert np.isfinite(atoms.info["log_score"])
+        assert not np.allclose(atoms.positions, seeds[0].positions)
+
+
+@pytest.mark.parametrize("name", ["udd", "biased_md"])
+def test_the_bias_reaches_higher_uncertainty_than_plain_md_at_equal_steps(name, trained_committee):
+    """Physics: from the same seeds, temperature and steps, biased frames have a larger mean σ²."""
+    committee, train, _ = trained_committee
+    energies, _ = labels_of(train)
+    objective = Objective(1.0)
+    options = dict(n_seeds=4, n_steps=60)
+    plain = make_sampler("md", **options).propose(committee, train[:10], energies, objective, seed=3, progress=False)
+    biased = make_sampler(name, **options).propose(committee, train[:10], energies, objective, seed=3, progress=False)
+    variance = {key: np.mean([a.info["committee_variance"] for a in p.candidates])
+                for key, p in (("md", plain), (name, biased))}
+    assert variance[name] > 3 * variance["md"], variance
