@@ -207,11 +207,44 @@ class MixedSampler(Sampler):
         raise TypeError("MixedSampler proposes through parts(): each part proposes and selects on its own")
 
 
-SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "biased_md")
+@dataclass
+class SeededAttackSampler(Sampler):
+    """The attack from frames another sampler proposes (committee MD by default) instead of the training points.
+
+    As many attack seeds as the attack alone would take (its ``n_seeds``; None: as many as
+    the training structures), drawn at random from the source's candidates (the training
+    points if the source proposes none). Ranking: by the objective's log score.
+    """
+
+    source: Sampler = field(default_factory=UncertaintyMDSampler)
+    attack: AdversarialSampler = field(default_factory=AdversarialSampler)
+    name = "seeded_attack"
+    ranking = "score"
+
+    def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
+        frames = self.source.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress).candidates
+        n_seeds = len(seeds) if self.attack.n_seeds is None else self.attack.n_seeds
+        chosen = choose_seeds(frames if frames else list(seeds), n_seeds, seed)
+        return self.attack.propose(committee, chosen, train_energies, objective, seed=seed, progress=progress)
+
+
+@dataclass
+class MDAttackSampler(MixedSampler):
+    """Thermal and rare-event sampling in one round: ``share`` of the labels from committee MD
+    frames (ranked by σ², as ``md``), the rest from the attack seeded at MD frames
+    (:class:`SeededAttackSampler`, ranked by score)."""
+
+    first: Sampler = field(default_factory=UncertaintyMDSampler)
+    second: Sampler = field(default_factory=SeededAttackSampler)
+    name = "md_attack"
+
+
+SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "biased_md", "md_attack")
 
 
 def make_sampler(name: str, **options) -> Sampler:
-    """Sampler by name (:data:`SAMPLERS`); options go to its fields (the attack's to AttackConfig).
+    """Sampler by name (:data:`SAMPLERS`); options go to its fields (the attack's to AttackConfig;
+    ``md_attack`` takes ``md`` and ``attack`` option dicts and ``share``).
 
     kT and the uncertainty kind are not sampler options: the run's objective gives them.
     """
@@ -230,6 +263,10 @@ def make_sampler(name: str, **options) -> Sampler:
         return UncertaintyMDSampler(**options)
     if name == "mixed":
         return MixedSampler(AdversarialSampler(), RandomDisplacementSampler(), **options)
+    if name == "md_attack":
+        md = UncertaintyMDSampler(**options.pop("md", {}))
+        attack = make_sampler("adversarial", **options.pop("attack", {}))
+        return MDAttackSampler(md, SeededAttackSampler(md, attack), **options)
     if name in ("udd", "biased_md"):
         from .biased_md import BiasedMDSampler, UDDSampler  # biased_md builds on this module
 
