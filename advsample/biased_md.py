@@ -30,6 +30,13 @@ the uncertainty-gradient forces over the last W steps, s = 0 during the first
 20000-step trajectories; the defaults here, 20, keep the burn-in a tenth of a 200-step
 run. Their bias stress (constant-pressure runs) is not implemented: the samplers run NVT.
 
+Both papers end a trajectory once the uncertainty passes a threshold (UDD-AL: a multiple,
+``sigma_factor`` = 4, of the largest uncertainty on the training data, or a fixed value;
+Zaverkin et al.: a calibrated atom-based threshold), which keeps the bias from carrying
+walkers into regions where the committee mean is meaningless. The samplers here stop a
+trajectory at the first step whose σ_E exceeds ``stop_factor`` (4) times the largest σ_E
+over the training structures; that frame is the trajectory's last candidate.
+
 Both samplers rank their frames by σ² alone (``ranking="sigma"``, the run objective's
 variance), like committee MD (``md``): both papers select by the uncertainty, and the
 thermodynamic control is in the bias and the temperature, not in a Boltzmann score.
@@ -62,7 +69,8 @@ UDD_AMPLITUDE_KT = UDD_AMPLITUDE_KCAL_MOL * _KCAL_MOL_EV / (units.kB * UDD_TEMPE
 UDD_WIDTH_KT = UDD_WIDTH_KCAL_MOL * _KCAL_MOL_EV / (units.kB * UDD_TEMPERATURE_K)  # 0.173
 
 
-def udd_bias_energy(energy_variance: torch.Tensor, n_atoms: torch.Tensor, amplitude: float, width: float) -> torch.Tensor:
+def udd_bias_energy(energy_variance: torch.Tensor, n_atoms: torch.Tensor, amplitude: float,
+                    width: float) -> torch.Tensor:
     """E_bias [B] = A·[exp(−Var_m(E) / (2·N_A·B²)) − 1] for the member variance [B] (energy²) and N_A [B]."""
     return amplitude * (torch.exp(-energy_variance / (2.0 * n_atoms.to(energy_variance.dtype) * width**2)) - 1.0)
 
@@ -172,10 +180,12 @@ class BiasedMDCalculator(_BiasCalculator):
 
 def langevin_frames(
     seeds: Sequence[Atoms], make_calculator: Callable[[], Calculator], temperature_K: float, timestep_fs: float,
-    n_steps: int, interval: int, friction: float, seed: int = 0,
+    n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
 ) -> list[list[Atoms]]:
     """One ASE Langevin trajectory per seed, each with a fresh calculator; frames every ``interval``
-    steps (positions only, no calculator), stopped at the first non-finite position."""
+    steps (positions only, no calculator), stopped at the first non-finite position, and, with
+    ``stop_energy_std`` (energy unit), at the first step whose committee σ_E (the calculator's
+    ``energy_std``) exceeds it: that frame ends the trajectory."""
     trajectories = []
     for index, atoms in enumerate(seeds):
         system = atoms.copy()
@@ -188,10 +198,13 @@ def langevin_frames(
         for _ in dynamics.irun(steps=n_steps):
             if not np.all(np.isfinite(system.positions)):
                 break
-            if dynamics.nsteps % interval == 0 and dynamics.nsteps > 0:
+            stop = stop_energy_std is not None and system.calc.results.get("energy_std", 0.0) > stop_energy_std
+            if stop or (dynamics.nsteps % interval == 0 and dynamics.nsteps > 0):
                 frame = system.copy()
                 frame.calc = None
                 frames.append(frame)
+            if stop:
+                break
         trajectories.append(frames)
     return trajectories
 
@@ -201,11 +214,20 @@ class _BiasedLangevinSampler(UncertaintyMDSampler):
     """Langevin MD (the fields of :class:`~advsample.samplers.UncertaintyMDSampler`) on a biased surface."""
 
     ranking: str = "sigma"
+    stop_factor: float | None = 4.0  # stop a trajectory where σ_E > stop_factor × the training set's largest σ_E
 
     def __post_init__(self):
         super().__post_init__()
         if self.ranking not in ("sigma", "score"):
             raise ValueError(f"ranking must be 'sigma' or 'score', got {self.ranking!r}")
+        if self.stop_factor is not None and not self.stop_factor > 0:
+            raise ValueError(f"stop_factor must be positive or None, got {self.stop_factor!r}")
+
+    def stop_energy_std(self, committee: Committee, seeds: Sequence[Atoms]) -> float | None:
+        """σ_E (energy unit) that ends a trajectory: ``stop_factor`` × the largest σ_E over ``seeds``."""
+        if self.stop_factor is None:
+            return None
+        return self.stop_factor * float(np.sqrt(committee.predict(list(seeds))["energies"].var(0)).max())
 
     def temperature(self, objective: Objective) -> float:
         """The MD temperature (K): ``temperature_K`` or k_B T = the objective's kT."""
@@ -218,6 +240,7 @@ class _BiasedLangevinSampler(UncertaintyMDSampler):
         trajectories = langevin_frames(
             choose_seeds(seeds, self.n_seeds, seed), lambda: self.calculator(committee, objective),
             self.temperature(objective), self.timestep_fs, self.n_steps, self.interval, self.friction, seed,
+            self.stop_energy_std(committee, seeds),
         )
         frames = [f for trajectory in trajectories for f in trajectory]
         return Proposal(objective.score(committee, frames, train_energies), trajectories=trajectories)

@@ -222,7 +222,8 @@ class SeededAttackSampler(Sampler):
     ranking = "score"
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
-        frames = self.source.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress).candidates
+        proposal = self.source.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress)
+        frames = proposal.candidates
         n_seeds = len(seeds) if self.attack.n_seeds is None else self.attack.n_seeds
         chosen = choose_seeds(frames if frames else list(seeds), n_seeds, seed)
         return self.attack.propose(committee, chosen, train_energies, objective, seed=seed, progress=progress)

@@ -177,13 +177,36 @@ def test_biased_samplers_run_on_a_periodic_cell(name):
 
 @pytest.mark.parametrize("name", ["udd", "biased_md"])
 def test_the_bias_reaches_higher_uncertainty_than_plain_md_at_equal_steps(name, trained_committee):
-    """Physics: from the same seeds, temperature and steps, biased frames have a larger mean σ²."""
+    """Physics: from the same seeds, temperature and steps, biased frames have a larger mean σ²
+    (no uncertainty stop: the dynamics alone)."""
     committee, train, _ = trained_committee
     energies, _ = labels_of(train)
     objective = Objective(1.0)
     options = dict(n_seeds=4, n_steps=60)
     plain = make_sampler("md", **options).propose(committee, train[:10], energies, objective, seed=3, progress=False)
-    biased = make_sampler(name, **options).propose(committee, train[:10], energies, objective, seed=3, progress=False)
+    biased = make_sampler(name, stop_factor=None, **options).propose(
+        committee, train[:10], energies, objective, seed=3, progress=False)
     variance = {key: np.mean([a.info["committee_variance"] for a in p.candidates])
                 for key, p in (("md", plain), (name, biased))}
     assert variance[name] > 3 * variance["md"], variance
+
+
+@pytest.mark.parametrize("name", ["udd", "biased_md"])
+def test_trajectories_end_at_the_first_frame_over_the_uncertainty_threshold(name, trained_committee):
+    committee, train, _ = trained_committee
+    energies, _ = labels_of(train)
+    sampler = make_sampler(name, n_seeds=3, n_steps=200, stop_factor=1.5)
+    threshold = sampler.stop_energy_std(committee, train)
+    assert threshold == pytest.approx(1.5 * np.sqrt(committee.predict(train)["energies"].var(0)).max())
+    proposal = sampler.propose(committee, train, energies, Objective(1.0), seed=4, progress=False)
+    stopped = 0
+    for trajectory in proposal.trajectories:
+        sigma = np.sqrt(committee.predict(trajectory)["energies"].var(0))
+        assert np.all(sigma[:-1] <= threshold * (1 + 1e-6))  # no earlier frame passed it
+        if len(trajectory) < 200 // 5:  # ended early: at a frame over the threshold
+            assert sigma[-1] > threshold
+            stopped += 1
+    assert stopped >= 1
+    never = make_sampler(name, n_seeds=3, n_steps=200, stop_factor=None)
+    assert all(len(t) == 200 // 5 for t in never.propose(
+        committee, train, energies, Objective(1.0), seed=4, progress=False).trajectories)
