@@ -8,17 +8,14 @@ from ase.calculators.calculator import CalculationFailed
 from tblite.interface import Calculator as TBLiteInterface
 
 from advsample import molecules
-from advsample.molecules import (
-    XTBError,
+from advsample.molecules import XTBError, relabel_xtb, xtb_calculator, xtb_label
+from advsample.systems.ammonia import (
     ammonia_dataset,
     ammonia_splits,
     inversion_barrier,
     inversion_path,
-    relabel_xtb,
     umbrella_height,
     umbrella_heights,
-    xtb_calculator,
-    xtb_label,
 )
 from advsample.structures import labels_of
 
