@@ -212,9 +212,9 @@ class Committee(nn.Module):
                 f"objects, which advsample refuses to load because unpickling them could run code"
                 + (f" ({found[0]})" if found else "")
             ) from exc
-        except (RuntimeError, EOFError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises many kinds on a damaged or foreign file
             raise ValueError(f"{name} cannot be read as a committee checkpoint: {type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{name} is not an advsample committee checkpoint")

@@ -181,6 +181,7 @@ class ActiveLearning:
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
             raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
         reference_identity(reference)  # a clear TypeError for something that is no reference
+        split_validation(initial, validation_fraction, seed)  # a clear error for a bad fraction, now
         self.run_dir = Path(run_dir)
         self.template = committee
         self.reference = reference
