@@ -15,7 +15,9 @@ A failed calculation - an exception (e.g. an SCF that does not converge), NaN or
 energy/forces, wrong force shape - is recorded with its reason and skipped, never turned into
 a label; it is cached too, so it is not paid for again (``retry_failed=True`` re-runs it).
 A task lost by the executor (dead worker after the executor's retries, broken pool) is
-recorded but not cached: the next run tries it again.
+recorded but not cached: the next run tries it again. :func:`label_until` gives up
+(:class:`ReferenceGaveUp`) after ``max_consecutive_failures`` failed calls in a row.
+:func:`reference_identity` names a reference as JSON data (a run directory stores it).
 
 Labels are the calculator's raw energy and forces (ASE constraints are not applied to the
 forces), stored with :func:`advsample.structures.labeled`; ``atoms.info`` gets
@@ -499,10 +501,14 @@ def label_structures(atoms_list: Sequence[Atoms] | Atoms, calculator, executor: 
 
 
 class ReferenceGaveUp(RuntimeError):
-    """Labeling stopped after too many consecutive failed reference calls; ``failures``: the last ones."""
+    """Labeling stopped after too many consecutive failed reference calls.
 
-    def __init__(self, message: str, failures: Sequence[dict] = ()):
-        super().__init__(message)
+    ``summary``: what failed and the last reasons; ``failures``: the last failure records.
+    """
+
+    def __init__(self, summary: str, failures: Sequence[dict] = (), hint: str = ""):
+        super().__init__(f"{summary}. {hint}" if hint else summary)
+        self.summary = summary
         self.failures = list(failures)
 
 
@@ -578,9 +584,9 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
             if max_consecutive_failures is not None and streak >= max_consecutive_failures:
                 raise ReferenceGaveUp(
                     f"gave up labeling after {streak} consecutive failed reference calls "
-                    f"({reference_name(calculator)}); last reasons: {last_reasons(total.failures)}. "
-                    "Fix the reference, then rerun: cached failures are tried again with retry_failed=True",
+                    f"({reference_name(calculator)}); last reasons: {last_reasons(total.failures)}",
                     total.failures[-streak:],
+                    "Fix the reference, then rerun: cached failures are tried again with retry_failed=True",
                 )
     finally:
         bar.close()

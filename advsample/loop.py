@@ -436,7 +436,11 @@ class ActiveLearning:
                     consecutive_failures=streak,
                 )
             except ReferenceGaveUp as exc:
-                raise ReferenceGaveUp(f"round {number}: {exc} (or raise max_consecutive_failures)", exc.failures) from exc
+                raise ReferenceGaveUp(
+                    f"round {number}: {exc.summary}", exc.failures,
+                    "The round is not written. Fix the reference and rerun with retry_failures=True (the failures "
+                    "are cached), or raise max_consecutive_failures",
+                ) from exc
             streak = result.consecutive_failures
             failures += [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
             for atoms in result.labeled:
