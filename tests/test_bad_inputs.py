@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -385,3 +386,18 @@ def test_attack_settings_and_seeds():
         AttackConfig(n_steps=0)
     with pytest.raises(ValueError, match=r"at least one seed"):
         attack(Committee(MLPCommittee(2, (8,))), [], [0.0])
+
+
+# -- the command line -------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--notebooks", "99_nothing"], r"notebook '99_nothing' not found"),
+    (["--notebooks", "01_double_well_1d", "-p", "n_roundz", "2"], r"unknown parameter 'n_roundz'.*declares: n_rounds"),
+    (["--params", "missing.yaml"], r"parameters file missing\.yaml not found"),
+])
+def test_report_usage_errors_run_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    from advsample.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "-o", str(tmp_path / "report"), *argv]) == 2  # a usage error
+    assert re.search(message, capsys.readouterr().err, re.S)
+    assert not (tmp_path / "report").exists()  # no notebook was started
