@@ -7,10 +7,12 @@ be trained apart and gathered with :meth:`Committee.gather`.
 """
 from __future__ import annotations
 
+import json
+import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -113,6 +115,9 @@ class Committee(nn.Module):
         batch = batch.to(self.device, self.dtype)
         if positions is None:
             positions = batch.positions
+        if positions.shape != batch.positions.shape:
+            raise ValueError(f"positions must have shape [N, 3] = {list(batch.positions.shape)} for this batch of "
+                             f"{batch.n_structures} structure(s), got {list(positions.shape)}")
         positions = positions.to(self.device, self.dtype)
         if forces and not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)
@@ -172,11 +177,17 @@ class Committee(nn.Module):
 
     # -- persistence -------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """Plain data only (str, numbers, lists, dicts, tensors): loadable with ``weights_only=True``."""
+        config = self.model.config()
+        try:
+            plain = json.loads(json.dumps(config, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{type(self.model).__name__}.config() must be plain JSON data to be saved: {exc}") from exc
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
             "model_class": type(self.model).__name__,
-            "model_config": self.model.config(),
+            "model_config": plain,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
 
@@ -187,20 +198,36 @@ class Committee(nn.Module):
         return path
 
     @staticmethod
-    def _read(path: str | Path) -> dict:
-        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+    def _read(source: str | Path | BinaryIO) -> dict:
+        """The checkpoint dict, unpickled with ``weights_only=True``: a file that holds Python
+        objects (which could run code when unpickled) is refused, never executed."""
+        name = source if isinstance(source, (str, Path)) else "checkpoint"
+        try:
+            data = torch.load(Path(source) if isinstance(source, str) else source, map_location="cpu",
+                              weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = [line.strip().split(" Please use")[0] for line in str(exc).splitlines() if "Unsupported global" in line]
+            raise ValueError(
+                f"{name} is not a plain-data advsample committee checkpoint: it holds pickled Python "
+                f"objects, which advsample refuses to load because unpickling them could run code"
+                + (f" ({found[0]})" if found else "")
+            ) from exc
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises many kinds on a damaged or foreign file
+            raise ValueError(f"{name} cannot be read as a committee checkpoint: {type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not an advsample committee checkpoint")
+            raise ValueError(f"{name} is not an advsample committee checkpoint")
         if data.get("format_version") != CHECKPOINT_VERSION:
             raise ValueError(
-                f"{path} has checkpoint format version {data.get('format_version')}, "
+                f"{name} has checkpoint format version {data.get('format_version')}, "
                 f"this advsample reads version {CHECKPOINT_VERSION}"
             )
         return data
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Committee":
-        """Rebuild a committee from a checkpoint (model class and config included)."""
+    def load(cls, path: str | Path | BinaryIO, device: str | None = None) -> "Committee":
+        """Rebuild a committee from a checkpoint file or bytes buffer (model class and config included)."""
         data = cls._read(path)
         if data["model_class"] not in MODELS:
             raise ValueError(f"{path}: unknown model class {data['model_class']}")
@@ -212,7 +239,7 @@ class Committee(nn.Module):
     def load_checkpoint(self, path: str | Path) -> None:
         """Load weights into this committee; fails clearly if the checkpoint is another model."""
         data = self._read(path)
-        mine = (type(self.model).__name__, self.model.config())
+        mine = (type(self.model).__name__, self.checkpoint()["model_config"])
         theirs = (data["model_class"], data["model_config"])
         if mine != theirs:
             raise ValueError(

@@ -39,7 +39,7 @@ def mlp_data(n: int = 128):
 
 
 def ammonia_data(n: int = 118):
-    from advsample.molecules import ammonia_dataset
+    from advsample.systems.ammonia import ammonia_dataset
 
     return ammonia_dataset()[:n]
 

@@ -21,7 +21,8 @@ Neighbours
 
 Rules (each raises ``ValueError`` with a message that says what to change)
     * an element the model was not built for (``species``);
-    * two atoms (or an atom and a periodic image) closer than ``min_distance`` Å;
+    * two atoms (or an atom and a periodic image) closer than ``min_distance`` Å
+      (``geometry.GeometryError``, a ValueError carrying the structures at fault);
     * a periodic structure whose cell is narrower than the cutoff in a periodic
       direction (perpendicular height < ``cutoff``), or degenerate. The neighbour list
       itself handles any number of images correctly; the rule keeps the number of
@@ -39,6 +40,7 @@ import torch
 from ase.data import chemical_symbols
 from torch import nn
 
+from ..geometry import GeometryError
 from ..structures import Batch
 
 
@@ -266,10 +268,11 @@ class SchNetCommittee(nn.Module):
                 k = int(torch.argmin(close))
                 s = int(batch.structure_index[i[k]])
                 start = int((batch.structure_index < s).sum())
-                raise ValueError(
+                raise GeometryError(
                     f"structure {s}: atoms {int(i[k]) - start} and {int(j[k]) - start} are "
                     f"{float(close[k]):.3g} Å apart, closer than min_distance={self.min_distance:g} Å "
-                    "(overlapping atoms)"
+                    "(overlapping atoms)",
+                    structures=batch.structure_index[i[close < self.min_distance]].tolist(),
                 )
             drop = bool(far.any())
         if drop:  # pairs beyond the cutoff contribute nothing: drop them
