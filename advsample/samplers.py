@@ -245,7 +245,7 @@ SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "bia
 
 def make_sampler(name: str, **options) -> Sampler:
     """Sampler by name (:data:`SAMPLERS`); options go to its fields (the attack's to AttackConfig;
-    ``md_attack`` takes ``md`` and ``attack`` option dicts and ``share``).
+    ``md_attack``: the MD's, an ``attack`` dict of the attack's, and ``share``).
 
     kT and the uncertainty kind are not sampler options: the run's objective gives them.
     """
@@ -265,9 +265,10 @@ def make_sampler(name: str, **options) -> Sampler:
     if name == "mixed":
         return MixedSampler(AdversarialSampler(), RandomDisplacementSampler(), **options)
     if name == "md_attack":
-        md = UncertaintyMDSampler(**options.pop("md", {}))
+        share = options.pop("share", 0.5)
         attack = make_sampler("adversarial", **options.pop("attack", {}))
-        return MDAttackSampler(md, SeededAttackSampler(md, attack), **options)
+        md = UncertaintyMDSampler(**options)
+        return MDAttackSampler(md, SeededAttackSampler(md, attack), share=share)
     if name in ("udd", "biased_md"):
         from .biased_md import BiasedMDSampler, UDDSampler  # biased_md builds on this module
 

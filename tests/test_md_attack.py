@@ -8,7 +8,7 @@ from advsample.structures import labels_of
 
 
 def test_md_attack_splits_the_budget_between_md_and_the_md_seeded_attack():
-    sampler = make_sampler("md_attack", md={"n_steps": 50}, attack={"n_steps": 20}, share=0.3)
+    sampler = make_sampler("md_attack", n_steps=50, attack={"n_steps": 20}, share=0.3)
     assert isinstance(sampler, MDAttackSampler) and sampler.name == "md_attack"
     (md, n_md), (attack, n_attack) = sampler.parts(20)
     assert (n_md, n_attack) == (6, 14)
@@ -23,7 +23,7 @@ def test_the_seeded_attack_starts_from_md_frames_not_training_points(trained_com
     committee, train, _ = trained_committee
     energies, _ = labels_of(train)
     seeds = train[:10]
-    sampler = make_sampler("md_attack", md={"n_seeds": 2, "n_steps": 40}, attack={"n_steps": 10}).second
+    sampler = make_sampler("md_attack", n_seeds=2, n_steps=40, attack={"n_steps": 10}).second
     proposal = sampler.propose(committee, seeds, energies, Objective(1.0), seed=2, progress=False)
     attack_seeds = np.array([a.positions[0, :2] for a in proposal.attack.seeds])
     training = np.array([a.positions[0, :2] for a in seeds])
