@@ -56,6 +56,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
 from .committee import Committee
+from .geometry import GeometryError
 from .objective import Objective
 from .samplers import Proposal, UncertaintyMDSampler, choose_seeds
 from .structures import Batch
@@ -183,7 +184,8 @@ def langevin_frames(
     n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
 ) -> list[list[Atoms]]:
     """One ASE Langevin trajectory per seed, each with a fresh calculator; frames every ``interval``
-    steps (positions only, no calculator), stopped at the first non-finite position, and, with
+    steps (positions only, no calculator), stopped at the first non-finite position or
+    :class:`~advsample.geometry.GeometryError` (overlapping atoms: the frame is not kept), and, with
     ``stop_energy_std`` (energy unit), at the first step whose committee σ_E (the calculator's
     ``energy_std``) exceeds it: that frame ends the trajectory."""
     trajectories = []
@@ -195,7 +197,14 @@ def langevin_frames(
         dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
                             friction=friction, fixcm=False, rng=rng)
         frames = []
-        for _ in dynamics.irun(steps=n_steps):
+        steps = dynamics.irun(steps=n_steps)
+        while True:
+            try:
+                next(steps)
+            except StopIteration:
+                break
+            except GeometryError:  # the model refuses the geometry (overlapping atoms): the trajectory ends
+                break
             if not np.all(np.isfinite(system.positions)):
                 break
             stop = stop_energy_std is not None and system.calc.results.get("energy_std", 0.0) > stop_energy_std
