@@ -206,3 +206,13 @@ def test_training_lists_periodic_neighbours_once_per_structure():
     moved = Batch.from_atoms(data[:1])
     committee(moved, positions=moved.positions + 0.01)  # a new geometry is listed anew, never stale
     assert cache.misses == 5
+
+
+def test_core_does_not_import_mace():
+    import subprocess
+    import sys
+
+    code = ("import sys, advsample.committee, advsample.loop, advsample.models; "
+            "bad = [m for m in ('mace', 'e3nn') if m in sys.modules]; assert not bad, bad; "
+            "from advsample.models import MODELS; assert 'MACECommittee' in MODELS")
+    subprocess.run([sys.executable, "-c", code], check=True)
