@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs per timed training round")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs per timed training round")
     parser.add_argument("--rounds", type=int, default=3, help="alternated training rounds per path (median)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -204,8 +204,12 @@ def test_training_lists_periodic_neighbours_once_per_structure():
     assert cache.misses == 4 and len(cache) == 4  # 3 training + 1 validation geometry, listed once
     assert cache.hits >= 5 * 4 - 4
     moved = Batch.from_atoms(data[:1])
-    committee(moved, positions=moved.positions + 0.01)  # a new geometry is listed anew, never stale
+    shifted = committee(moved, positions=moved.positions + 0.01).energies  # a new geometry is listed anew
     assert cache.misses == 5
+    from advsample.models.neighbours import NeighbourCache
+
+    committee.model.neighbour_cache = NeighbourCache(0)  # the per-forward path gives the same numbers
+    torch.testing.assert_close(committee(moved, positions=moved.positions + 0.01).energies, shifted, rtol=0, atol=0)
 
 
 def test_core_does_not_import_mace():

@@ -151,7 +151,7 @@ class SchNetCommittee(nn.Module):
         self.rbf_gamma = 0.5 / spacing**2
         self._pair_cache: tuple | None = None
         # periodic neighbour lists per geometry (training reuses them every epoch);
-        # NeighbourCache(0) rebuilds them on every forward pass
+        # NeighbourCache(0) rebuilds them, and the molecular pairs, on every forward pass
         self.neighbour_cache = NeighbourCache()
 
     def config(self) -> dict:
@@ -187,7 +187,7 @@ class SchNetCommittee(nn.Module):
         """All ordered pairs i != j inside each non-periodic structure: (i [P], j [P])."""
         key = (batch.structure_index, batch.pbc)
         versions = (batch.structure_index._version, batch.pbc._version)
-        if self._pair_cache is not None:
+        if self._pair_cache is not None and self.neighbour_cache.max_structures > 0:
             refs, cached_versions, pairs = self._pair_cache
             if all(r() is k for r, k in zip(refs, key)) and cached_versions == versions:
                 return pairs
