@@ -249,16 +249,19 @@ class Committee(nn.Module):
         if not committees:
             raise ValueError("gather needs at least one committee")
         first = committees[0]
-        name, config = type(first.model).__name__, dict(first.model.config())
-        for other in committees[1:]:
-            other_config = dict(other.model.config())
-            if type(other.model).__name__ != name or {**other_config, "n_members": 0, "seed": 0} != {
-                **config,
-                "n_members": 0,
-                "seed": 0,
-            }:
-                raise ValueError("gather needs committees of the same model architecture")
-        config["n_members"] = sum(c.n_members for c in committees)
+        name = type(first.model).__name__
+        configs = [dict(c.model.config()) for c in committees]
+        if any(type(c.model).__name__ != name for c in committees):
+            raise ValueError("gather needs committees of the same model architecture")
+        merge = getattr(type(first.model), "gather_config", None)  # a model's own rule, if it has one
+        if merge is not None:
+            config = merge(configs)
+        else:
+            config = configs[0]
+            for other in configs[1:]:
+                if {**other, "n_members": 0, "seed": 0} != {**config, "n_members": 0, "seed": 0}:
+                    raise ValueError("gather needs committees of the same model architecture")
+            config["n_members"] = sum(c.n_members for c in committees)
         gathered = cls(MODELS[name](**config), float(first.energy_shift), float(first.energy_scale))
         states = [c.model.state_dict() for c in committees]
         if first.model.stacked:

@@ -60,6 +60,11 @@ def test_committee_from_model_files_predicts_what_mace_predicts(tmp_path):
     # a checkpoint of a file committee rebuilds from the files and restores its (possibly fine-tuned) weights
     restored = Committee.load(committee.save(tmp_path / "committee.pt"), device="cpu")
     np.testing.assert_allclose(restored.predict(atoms)["energies"], ours["energies"], rtol=1e-10)
+    # members of two file committees gathered into one, in order
+    halves = [Committee(MACECommittee.from_files([p])) for p in paths]
+    np.testing.assert_allclose(Committee.gather(halves).predict(atoms)["energies"], ours["energies"], rtol=1e-10)
+    with pytest.raises(ValueError, match="from files with committees built from code"):
+        Committee.gather([halves[0], Committee(MACECommittee(1, **SMALL))])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         MACECommittee.from_files([tmp_path / "missing.model"])
 

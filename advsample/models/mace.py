@@ -206,6 +206,20 @@ class MACECommittee(MemberList):
             raise ValueError("give at least one MACE model file")
         return cls(model_paths=[str(p) for p in paths])
 
+    @staticmethod
+    def gather_config(configs: Sequence[dict]) -> dict:
+        """The config of several committees joined (``Committee.gather``): files concatenated, or members summed."""
+        from_files = [c.get("model_paths") is not None for c in configs]
+        if all(from_files):
+            paths = [p for c in configs for p in c["model_paths"]]
+            return {"n_members": len(paths), "model_paths": paths, "seed": configs[0]["seed"]}
+        if any(from_files):
+            raise ValueError("gather cannot join MACE committees from files with committees built from code")
+        for other in configs[1:]:
+            if {**other, "n_members": 0, "seed": 0} != {**configs[0], "n_members": 0, "seed": 0}:
+                raise ValueError("gather needs committees of the same model architecture")
+        return {**configs[0], "n_members": sum(c["n_members"] for c in configs)}
+
     def config(self) -> dict:
         if self.model_paths is not None:
             return {"n_members": self.n_members, "model_paths": list(self.model_paths), "seed": self.seed}
