@@ -1,6 +1,4 @@
 """One conformance test of the member-model contract, run over every shipped model (and the MemberList adapter)."""
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -12,8 +10,6 @@ from advsample.models.base import update_members
 from advsample.molecules import ammonia_dataset
 from advsample.structures import Batch, labeled
 from advsample.train import TrainConfig, _Targets, train_committee
-
-HAS_MACE = importlib.util.find_spec("mace") is not None
 
 
 class SchNetMembers(MemberList):
@@ -93,8 +89,8 @@ CASES = {
 
 
 def case(name):
-    if name.startswith("mace") and not HAS_MACE:
-        pytest.skip("mace extra not installed (pip install -e '.[mace]')")
+    if name.startswith("mace"):
+        pytest.importorskip("mace", reason="mace extra not installed (pip install -e '.[mace]')")
     build, structures = CASES[name]
     return Committee(build()), structures()
 
