@@ -204,6 +204,11 @@ def test_training_lists_periodic_neighbours_once_per_structure():
     assert cache.misses == 5
     from advsample.models.neighbours import NeighbourCache
 
+    import copy
+    import pickle
+
+    assert len(copy.deepcopy(committee).model.neighbour_cache) == 0  # copies do not carry the lists along
+    assert pickle.loads(pickle.dumps(cache)).max_structures == cache.max_structures
     committee.model.neighbour_cache = NeighbourCache(0)  # the per-forward path gives the same numbers
     torch.testing.assert_close(committee(moved, positions=moved.positions + 0.01).energies, shifted, rtol=0, atol=0)
 

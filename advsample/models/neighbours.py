@@ -27,6 +27,13 @@ class NeighbourCache:
         self.hits = 0
         self.misses = 0
 
+    def __getstate__(self) -> dict:
+        # copies and pickles (process pools, deepcopy) start empty: lists are cheap to rebuild
+        return {"max_structures": self.max_structures}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_structures"])
+
     def clear(self) -> None:
         self._entries.clear()
 
