@@ -12,7 +12,8 @@ from advsample.attack import AttackConfig, attack  # noqa: E402
 from advsample.calculator import CommitteeCalculator  # noqa: E402
 from advsample.committee import Committee  # noqa: E402
 from advsample.models.mace import MACECommittee, build_mace  # noqa: E402
-from advsample.molecules import ammonia_dataset, relabel_xtb  # noqa: E402
+from advsample.molecules import relabel_xtb  # noqa: E402
+from advsample.systems.ammonia import ammonia_dataset  # noqa: E402
 from advsample.structures import labels_of  # noqa: E402
 from advsample.train import TrainConfig, train_committee  # noqa: E402
 
@@ -78,7 +79,7 @@ def test_unknown_element_is_a_clear_error():
 
 
 def test_mace_committee_runs_two_rounds_on_nh3_and_the_attack_raises_sigma(tmp_path, xtb_data):
-    from advsample.ammonia_al import XTB_SPEC
+    from advsample.systems.ammonia import XTB_SPEC
     from advsample.loop import ActiveLearning
     from advsample.samplers import make_sampler
     from advsample.select import SelectionConfig
@@ -87,8 +88,8 @@ def test_mace_committee_runs_two_rounds_on_nh3_and_the_attack_raises_sigma(tmp_p
     committee = Committee(MACECommittee(3, **SMALL, seed=0))
     loop = ActiveLearning(
         tmp_path / "run", committee, XTB_SPEC, initial,
-        make_sampler("adversarial", kT=0.5, n_steps=8, learning_rate=0.01, snapshot_every=4, n_seeds=4),
-        test=test, selection=SelectionConfig(budget=3, kT=0.5, min_distance=0.0),
+        make_sampler("adversarial", n_steps=8, learning_rate=0.01, snapshot_every=4, n_seeds=4),
+        test=test, selection=SelectionConfig(budget=3, min_distance=0.0), kT=0.5,
         train_config=TrainConfig(epochs=15, patience=100), validation_fraction=0.0, seed=0, progress=False,
     )
     records = loop.run(2)

@@ -7,7 +7,7 @@ from ase.build import add_adsorbate, fcc100
 from advsample.committee import Committee
 from advsample.models import MODELS, MLPCommittee, MemberList, ModelContractError, SchNetCommittee, check_model
 from advsample.models.base import update_members
-from advsample.molecules import ammonia_dataset
+from advsample.systems.ammonia import ammonia_dataset
 from advsample.structures import Batch, labeled
 from advsample.train import TrainConfig, _Targets, train_committee
 
