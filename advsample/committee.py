@@ -277,7 +277,7 @@ class Committee(nn.Module):
             raise ValueError("gather needs at least one committee")
         first = committees[0]
         name = type(first.model).__name__
-        configs = [dict(c.model.config()) for c in committees]
+        configs = [json.loads(json.dumps(c.model.config())) for c in committees]  # as checkpoints store them
         if any(type(c.model).__name__ != name for c in committees):
             raise ValueError("gather needs committees of the same model architecture")
         merge = getattr(type(first.model), "gather_config", None)  # a model's own rule, if it has one
