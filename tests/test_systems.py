@@ -117,3 +117,12 @@ def test_system_checks_its_declaration():
     with pytest.raises(ValueError, match="built by hand"):
         hand = System("x", base.reference, base.initial, base.test, base.make_committee)
         compare.run_comparison(hand, ["random"], [0], 1, "unused", workers=2)
+
+
+def test_user_system_goes_to_worker_processes_by_name(tmp_path):
+    """workers=2 rebuilds the user's system from its spec in each process: the same rows as in-process."""
+    system = user_system("tilted_well")
+    here = compare.run_comparison(system, ["random"], [0, 1], 1, tmp_path / "a", log=None)
+    pooled = compare.run_comparison(system, ["random"], [0, 1], 1, tmp_path / "b", workers=2, log=None)
+    assert [r["force_mae"] for r in pooled] == [r["force_mae"] for r in here]
+    assert [r["right_well_force_mae"] for r in pooled] == [r["right_well_force_mae"] for r in here]
