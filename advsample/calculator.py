@@ -13,6 +13,10 @@ class CommitteeCalculator(Calculator):
     Results: ``energy`` (committee mean), ``forces`` [N, 3] (mean), ``energy_std`` (std over
     members), ``forces_std`` [N] (per-atom std over members, averaged over x, y, z),
     ``energies`` [M] (each member's energy).
+
+    Like ASE's own calculators it returns unconstrained forces for any ASE constraint
+    (``FixAtoms``, ``FixInternals``, ...): the model sees a constraint-free copy of the
+    atoms, and ASE's dynamics and optimizers apply the constraints themselves.
     """
 
     implemented_properties = ["energy", "forces", "energy_std", "forces_std", "energies"]
@@ -23,7 +27,9 @@ class CommitteeCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        out = self.committee(Batch.from_atoms([self.atoms]), forces=True)
+        free = self.atoms.copy()
+        free.constraints = []
+        out = self.committee(Batch.from_atoms([free]), forces=True)
         self.results = {
             "energy": float(out.energy_mean[0]),
             "forces": out.forces_mean.detach().cpu().numpy().astype(float),
