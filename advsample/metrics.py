@@ -70,7 +70,7 @@ def _nearest(atoms: Atoms, k: int) -> float:
     return float(d.min())
 
 
-class _StabilityCheck:
+class StabilityCheck:
     """The geometric failure criteria of one run, fixed by its start geometry.
 
     Bonds: pairs nearer than ``bond_scale`` × (r_i + r_j) (covalent radii) in the start
@@ -78,7 +78,7 @@ class _StabilityCheck:
     neighbour may go. All distances are minimum image (periodic cells).
     """
 
-    def __init__(self, start: Atoms, bond_stretch: float, bond_scale: float, min_distance: float):
+    def __init__(self, start: Atoms, bond_stretch: float = 1.5, bond_scale: float = 1.2, min_distance: float = 0.6):
         from ase.data import chemical_symbols, covalent_radii
 
         from .structures import held_atoms
@@ -142,6 +142,7 @@ def md_stability(
     bond_scale: float = 1.2,
     min_distance: float = 0.6,
     seed: int = 0,
+    frames_every: int | None = None,
 ) -> dict:
     """Fraction of committee-MD runs that stay physical, and each run's time to failure.
 
@@ -168,6 +169,8 @@ def md_stability(
     "mean_time_to_failure_fs" (stable runs count their full time), "md_reference_calls"
     (reference energies computed by the check),
     "temperature_K", "n_steps", "timestep_fs"}``; :func:`survival_curve` turns it into a curve.
+    ``frames_every``: also return ``"frames"``, per run the geometry every that many steps
+    (and the last one), as ``ase.Atoms`` with the start's cell and constraints.
     """
     from ase import units
     from ase.md.langevin import Langevin
@@ -183,13 +186,15 @@ def md_stability(
         raise ValueError(f"n_runs and n_steps must be >= 1, got {n_runs} and {n_steps}")
     if timestep_fs <= 0 or temperature_K < 0:
         raise ValueError("timestep_fs must be positive and temperature_K non-negative")
+    if frames_every is not None and frames_every < 1:
+        raise ValueError(f"frames_every must be >= 1 step or None, got {frames_every}")
     calculator = CommitteeCalculator(committee)
     check_steps = set(np.linspace(n_steps, 0, max(n_check_frames, 0), endpoint=False).round().astype(int).tolist())
-    failures, steps_completed, times, reference_calls = [], [], [], 0
+    failures, steps_completed, times, reference_calls, all_frames = [], [], [], 0, []
     for run in range(n_runs):
         system = starts[run % len(starts)].copy()  # keeps cell, pbc, constraints
         system.calc = None
-        check = _StabilityCheck(system, bond_stretch, bond_scale, min_distance)
+        check = StabilityCheck(system, bond_stretch, bond_scale, min_distance)
         rng = np.random.default_rng([seed, run])
         velocities.thermalize_momenta(system, temperature_K=temperature_K, rng=rng)
         if not system.constraints and not system.pbc.any():
@@ -200,9 +205,11 @@ def md_stability(
             system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
             friction=friction, fixcm=False, rng=rng,
         )
-        reason, step = None, 0
+        reason, step, frames = None, 0, []
         for _ in dynamics.irun(steps=n_steps):
             step = dynamics.nsteps
+            if frames_every is not None and (step % frames_every == 0 or step == n_steps):
+                frames.append(_snapshot(system))
             reason = check.failure(system)
             if reason is None and not np.isfinite(system.get_potential_energy()):
                 reason = "non-finite committee energy"
@@ -211,12 +218,16 @@ def md_stability(
                 reason = _reference_failure(system, reference, energy_tolerance_eV)
             if reason is not None:
                 break
+        if frames_every is not None and step % frames_every and step != n_steps:
+            frames.append(_snapshot(system))  # the failing geometry
+        all_frames.append(frames)
         steps_completed.append(int(step))
         times.append(None if reason is None else float(step * timestep_fs))
         if reason is not None:
             failures.append(f"run {run} (start {run % len(starts)}), step {step}: {reason}")
     n_stable = n_runs - len(failures)
     full = n_steps * timestep_fs
+    extra = {"frames": all_frames} if frames_every is not None else {}
     return {
         "md_stable_fraction": n_stable / n_runs,
         "n_runs": n_runs,
@@ -229,7 +240,14 @@ def md_stability(
         "temperature_K": float(temperature_K),
         "n_steps": int(n_steps),
         "timestep_fs": float(timestep_fs),
+        **extra,
     }
+
+
+def _snapshot(atoms: Atoms) -> Atoms:
+    frame = atoms.copy()
+    frame.calc = None
+    return frame
 
 
 def survival_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:

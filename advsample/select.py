@@ -48,11 +48,18 @@ def descriptor(atoms: Atoms) -> np.ndarray:
     """Invariant fingerprint (Å): a single particle's position, or all pair distances / √n_pairs.
 
     The Euclidean distance between fingerprints is then the particle distance, or the RMS
-    change of the pair distances of a molecule.
+    change of the pair distances. Pair distances are minimum image along periodic
+    directions (``ase.geometry.get_distances``), so an atom that crosses the cell edge
+    keeps its fingerprint and two copies of a slab shifted by a lattice vector coincide.
     """
     if len(atoms) == 1:
         return atoms.positions[0].copy()
     i, j = np.triu_indices(len(atoms), k=1)
+    if atoms.pbc.any():
+        from ase.geometry import get_distances
+
+        _, distances = get_distances(atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        return distances[i, j] / np.sqrt(len(i))
     return np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1) / np.sqrt(len(i))
 
 
