@@ -146,3 +146,27 @@ def test_adatom_slab_is_the_neb_tutorial_system():
     slab = adatom_slab()
     assert slab.get_chemical_formula() == "Al12Au" and list(slab.pbc) == [True, True, False]
     assert len(slab.constraints[0].index) == 8  # bottom two of three layers
+
+
+def test_adatom_system_runs_a_round_of_active_learning(tmp_path):
+    from ase.io import read
+
+    from advsample.loop import ActiveLearning
+    from advsample.samplers import make_sampler
+    from advsample.systems import get_system
+
+    system = get_system("adatom", smoke=True)
+    assert system.subsets == {"hop_path": 5, "thermal": 2}
+    assert abs(system.subset("hop_path")[0].get_potential_energy() - system.initial[0].get_potential_energy()) < 1.0
+    run = ActiveLearning.from_system(system, tmp_path, make_sampler("adversarial", n_steps=5), progress=False)
+    records = run.run(1)
+    last = records[-1].metrics
+    assert last["labels_used"] == system.selection.budget and last["reference_calls"] >= system.selection.budget
+    extra = last["extra"]
+    for metric in system.metrics:
+        assert np.isfinite(extra[metric.name]) or metric.name == "barrier_error_eV"
+    assert abs(extra["barrier_reference_eV"] - 0.374) < 0.002  # EMT, ASE NEB with 3 images
+    assert 0.0 <= extra["md_stable_fraction"] <= 1.0
+    saved = read(tmp_path / "round_001" / "selected.extxyz", ":")
+    assert all(list(a.pbc) == [True, True, False] and np.allclose(a.cell, system.initial[0].cell) for a in saved)
+    assert all(len(a.constraints) == 1 and len(a.constraints[0].index) == 8 for a in saved)
