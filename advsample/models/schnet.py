@@ -17,7 +17,8 @@ Neighbours
       built in torch over the whole batch (cached while the batch layout is unchanged);
       pairs farther apart than the cutoff are dropped.
     * Periodic structures (any ``pbc`` True): ``ase.neighborlist.neighbor_list('ijS')``
-      on the CPU, per structure; r_ij = x_j - x_i + S @ cell.
+      on the CPU, per structure; r_ij = x_j - x_i + S @ cell, with the cell taken from
+      ``batch.cells`` (gradients reach the cell: stress).
 
 Rules (each raises ``ValueError`` with a message that says what to change)
     * an element the model was not built for (``species``);
@@ -226,7 +227,8 @@ class SchNetCommittee(nn.Module):
             i, j, shift = neighbor_list("ijS", atoms, self.cutoff)
             all_i.append(torch.as_tensor(i + first[b], dtype=torch.long))
             all_j.append(torch.as_tensor(j + first[b], dtype=torch.long))
-            vectors = torch.as_tensor(shift, dtype=torch.float64) @ torch.as_tensor(cell)
+            # from the batch's cell tensor, so a strained cell (stress) carries its gradient
+            vectors = torch.as_tensor(shift, dtype=batch.cells.dtype, device=batch.cells.device) @ batch.cells[b]
             all_shift.append(vectors)
         i = torch.cat(all_i).to(device)
         j = torch.cat(all_j).to(device)

@@ -118,6 +118,7 @@ def adatom(
     n_features: int | None = None,
     epochs: int | None = None,
     budget: int | None = None,
+    neb_steps: int | None = None,
     kT: float = 0.2,
     data_seed: int = 0,
 ) -> System:
@@ -127,7 +128,8 @@ def adatom(
     Stability: ``stability_runs`` committee-MD runs of ``stability_steps`` ×
     ``stability_timestep_fs`` at ``stability_temperature_K`` from the initial frames,
     failing when the committee energy is off EMT by more than ``energy_tolerance_eV``
-    on 5 frames per run (or on a geometric failure). ``kT`` (eV) of the objective.
+    on 5 frames per run (or on a geometric failure). ``neb_steps``: BFGS steps of each
+    committee relaxation and of its NEB. ``kT`` (eV) of the objective.
     """
     pick = lambda value, full, small: value if value is not None else (small if smoke else full)  # noqa: E731
     n_initial = pick(n_initial, 20, 6)
@@ -138,7 +140,7 @@ def adatom(
     epochs = pick(epochs, 600, 15)
     budget = pick(budget, 10, 2)
     n_thermal = 2 if smoke else 12
-    neb_steps = 20 if smoke else 300
+    neb_steps = pick(neb_steps, 300, 20)
 
     start, end = hop_endpoints()
     path, _ = neb_path(start, end, EMT, n_images=3)
