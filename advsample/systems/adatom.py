@@ -12,6 +12,9 @@ bottom two Al layers held by ``FixAtoms``. Reference: ASE's EMT (eV, eV/Å).
   endpoints relaxed with the committee) and its error against EMT's (0.374 eV with 3
   images; ``barrier_error_eV`` is the absolute error); committee-MD stability (:func:`~advsample.metrics.md_stability`: stable
   fraction, mean time to failure) at ``stability_temperature_K``, energies checked against EMT.
+  ``evaluate`` also returns the NEB profiles (``neb_profile_eV``, ``neb_reference_profile_eV``,
+  energies relative to the first image, at ``neb_hop_fraction``) and ``stability`` (the input
+  of :func:`~advsample.metrics.survival_curve`).
 """
 from __future__ import annotations
 
@@ -87,6 +90,12 @@ def _barrier(images: Sequence[Atoms]) -> float:
     return float(max(energies) - energies[0])
 
 
+def _hop_fraction(images: Sequence[Atoms], start: Atoms, end: Atoms) -> list[float]:
+    """[n_images] the adatom's progress along x from ``start`` (0) to ``end`` (1)."""
+    x0, x1 = start.positions[-1, 0], end.positions[-1, 0]
+    return [float((image.positions[-1, 0] - x0) / (x1 - x0)) for image in images]
+
+
 def emt_md(start: Atoms, n_frames: int, temperature_K: float, interval: int, seed: int,
            timestep_fs: float = 2.0) -> list[Atoms]:
     """``n_frames`` EMT-labeled frames, one every ``interval`` steps of a Langevin MD from ``start``."""
@@ -145,6 +154,8 @@ def adatom(
     start, end = hop_endpoints()
     path, _ = neb_path(start, end, EMT, n_images=3)
     emt_barrier = _barrier(path)
+    emt_profile = [float(image.get_potential_energy() - path[0].get_potential_energy()) for image in path]
+    emt_fraction = _hop_fraction(path, start, end)
     hop_path = [labeled(image, image.get_potential_energy(), image.get_forces(apply_constraint=False),
                         subset="hop_path", image=k) for k, image in enumerate(path)]
     for image in path:
@@ -174,11 +185,16 @@ def adatom(
                 a = _relaxed(start, calculator(), steps=neb_steps)
                 b = _relaxed(end, calculator(), steps=neb_steps)
                 images, converged = neb_path(a, b, calculator, n_images=3, steps=neb_steps)
+            profile = [image.get_potential_energy() for image in images]
             barrier = _barrier(images)
             out.update(barrier_eV=barrier, barrier_error_eV=abs(barrier - emt_barrier),
-                       barrier_note="" if converged else f"NEB not converged in {neb_steps} steps")
+                       barrier_note="" if converged else f"NEB not converged in {neb_steps} steps",
+                       neb_profile_eV=[e - profile[0] for e in profile],
+                       neb_hop_fraction=_hop_fraction(images, a, b))
         except ValueError as error:  # the committee drove two atoms together: a result too
             out.update(barrier_eV=float("nan"), barrier_error_eV=float("nan"), barrier_note=str(error))
+        out["neb_reference_profile_eV"] = emt_profile
+        out["neb_reference_hop_fraction"] = emt_fraction
         stability = md_stability(
             committee, stability_starts, temperature_K=stability_temperature_K, n_runs=stability_runs,
             n_steps=stability_steps, timestep_fs=stability_timestep_fs, reference=EMT(),
@@ -186,6 +202,8 @@ def adatom(
         )
         out.update({k: stability[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs",
                                                "time_to_failure_fs", "failures")})
+        out["stability"] = {k: stability[k] for k in ("n_runs", "n_steps", "timestep_fs", "temperature_K",
+                                                      "time_to_failure_fs")}  # survival_curve(out["stability"])
         out["md_check_reference_calls"] = stability["md_reference_calls"]
         return out
 
