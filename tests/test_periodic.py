@@ -170,3 +170,24 @@ def test_adatom_system_runs_a_round_of_active_learning(tmp_path):
     saved = read(tmp_path / "round_001" / "selected.extxyz", ":")
     assert all(list(a.pbc) == [True, True, False] and np.allclose(a.cell, system.initial[0].cell) for a in saved)
     assert all(len(a.constraints) == 1 and len(a.constraints[0].index) == 8 for a in saved)
+
+
+def test_notebook_05_runs_in_smoke_mode(tmp_path):
+    import json
+    from pathlib import Path
+
+    nbformat = pytest.importorskip("nbformat")
+    papermill = pytest.importorskip("papermill")
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_periodic.ipynb"
+    committed = nbformat.read(notebook, as_version=4)
+    code = [c for c in committed.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "parameters" in code[0].metadata.get("tags", []) and "smoke: bool = False" in code[0].source
+    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True},
+                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["notebook"] == "05_periodic" and summary["smoke"] is True and summary["labels_used"] == 2
+    assert len(summary["md_stable_fraction"]) == 2 and summary["barrier_reference_eV"] == pytest.approx(0.374, abs=2e-3)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # slab views, σ on the path, attack strip, NEB profiles, survival curves
