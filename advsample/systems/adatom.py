@@ -128,6 +128,7 @@ def adatom(
     epochs: int | None = None,
     budget: int | None = None,
     neb_steps: int | None = None,
+    energy_ceiling_eV: float = 1.5,
     kT: float = 0.2,
     data_seed: int = 0,
 ) -> System:
@@ -138,7 +139,9 @@ def adatom(
     ``stability_timestep_fs`` at ``stability_temperature_K`` from the initial frames,
     failing when the committee energy is off EMT by more than ``energy_tolerance_eV``
     on 5 frames per run (or on a geometric failure). ``neb_steps``: BFGS steps of each
-    committee relaxation and of its NEB. ``kT`` (eV) of the objective.
+    committee relaxation and of its NEB. ``kT`` (eV) of the objective. ``energy_ceiling_eV``:
+    the selection window above the training minimum (committee MD otherwise picks frames
+    tens of eV up, where atoms collide, and training on them ruins the committee).
     """
     pick = lambda value, full, small: value if value is not None else (small if smoke else full)  # noqa: E731
     n_initial = pick(n_initial, 20, 6)
@@ -218,7 +221,7 @@ def adatom(
         uncertainty="forces",
         train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
                           progress=False),
-        selection=SelectionConfig(budget=budget, min_distance=0.02),
+        selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV),
         attack={"n_steps": 10 if smoke else 60, "learning_rate": 0.02, "snapshot_every": 5,
                 "n_seeds": 4 if smoke else 10, "min_distance": 1.5},
         md={"temperature_K": stability_temperature_K, "timestep_fs": 2.0, "n_steps": 20 if smoke else 200,
