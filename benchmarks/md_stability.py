@@ -18,7 +18,8 @@ Reported per method: mean, min and max over seeds of each figure after each roun
 labels used and reference calls (``metrics["reference_calls"]`` of each round: every EMT
 call paid for training labels, failed ones included); and the labels and reference calls
 each method needs to reach classic MD-AL's final mean stable fraction and barrier error
-(null where not reached). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
+(null where not reached; the ratio adversarial/md labels is null also when md's final
+figure is no better than round 0's, reached with 0 labels). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
 last line is one JSON object.
 """
 from __future__ import annotations
@@ -164,12 +165,9 @@ def main(argv=None) -> dict:
     targets = {key: (baseline[key]["mean"] if baseline else None) for key in ("md_stable_fraction", "barrier_error_eV")}
     reach = {key: cost_to_reach(summary, key, target) for key, target in targets.items()}
     ratios = {}
-    for key, costs in reach.items():
-        if costs.get("md") and costs.get("adversarial"):
-            md_labels = costs["md"]["labels"]
-            ratios[key] = costs["adversarial"]["labels"] / md_labels if md_labels else None
-        else:
-            ratios[key] = None
+    for key, costs in reach.items():  # None unless md improved on round 0 and the attack reached it too
+        md_labels = costs["md"]["labels"] if costs.get("md") else 0
+        ratios[key] = costs["adversarial"]["labels"] / md_labels if md_labels and costs.get("adversarial") else None
     output = {
         "system": "adatom",
         "methods": methods,
