@@ -2,8 +2,10 @@
 
 log L_adv(x + δ) = log σ²(x + δ) − (Ē(x + δ) − E_ref)/kT − log Q, maximised with Adam on
 δ [N, 3] (δ₀ ~ N(0, σ₀²)), one forward/backward per step for the whole batch. Fixed
-coordinates never move, per-atom displacements are clipped, and a seed that produces NaN
-or brings two atoms closer than ``min_distance`` stops at its last good step (recorded).
+coordinates never move, per-atom displacements are clipped, and a seed that produces NaN,
+brings two atoms closer than ``min_distance`` (minimum image in periodic cells) or is
+refused by the model's own geometry check (:class:`~advsample.geometry.GeometryError`)
+stops at its last good step (recorded); the other seeds go on.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import uncertainty
 from .committee import Committee
+from .geometry import GeometryError, pair_distances
 from .structures import Batch
 
 
@@ -118,6 +121,25 @@ def _close_pairs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
+def _sub_batch(batch: Batch, keep: torch.Tensor) -> tuple[Batch, torch.Tensor]:
+    """The structures ``keep`` [B] bool of ``batch`` as a batch of their own, and its atoms [N] bool."""
+    atoms = keep[batch.structure_index]
+    renumber = torch.cumsum(keep.long(), 0) - 1
+    sub = Batch(
+        positions=batch.positions[atoms], numbers=batch.numbers[atoms],
+        structure_index=renumber[batch.structure_index[atoms]], cells=batch.cells[keep], pbc=batch.pbc[keep],
+        fixed=batch.fixed[atoms],
+    )
+    return sub, atoms
+
+
+def _scatter(values: torch.Tensor, keep_index: torch.Tensor | None, n_structures: int) -> torch.Tensor:
+    """[B'] values of the evaluated structures -> [B] (NaN for the structures left out)."""
+    if keep_index is None:
+        return values
+    return values.new_full((n_structures,), float("nan")).index_put((keep_index,), values)
+
+
 def attack(
     committee: Committee,
     seeds: Sequence[Atoms],
@@ -127,10 +149,10 @@ def attack(
 ) -> AttackResult:
     """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q."""
     config = config or AttackConfig()
-    if config.kT is None:
-        raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     if len(seeds) == 0:
         raise ValueError("attack needs at least one seed structure")
+    if config.kT is None:
+        raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     energy_reference = float(np.min(train_energies))
     log_q = uncertainty.log_partition(train_energies, config.kT, energy_reference)
     batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)
@@ -159,26 +181,52 @@ def attack(
                 delta[atoms] = last_good[atoms]
         return batch.positions + delta
 
+    excluded = torch.zeros_like(active)  # seeds whose geometry the model refused: never evaluated again
+    evaluated: list = [None, None, None]  # (sub-batch, its atoms [N], its structures [B']) while some are excluded
+    need_forces_graph = config.uncertainty != "energy"  # None: forces
+
+    def _evaluate(positions: torch.Tensor, step: int):
+        """Committee output on the seeds not excluded; a seed the model refuses is stopped and left out."""
+        while True:
+            sub, atoms, keep_index = (batch, None, None) if not excluded.any() else evaluated
+            try:
+                # create_graph=True keeps Ē attached to δ also for the energy variance (no forces needed)
+                out = committee(sub, forces=need_forces_graph, create_graph=True,
+                                positions=positions if atoms is None else positions[atoms])
+                return out, keep_index, positions
+            except GeometryError as error:
+                faulty = torch.zeros_like(active)
+                if error.structures:
+                    index = torch.as_tensor(error.structures, device=active.device)
+                    faulty[index if keep_index is None else keep_index[index]] = True
+                if not (faulty & ~excluded).any():
+                    raise
+                positions = _stop(faulty & active, step, f"model refused the geometry: {error}")
+                excluded[faulty] = True
+                sub, atoms = _sub_batch(batch, ~excluded)
+                evaluated[:] = [sub, atoms, torch.nonzero(~excluded).flatten()]
+
     committee.eval()
     for step in tqdm(range(config.n_steps + 1), desc="adversarial attack", disable=not progress, leave=False):
         positions = batch.positions + delta
-        # stop seeds that bring atoms too close before the model sees them; they keep their last good δ
+        # stop seeds that bring atoms too close (minimum image in periodic cells) before the model
+        # sees them; they keep their last good δ
         if len(pair_i):
-            distances = (positions[pair_i] - positions[pair_j]).norm(dim=-1).detach()
+            distances = pair_distances(positions, pair_i, pair_j, batch.structure_index, batch.cells, batch.pbc)
             too_close = torch.zeros_like(active)
-            too_close[batch.structure_index[pair_i[distances < config.min_distance]]] = True
+            too_close[batch.structure_index[pair_i[distances.detach() < config.min_distance]]] = True
             positions = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
-        need_forces_graph = config.uncertainty != "energy"
-        # create_graph=True keeps Ē attached to δ also for the energy variance (no forces needed)
-        out = committee(batch, forces=need_forces_graph, create_graph=True, positions=positions)
-        variance = out.force_variance if need_forces_graph else out.energy_variance
-        score = uncertainty.adversarial_log_score(variance, out.energy_mean, config.kT, log_q, energy_reference)
-        non_finite = ~torch.isfinite(score) | ~torch.isfinite(out.energy_mean)
+        out, keep_index, positions = _evaluate(positions, step)
+        sub_variance = out.force_variance if need_forces_graph else out.energy_variance
+        variance = _scatter(sub_variance, keep_index, n_structures)
+        energy_mean = _scatter(out.energy_mean, keep_index, n_structures)
+        score = uncertainty.adversarial_log_score(variance, energy_mean, config.kT, log_q, energy_reference)
+        non_finite = ~torch.isfinite(score) | ~torch.isfinite(energy_mean)
         positions = _stop(non_finite & active, step, "non-finite committee output")
 
         records["positions"].append(positions.detach().cpu().numpy())
         records["variance"].append(variance.detach().cpu().numpy())
-        records["energy_mean"].append(out.energy_mean.detach().cpu().numpy())
+        records["energy_mean"].append(energy_mean.detach().cpu().numpy())
         records["log_score"].append(score.detach().cpu().numpy())
         records["active"].append(active.cpu().numpy())
         if step == config.n_steps or not active.any():

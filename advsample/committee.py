@@ -2,15 +2,18 @@
 
 energies [M, B] (reference units), forces [M, N, 3] by autograd, per member in one
 backward pass (each member sees its own view of the positions, so d(sum E)/dx_m is
-member m's gradient). Model parameters all carry the member axis first, so members can
-be trained apart and gathered with :meth:`Committee.gather`.
+member m's gradient). The model meets the contract of :mod:`advsample.models.base`
+(stacked along a member axis, or a :class:`~advsample.models.MemberList` of independent
+modules); members trained apart are joined with :meth:`Committee.gather`.
 """
 from __future__ import annotations
 
+import json
+import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ from ase import Atoms
 from torch import nn
 
 from . import uncertainty
-from .models import MODELS
+from .models import MODELS, CommitteeModel
 from .structures import Batch
 
 CHECKPOINT_FORMAT = "advsample.committee"
@@ -80,12 +83,24 @@ class CommitteeOutput:
 
 
 class Committee(nn.Module):
-    """A committee of M potentials: E = energy_scale * model(batch) + energy_shift * n_atoms."""
+    """A committee of M potentials: E = energy_scale * model(batch) + energy_shift * n_atoms.
+
+    ``model`` meets the contract of :mod:`advsample.models.base`. A model with
+    ``normalized = False`` (a pretrained potential returning eV) keeps shift 0 and scale 1.
+    """
 
     def __init__(self, model: nn.Module, energy_shift: float = 0.0, energy_scale: float = 1.0):
         super().__init__()
         if type(model).__name__ not in MODELS:
             raise ValueError(f"unknown model class {type(model).__name__}; register it with models.register_model")
+        if not isinstance(model, CommitteeModel):
+            missing = [a for a in ("n_members", "stacked", "invariances", "normalized") if not hasattr(model, a)]
+            raise ValueError(
+                f"{type(model).__name__} does not meet the committee-model contract "
+                f"(missing {', '.join(missing) or 'forward/config'}; see advsample.models.base)"
+            )
+        if not model.normalized and (energy_shift != 0.0 or energy_scale != 1.0):
+            raise ValueError(f"{type(model).__name__} returns energies itself (normalized=False): no shift/scale")
         self.model = model
         self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
@@ -113,6 +128,9 @@ class Committee(nn.Module):
         batch = batch.to(self.device, self.dtype)
         if positions is None:
             positions = batch.positions
+        if positions.shape != batch.positions.shape:
+            raise ValueError(f"positions must have shape [N, 3] = {list(batch.positions.shape)} for this batch of "
+                             f"{batch.n_structures} structure(s), got {list(positions.shape)}")
         positions = positions.to(self.device, self.dtype)
         if forces and not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)
@@ -162,7 +180,12 @@ class Committee(nn.Module):
         return result
 
     def fit_normalization(self, energies: np.ndarray, n_atoms: np.ndarray) -> None:
-        """Set shift (mean energy per atom) and scale (std of the remainder) from training labels."""
+        """Set shift (mean energy per atom) and scale (std of the remainder) from training labels.
+
+        No-op for models that return energies themselves (``normalized = False``).
+        """
+        if not self.model.normalized:
+            return
         energies = np.asarray(energies, dtype=float)
         n_atoms = np.asarray(n_atoms, dtype=float)
         shift = float(np.sum(energies) / np.sum(n_atoms))
@@ -172,11 +195,17 @@ class Committee(nn.Module):
 
     # -- persistence -------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """Plain data only (str, numbers, lists, dicts, tensors): loadable with ``weights_only=True``."""
+        config = self.model.config()
+        try:
+            plain = json.loads(json.dumps(config, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{type(self.model).__name__}.config() must be plain JSON data to be saved: {exc}") from exc
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
             "model_class": type(self.model).__name__,
-            "model_config": self.model.config(),
+            "model_config": plain,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
 
@@ -187,20 +216,36 @@ class Committee(nn.Module):
         return path
 
     @staticmethod
-    def _read(path: str | Path) -> dict:
-        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+    def _read(source: str | Path | BinaryIO) -> dict:
+        """The checkpoint dict, unpickled with ``weights_only=True``: a file that holds Python
+        objects (which could run code when unpickled) is refused, never executed."""
+        name = source if isinstance(source, (str, Path)) else "checkpoint"
+        try:
+            data = torch.load(Path(source) if isinstance(source, str) else source, map_location="cpu",
+                              weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = [line.strip().split(" Please use")[0] for line in str(exc).splitlines() if "Unsupported global" in line]
+            raise ValueError(
+                f"{name} is not a plain-data advsample committee checkpoint: it holds pickled Python "
+                f"objects, which advsample refuses to load because unpickling them could run code"
+                + (f" ({found[0]})" if found else "")
+            ) from exc
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises many kinds on a damaged or foreign file
+            raise ValueError(f"{name} cannot be read as a committee checkpoint: {type(exc).__name__}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not an advsample committee checkpoint")
+            raise ValueError(f"{name} is not an advsample committee checkpoint")
         if data.get("format_version") != CHECKPOINT_VERSION:
             raise ValueError(
-                f"{path} has checkpoint format version {data.get('format_version')}, "
+                f"{name} has checkpoint format version {data.get('format_version')}, "
                 f"this advsample reads version {CHECKPOINT_VERSION}"
             )
         return data
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Committee":
-        """Rebuild a committee from a checkpoint (model class and config included)."""
+    def load(cls, path: str | Path | BinaryIO, device: str | None = None) -> "Committee":
+        """Rebuild a committee from a checkpoint file or bytes buffer (model class and config included)."""
         data = cls._read(path)
         if data["model_class"] not in MODELS:
             raise ValueError(f"{path}: unknown model class {data['model_class']}")
@@ -212,7 +257,7 @@ class Committee(nn.Module):
     def load_checkpoint(self, path: str | Path) -> None:
         """Load weights into this committee; fails clearly if the checkpoint is another model."""
         data = self._read(path)
-        mine = (type(self.model).__name__, self.model.config())
+        mine = (type(self.model).__name__, self.checkpoint()["model_config"])
         theirs = (data["model_class"], data["model_config"])
         if mine != theirs:
             raise ValueError(
@@ -225,22 +270,35 @@ class Committee(nn.Module):
     def gather(cls, committees: Sequence["Committee"]) -> "Committee":
         """One committee holding the members of several (same architecture, e.g. trained apart).
 
-        All concatenate along the member axis; normalization is taken from the first.
+        Stacked models concatenate along the member axis, :class:`~advsample.models.MemberList`
+        models renumber their members; normalization is taken from the first.
         """
         if not committees:
             raise ValueError("gather needs at least one committee")
         first = committees[0]
-        name, config = type(first.model).__name__, dict(first.model.config())
-        for other in committees[1:]:
-            other_config = dict(other.model.config())
-            if type(other.model).__name__ != name or {**other_config, "n_members": 0, "seed": 0} != {
-                **config,
-                "n_members": 0,
-                "seed": 0,
-            }:
-                raise ValueError("gather needs committees of the same model architecture")
-        config["n_members"] = sum(c.n_members for c in committees)
+        name = type(first.model).__name__
+        configs = [dict(c.model.config()) for c in committees]
+        if any(type(c.model).__name__ != name for c in committees):
+            raise ValueError("gather needs committees of the same model architecture")
+        merge = getattr(type(first.model), "gather_config", None)  # a model's own rule, if it has one
+        if merge is not None:
+            config = merge(configs)
+        else:
+            config = configs[0]
+            for other in configs[1:]:
+                if {**other, "n_members": 0, "seed": 0} != {**config, "n_members": 0, "seed": 0}:
+                    raise ValueError("gather needs committees of the same model architecture")
+            config["n_members"] = sum(c.n_members for c in committees)
         gathered = cls(MODELS[name](**config), float(first.energy_shift), float(first.energy_scale))
         states = [c.model.state_dict() for c in committees]
-        gathered.model.load_state_dict({k: torch.cat([s[k].cpu() for s in states]) for k in states[0]})
+        if first.model.stacked:
+            gathered.model.load_state_dict({k: torch.cat([s[k].cpu() for s in states]) for k in states[0]})
+        else:
+            merged, offset = {}, 0
+            for committee, state in zip(committees, states):
+                for key, value in state.items():
+                    _, m, rest = key.split(".", 2)  # members.<m>.<name>
+                    merged[f"members.{int(m) + offset}.{rest}"] = value.cpu()
+                offset += committee.n_members
+            gathered.model.load_state_dict(merged)
         return gathered.to(first.device)

@@ -15,7 +15,9 @@ A failed calculation - an exception (e.g. an SCF that does not converge), NaN or
 energy/forces, wrong force shape - is recorded with its reason and skipped, never turned into
 a label; it is cached too, so it is not paid for again (``retry_failed=True`` re-runs it).
 A task lost by the executor (dead worker after the executor's retries, broken pool) is
-recorded but not cached: the next run tries it again.
+recorded but not cached: the next run tries it again. :func:`label_until` gives up
+(:class:`ReferenceGaveUp`) after ``max_consecutive_failures`` failed calls in a row.
+:func:`reference_identity` names a reference as JSON data (a run directory stores it).
 
 Labels are the calculator's raw energy and forces (ASE constraints are not applied to the
 forces), stored with :func:`advsample.structures.labeled`; ``atoms.info`` gets
@@ -44,6 +46,7 @@ __all__ = [
     "CalculatorSpec",
     "LabelCache",
     "LabelResult",
+    "ReferenceGaveUp",
     "geometry_key",
     "label_structures",
     "label_until",
@@ -110,6 +113,52 @@ def as_spec(calculator) -> CalculatorSpec | None:
     if isinstance(calculator, str) or callable(calculator):
         return CalculatorSpec(calculator)
     raise TypeError(f"expected a CalculatorSpec, 'module:attr', a factory or an ASE calculator, got {calculator!r}")
+
+
+def _plain(value, depth: int):
+    """JSON-able description of an attribute value, or None when it is state, not a setting."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        items = [_plain(v, depth) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
+    if _is_live_calculator(value) and depth > 0:
+        return reference_identity(value, depth - 1)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
+    return None
+
+
+def reference_identity(calculator, depth: int = 2) -> dict:
+    """What names a reference, as JSON data (stored in a run directory's settings).
+
+    A :class:`CalculatorSpec` (or import path / factory): ``{"factory", "kwargs"}``. A live
+    ASE calculator: its class, its ASE ``parameters`` and the attributes its own
+    ``__init__`` set that are settings (numbers, strings, tuples, functions by name, nested
+    calculators); lists, arrays and other objects are taken for state and left out.
+    """
+    spec = as_spec(calculator)
+    if spec is not None:
+        return {"factory": spec.name, "kwargs": json.loads(json.dumps(spec.kwargs, sort_keys=True, default=repr))}
+    from ase.calculators.calculator import Calculator
+
+    base = set(vars(Calculator()))
+    attributes = {}
+    for name, value in sorted(vars(calculator).items()):
+        if name.startswith("_") or name in base:
+            continue
+        plain = _plain(value, depth)
+        if plain is not None:
+            attributes[name] = plain
+    parameters = json.loads(json.dumps(dict(getattr(calculator, "parameters", {}) or {}), sort_keys=True, default=repr))
+    return {"class": f"{type(calculator).__module__}:{type(calculator).__qualname__}",
+            "parameters": parameters, "attributes": attributes}
+
+
+def reference_name(calculator) -> str:
+    """``module:attr`` of a spec's factory or ``module:Class`` of a live calculator."""
+    spec = as_spec(calculator)
+    return spec.name if spec is not None else f"{type(calculator).__module__}:{type(calculator).__qualname__}"
 
 
 # Calculators built inside this process (worker or main), by spec fingerprint: built once,
@@ -188,6 +237,8 @@ class LabelCache:
     ``{"key", "ok": false, "reason", ...}``, written with a single ``write`` and fsynced.
     A process killed mid-write leaves at most one truncated last line, which loading skips
     (``n_corrupt``). The last record of a key wins. Only the labeling process writes.
+    ``n_calls`` / ``n_failed_calls``: records in the file (every calculation paid, a retried
+    failure counted again), so they stay right across any number of interrupted runs.
     """
 
     def __init__(self, path: str | os.PathLike, decimals: int = 6):
@@ -196,13 +247,15 @@ class LabelCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._records: dict[str, dict] = {}
         self.n_corrupt = 0
+        self.n_calls = 0  # records in the file: one per reference calculation paid (retries included)
+        self.n_failed_calls = 0  # of which failures
         self._needs_newline = False
         self.reload()
 
     def reload(self) -> None:
         """(Re)read the file."""
         self._records.clear()
-        self.n_corrupt = 0
+        self.n_corrupt = self.n_calls = self.n_failed_calls = 0
         if not self.path.exists():
             return
         data = self.path.read_bytes()
@@ -217,6 +270,11 @@ class LabelCache:
                 self.n_corrupt += 1
                 continue
             self._records[key] = record
+            self._count(record)
+
+    def _count(self, record: dict) -> None:
+        self.n_calls += 1
+        self.n_failed_calls += not record.get("ok")
 
     def key(self, atoms: Atoms) -> str:
         return geometry_key(atoms, self.decimals)
@@ -249,6 +307,7 @@ class LabelCache:
             os.close(fd)
         self._needs_newline = False
         self._records[record["key"]] = record
+        self._count(record)
 
     def put_label(self, key: str, energy: float, forces: np.ndarray, **extra) -> None:
         forces = np.asarray(forces, dtype=float)
@@ -270,6 +329,7 @@ class LabelResult:
     n_calls: reference calculations run now (including failed ones); n_cached: structures
     answered from the cache (labels and remembered failures); n_failed: len(failures).
     seconds: wall time; compute_seconds: reference time summed over the calculations run now.
+    consecutive_failures: failed calculations in a row at the end (:func:`label_until`).
     """
 
     labeled: list[Atoms] = field(default_factory=list)
@@ -280,6 +340,7 @@ class LabelResult:
     n_retries: int = 0
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    consecutive_failures: int = 0
 
     @property
     def n_failed(self) -> int:
@@ -317,7 +378,7 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
             "a live ASE calculator can only label in-process; for an executor pass a CalculatorSpec "
             "(e.g. CalculatorSpec('tblite.ase:TBLite', {'method': 'GFN2-xTB'})) so workers build their own"
         )
-    source = spec.name if spec is not None else f"{type(calculator).__module__}:{type(calculator).__qualname__}"
+    source = reference_name(calculator)
     result = LabelResult()
     slots: dict[int, Atoms] = {}
     groups: dict[str, list[int]] = {}  # key -> input indices still to compute (identical geometries once)
@@ -439,9 +500,33 @@ def label_structures(atoms_list: Sequence[Atoms] | Atoms, calculator, executor: 
         bar.close()
 
 
+class ReferenceGaveUp(RuntimeError):
+    """Labeling stopped after too many consecutive failed reference calls.
+
+    ``summary``: what failed and the last reasons; ``failures``: the last failure records.
+    """
+
+    def __init__(self, summary: str, failures: Sequence[dict] = (), hint: str = ""):
+        super().__init__(f"{summary}. {hint}" if hint else summary)
+        self.summary = summary
+        self.failures = list(failures)
+
+
+def last_reasons(failures: Sequence[dict], n: int = 3) -> str:
+    """The last ``n`` distinct ``reason`` strings of failure records, quoted, oldest first."""
+    reasons = []
+    for failure in reversed(failures):
+        if failure["reason"] not in reasons:
+            reasons.append(failure["reason"])
+        if len(reasons) == n:
+            break
+    return "; ".join(repr(r) for r in reversed(reasons)) or "none"
+
+
 def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Executor | None = None,
                 cache: LabelCache | str | os.PathLike | None = None, progress: bool = True,
-                retry_failed: bool = False, min_wave: int | None = None) -> LabelResult:
+                retry_failed: bool = False, min_wave: int | None = None,
+                max_consecutive_failures: int | None = None, consecutive_failures: int = 0) -> LabelResult:
     """Label ranked ``candidates`` (best first) until ``k`` labels succeed.
 
     Works in waves: each wave submits the next ``max(missing, min_wave)`` candidates in
@@ -450,6 +535,12 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     need). A parallel wave may overshoot: the first ``k`` successes by rank are returned and
     the extra labels stay in the cache. ``failures`` lists every failure met on the way.
     Warns and returns fewer than ``k`` labels when the candidates run out.
+
+    Give-up: ``max_consecutive_failures`` failed calculations in a row (in rank order;
+    failures answered from the cache cost nothing and do not count, a success resets the
+    count) raise :class:`ReferenceGaveUp` quoting the last reasons. ``consecutive_failures``
+    carries a count over from an earlier call; the count at the end is
+    ``result.consecutive_failures``.
     """
     candidates = list(candidates)
     k = int(k)
@@ -460,13 +551,18 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
         min_wave = executor_workers(executor)
     min_wave = max(1, int(min_wave))
     t0 = time.perf_counter()
+    if max_consecutive_failures is not None and max_consecutive_failures < 1:
+        raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
     total = LabelResult()
+    streak = int(consecutive_failures)
     successes: list[tuple[int, Atoms]] = []
     position = 0
     bar = _progress_bar(min(k, len(candidates)), progress, desc=f"labeling {k}")
     try:
         while len(successes) < k and position < len(candidates):
             size = max(k - len(successes), min_wave)
+            if max_consecutive_failures is not None:  # never run far past the give-up
+                size = min(size, max(1, max_consecutive_failures - streak))
             wave = candidates[position:position + size]
             r = _label_into(wave, calculator, executor, cache, _WaveBar(bar), retry_failed, offset=position)
             successes.extend(zip(r.indices, r.labeled))
@@ -478,6 +574,20 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
             position += len(wave)
             bar.n = min(len(successes), bar.total)
             bar.refresh()
+            events = sorted([(i, "ok") for i in r.indices]
+                            + [(f["index"], "cached" if f["cached"] else "paid") for f in r.failures])
+            for _, event in events:
+                if event == "ok":
+                    streak = 0
+                elif event == "paid":  # a failure paid now
+                    streak += 1
+            if max_consecutive_failures is not None and streak >= max_consecutive_failures:
+                raise ReferenceGaveUp(
+                    f"gave up labeling after {streak} consecutive failed reference calls "
+                    f"({reference_name(calculator)}); last reasons: {last_reasons(total.failures)}",
+                    total.failures[-streak:],
+                    "Fix the reference, then rerun: cached failures are tried again with retry_failed=True",
+                )
     finally:
         bar.close()
     successes.sort(key=lambda pair: pair[0])
@@ -486,6 +596,7 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     total.labeled = [a for _, a in successes]
     total.failures.sort(key=lambda f: f["index"])
     total.seconds = time.perf_counter() - t0
+    total.consecutive_failures = streak
     if len(successes) < k:
         warnings.warn(f"label_until: only {len(successes)} of {k} labels succeeded; "
                       f"{len(candidates)} candidates, {total.n_failed} failed", RuntimeWarning, stacklevel=2)

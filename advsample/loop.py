@@ -11,11 +11,24 @@ Run directory layout::
 
 ``metrics.json`` is written last: a round without it is incomplete and is redone on the
 next run (same seeds, so the same candidates, answered from the label cache).
+
+Trust. ``settings.json`` holds everything that fixes the labels - model, sampler,
+selection, training, seed, the reference (:func:`label.reference_identity`), fingerprints
+of the initial, validation and test sets and the package version - and a run directory is
+resumed only with the same, else refused naming what differs. ``files.json`` (run
+directory and each round, written before ``metrics.json``) records each file's checksum
+and frame count; a damaged or truncated file is named on resume, never silently read
+short. The run directory must be writable before anything is computed. The reference
+gives up after ``max_consecutive_failures`` failed calls in a row, and a round that cannot
+fill its budget is not written as complete (both raise, quoting the last failure reasons);
+``retry_failures=True`` tries cached failures again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -26,8 +39,9 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
+from . import __version__
 from .committee import Committee
-from .label import LabelCache, label_until
+from .label import LabelCache, ReferenceGaveUp, label_until, last_reasons, reference_identity
 from .metrics import test_errors
 from .models import MODELS
 from .objective import Objective
@@ -61,13 +75,69 @@ def _write_atoms(path: Path, atoms_list: Sequence[Atoms]) -> None:
 def _read_atoms(path: Path) -> list[Atoms]:
     if not path.exists() or path.stat().st_size == 0:
         return []
-    return read(path, index=":", format="extxyz")
+    try:
+        return read(path, index=":", format="extxyz")
+    except Exception as exc:  # ASE raises many kinds on a damaged file
+        raise ValueError(f"{path} cannot be read as extxyz (damaged or truncated?): {type(exc).__name__}: {exc}") from exc
 
 
 def _write_json(path: Path, data: dict) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data, indent=2, default=float))
     os.replace(temporary, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(atoms_list: Sequence[Atoms]) -> str:
+    """Hash of a labeled set: numbers, positions, cell, pbc, energies and forces of every structure.
+
+    Floats are rounded to 1e-8 (positions, cell in Å; labels in the reference's units).
+    """
+    h = hashlib.sha256(b"advsample-set-v1")
+    h.update(str(len(atoms_list)).encode())
+    for atoms in atoms_list:
+        h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+        for array in (atoms.positions, atoms.cell.array):
+            h.update(np.round(np.asarray(array, dtype=float), 8).tobytes())
+        h.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
+        results = getattr(atoms.calc, "results", None) or {}
+        for name in ("energy", "forces"):
+            if name in results:
+                h.update(name.encode() + np.round(np.asarray(results[name], dtype=float), 8).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _file_record(path: Path, frames: int | None) -> dict:
+    record = {"sha256": _sha256(path)}
+    if frames is not None:
+        record["frames"] = int(frames)
+    return record
+
+
+def _check_files(directory: Path, what: str) -> None:
+    """Compare the files of ``directory`` with its ``files.json``; ValueError naming a damaged one."""
+    manifest = directory / "files.json"
+    if not manifest.exists():
+        raise ValueError(f"{manifest} is missing: {what} cannot be checked; restore it, or delete {what} to redo it")
+    for name, record in json.loads(manifest.read_text()).items():
+        path = directory / name
+        frames = f" ({record['frames']} frames)" if "frames" in record else ""
+        if not path.exists():
+            raise ValueError(f"{path} is missing{frames}; restore it, or delete {what} to redo it")
+        if _sha256(path) != record["sha256"]:
+            found = ""
+            if "frames" in record and path.suffix == ".extxyz":
+                try:
+                    found = f"; it now reads as {len(_read_atoms(path))} of {record['frames']} frames"
+                except ValueError:
+                    found = "; it no longer reads as extxyz"
+            raise ValueError(
+                f"{path} is damaged: its checksum differs from the one recorded when it was written{frames}"
+                f"{found}; restore it, or delete {what} to redo it"
+            )
 
 
 class ActiveLearning:
@@ -82,6 +152,9 @@ class ActiveLearning:
     the run's :class:`~advsample.objective.Objective`, given once: every sampler proposes
     with it and selection ranks by its score.
     ``extra_metrics(committee) -> dict`` adds problem-specific figures (e.g. a barrier).
+    ``max_consecutive_failures``: failed reference calls in a row after which the run stops
+    with :class:`label.ReferenceGaveUp` (None: never). ``retry_failures``: recompute
+    structures whose failure is cached (after fixing the reference).
     :meth:`from_system` builds a run from a :class:`~advsample.systems.System`.
     """
 
@@ -104,6 +177,8 @@ class ActiveLearning:
         progress: bool = True,
         kT: float = 1.0,
         uncertainty: str = "forces",
+        max_consecutive_failures: int | None = 20,
+        retry_failures: bool = False,
     ):
         self.objective = Objective(kT, uncertainty)  # fails before anything is paid for
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
@@ -111,6 +186,10 @@ class ActiveLearning:
             labels_of(test)
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
+        if max_consecutive_failures is not None and max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
+        reference_identity(reference)  # a clear TypeError for something that is no reference
+        split_validation(initial, validation_fraction, seed)  # a clear error for a bad fraction, now
         self.run_dir = Path(run_dir)
         self.template = committee
         self.reference = reference
@@ -127,6 +206,8 @@ class ActiveLearning:
         self.seed = int(seed)
         self.extra_metrics = extra_metrics
         self.progress = progress
+        self.max_consecutive_failures = max_consecutive_failures
+        self.retry_failures = bool(retry_failures)
         self.observers: list[tuple[Callable[[RoundRecord], None], int]] = []
         self.records: list[RoundRecord] = []
 
@@ -162,7 +243,7 @@ class ActiveLearning:
         """Yield round 0 (initial training) then rounds 1..n_rounds; finished rounds are loaded."""
         if n_rounds < 0:
             raise ValueError(f"n_rounds must be >= 0, got {n_rounds}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
         self._check_settings()
         initial_train, validation, test = self._fixed_sets()
         cache = LabelCache(self.run_dir / "labels.jsonl")
@@ -171,7 +252,7 @@ class ActiveLearning:
             record = self._load_round(number)
             if record is None:
                 if number == 0:
-                    record = self._round_zero(initial_train, validation, test)
+                    record = self._round_zero(initial_train, validation, test, cache)
                 else:
                     record = self._round(number, self.records[-1], validation, test, cache)
                 for observer, interval in self.observers:
@@ -181,9 +262,31 @@ class ActiveLearning:
             yield record
 
     # -- rounds ------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        """PermissionError (naming the path) unless the run directory can be created and written."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.run_dir):
+                pass
+            labels = self.run_dir / "labels.jsonl"
+            if labels.exists():
+                with open(labels, "ab"):
+                    pass
+        except OSError as exc:
+            raise PermissionError(
+                f"run directory {self.run_dir} is not writable ({type(exc).__name__}: {exc}); "
+                "nothing was computed: choose a writable run_dir"
+            ) from exc
+
     def settings(self) -> dict:
-        """What fixes a run's numbers (besides its data): a resumed run must match them."""
+        """What fixes a run's labels and numbers: a resumed run must match them all."""
+        _, validation = split_validation(self.initial, self.validation_fraction, self.seed)
         return {
+            "advsample_version": __version__,
+            "reference": reference_identity(self.reference),
+            "initial_fingerprint": fingerprint(self.initial),
+            "validation_fingerprint": fingerprint(validation),
+            "test_fingerprint": fingerprint(self.test),
             "model": [type(self.template.model).__name__, self.template.model.config()],
             "objective": repr(self.objective),
             "sampler": repr(self.sampler),
@@ -204,19 +307,27 @@ class ActiveLearning:
         stored = json.loads(path.read_text())
         changed = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
         if changed:
+            shown = lambda value: (json.dumps(value) if value is not None else "nothing")[:300]  # noqa: E731
+            first = changed[0]
             raise ValueError(
-                f"{self.run_dir} holds a run made with other settings ({', '.join(changed)} differ); "
-                "use a new run_dir, or the same settings to resume it"
+                f"{self.run_dir} holds a run made with other settings ({', '.join(changed)} differ; "
+                f"{first}: stored {shown(stored.get(first))}, now {shown(settings.get(first))}); "
+                "use a new run_dir, or the same settings, reference and data to resume it"
             )
 
     def _fixed_sets(self) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
         """(initial training set, validation, test); validation and test are stored on first use."""
         train, validation = split_validation(self.initial, self.validation_fraction, self.seed)
         validation_path, test_path = self.run_dir / "validation.extxyz", self.run_dir / "test.extxyz"
-        if not validation_path.exists():
+        if (self.run_dir / "files.json").exists():
+            _check_files(self.run_dir, f"the run directory {self.run_dir}")
+        else:  # first use, or killed before files.json: the settings match, so these are the same sets
             _write_atoms(validation_path, validation)
-        if not test_path.exists():
             _write_atoms(test_path, self.test)
+            _write_json(self.run_dir / "files.json", {
+                "validation.extxyz": _file_record(validation_path, len(validation)),
+                "test.extxyz": _file_record(test_path, len(self.test)),
+            })
         # always continue from what is on disk, so a resumed run sees exactly the same numbers
         return train, _read_atoms(validation_path), _read_atoms(test_path)
 
@@ -249,7 +360,7 @@ class ActiveLearning:
             metrics["extra"] = self.extra_metrics(committee)
         return metrics
 
-    def _round_zero(self, train, validation, test) -> RoundRecord:
+    def _round_zero(self, train, validation, test, cache: LabelCache) -> RoundRecord:
         for atoms in train:
             atoms.info["round_added"] = 0
         committee = self._new_committee(0, None)
@@ -259,7 +370,7 @@ class ActiveLearning:
             "n_train": len(train),
             "labels_used": 0,
             "new_labels": 0,
-            "reference_calls": 0,
+            **self._call_counts(None, cache, 0),
             "training": training,
             **self._evaluate(committee, test),
         }
@@ -274,7 +385,7 @@ class ActiveLearning:
         train_scored = self.objective.score(previous.committee, previous.train, train_energies)
         train_variance = np.array([a.info["committee_variance"] for a in train_scored])
         accepted, proposals, candidates = [], [], []
-        failures, outside_window, reference_calls = [], [], 0
+        failures, outside_window, streak = [], [], 0
         for part, (sampler, budget) in enumerate(self.sampler.parts(self.selection.budget)):
             start = time.perf_counter()
             proposal = sampler.propose(
@@ -290,14 +401,23 @@ class ActiveLearning:
             )
             timings["select_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            labeled, part_failures, part_outside, calls = self._label_budget(ranked, budget, cache, reference_energy)
+            labeled, part_failures, part_outside, streak = self._label_budget(
+                ranked, budget, cache, reference_energy, number, streak
+            )
             timings["label_s"] += time.perf_counter() - start
             for atoms in labeled:
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
             accepted += labeled
             failures += part_failures
             outside_window += part_outside
-            reference_calls += calls
+            if len(labeled) < budget:
+                raise RuntimeError(
+                    f"round {number}: only {len(labeled)} of {budget} labels from {getattr(sampler, 'name', 'sampler')}'s "
+                    f"{len(ranked)} selectable candidates ({len(part_failures)} failed, {len(part_outside)} outside the "
+                    f"energy window); the round is not written. Last failure reasons: "
+                    f"{last_reasons(part_failures)}. Propose more candidates, lower the budget or widen the energy "
+                    "window; retry_failures=True tries cached failures again"
+                )
             proposals.append(proposal)
             candidates += proposal.candidates
         train = previous.train + accepted
@@ -310,7 +430,7 @@ class ActiveLearning:
             "labels_used": previous.metrics["labels_used"] + len(accepted),
             "new_labels": len(accepted),
             "budget": self.selection.budget,
-            "reference_calls": previous.metrics["reference_calls"] + reference_calls,
+            **self._call_counts(previous.metrics, cache, len(outside_window)),
             "n_candidates": len(candidates),
             "selection": report,
             "selected_reference_energies": energies,
@@ -325,16 +445,28 @@ class ActiveLearning:
         self._save(record)
         return record
 
-    def _label_budget(self, ranked, budget, cache, reference_energy):
-        """Label ranked candidates until ``budget`` labels inside the energy window succeed."""
+    def _label_budget(self, ranked, budget, cache, reference_energy, number: int, streak: int):
+        """Label ranked candidates until ``budget`` labels inside the energy window succeed.
+
+        Returns (accepted, failures, outside the window, consecutive failures at the end).
+        """
         accepted, failures, outside = [], [], []
-        calls, remaining = 0, list(ranked)
+        remaining = list(ranked)
         ceiling = self.selection.energy_ceiling
         while len(accepted) < budget and remaining:
-            result = label_until(
-                remaining, budget - len(accepted), self.reference, self.executor, cache, progress=self.progress
-            )
-            calls += result.n_calls
+            try:
+                result = label_until(
+                    remaining, budget - len(accepted), self.reference, self.executor, cache, progress=self.progress,
+                    retry_failed=self.retry_failures, max_consecutive_failures=self.max_consecutive_failures,
+                    consecutive_failures=streak,
+                )
+            except ReferenceGaveUp as exc:
+                raise ReferenceGaveUp(
+                    f"round {number}: {exc.summary}", exc.failures,
+                    "The round is not written. Fix the reference and rerun with retry_failures=True (the failures "
+                    "are cached), or raise max_consecutive_failures",
+                ) from exc
+            streak = result.consecutive_failures
             failures += [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
             for atoms in result.labeled:
                 energy = atoms.get_potential_energy() - reference_energy
@@ -346,7 +478,25 @@ class ActiveLearning:
             if not consumed:
                 break
             remaining = remaining[max(consumed) + 1 :]
-        return accepted, failures, outside, calls
+        return accepted, failures, outside, streak
+
+    @staticmethod
+    def _call_counts(previous: dict | None, cache: LabelCache, outside_window: int) -> dict:
+        """Reference calls so far, counted from the label cache (right after any resume), and this round's."""
+        before = previous or {}
+        total, failed = cache.n_calls, cache.n_failed_calls
+        outside_total = before.get("reference_calls_outside_window", 0) + outside_window
+        this_round = total - before.get("reference_calls", 0)
+        failed_round = failed - before.get("reference_calls_failed", 0)
+        return {
+            "reference_calls": total,
+            "reference_calls_failed": failed,
+            "reference_calls_outside_window": outside_total,
+            "round_reference_calls": {
+                "total": this_round, "succeeded": this_round - failed_round, "failed": failed_round,
+                "outside_window": outside_window,
+            },
+        }
 
     def _seed(self, number: int, part: int) -> int:
         return self.seed * 1000 + number * 10 + part
@@ -370,6 +520,13 @@ class ActiveLearning:
                     trajectories += trajectory
             _write_atoms(directory / "trajectories.extxyz", trajectories)
         record.committee.save(directory / "committee.pt")
+        frames = {"train.extxyz": len(record.train)}
+        if record.round > 0:
+            frames.update({"selected.extxyz": len(record.selected), "candidates.extxyz": len(record.candidates),
+                           "trajectories.extxyz": len(trajectories)})
+        files = {name: _file_record(directory / name, n) for name, n in frames.items()}
+        files["committee.pt"] = _file_record(directory / "committee.pt", None)
+        _write_json(directory / "files.json", files)
         _write_json(directory / "metrics.json", record.metrics)
         record.train = _read_atoms(directory / "train.extxyz")  # the next round starts from the disk state
 
@@ -377,6 +534,7 @@ class ActiveLearning:
         directory = self._round_dir(number)
         if not (directory / "metrics.json").exists():
             return None
+        _check_files(directory, f"{directory} and the rounds after it")
         metrics = json.loads((directory / "metrics.json").read_text())
         committee = Committee.load(directory / "committee.pt", device=str(self.template.device))
         return RoundRecord(

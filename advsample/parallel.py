@@ -108,10 +108,7 @@ def train_member_task(
 def _committee_from_result(result: dict) -> Committee:
     if "path" in result:
         return Committee.load(result["path"], device="cpu")
-    data = torch.load(io.BytesIO(result["checkpoint"]), map_location="cpu", weights_only=False)
-    committee = Committee(MODELS[data["model_class"]](**data["model_config"]))
-    committee.load_state_dict(data["state_dict"])
-    return committee
+    return Committee.load(io.BytesIO(result["checkpoint"]), device="cpu")
 
 
 def train_members_parallel(

@@ -31,7 +31,7 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from advsample.ammonia_al import AmmoniaALConfig, run_ammonia_active_learning
+from advsample.systems.ammonia import AmmoniaALConfig, run_ammonia_active_learning
 
 
 def main(argv=None) -> dict:

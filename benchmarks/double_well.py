@@ -23,7 +23,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, machine, set_threads  # noqa: E402
 
-from advsample.compare import make_problem, run_one  # noqa: E402
+from advsample.compare import run_one  # noqa: E402
+from advsample.systems import get_system  # noqa: E402
 
 TARGETS = {"double_well_2d": (18.0, 7), "double_well_1d": (5.0, 5)}
 
@@ -49,12 +50,13 @@ def main(argv=None) -> dict:
     if args.quick:
         rounds = 1
         options.update(budget=min(args.labels, 5), epochs=30, n_initial=32, n_test=50, attack_steps=10, md_steps=20)
-    make_problem(args.surface, **options)
-    method = args.sampler  # kT comes from the problem options
+    spec = (args.surface, options)
+    get_system(args.surface, **options)  # fail early on bad options
+    method = args.sampler  # kT comes from the system options
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = args.out or os.path.join(scratch, "run")
-        rows = run_one(args.surface, options, method, args.seed, rounds, run_dir, threads=threads)
+        rows = run_one(spec, method, args.seed, rounds, run_dir, threads=threads)
     elapsed = time.perf_counter() - start
     for row in rows:
         print(

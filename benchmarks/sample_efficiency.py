@@ -1,27 +1,27 @@
 """Sample efficiency: samplers compared at the same number of reference labels, over seeds.
 
-    python benchmarks/sample_efficiency.py [--system double_well_2d|double_well_1d|ammonia|ethanol]
-        [--seeds 3] [--rounds 4] [--labels 20] [--epochs 600]
-        [--samplers adversarial,random,random_scored,md,mixed] [--kT-sweep 0.3,3]
-        [--workers 2] [--out DIR] [--from-csv rows.csv] [--threads N] [--quick] [--json]
+    python benchmarks/sample_efficiency.py [--system NAME | module:factory] [--seeds 3] [--rounds 4]
+        [--labels N] [--epochs N] [--samplers adversarial,random,random_scored,md,mixed]
+        [--kT-sweep 0.3,3] [--workers 2] [--out DIR] [--from-csv rows.csv] [--threads N] [--quick] [--json]
 
-Every run starts from the same initial data and is tested on the same fixed test set
-(``advsample.compare.make_problem``); methods differ only in how they propose and pick
-the ``--labels`` new structures per round. Methods: adversarial (batched attack ranked by
-log σ² − Ē/kT), random (Gaussian displacements of training points, picked at random),
-random_scored (the same displacements ranked by the adversarial score), md (committee
+``--system``: a built-in system (double_well_2d, double_well_1d, ammonia, ethanol) or the
+user's own ``"module:factory"`` returning an :class:`advsample.systems.System` (a module
+importable from the current directory works, e.g. ``tests.user_systems:hydrogen_peroxide``).
+Every run starts from the system's initial data and is tested on its fixed test set
+(:func:`advsample.compare.run_comparison`); methods differ only in how they propose and pick
+the new structures per round. Methods: adversarial (batched attack ranked by the run
+objective log σ² − Ē/kT), random (Gaussian displacements of training points, plain random
+picks), random_scored (the same displacements ranked by the objective), md (committee
 Langevin MD, frames ranked by σ: classic active learning), mixed (half attack, half
-random) and the attack at the temperatures of ``--kT-sweep``.
+random) and the attack at the temperatures of ``--kT-sweep`` (default: the system's).
+``--labels`` / ``--epochs`` default to the system's own.
 
-Per round and run: labels used, test force/energy MAE, calibration (Spearman ρ of σ vs
-error, miscalibration area), energies of the selected structures (relative to the
-training minimum) and, for ammonia, the rare-event figures (inversion-barrier error,
-force/energy MAE along the relaxed inversion path) and the thermal one (fraction of
-1500 K committee-MD runs that stay physical and within 0.5 kcal/mol of xTB); for ethanol (SchNet
-committee, GFN2-xTB, initial data in the anti conformer only) the force MAE and the
-energy-profile MAE along the relaxed H–O–C–C torsion scan, and the fraction of 1000 K
-committee-MD runs that stay bonded and within 0.05 eV of xTB. The report refuses to
-compare runs that used different numbers of labels (``UnequalLabelsError``).
+Per round and run: labels used, reference calls paid, test force/energy MAE, calibration
+(Spearman ρ of σ vs error, miscalibration area), energies of the selected structures
+(relative to the training minimum) and every metric the system declares (NH3: inversion
+barrier, inversion-path errors, 1500 K MD stability; ethanol: torsion-scan errors, barrier,
+1000 K MD stability). The report refuses to compare runs that used different numbers of
+labels (``UnequalLabelsError``).
 
 Writes DIR/rows.csv, DIR/summary.json, DIR/comparison.png (error vs labels, mean and
 min–max band per method) and DIR/kT_sweep.png. With ``--json`` the last line is one JSON
@@ -41,22 +41,15 @@ from _common import emit, machine, set_threads  # noqa: E402
 from advsample import compare  # noqa: E402
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def report(rows, out_dir: str) -> dict:
+def report(rows, out_dir: str, system=None) -> dict:
     """Aggregate (raises on unequal labels), write summary + plots, return the JSON figures."""
-    summary = compare.aggregate(rows)
+    summary = compare.aggregate(rows, system)
     compare.save_summary(summary, os.path.join(out_dir, "summary.json"))
     samplers = [m for m in summary["methods"] if "_kT" not in m]
     sweep = [m for m in summary["methods"] if m.startswith("adversarial")]
-    metrics = compare.report_metrics(summary["system"])
-    energy_unit = compare.energy_unit(summary["system"])
-    compare.comparison_figure(summary, metrics, samplers, energy_unit=energy_unit).savefig(
-        os.path.join(out_dir, "comparison.png"), dpi=110)
+    compare.comparison_figure(summary, methods=samplers).savefig(os.path.join(out_dir, "comparison.png"), dpi=110)
     if len(sweep) > 1:
-        compare.comparison_figure(summary, ["force_mae", "selected_energy_mean"], sweep, energy_unit=energy_unit).savefig(
+        compare.comparison_figure(summary, ["force_mae", "selected_energy_mean"], sweep).savefig(
             os.path.join(out_dir, "kT_sweep.png"), dpi=110)
     table = compare.final_table(summary)
     ratios = {}
@@ -69,15 +62,14 @@ def report(rows, out_dir: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", default="double_well_2d", choices=compare.SYSTEMS)
+    parser.add_argument("--system", default="double_well_2d",
+                        help="built-in system name or 'module:factory' of your own System")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--labels", type=int, default=20, help="new reference labels per round")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="max training epochs (default 600; NH3 3000; ethanol 1000)")
+    parser.add_argument("--labels", type=int, default=None, help="new reference labels per round (default: the system's)")
+    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the system's)")
     parser.add_argument("--samplers", default=",".join(compare.SAMPLERS))
-    parser.add_argument("--kT-sweep", default=None,
-                        help="extra attack temperatures (default 0.3,3; NH3 0.02,0.3; ethanol 0.05,0.2)")
+    parser.add_argument("--kT-sweep", default=None, help="extra attack temperatures (default: the system's)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")
     parser.add_argument("--from-csv", default=None, help="only report from an earlier rows.csv")
@@ -86,27 +78,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    sweep = _floats(args.kT_sweep) if args.kT_sweep is not None else list(compare.DEFAULT_KT_SWEEP[args.system])
-    options = {"budget": args.labels, "epochs": args.epochs or compare.DEFAULT_EPOCHS[args.system]}
-    seeds, rounds, workers = args.seeds, args.rounds, args.workers
-    if args.quick:
-        seeds, rounds, workers, sweep = min(seeds, 2), 1, 1, sweep[:1]
-        options = compare.smoke_options(args.system, args.labels)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
+    system = None
     if args.from_csv:  # the CSV says what was run
         rows = compare.read_rows(args.from_csv)
-        seeds, rounds = len({r["seed"] for r in rows}), max(r["round"] for r in rows)
-        options = {"budget": rows[0]["budget"], "from_csv": args.from_csv}
+        seeds, rounds, budget = len({r["seed"] for r in rows}), max(r["round"] for r in rows), rows[0]["budget"]
+        options = {"budget": budget, "from_csv": args.from_csv}
     else:
-        methods = [m for m in args.samplers.split(",") if m] + [compare.method_name("adversarial", kT) for kT in sweep]
-        print(f"{args.system}: {len(methods)} methods x {seeds} seeds x {rounds} rounds x {options['budget']} labels, "
-              f"{workers} worker(s)", flush=True)
-        rows = compare.run_comparison(args.system, methods, list(range(seeds)), rounds, os.path.join(args.out, "runs"),
-                                      options=options, workers=workers, log=lambda s: print(s, flush=True))
+        plan = compare.plan(args.system, args.samplers, args.kT_sweep, args.seeds, args.rounds, args.labels,
+                            args.epochs, args.workers, smoke=args.quick)
+        system, seeds, rounds = plan.system, len(plan.seeds), plan.rounds
+        options = {"budget": plan.budget, "epochs": plan.epochs}
+        print(plan, flush=True)
+        rows = plan.run(os.path.join(args.out, "runs"), log=lambda s: print(s, flush=True))
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
     elapsed = time.perf_counter() - start
-    result = report(rows, args.out)
+    result = report(rows, args.out, system)
     print(compare.markdown_table(result["table"]))
     for baseline, ratio in result["ratios"].items():
         r, low = ratio["ratio"], ratio["ratio_at_least"]
@@ -118,6 +106,7 @@ def main(argv=None) -> dict:
         "seeds": seeds,
         "rounds": rounds,
         "labels_per_round": options["budget"],
+        "reference_calls": result["summary"]["reference_calls"],
         "final": {line["method"]: line for line in result["table"]},
         "label_ratio_random_over_adversarial": result["ratios"].get("random", {}).get("ratio"),
         "label_ratios": result["ratios"],

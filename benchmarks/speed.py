@@ -85,7 +85,8 @@ def al_round_2d(rounds: int, epochs: int, budget: int, attack_steps: int, n_init
 
 def al_round_ammonia(rounds: int, epochs: int, budget: int, attack_steps: int, n_initial: int = 118) -> dict:
     from advsample.loop import ActiveLearning
-    from advsample.molecules import ammonia_dataset, relabel_xtb, xtb_calculator
+    from advsample.molecules import relabel_xtb, xtb_calculator
+    from advsample.systems.ammonia import ammonia_dataset
     from advsample.samplers import make_sampler
     from advsample.select import SelectionConfig
     from advsample.train import TrainConfig
@@ -95,12 +96,12 @@ def al_round_ammonia(rounds: int, epochs: int, budget: int, attack_steps: int, n
     test = relabel_xtb(data[:20], reference)
     initial = relabel_xtb(data[20 : 20 + n_initial], reference)
     committee = make_committee("schnet", 5, seed=0)
-    sampler = make_sampler("adversarial", kT=0.05, n_steps=attack_steps, learning_rate=0.01, min_distance=0.6)
+    sampler = make_sampler("adversarial", n_steps=attack_steps, learning_rate=0.01, min_distance=0.6)
     with tempfile.TemporaryDirectory() as scratch:
         loop = ActiveLearning(
             scratch, committee, reference, initial, sampler, test=test,
-            selection=SelectionConfig(budget=budget, kT=0.05, energy_ceiling=1.0, min_distance=0.01),
-            train_config=TrainConfig(epochs=epochs, progress=False), progress=False,
+            selection=SelectionConfig(budget=budget, energy_ceiling=1.0, min_distance=0.01),
+            train_config=TrainConfig(epochs=epochs, progress=False), progress=False, kT=0.05,
         )
         loop.run(rounds)
         return {"system": "ammonia", "committee": "5 SchNet (32 features, 2 interactions)", "labels": "GFN2-xTB",

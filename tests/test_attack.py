@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
+import torch
+from ase import Atoms
 from ase.build import molecule
 from ase.io import read
 
 from advsample.attack import AttackConfig, attack
 from advsample.committee import Committee
-from advsample.models import MLPCommittee
+from advsample.models import MLPCommittee, SchNetCommittee
 from advsample.structures import labels_of
 
 
@@ -30,7 +32,7 @@ def test_energy_grows_with_kT_and_uncertainty_rises(attack_inputs, surface_2d):
 
 def test_fixed_coordinates_do_not_move_and_steps_are_recorded(attack_inputs, tmp_path):
     committee, seeds, energies = attack_inputs
-    result = attack(committee, seeds[:5], energies, AttackConfig(n_steps=10, max_displacement=0.05), progress=False)
+    result = attack(committee, seeds[:5], energies, AttackConfig(kT=1.0, n_steps=10, max_displacement=0.05), progress=False)
     assert result.positions.shape == (11, 5, 3)
     assert result.variance.shape == result.energy_mean.shape == result.log_score.shape == (11, 5)
     assert np.all(result.positions[:, :, 2] == 0.0)  # z is fixed by the toy's constraint
@@ -45,19 +47,64 @@ def test_fixed_coordinates_do_not_move_and_steps_are_recorded(attack_inputs, tmp
 
 
 def test_seed_with_colliding_atoms_is_stopped_and_recorded():
-    committee = Committee(MLPCommittee(3, (16,), n_atoms=2, input_axes=(0, 1, 2), seed=0))
+    # a committee whose energy falls as z1 - z0 shrinks: at low kT the attack compresses along z
+    committee = Committee(MLPCommittee(3, (4,), n_atoms=2, input_axes=(2,), seed=0)).double()
+    with torch.no_grad():
+        for m in range(3):
+            committee.model.weights[0][m] = torch.tensor([[-1.0], [1.0]]) * (1.0 + 0.2 * m)
+            committee.model.weights[1][m] = 1.0
+        committee.model.biases[0].zero_()
+        committee.model.biases[1].zero_()
     near, far = molecule("H2"), molecule("H2")
-    near.positions[1] = near.positions[0] + [0.0, 0.0, 0.55]  # will be pushed below 0.5 Å
-    result = attack(committee, [near, far], [0.0, 1.0], AttackConfig(n_steps=40, learning_rate=0.05, min_distance=0.5), progress=False)
-    stopped = [b for b in range(2) if result.stop_step[b] >= 0]
-    for b in stopped:
-        assert "closer than" in result.stop_reason[b]
-        assert not result.active[result.stop_step[b]:, b].any()
-        last = result.trajectory(b)[-1]
-        assert last.get_distance(0, 1) >= 0.5
+    near.positions[1] = near.positions[0] + [0.0, 0.0, 0.55]  # pushed below 0.5 Å along z
+    far.positions[1] = far.positions[0] + [0.74, 0.0, 0.0]  # along x: never closer than 0.74 Å
+    config = AttackConfig(kT=0.01, n_steps=40, learning_rate=0.01, min_distance=0.5, uncertainty="energy")
+    result = attack(committee, [near, far], [0.0, 1.0], config, progress=False)
+    assert result.stop_step[1] == -1 and result.active[-1, 1]  # the far seed runs to the end
+    b = 0
+    assert 0 < result.stop_step[b] < 40, "the near seed must be stopped by the distance check"
+    assert "closer than 0.5" in result.stop_reason[b]
+    assert not result.active[result.stop_step[b]:, b].any()
+    last = result.trajectory(b)[-1]
+    assert last.get_distance(0, 1) >= 0.5
     # a stopped seed never moves again
-    for b in stopped:
-        np.testing.assert_allclose(result.positions[-1][result.structure_index == b], result.positions[result.stop_step[b]][result.structure_index == b])
+    np.testing.assert_allclose(result.positions[-1][result.structure_index == b], result.positions[result.stop_step[b]][result.structure_index == b])
+
+
+def _periodic_pair(x0: float, x1: float, cell: float = 4.0):
+    """Two H atoms on the x axis of a periodic cubic cell of side ``cell`` Å."""
+    return Atoms("H2", positions=[[x0, 1.0, 1.0], [x1, 1.0, 1.0]], cell=[cell] * 3, pbc=True)
+
+
+def _schnet(min_distance: float):
+    return Committee(SchNetCommittee(n_members=2, species=(1,), n_features=8, n_interactions=1, cutoff=2.0,
+                                     min_distance=min_distance, seed=0)).double()
+
+
+def test_contact_across_the_cell_edge_is_caught_by_the_attack():
+    # 0.1 and 3.7 in a 4 Å cell are 0.4 Å apart through the boundary (3.6 Å in the cell)
+    seeds = [_periodic_pair(1.0, 2.0), _periodic_pair(0.1, 3.7), _periodic_pair(0.5, 1.6)]
+    config = AttackConfig(kT=1.0, n_steps=5, learning_rate=0.01, min_distance=0.5, uncertainty="energy")
+    result = attack(_schnet(0.0), seeds, [0.0, 1.0], config, progress=False)
+    assert result.stop_step.tolist() == [-1, 0, -1]
+    assert "closer than 0.5" in result.stop_reason[1]
+    assert result.active[-1].tolist() == [True, False, True]
+
+
+def test_seed_refused_by_the_model_stops_alone_and_the_batch_goes_on():
+    # the attack's own check is off; SchNet's overlap check (0.3 Å) refuses seeds 1 and 3
+    seeds = [_periodic_pair(1.0, 2.0), _periodic_pair(1.0, 1.2), _periodic_pair(0.5, 1.6),
+             _periodic_pair(0.05, 3.85), molecule("H2")]
+    config = AttackConfig(kT=1.0, n_steps=6, learning_rate=0.01, min_distance=0.0, uncertainty="forces")
+    result = attack(_schnet(0.3), seeds, [0.0, 1.0], config, progress=False)
+    assert result.stop_step.tolist() == [-1, 0, -1, 0, -1]
+    for b in (1, 3):
+        assert "model refused the geometry" in result.stop_reason[b] and "min_distance" in result.stop_reason[b]
+        assert not result.active[:, b].any()
+    assert result.active[:, [0, 2, 4]].all()
+    assert np.isfinite(result.variance[:, [0, 2, 4]]).all()
+    moved = np.abs(result.positions[-1] - result.positions[0])[result.structure_index == 0]
+    assert moved.max() > 1e-4  # the good seeds kept moving after the bad ones were left out
 
 
 def test_bad_attack_settings():
@@ -67,3 +114,18 @@ def test_bad_attack_settings():
         AttackConfig(uncertainty="entropy")
     with pytest.raises(ValueError, match="at least one seed"):
         attack(Committee(MLPCommittee(2, (8,))), [], [0.0])
+
+
+def test_minimum_image_distances_match_ase():
+    from advsample.geometry import pair_distances, pair_distances_numpy
+
+    rng = np.random.default_rng(0)
+    cell = np.array([[4.0, 0, 0], [1.5, 4.0, 0], [0.7, 1.1, 4.2]])  # skewed, periodic in x and y only
+    atoms = Atoms("H10", positions=rng.uniform(0, 5, (10, 3)), cell=cell, pbc=[True, True, False])
+    expected = atoms.get_all_distances(mic=True)
+    i, j = np.triu_indices(10, 1)
+    np.testing.assert_allclose(pair_distances_numpy(atoms.positions, i, j, cell, atoms.pbc), expected[i, j], atol=1e-12)
+    torch_distances = pair_distances(torch.tensor(atoms.positions), torch.tensor(i), torch.tensor(j),
+                                     torch.zeros(10, dtype=torch.long), torch.tensor(cell)[None], torch.tensor(atoms.pbc)[None])
+    np.testing.assert_allclose(torch_distances.numpy(), expected[i, j], atol=1e-12)
+    assert not np.allclose(expected[i, j], atoms.get_all_distances()[i, j])  # the images matter here

@@ -102,7 +102,7 @@ def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launch
             assert row["barrier_abs_error_kcal_mol"] == pytest.approx(abs(row["barrier_error_kcal_mol"]))
     line = result["final"]["adversarial"]
     assert {"md_stable_fraction_final", "path_force_mae_final"} <= set(line)
-    # as in ammonia_al: no validation split of the pyramidal-only pool (it picked worse weights)
+    # as in the NH3 study: no validation split of the pyramidal-only pool (it picked worse weights)
     settings = json.loads((out / "runs" / "adversarial_seed0" / "settings.json").read_text())
     assert settings["validation_fraction"] == 0
 
@@ -178,8 +178,8 @@ def test_ethanol_dataset_and_torsion():
     import numpy as np
     from ase.build import molecule
 
-    from advsample.molecules import (ethanol_dataset, torsion_angle, torsion_angles, torsion_indices,
-                                     torsion_profile_errors)
+    from advsample.systems.ethanol import (ethanol_dataset, torsion_angle, torsion_angles, torsion_indices,
+                                           torsion_profile_errors)
 
     atoms = molecule("CH3CH2OH")  # anti: H–O–C–C = 180°
     assert abs(abs(torsion_angle(atoms)) - 180.0) < 1e-6

@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.calculators.lj import LennardJones
 
 from advsample.executors import InlineExecutor, make_executor
-from advsample.label import CalculatorSpec, LabelCache, geometry_key, label_structures, label_until
+from advsample.label import CalculatorSpec, LabelCache, ReferenceGaveUp, geometry_key, label_structures, label_until
 from advsample.structures import labels_of
 
 TESTS = Path(__file__).resolve().parent
@@ -166,6 +166,25 @@ def test_failures_recorded_with_reasons_and_skipped(tmp_path):
     assert again.n_calls == 0 and again.n_failed == 2 and all(f["cached"] for f in again.failures)
     retried = label_structures(atoms, spec(tmp_path), cache=cache, progress=False, retry_failed=True)
     assert retried.n_calls == 2 and retried.n_failed == 2
+    # the cache counts every paid call, the retried failures again, also after reloading
+    assert (cache.n_calls, cache.n_failed_calls) == (8, 4)
+    assert (LabelCache(cache.path).n_calls, LabelCache(cache.path).n_failed_calls) == (8, 4)
+
+
+def test_label_until_gives_up_after_consecutive_failures(tmp_path):
+    atoms = make_clusters(12, behave={i: "raise" for i in (0, 1, 3, 4, 5, 6, 7, 8)})
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    with pytest.raises(ReferenceGaveUp, match=r"after 3 consecutive failed reference calls.*SCF did not converge") as info:
+        label_until(atoms, 3, spec(tmp_path), cache=cache, progress=False, max_consecutive_failures=3)
+    # 0, 1 fail, 2 succeeds (resets), 3, 4, 5 fail: nothing computed after the third in a row
+    assert calls(tmp_path) == Counter({str(i): 1 for i in range(6)})
+    assert [f["index"] for f in info.value.failures] == [3, 4, 5]
+    # cached failures cost nothing and do not count: the next run goes on from 6
+    with pytest.raises(ReferenceGaveUp):
+        label_until(atoms, 3, spec(tmp_path), cache=cache, progress=False, max_consecutive_failures=3)
+    assert calls(tmp_path) == Counter({str(i): 1 for i in range(9)})
+    result = label_until(atoms, 3, spec(tmp_path), cache=cache, progress=False, max_consecutive_failures=3)
+    assert result.indices == [2, 9, 10] and result.consecutive_failures == 0
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 
 from advsample.committee import Committee
+from advsample.label import ReferenceGaveUp
 from advsample.loop import ActiveLearning
 from advsample.models import MLPCommittee
 from advsample.samplers import make_sampler
@@ -21,36 +22,40 @@ class CountingSurface(Calculator):
     def __init__(self, surface, interrupt_after=None, fail_if=None):
         super().__init__()
         self.surface, self.calls = surface, []
-        self.interrupt_after, self.fail_if = interrupt_after, fail_if
+        # accidents, not settings of the reference: private, so not part of its identity
+        self._interrupt_after, self._fail_if = interrupt_after, fail_if
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         x = float(self.atoms.positions[0, 0])
-        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+        if self._interrupt_after is not None and len(self.calls) >= self._interrupt_after:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append(round(x, 9))
-        if self.fail_if is not None and self.fail_if(x):
+        if self._fail_if is not None and self._fail_if(x):
             raise RuntimeError("SCF did not converge (simulated)")
         self.surface.calculate(self.atoms, properties, system_changes)
         self.results = dict(self.surface.results)
 
 
-def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", seed=0, executor=None):
+def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", seed=0, executor=None,
+              test_seed=1, **options):
     surface = double_well_1d()
     initial = surface.sample(40, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)])
-    test = surface.sample(200, seed=1, max_energy=3.0)
+    test = surface.sample(200, seed=test_seed, max_energy=3.0)
     return ActiveLearning(
         run_dir,
         Committee(MLPCommittee(4, (32, 32), input_axes=(0,), seed=0)),
         reference,
         initial,
-        make_sampler(sampler, kT=1.0, n_steps=40, learning_rate=0.03),
+        make_sampler(sampler, n_steps=40, learning_rate=0.03),
         test=test,
-        selection=SelectionConfig(budget=budget, kT=1.0, min_distance=0.02),
+        selection=SelectionConfig(budget=budget, min_distance=0.02),
+        kT=1.0,
         train_config=TrainConfig(epochs=epochs, patience=200),
         seed=seed,
         executor=executor,
         progress=False,
+        **options,
     )
 
 
@@ -85,6 +90,9 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path):
     assert positions(resumed) == positions(uninterrupted)
     every_call = flaky.calls + resumed_reference.calls
     assert len(every_call) == len(set(every_call)) == len(reference.calls)
+    # counted from the label cache: the killed process's calls are included
+    assert resumed[2].metrics["reference_calls"] == len(every_call) == uninterrupted[2].metrics["reference_calls"]
+    assert resumed[2].metrics["round_reference_calls"]["total"] == len(every_call) - 8
 
     again = CountingSurface(double_well_1d())
     make_loop(tmp_path / "b", again, epochs=60).run(2)
@@ -114,3 +122,65 @@ def test_a_run_dir_is_not_resumed_with_other_settings(tmp_path):
     make_loop(tmp_path / "run", double_well_1d(), epochs=5, budget=8).run(0)  # same settings: resumes
     with pytest.raises(ValueError, match="other settings.*selection"):
         make_loop(tmp_path / "run", double_well_1d(), epochs=5, budget=9).run(0)
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under ``root``."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_dir_is_not_resumed_with_another_reference_or_test_set(tmp_path):
+    from advsample.surfaces import double_well_2d
+
+    make_loop(tmp_path / "run", double_well_1d(), epochs=5).run(0)
+    before = tree_digest(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"other settings \(reference differ"):
+        make_loop(tmp_path / "run", double_well_2d(), epochs=5).run(1)
+    with pytest.raises(ValueError, match=r"other settings \(test_fingerprint differ"):
+        make_loop(tmp_path / "run", double_well_1d(), epochs=5, test_seed=2).run(1)
+    assert tree_digest(tmp_path / "run") == before
+
+
+def test_a_reference_that_always_fails_gives_up_and_a_fixed_rerun_completes(tmp_path):
+    clean = make_loop(tmp_path / "clean", CountingSurface(double_well_1d()), epochs=60).run(1)
+
+    broken = CountingSurface(double_well_1d(), fail_if=lambda x: True)
+    with pytest.raises(ReferenceGaveUp, match=r"round 1: gave up labeling after 20 consecutive.*SCF did not converge"):
+        make_loop(tmp_path / "run", broken, epochs=60, max_consecutive_failures=20).run(1)
+    assert len(broken.calls) == 20  # stopped paying at the limit
+    assert not (tmp_path / "run" / "round_001" / "metrics.json").exists()  # not written as complete
+
+    fixed = CountingSurface(double_well_1d())  # the same reference, its environment repaired
+    records = make_loop(tmp_path / "run", fixed, epochs=60, retry_failures=True).run(1)
+    assert [a.positions.tolist() for a in records[1].train] == [a.positions.tolist() for a in clean[1].train]
+    assert len(fixed.calls) == 8  # the top 8 cached failures, retried
+    metrics = records[1].metrics
+    assert metrics["reference_calls"] == 28 and metrics["reference_calls_failed"] == 20
+    assert metrics["round_reference_calls"] == {"total": 28, "succeeded": 8, "failed": 20, "outside_window": 0}
+
+
+def test_a_round_that_cannot_fill_its_budget_is_not_written(tmp_path):
+    broken = CountingSurface(double_well_1d(), fail_if=lambda x: True)
+    with pytest.raises(RuntimeError, match=r"round 1: only 0 of 8 labels.*SCF did not converge"):
+        make_loop(tmp_path / "run", broken, epochs=5, max_consecutive_failures=None).run(1)
+    assert broken.calls  # every candidate was tried
+    assert not (tmp_path / "run" / "round_001" / "metrics.json").exists()
+
+
+def test_a_damaged_round_file_is_named_on_resume(tmp_path):
+    make_loop(tmp_path / "run", double_well_1d(), epochs=5).run(1)
+    train = tmp_path / "run" / "round_001" / "train.extxyz"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[: -3]))  # cut exactly at a frame boundary (1 atom: 3 lines a frame)
+    before = tree_digest(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"round_001/train.extxyz is damaged.*44 frames.*43 of 44"):
+        make_loop(tmp_path / "run", double_well_1d(), epochs=5).run(1)
+    assert tree_digest(tmp_path / "run") == before
+    train.write_text("".join(lines[: -1]))  # cut inside a frame: named too
+    with pytest.raises(ValueError, match=r"round_001/train.extxyz"):
+        make_loop(tmp_path / "run", double_well_1d(), epochs=5).run(1)

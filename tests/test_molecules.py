@@ -8,17 +8,14 @@ from ase.calculators.calculator import CalculationFailed
 from tblite.interface import Calculator as TBLiteInterface
 
 from advsample import molecules
-from advsample.molecules import (
-    XTBError,
+from advsample.molecules import XTBError, relabel_xtb, xtb_calculator, xtb_label
+from advsample.systems.ammonia import (
     ammonia_dataset,
     ammonia_splits,
     inversion_barrier,
     inversion_path,
-    relabel_xtb,
     umbrella_height,
     umbrella_heights,
-    xtb_calculator,
-    xtb_label,
 )
 from advsample.structures import labels_of
 
@@ -126,10 +123,12 @@ def test_barrier_runs_with_a_committee_calculator():
     from advsample.models import SchNetCommittee
 
     committee = Committee(SchNetCommittee(n_members=2, n_features=8, n_interactions=1, seed=0)).double()
-    torch.manual_seed(0)
-    try:
-        barrier = inversion_barrier(CommitteeCalculator(committee), fmax=0.05, steps=200)
-    except RuntimeError as error:  # an untrained committee may not converge: then it must say so
-        assert "did not reach fmax" in str(error)
-    else:
-        assert np.isfinite(barrier)
+    calculator = CommitteeCalculator(committee)
+    barrier, minimum, planar = inversion_barrier(calculator, fmax=0.05, steps=200, return_structures=True)
+    # converged: the minimum is relaxed, the planar geometry is relaxed within the plane
+    assert np.abs(minimum.get_forces()).max() <= 0.05
+    assert np.linalg.norm(planar.get_forces()[:, :2], axis=1).max() <= 0.05
+    assert np.abs(planar.positions[:, 2] - planar.positions[0, 2]).max() < 1e-8
+    assert barrier == pytest.approx((planar.get_potential_energy() - minimum.get_potential_energy()) / molecules.KCAL_PER_MOL)
+    with pytest.raises(RuntimeError, match="did not reach fmax"):  # and an unconverged one says so
+        inversion_barrier(calculator, fmax=0.05, steps=2)

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 from ase import Atoms
 
+from advsample.objective import Objective
 from advsample.select import SelectionConfig, select
+
+OBJECTIVE = Objective(kT=1.0)
 
 
 def candidate(x, energy, variance):
@@ -13,8 +16,9 @@ def candidate(x, energy, variance):
 
 def test_score_ranking_prefers_likely_uncertain_points_over_sigma_alone():
     candidates = [candidate(0, 0.0, 1.0), candidate(1, 100.0, 1e6), candidate(2, 1.0, 10.0)]
-    by_score, _ = select(candidates, [], SelectionConfig(budget=1, kT=1.0, uncertainty_percentile=None), 0.0)
-    by_sigma, _ = select(candidates, [], SelectionConfig(budget=1, kT=1.0, ranking="sigma", uncertainty_percentile=None), 0.0)
+    by_score, _ = select(candidates, [], SelectionConfig(budget=1, uncertainty_percentile=None), OBJECTIVE, 0.0)
+    by_sigma, _ = select(candidates, [], SelectionConfig(budget=1, ranking="sigma", uncertainty_percentile=None),
+                         OBJECTIVE, 0.0)
     assert [a.positions[0, 0] for a in by_score] == [2, 0, 1]
     assert by_sigma[0].positions[0, 0] == 1  # σ alone chases the absurd-energy point
 
@@ -22,8 +26,8 @@ def test_score_ranking_prefers_likely_uncertain_points_over_sigma_alone():
 def test_energy_ceiling_threshold_and_distance():
     candidates = [candidate(0.0, 0.5, 4.0), candidate(0.01, 0.5, 3.9), candidate(1.0, 9.0, 50.0), candidate(2.0, 0.1, 0.1)]
     train = [candidate(5.0, 0.0, 0.0)]
-    config = SelectionConfig(budget=2, kT=1.0, energy_ceiling=5.0, min_distance=0.1, uncertainty_percentile=50)
-    ranked, report = select(candidates, train, config, 0.0, train_variance=np.array([0.5, 1.0]))
+    config = SelectionConfig(budget=2, energy_ceiling=5.0, min_distance=0.1, uncertainty_percentile=50)
+    ranked, report = select(candidates, train, config, OBJECTIVE, 0.0, train_variance=np.array([0.5, 1.0]))
     xs = [a.positions[0, 0] for a in ranked]
     assert 1.0 not in xs and report["dropped_energy_ceiling"] == 1  # above the window
     assert xs[0] == 0.0 and report["dropped_distance"] == 1
@@ -35,5 +39,18 @@ def test_selection_settings_are_validated():
         SelectionConfig(budget=0)
     with pytest.raises(ValueError, match="unknown ranking"):
         SelectionConfig(ranking="best")
-    with pytest.raises(ValueError, match="kT"):
-        SelectionConfig(kT=-1)
+    with pytest.raises(ValueError, match="energy_ceiling"):
+        SelectionConfig(energy_ceiling=0.0)
+
+
+def test_random_ranking_is_plain_random_without_sigma_filter():
+    """"random" ignores σ: low-σ candidates are picked as often as high-σ ones (no percentile filter)."""
+    candidates = [candidate(float(i), 0.0, 10.0 if i % 2 else 0.01) for i in range(200)]
+    config = SelectionConfig(budget=100, ranking="random", uncertainty_percentile=50)
+    ranked, report = select(candidates, [], config, OBJECTIVE, 0.0, train_variance=np.array([1.0, 1.0]), seed=0)
+    first = [a.info["committee_variance"] for a in ranked[:100]]
+    assert report["threshold"] is None
+    assert 35 <= sum(v < 1 for v in first) <= 65  # about half low-σ, as chance gives
+    by_score, _ = select(candidates, [], SelectionConfig(budget=100), OBJECTIVE, 0.0,
+                         train_variance=np.array([1.0, 1.0]))
+    assert all(a.info["committee_variance"] > 1 for a in by_score[:100])  # the score ranking prefers high σ

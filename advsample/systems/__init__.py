@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ase import Atoms
@@ -171,23 +173,39 @@ def system_names() -> list[str]:
     return sorted({*_BUILTIN, *_REGISTRY})
 
 
+def _import_module(module_name: str):
+    """Import ``module_name``; else load ``<dir>/<module/as/path>.py`` from the current directory or a
+    ``sys.path`` entry (a user's file such as ``tests/my_system.py``, also when an installed package
+    shadows the top-level name ``tests``)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        relative = module_name.replace(".", os.sep) + ".py"
+        found = [Path(d or os.getcwd()) / relative for d in (os.getcwd(), *sys.path)]
+        found = [f for f in found if f.is_file()]
+        if not found:
+            raise ValueError(f"cannot import module {module_name!r} ({error}), and no {relative} in the current "
+                             "directory or on sys.path") from error
+        local = found[0]
+    spec = importlib.util.spec_from_file_location(module_name, local)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _import(path: str) -> Callable[..., System]:
     module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if os.getcwd() in sys.path or error.name != module_name.split(".")[0]:
-            raise ValueError(f"system {path!r}: cannot import module {module_name!r} ({error})") from error
-        sys.path.insert(0, os.getcwd())  # a user's file next to where they run (e.g. tests.my_system:factory)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as again:
-            raise ValueError(f"system {path!r}: cannot import module {module_name!r} ({again})") from again
-    obj = module
+        obj = _import_module(module_name)
+    except ValueError as error:
+        raise ValueError(f"system {path!r}: {error}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"system {path!r}: module {module_name!r} has no {attr!r}")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"system {path!r}: {attr!r} is not a callable factory")
     return obj
 
 

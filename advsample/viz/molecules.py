@@ -134,7 +134,7 @@ def _caption(atoms: Atoms) -> str:
     if "attack_step" in atoms.info:
         parts.append(f"step {atoms.info['attack_step']}")
     if atoms.get_chemical_formula() == "H3N":
-        from ..molecules import umbrella_height
+        from ..systems.ammonia import umbrella_height
 
         parts.append(f"h = {umbrella_height(atoms):+.2f} Å")
     return ", ".join(parts)

@@ -1,0 +1,403 @@
+"""Bad inputs across the public API, tried as a new user would.
+
+Each case asserts the exception type, that the message names the problem, and - where a
+run directory exists - that the run directory is byte-identical afterwards and that no
+reference label was paid for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+from ase.constraints import FixBondLength
+
+from advsample.attack import AttackConfig, attack
+from advsample.committee import Committee
+from advsample.executors import make_executor
+from advsample.label import CalculatorSpec, LabelCache, label_structures, label_until
+from advsample.loop import ActiveLearning
+from advsample.models import MLPCommittee, SchNetCommittee
+from advsample.parallel import split_members, train_members_parallel
+from advsample.samplers import make_sampler
+from advsample.select import SelectionConfig
+from advsample.structures import Batch, labeled, labels_of
+from advsample.surfaces import double_well_1d, double_well_2d
+from advsample.train import TrainConfig, split_validation, train_committee
+
+
+def tree_digest(root) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (the run directory's bytes)."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Counting(Calculator):
+    """The 1D double well, counting its calls (to show that nothing was paid)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self):
+        super().__init__()
+        self.surface = double_well_1d()
+        self._calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self._calls += 1
+        self.surface.calculate(self.atoms, properties, system_changes)
+        self.results = dict(self.surface.results)
+
+
+def _data(n=40, seed=0):
+    return double_well_1d().sample(n, seed=seed, max_energy=-1.0, region=[(-1.6, -0.2)])
+
+
+def make_loop(run_dir, reference=None, initial=None, test=None, **options):
+    options.setdefault("train_config", TrainConfig(epochs=5))
+    return ActiveLearning(
+        run_dir,
+        options.pop("committee", None) or Committee(MLPCommittee(2, (8,), input_axes=(0,), seed=0)),
+        reference if reference is not None else Counting(),
+        _data() if initial is None else initial,
+        options.pop("sampler", None) or make_sampler("adversarial", n_steps=5),
+        test=double_well_1d().sample(20, seed=1, max_energy=3.0) if test is None else test,
+        selection=options.pop("selection", None) or SelectionConfig(budget=2, min_distance=0.02),
+        progress=False,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished two-round run directory (rounds 0 and 1)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    make_loop(run_dir).run(1)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(finished_run, tmp_path):
+    """A fresh copy of the finished run, and its digest before the bad input."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+def refused_unchanged(run_dir, loop, exception, match, n_rounds=2):
+    """Run ``loop`` on ``run_dir``: it must raise ``exception`` matching ``match``, pay nothing
+    and leave the run directory byte-identical."""
+    before = tree_digest(run_dir)
+    with pytest.raises(exception, match=match):
+        loop.run(n_rounds)
+    assert tree_digest(run_dir) == before
+    if isinstance(loop.reference, Counting):
+        assert loop.reference._calls == 0
+
+
+# -- run directories: identity, damage, permissions ------------------------------------
+def test_resume_with_another_reference(run_dir):
+    refused_unchanged(run_dir, make_loop(run_dir, reference=double_well_2d()), ValueError, r"reference differ")
+
+
+def test_resume_with_another_initial_set(run_dir):
+    loop = make_loop(run_dir, initial=_data(seed=5))
+    refused_unchanged(run_dir, loop, ValueError, r"initial_fingerprint.*validation_fingerprint")
+
+
+def test_resume_with_relabeled_test_set(run_dir):
+    test = double_well_1d().sample(20, seed=1, max_energy=3.0)
+    test[3] = labeled(test[3], test[3].get_potential_energy() + 0.5, test[3].get_forces())  # other labels
+    refused_unchanged(run_dir, make_loop(run_dir, test=test), ValueError, r"test_fingerprint differ")
+
+
+def test_resume_with_another_package_version(run_dir):
+    settings = json.loads((run_dir / "settings.json").read_text())
+    settings["advsample_version"] = "0.0.1"
+    (run_dir / "settings.json").write_text(json.dumps(settings))
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"advsample_version differ.*0\.0\.1")
+
+
+def test_resume_with_another_budget(run_dir):
+    loop = make_loop(run_dir, selection=SelectionConfig(budget=3, min_distance=0.02))
+    refused_unchanged(run_dir, loop, ValueError, r"selection differ")
+
+
+def test_truncated_committee_checkpoint_in_a_round(run_dir):
+    path = run_dir / "round_001" / "committee.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"round_001/committee\.pt is damaged")
+
+
+def test_candidates_file_cut_at_a_frame_boundary(run_dir):
+    path = run_dir / "round_001" / "candidates.extxyz"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-3]))  # one whole frame (1 atom) less
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"candidates\.extxyz is damaged.*frames")
+
+
+def test_truncated_test_set_file(run_dir):
+    path = run_dir / "test.extxyz"
+    path.write_text(path.read_text()[:-40])  # cut inside a frame
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"test\.extxyz is damaged")
+
+
+def test_deleted_round_file(run_dir):
+    (run_dir / "round_001" / "selected.extxyz").unlink()
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"round_001/selected\.extxyz is missing")
+
+
+def test_label_cache_that_is_not_a_file(run_dir):
+    (run_dir / "labels.jsonl").unlink()
+    (run_dir / "labels.jsonl").mkdir()
+    refused_unchanged(run_dir, make_loop(run_dir), PermissionError, r"run directory .* is not writable")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write a read-only directory")
+def test_read_only_run_directory(run_dir):
+    os.chmod(run_dir, 0o555)
+    try:
+        refused_unchanged(run_dir, make_loop(run_dir), PermissionError, r"run directory .* is not writable")
+    finally:
+        os.chmod(run_dir, 0o755)
+
+
+def test_run_directory_inside_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a directory")
+    loop = make_loop(tmp_path / "notes.txt" / "run")
+    with pytest.raises(PermissionError, match=r"notes\.txt/run is not writable"):
+        loop.run(1)
+    assert loop.reference._calls == 0
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):  # unpickling calls open(marker, "w"): creates the file
+            return (open, (str(marker), "w"))
+
+    data = Committee(MLPCommittee(2, (4,))).checkpoint()
+    data["model_config"] = Payload()
+    torch.save(data, tmp_path / "committee.pt")
+    with pytest.raises(ValueError, match=r"committee\.pt is not a plain-data .* could run code"):
+        Committee.load(tmp_path / "committee.pt")
+    assert not marker.exists()
+
+
+def test_a_run_dir_with_a_poisoned_checkpoint_is_refused(run_dir):
+    marker = run_dir.parent / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    data = Committee(MLPCommittee(2, (8,), input_axes=(0,), seed=0)).checkpoint()
+    data["model_config"] = Payload()
+    torch.save(data, run_dir / "round_001" / "committee.pt")
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"committee\.pt is damaged")
+    assert not marker.exists()
+
+
+# -- the loop's own arguments --------------------------------------------------------------
+def test_empty_initial_set(tmp_path):
+    with pytest.raises(ValueError, match="empty training set"):
+        make_loop(tmp_path / "run", initial=[])
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_label_in_the_initial_set(tmp_path):
+    initial = _data()
+    initial[7] = labeled(initial[7], float("nan"), initial[7].get_forces())
+    with pytest.raises(ValueError, match=r"structure 7: NaN"):
+        make_loop(tmp_path / "run", initial=initial)
+
+
+def test_unlabeled_test_set(tmp_path):
+    test = [Atoms("H", positions=[[0.0, 0, 0]])]
+    with pytest.raises(ValueError, match=r"structure 0 .*no energy/forces label"):
+        make_loop(tmp_path / "run", test=test)
+
+
+def test_reference_that_is_not_a_calculator(tmp_path):
+    with pytest.raises(TypeError, match=r"expected a CalculatorSpec.*got 42"):
+        make_loop(tmp_path / "run", reference=42)
+
+
+def test_zero_give_up_limit(tmp_path):
+    with pytest.raises(ValueError, match=r"max_consecutive_failures must be >= 1"):
+        make_loop(tmp_path / "run", max_consecutive_failures=0)
+
+
+def test_negative_oversample(tmp_path):
+    with pytest.raises(ValueError, match=r"oversample must be >= 1"):
+        make_loop(tmp_path / "run", oversample=0)
+
+
+def test_validation_fraction_of_one(tmp_path):
+    with pytest.raises(ValueError, match=r"validation fraction must be in \[0, 1\)"):
+        make_loop(tmp_path / "run", validation_fraction=1.0)
+
+
+def test_negative_number_of_rounds(run_dir):
+    refused_unchanged(run_dir, make_loop(run_dir), ValueError, r"n_rounds must be >= 0", n_rounds=-1)
+
+
+def test_live_calculator_with_a_process_pool(tmp_path):
+    with make_executor("processes", max_workers=1) as pool:
+        with pytest.raises(TypeError, match=r"live ASE calculator can only label in-process"):
+            label_structures(_data(2), double_well_1d(), executor=pool, progress=False)
+
+
+# -- models, committees, checkpoints ---------------------------------------------------------
+def test_zero_members():
+    with pytest.raises(ValueError, match=r"n_members must be >= 1, got 0"):
+        MLPCommittee(n_members=0)
+    with pytest.raises(ValueError, match=r"n_members must be >= 1, got 0"):
+        SchNetCommittee(n_members=0)
+
+
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match=r"unknown sampler 'adverserial'"):
+        make_sampler("adverserial")
+
+
+def test_zero_budget():
+    with pytest.raises(ValueError, match=r"budget must be an integer >= 1"):
+        SelectionConfig(budget=0)
+
+
+def test_unknown_element_at_predict_time():
+    committee = Committee(SchNetCommittee(n_members=2, species=(1, 7), n_features=8, n_interactions=1))
+    with pytest.raises(ValueError, match=r"element\(s\) O not known to this model"):
+        committee.predict([molecule("H2O")])
+
+
+def test_cell_thinner_than_the_cutoff():
+    committee = Committee(SchNetCommittee(n_members=2, species=(1,), n_features=8, n_interactions=1, cutoff=5.0))
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.8, 0, 0]], cell=[3.0, 6.0, 6.0], pbc=True)
+    with pytest.raises(ValueError, match=r"periodic cell too small for the cutoff.*atoms\.repeat\(\(2, 1, 1\)\)"):
+        committee.predict([atoms])
+
+
+def test_wrong_shape_positions_to_the_committee():
+    committee = Committee(MLPCommittee(2, (8,)))
+    batch = Batch.from_atoms(double_well_2d().sample(3, seed=0))
+    with pytest.raises(ValueError, match=r"positions must have shape \[N, 3\] = \[3, 3\].*got \[3, 2\]"):
+        committee(batch, positions=batch.positions[:, :2])
+    with pytest.raises(ValueError, match=r"got \[2, 3\]"):
+        committee(batch, positions=batch.positions[:2])
+
+
+def test_structure_of_the_wrong_size_for_the_mlp():
+    with pytest.raises(ValueError, match=r"takes structures of 1 atom"):
+        Committee(MLPCommittee(2, (8,))).predict([molecule("H2")])
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    path = Committee(SchNetCommittee(n_members=2, n_features=8, n_interactions=1)).save(tmp_path / "schnet.pt")
+    with pytest.raises(ValueError, match=r"different model: SchNetCommittee"):
+        Committee(MLPCommittee(2, (8,))).load_checkpoint(path)
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt is not an advsample committee checkpoint"):
+        Committee.load(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match=r"text\.pt cannot be read as a committee checkpoint"):
+        Committee.load(tmp_path / "text.pt")
+
+
+def test_gather_of_different_architectures():
+    with pytest.raises(ValueError, match=r"same model architecture"):
+        Committee.gather([Committee(MLPCommittee(2, (8,))), Committee(MLPCommittee(2, (16,)))])
+
+
+def test_parallel_training_of_an_unknown_model():
+    with pytest.raises(ValueError, match=r"unknown model class Transformer"):
+        train_members_parallel("Transformer", {"n_members": 2}, _data(4), None)
+    with pytest.raises(ValueError, match=r"members_per_task must be >= 1"):
+        split_members(4, 0)
+
+
+def test_training_on_an_empty_set():
+    with pytest.raises(ValueError, match=r"empty training set"):
+        train_committee(Committee(MLPCommittee(2, (8,), input_axes=(0,))), [], None, TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"empty training set"):
+        split_validation([], 0.1)
+
+
+# -- structures, labels, the attack ---------------------------------------------------------
+def test_structure_without_atoms_and_nan_positions():
+    with pytest.raises(ValueError, match=r"structure 1 has no atoms"):
+        Batch.from_atoms([molecule("H2"), Atoms()])
+    bad = molecule("H2")
+    bad.positions[0, 1] = np.nan
+    with pytest.raises(ValueError, match=r"positions contain NaN"):
+        Batch.from_atoms([bad])
+
+
+def test_unsupported_constraint():
+    atoms = molecule("H2")
+    atoms.set_constraint(FixBondLength(0, 1))
+    with pytest.raises(ValueError, match=r"unsupported constraint FixBondLength"):
+        Batch.from_atoms([atoms])
+
+
+def test_labels_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"forces must have shape \(2, 3\), got \(3, 3\)"):
+        labeled(molecule("H2"), 0.0, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"structure 0 \(H2\) has no energy/forces label"):
+        labels_of([molecule("H2")])
+
+
+def test_bad_calculator_spec_and_label_count(tmp_path):
+    with pytest.raises(ValueError, match=r"factory must look like 'module:attr'"):
+        CalculatorSpec("tblite.ase.TBLite")
+    with pytest.raises(ValueError, match=r"k must be >= 0"):
+        label_until(_data(2), -1, double_well_1d(), progress=False)
+    with pytest.raises(ValueError, match=r"max_consecutive_failures must be >= 1"):
+        label_until(_data(2), 1, double_well_1d(), cache=LabelCache(tmp_path / "l.jsonl"), progress=False,
+                    max_consecutive_failures=0)
+
+
+def test_unknown_executor_and_missing_parsl_config(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown executor 'threads'"):
+        make_executor("threads")
+    with pytest.raises(FileNotFoundError, match=r"Parsl config file .*missing\.py does not exist"):
+        make_executor(f"parsl:{tmp_path / 'missing.py'}")
+
+
+def test_attack_settings_and_seeds():
+    with pytest.raises(ValueError, match=r"kT must be positive, got -1"):
+        AttackConfig(kT=-1)
+    with pytest.raises(ValueError, match=r"n_steps must be >= 1"):
+        AttackConfig(n_steps=0)
+    with pytest.raises(ValueError, match=r"at least one seed"):
+        attack(Committee(MLPCommittee(2, (8,))), [], [0.0])
+
+
+# -- the command line -------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--notebooks", "99_nothing"], r"notebook '99_nothing' not found"),
+    (["--notebooks", "01_double_well_1d", "-p", "n_roundz", "2"], r"unknown parameter 'n_roundz'.*declares: n_rounds"),
+    (["--params", "missing.yaml"], r"parameters file missing\.yaml not found"),
+])
+def test_report_usage_errors_run_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    from advsample.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "-o", str(tmp_path / "report"), *argv]) == 2  # a usage error
+    assert re.search(message, capsys.readouterr().err, re.S)
+    assert not (tmp_path / "report").exists()  # no notebook was started
