@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .geometry import pair_distances_numpy
 from .objective import Objective
 
 RANKINGS = ("score", "sigma", "random")
@@ -49,18 +50,14 @@ def descriptor(atoms: Atoms) -> np.ndarray:
 
     The Euclidean distance between fingerprints is then the particle distance, or the RMS
     change of the pair distances. Pair distances are minimum image along periodic
-    directions (``ase.geometry.get_distances``), so an atom that crosses the cell edge
+    directions (:func:`advsample.geometry.pair_distances_numpy`), so an atom that crosses the cell edge
     keeps its fingerprint and two copies of a slab shifted by a lattice vector coincide.
     """
     if len(atoms) == 1:
         return atoms.positions[0].copy()
     i, j = np.triu_indices(len(atoms), k=1)
-    if atoms.pbc.any():
-        from ase.geometry import get_distances
-
-        _, distances = get_distances(atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        return distances[i, j] / np.sqrt(len(i))
-    return np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1) / np.sqrt(len(i))
+    distances = pair_distances_numpy(atoms.positions, i, j, atoms.cell.array, atoms.pbc)
+    return distances / np.sqrt(len(i))
 
 
 def structure_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
