@@ -104,7 +104,8 @@ def batch_neighbours(cache: NeighbourCache, batch, positions: torch.Tensor, stru
         i, j, shift = cache.get(reference[start : start + counts[b]], cells[b], pbcs[b], cutoff, checker)
         all_i.append(i + start)
         all_j.append(j + start)
-        all_shift.append(shift.double() @ torch.as_tensor(cells[b]))
+        # S @ the batch's cell tensor: a strained cell carries its gradient (stress)
+        all_shift.append(shift.to(device=batch.cells.device, dtype=batch.cells.dtype) @ batch.cells[b])
     if not all_i:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty.clone(), torch.zeros(0, 3, dtype=dtype, device=device)
