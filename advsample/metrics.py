@@ -8,6 +8,7 @@ from ase import Atoms
 
 from . import uncertainty
 from .committee import Committee
+from .geometry import GeometryError
 from .structures import Batch, labels_of
 
 
@@ -206,18 +207,21 @@ def md_stability(
             friction=friction, fixcm=False, rng=rng,
         )
         reason, step, frames = None, 0, []
-        for _ in dynamics.irun(steps=n_steps):
-            step = dynamics.nsteps
-            if frames_every is not None and (step % frames_every == 0 or step == n_steps):
-                frames.append(_snapshot(system))
-            reason = check.failure(system)
-            if reason is None and not np.isfinite(system.get_potential_energy()):
-                reason = "non-finite committee energy"
-            if reason is None and reference is not None and step in check_steps:
-                reference_calls += 1
-                reason = _reference_failure(system, reference, energy_tolerance_eV)
-            if reason is not None:
-                break
+        try:
+            for _ in dynamics.irun(steps=n_steps):
+                step = dynamics.nsteps
+                if frames_every is not None and (step % frames_every == 0 or step == n_steps):
+                    frames.append(_snapshot(system))
+                reason = check.failure(system)
+                if reason is None and not np.isfinite(system.get_potential_energy()):
+                    reason = "non-finite committee energy"
+                if reason is None and reference is not None and step in check_steps:
+                    reference_calls += 1
+                    reason = _reference_failure(system, reference, energy_tolerance_eV)
+                if reason is not None:
+                    break
+        except GeometryError as error:  # the model's own check refused the next geometry (overlapping atoms)
+            reason = f"the model refused the geometry: {error}"
         if frames_every is not None and step % frames_every and step != n_steps:
             frames.append(_snapshot(system))  # the failing geometry
         all_frames.append(frames)
