@@ -15,7 +15,7 @@ from advsample.models.mace import MACECommittee, build_mace  # noqa: E402
 from advsample.molecules import relabel_xtb  # noqa: E402
 from advsample.systems.ammonia import ammonia_dataset  # noqa: E402
 from advsample.structures import labels_of  # noqa: E402
-from advsample.train import TrainConfig, train_committee  # noqa: E402
+from advsample.train import TrainConfig  # noqa: E402
 
 SMALL = {"species": (1, 7), "hidden_irreps": "8x0e + 8x1o", "num_interactions": 1, "r_max": 4.0}
 
