@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from .parameters import ParameterError, check_declared_type
+
 __all__ = [
     "ReportError",
     "NotebookResult",
@@ -173,7 +175,9 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
     ``cli_params`` (``-p``, ``--smoke``). A global or command-line parameter goes to the
     notebooks that declare it and must be declared by at least one of them; a section's
     parameter must be declared by its notebook. ``executor`` goes only to notebooks that
-    declare an ``executor`` parameter. Raises :class:`ReportError` listing every problem.
+    declare an ``executor`` parameter. Each value must have the type its parameters cell
+    annotates (:func:`advsample.parameters.check_declared_type`). Raises :class:`ReportError`
+    listing every problem.
     """
     global_params = dict(global_params or {})
     sections = {k: dict(v) for k, v in (sections or {}).items()}
@@ -203,7 +207,14 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
             merged.update({k: v for k, v in layer.items() if k in d})
         if executor is not None and "executor" in d:
             merged["executor"] = executor
+        for name, value in merged.items():  # the types of the parameters cell, before any notebook runs
+            try:
+                check_declared_type(name, value, d[name].get("inferred_type_name"))
+            except ParameterError as exc:
+                problems.append(f"{exc} for {nb.stem}")
         plan[nb.stem] = merged
+    if problems:
+        raise ReportError("\n".join(problems))
     if executor is not None and not any("executor" in d for d in declared.values()):
         warnings.warn("--executor given but no selected notebook declares an 'executor' parameter; ignored",
                       stacklevel=2)
