@@ -87,6 +87,7 @@ def test_figure_problems_catch_a_figure_as_text():
 def test_committed_notebook_is_clean_with_figure_cells(stem):
     nb = nbformat.read(NOTEBOOKS / f"{stem}.ipynb", as_version=4)
     nbformat.validate(nb)
+    assert nb.metadata.kernelspec == {"name": "python3", "display_name": "Python 3", "language": "python"}
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert "parameters" in code[0].metadata.get("tags", []) and "smoke: bool = False" in code[0].source
@@ -122,6 +123,8 @@ def test_smoke_run_twice_shows_every_figure(stem, tmp_path):
         assert summary["notebook"] == stem and summary["rounds"] == rounds
         assert 0 < summary["labels_used"] <= rounds * labels_per_round
         assert (tmp_path / "runs" / stem / "round_002" / "metrics.json").exists()
+    if stem.startswith("02"):
+        assert summary["test_force_mae_final"] < summary["test_force_mae_initial"]
 
 
 @pytest.mark.parametrize("stem, value", [(s, v) for s in STEMS for v in (["abc"] if s[:2] in ("01", "03") else [1.5])])

@@ -107,6 +107,26 @@ def test_cli_unknown_parameter_exit_2(notebooks, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # checked before anything runs
 
 
+@pytest.mark.parametrize("value, shown", [("abc", "'abc' (str)"), ("1.5", "1.5 (float)"), ("true", "True (bool)")])
+def test_cli_wrong_type_exit_2_before_anything_runs(notebooks, tmp_path, capsys, value, shown):
+    ok, bad = notebooks
+    rc = cli.main(["report", "--notebooks", str(ok), str(bad), "-o", str(tmp_path / "r"), "-p", "n", value, "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"parameter 'n': expected int, got {shown} for ok" in err  # both notebooks declare n: int
+    assert f"parameter 'n': expected int, got {shown} for bad" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_checks_types_from_the_parameters_cell(notebooks):
+    ok, _ = notebooks
+    assert plan_parameters([ok], cli_params={"scale": 2, "n": 3})["ok"] == {"scale": 2, "n": 3}  # an int is a fine float
+    with pytest.raises(ReportError, match=r"parameter 'scale': expected float, got 'big' \(str\) for ok"):
+        plan_parameters([ok], {"scale": "big"})
+    with pytest.raises(ReportError, match=r"parameter 'smoke': expected bool, got 'yes please'"):
+        plan_parameters([ok], sections={"ok": {"smoke": "yes please"}})
+
+
 # -- a real run: one notebook passes, one fails -------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -116,10 +116,10 @@ def _draw(ax, atoms: Atoms, sigma: np.ndarray, axes: np.ndarray, norm, cmap, ext
     d = np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1)
     for a, b in zip(i[d < 1.2 * (radii[i] + radii[j])], j[d < 1.2 * (radii[i] + radii[j])]):
         ax.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.5", lw=2, zorder=1)
-    # markers in data units (0.6 covalent radii), so a bigger panel shows a bigger molecule
+    # markers in data units (0.45 covalent radii), so a bigger panel shows a bigger molecule
     fig = ax.figure
     points_per_A = ax.get_position().width * fig.get_figwidth() * 72 / (2 * extent)
-    sizes = (2 * 0.6 * radii * points_per_A) ** 2
+    sizes = (2 * 0.45 * radii * points_per_A) ** 2
     scatter = ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=sigma, cmap=cmap, norm=norm, edgecolors="k", zorder=2)
     for k, z in enumerate(atoms.get_chemical_symbols()):
         ax.annotate(z, xy[k], ha="center", va="center", fontsize=9, zorder=3)
@@ -173,8 +173,8 @@ def attack_strip(frames: Sequence[Atoms], sigma: np.ndarray, n_panels: int = 5,
 
 
 def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[[Atoms], str] | None = None,
-                  title: str | None = None, dpi: int = 80, interval_ms: int = 150):
-    """Every frame pre-rendered (PNG, about 400 px wide at the default ``dpi``) behind a browser-side
+                  title: str | None = None, dpi: int = 100, interval_ms: int = 150):
+    """Every frame pre-rendered (PNG, about 420 px wide at the default ``dpi``) behind a browser-side
     slider (:func:`advsample.viz.embed.frame_slider`)."""
     from matplotlib.figure import Figure
 
@@ -185,7 +185,7 @@ def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[
     caption = caption or _caption
     images, labels = [], []
     for t, atoms in enumerate(frames):
-        fig = Figure(figsize=(5.0, 4.4))  # ~400 px at dpi 80; not pyplot: dozens of frames would all stay open
+        fig = Figure(figsize=(5.0, 4.4))  # ~420 px wide at dpi 100; not pyplot: dozens of frames would all stay open
         ax = fig.subplots()
         scatter = _draw(ax, atoms, sigma[t], axes, norm, cmap, extent, caption(atoms))
         fig.colorbar(scatter, ax=ax, label="per-atom force σ (eV/Å)", shrink=0.8)
