@@ -225,3 +225,19 @@ def test_embedded_defaults_fit_the_real_notebooks():
     assert set(sections) <= stems and sections, "the defaults shorten some notebook"
     plan = plan_parameters(notebooks, global_params, sections)
     assert plan["03_ammonia_inversion"]["n_rounds"] < 5
+    notes = report.load_notes()
+    assert set(notes) == set(sections), "every shortened notebook says what its full run shows"
+    for nb in notebooks:
+        note = report.shortened_note(nb, plan[nb.stem], notes[nb.stem])
+        assert note.startswith("ran shortened") and "docs/results.md" in note
+        assert f"n_rounds={plan[nb.stem].get('n_rounds')} (own default" in note or "csv_path=" in note
+    assert report.shortened_note(notebooks[0], {}, "x") is None  # own defaults: not shortened
+
+
+def test_index_and_summary_carry_the_note(notebooks, tmp_path):
+    ok, _ = notebooks
+    results = report.build_report([ok], tmp_path / "r", {"ok": {"n": 3}}, progress=False,
+                                  notes={"ok": report.shortened_note(ok, {"n": 3}, "full run: see docs/results.md")})
+    assert results[0].note == "ran shortened for the default report: n=3 (own default 2). full run: see docs/results.md"
+    assert results[0].note in (tmp_path / "r" / "index.html").read_text()
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["ok"]["note"] == results[0].note
