@@ -12,17 +12,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed")
+from .samplers import SAMPLERS
+
 RULES = {  # advsample.parameters.check_parameters rules of the notebooks' parameters cells
     "n_rounds": ">= 0", "labels_per_round": ">= 1", "kT": "> 0", "n_members": ">= 2",
     "sampler": SAMPLERS, "epochs": ">= 1",
 }
-_SURFACES = {  # region of the initial data (the left well), committee inputs, (initial, test) sizes normal/smoke
-    "double_well_1d": dict(region=[(-1.6, 0.0)], input_axes=(0,), sizes=(32, 200), smoke_sizes=(24, 100)),
-    "double_well_2d": dict(region=[(-1.5, 0.0), (-1.2, 1.2)], input_axes=(0, 1), sizes=(128, 400),
-                           smoke_sizes=(64, 100)),
+_SIZES = {  # (initial, test) points, normal / smoke
+    "double_well_1d": dict(sizes=(32, 200), smoke_sizes=(24, 100)),
+    "double_well_2d": dict(sizes=(128, 400), smoke_sizes=(64, 100)),
 }
-ATTACK_OPTIONS = {"learning_rate": 0.02, "n_steps": 60}  # attack step (Å) and steps per round
 
 
 @dataclass
@@ -46,21 +45,21 @@ class ToyStudy:
     records: list = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        from . import surfaces
+        from .systems import get_system
 
-        if self.surface_name not in _SURFACES:
-            raise ValueError(f"unknown toy surface {self.surface_name!r}; choose one of {', '.join(_SURFACES)}")
+        if self.surface_name not in _SIZES:
+            raise ValueError(f"unknown toy surface {self.surface_name!r}; choose one of {', '.join(_SIZES)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.smoke:
             self.n_rounds, self.labels_per_round = min(self.n_rounds, 2), min(self.labels_per_round, 10)
             self.epochs, self.n_members = min(self.epochs, 300), min(self.n_members, 3)
         self.run_dir = Path(self.run_dir or Path("runs") / self.surface_name)
-        spec = _SURFACES[self.surface_name]
-        n_initial, n_test = spec["smoke_sizes" if self.smoke else "sizes"]
-        self.surface = getattr(surfaces, self.surface_name)()
-        self.initial = self.surface.sample(n_initial, seed=self.seed, max_energy=0.0, region=spec["region"])
-        self.test = self.surface.sample(n_test, seed=self.seed + 5, max_energy=4.0)  # both wells, E < 4
+        n_initial, n_test = _SIZES[self.surface_name]["smoke_sizes" if self.smoke else "sizes"]
+        # the system of the comparisons: left-well initial data (E < 0), test set over both wells (E < 4)
+        self.system = get_system(self.surface_name, n_initial=n_initial, n_test=n_test, data_seed=self.seed,
+                                 n_members=self.n_members, kT=self.kT, budget=self.labels_per_round, epochs=self.epochs)
+        self.surface, self.initial, self.test = self.system.reference, self.system.initial, self.system.test
 
     @property
     def learning_rate(self) -> float:
@@ -74,23 +73,17 @@ class ToyStudy:
 
     def learner(self, executor):
         """The ``ActiveLearning`` run (labels through ``executor``); it refuses a run_dir made with other settings."""
-        from .committee import Committee
+        from dataclasses import replace
+
+        from .compare import make_method
         from .label import CalculatorSpec
         from .loop import ActiveLearning
-        from .models import MLPCommittee
-        from .samplers import make_sampler
-        from .select import SelectionConfig
-        from .train import TrainConfig
 
-        committee = Committee(MLPCommittee(self.n_members, (64, 64, 64), input_axes=_SURFACES[self.surface_name]["input_axes"],
-                                           seed=self.seed))
-        options = ATTACK_OPTIONS if self.sampler == "adversarial" else {}
+        sampler, _ = make_method(self.system, self.sampler)  # the comparison's settings for this sampler
         reference = CalculatorSpec(f"advsample.surfaces:{self.surface_name}")  # worker processes build their own
-        return ActiveLearning(
-            self.run_dir, committee, reference, self.initial, make_sampler(self.sampler, kT=self.kT, **options),
-            test=self.test, selection=SelectionConfig(budget=self.labels_per_round, kT=self.kT, min_distance=0.02),
-            train_config=TrainConfig(epochs=self.epochs, learning_rate=self.learning_rate), executor=executor,
-            seed=self.seed, progress=False,
+        return ActiveLearning.from_system(
+            self.system, self.run_dir, sampler, seed=self.seed, reference=reference, executor=executor,
+            train_config=replace(self.system.train, learning_rate=self.learning_rate), progress=False,
         )
 
     def run(self, verbose: bool = True) -> list:

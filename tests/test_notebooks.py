@@ -95,9 +95,7 @@ def test_committed_notebook_is_clean_with_figure_cells(stem):
     assert sum("check_parameters(globals()" in c.source for c in code) == 1  # one library call checks them
 
 
-@pytest.mark.parametrize("stem", [
-    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="notebook 04's setup cell is being rewritten by the lead"))
-    if s.startswith("04") else s for s in STEMS])
+@pytest.mark.parametrize("stem", STEMS)
 def test_code_cells_are_short(stem):
     nb = nbformat.read(NOTEBOOKS / f"{stem}.ipynb", as_version=4)
     long = [(i, len(c.source.splitlines())) for i, c in enumerate(nb.cells)

@@ -12,7 +12,7 @@ import numpy as np
 from ase import Atoms
 from matplotlib.figure import Figure
 
-from ..molecules import umbrella_heights
+from ..systems.ammonia import umbrella_heights
 
 PLANAR_A = 0.05  # |h| below this counts as near planar (Å)
 
@@ -95,7 +95,7 @@ def candidate_heights(records: Sequence, train_pool: Sequence[Atoms]) -> Figure:
 
 def barrier_and_md(rows: Sequence[dict], reference_barrier_kcal_mol: float, md_temperature_K: float) -> Figure:
     """Committee inversion barrier (kcal/mol) against the reference, and the stable fraction of
-    committee-MD runs, per number of labels added (``rows``: ``ammonia_al.round_row`` dicts)."""
+    committee-MD runs, per number of labels added (``rows``: ``advsample.systems.ammonia.round_row`` dicts)."""
     labels = [row["labels_used"] for row in rows]
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
