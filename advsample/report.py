@@ -20,6 +20,7 @@ versions and integrity hashes); third-party widget modules come from the pip pac
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -277,6 +278,21 @@ class NotebookResult:
         return self.status == "ok"
 
 
+@contextlib.contextmanager
+def _kernel_path(directory: str):
+    """Kernels started inside see ``directory`` on their ``sys.path`` (``PYTHONPATH``), e.g. for
+    ``-p system mymodule:factory`` with ``mymodule.py`` where ``advsample report`` was started."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (directory, before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 def execute_notebook(nb_path: str | os.PathLike, out_dir: str | os.PathLike, params: Mapping[str, Any] | None = None,
                      *, kernel: str = "python3", timeout: float | None = None, html: bool = True) -> NotebookResult:
     """Run one notebook in ``out_dir/<stem>/`` (its cwd) and render its HTML.
@@ -297,10 +313,11 @@ def execute_notebook(nb_path: str | os.PathLike, out_dir: str | os.PathLike, par
     res = NotebookResult(stem=nb_path.stem, source=str(nb_path), params=dict(params or {}))
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(nb_path), str(out_nb), parameters=dict(params or {}), kernel_name=kernel,
-            cwd=str(sub), progress_bar=False, log_output=False, execution_timeout=timeout,
-        )
+        with _kernel_path(os.getcwd()):  # a user's "module:factory" beside where the report was started
+            papermill.execute_notebook(
+                str(nb_path), str(out_nb), parameters=dict(params or {}), kernel_name=kernel,
+                cwd=str(sub), progress_bar=False, log_output=False, execution_timeout=timeout,
+            )
         res.status = "ok"
     except papermill.PapermillExecutionError as exc:
         res.status = "failed"

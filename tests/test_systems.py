@@ -126,3 +126,17 @@ def test_user_system_goes_to_worker_processes_by_name(tmp_path):
     pooled = compare.run_comparison(system, ["random"], [0, 1], 1, tmp_path / "b", workers=2, log=None)
     assert [r["force_mae"] for r in pooled] == [r["force_mae"] for r in here]
     assert [r["right_well_force_mae"] for r in pooled] == [r["right_well_force_mae"] for r in here]
+
+
+def test_report_takes_a_user_system(tmp_path, monkeypatch):
+    """`advsample report -p system module:factory` started beside the user's module: notebook 04 runs on it."""
+    from advsample import cli
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "report"
+    rc = cli.main(["report", "--notebooks", "04_sampler_comparison", "--smoke", "-p", "system",
+                   "tests.user_systems:tilted_well", "-p", "samplers", "adversarial,random", "-o", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "04_sampler_comparison" / "summary.json").read_text())
+    assert summary["system"] == "tilted_well" and "right_well_force_mae_final" in summary["final"]["adversarial"]
