@@ -149,10 +149,10 @@ def attack(
 ) -> AttackResult:
     """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q."""
     config = config or AttackConfig()
-    if config.kT is None:
-        raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     if len(seeds) == 0:
         raise ValueError("attack needs at least one seed structure")
+    if config.kT is None:
+        raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     energy_reference = float(np.min(train_energies))
     log_q = uncertainty.log_partition(train_energies, config.kT, energy_reference)
     batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)

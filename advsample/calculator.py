@@ -1,21 +1,36 @@
-"""The committee as an ASE calculator, for ASE MD, optimizers and NEB."""
+"""The committee as an ASE calculator, for ASE MD, optimizers, NEB and cell relaxation."""
 from __future__ import annotations
 
-from ase.calculators.calculator import Calculator, all_changes
+from dataclasses import replace
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .committee import Committee
 from .structures import Batch
+
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # ASE's order: xx, yy, zz, yz, xz, xy
 
 
 class CommitteeCalculator(Calculator):
     """ASE calculator returning the committee mean and spread.
 
-    Results: ``energy`` (committee mean), ``forces`` [N, 3] (mean), ``energy_std`` (std over
+    Results: ``energy`` (committee mean; ``free_energy`` the same), ``forces`` [N, 3] (mean), ``energy_std`` (std over
     members), ``forces_std`` [N] (per-atom std over members, averaged over x, y, z),
-    ``energies`` [M] (each member's energy).
+    ``energies`` [M] (each member's energy). For periodic structures, on request:
+    ``stress`` [6] (eV/Å³, Voigt order xx yy zz yz xz xy, the member mean), ``stress_std``
+    [6] (std over members) and ``stresses`` [M, 6], each member's
+    σ = (1/V) ∂E/∂ε, the derivative of its energy under a homogeneous strain ε of cell and
+    positions (ASE's sign convention, as in ``ase.calculators.fd``), by autograd.
+
+    Like ASE's own calculators it returns unconstrained forces for any ASE constraint
+    (``FixAtoms``, ``FixInternals``, ...): the model sees a constraint-free copy of the
+    atoms, and ASE's dynamics and optimizers apply the constraints themselves.
     """
 
-    implemented_properties = ["energy", "forces", "energy_std", "forces_std", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "energy_std", "forces_std", "energies", "stress", "stress_std",
+                              "stresses"]
 
     def __init__(self, committee: Committee, **kwargs):
         super().__init__(**kwargs)
@@ -23,11 +38,43 @@ class CommitteeCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        out = self.committee(Batch.from_atoms([self.atoms]), forces=True)
+        free = self.atoms.copy()
+        free.constraints = []
+        batch = Batch.from_atoms([free])
+        wants_stress = any(p in properties for p in ("stress", "stress_std", "stresses"))
+        if wants_stress:
+            if not free.pbc.any():
+                raise PropertyNotImplementedError("stress needs a periodic structure (atoms.pbc has no True)")
+            out, stresses = self._with_stress(batch, free.get_volume())
+        else:
+            out = self.committee(batch, forces=True)
         self.results = {
             "energy": float(out.energy_mean[0]),
+            "free_energy": float(out.energy_mean[0]),  # no electronic entropy: what force_consistent asks for
             "forces": out.forces_mean.detach().cpu().numpy().astype(float),
             "energy_std": float(out.energy_variance[0].sqrt()),
             "forces_std": out.force_variance_per_atom.sqrt().detach().cpu().numpy().astype(float),
             "energies": out.energies[:, 0].detach().cpu().numpy().astype(float),
         }
+        if wants_stress:
+            self.results.update(stress=stresses.mean(0), stress_std=stresses.std(0), stresses=stresses)
+
+    def _with_stress(self, batch: Batch, volume: float):
+        """The committee output and each member's stress [M, 6] (eV/Å³) by autograd.
+
+        Under x -> x (1 + ε), h -> h (1 + ε) (positions and cell rows), ∂E/∂ε = xᵀ ∂E/∂x + hᵀ ∂E/∂h.
+        """
+        committee = self.committee
+        batch = batch.to(committee.device, committee.dtype)
+        positions = batch.positions.detach().clone().requires_grad_(True)
+        cells = batch.cells.detach().clone().requires_grad_(True)
+        out = committee(replace(batch, cells=cells), forces=True, create_graph=True, positions=positions)
+        stresses = []
+        for m in range(committee.n_members):
+            dx, dh = torch.autograd.grad(out.energies[m, 0], [positions, cells], retain_graph=True)
+            virial = positions.detach().T @ dx + cells[0].detach().T @ dh[0]  # [3, 3] ∂E/∂ε
+            virial = 0.5 * (virial + virial.T) / volume
+            stresses.append([float(virial[a, b]) for a, b in VOIGT])
+        out.forces = out.forces.detach()
+        out.energies = out.energies.detach()
+        return out, np.asarray(stresses, dtype=float)

@@ -56,9 +56,10 @@ def _report(args: argparse.Namespace) -> int:
         known_stems |= {p.stem for p in report.default_notebooks_dir().glob("*.ipynb")}
     except Exception:
         pass
-    global_params, sections = {}, {}
+    global_params, sections, shortened = {}, {}, {}
     if not (args.full or args.smoke):  # the embedded defaults: minutes on 2 cores
         global_params, sections = report.load_params_file(report.EMBEDDED_DEFAULTS, known_stems)
+        shortened = {stem: set(params) for stem, params in sections.items()}
     if args.params:
         file_globals, file_sections = report.load_params_file(args.params, known_stems)
         global_params.update(file_globals)
@@ -72,8 +73,12 @@ def _report(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         plan = report.plan_parameters(notebooks, global_params, sections, cli_params, executor=args.executor)
+    notes = report.load_notes()  # the index says which notebooks ran shortened and what their full run shows
+    notes = {nb.stem: report.shortened_note(nb, {k: v for k, v in plan[nb.stem].items() if k in shortened[nb.stem]},
+                                            notes.get(nb.stem))
+             for nb in notebooks if nb.stem in shortened}
     results = report.build_report(notebooks, args.output, plan, kernel=args.kernel, timeout=args.timeout,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, notes=notes)
     failed = [r for r in results if not r.ok]
     print(f"report: {args.output}/index.html ({len(results)} notebooks, {len(failed)} failed)")
     for r in failed:

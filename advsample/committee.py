@@ -2,8 +2,9 @@
 
 energies [M, B] (reference units), forces [M, N, 3] by autograd, per member in one
 backward pass (each member sees its own view of the positions, so d(sum E)/dx_m is
-member m's gradient). Model parameters all carry the member axis first, so members can
-be trained apart and gathered with :meth:`Committee.gather`.
+member m's gradient). The model meets the contract of :mod:`advsample.models.base`
+(stacked along a member axis, or a :class:`~advsample.models.MemberList` of independent
+modules); members trained apart are joined with :meth:`Committee.gather`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ase import Atoms
 from torch import nn
 
 from . import uncertainty
-from .models import MODELS
+from .models import MODELS, CommitteeModel
 from .structures import Batch
 
 CHECKPOINT_FORMAT = "advsample.committee"
@@ -82,12 +83,24 @@ class CommitteeOutput:
 
 
 class Committee(nn.Module):
-    """A committee of M potentials: E = energy_scale * model(batch) + energy_shift * n_atoms."""
+    """A committee of M potentials: E = energy_scale * model(batch) + energy_shift * n_atoms.
+
+    ``model`` meets the contract of :mod:`advsample.models.base`. A model with
+    ``normalized = False`` (a pretrained potential returning eV) keeps shift 0 and scale 1.
+    """
 
     def __init__(self, model: nn.Module, energy_shift: float = 0.0, energy_scale: float = 1.0):
         super().__init__()
         if type(model).__name__ not in MODELS:
             raise ValueError(f"unknown model class {type(model).__name__}; register it with models.register_model")
+        if not isinstance(model, CommitteeModel):
+            missing = [a for a in ("n_members", "stacked", "invariances", "normalized") if not hasattr(model, a)]
+            raise ValueError(
+                f"{type(model).__name__} does not meet the committee-model contract "
+                f"(missing {', '.join(missing) or 'forward/config'}; see advsample.models.base)"
+            )
+        if not model.normalized and (energy_shift != 0.0 or energy_scale != 1.0):
+            raise ValueError(f"{type(model).__name__} returns energies itself (normalized=False): no shift/scale")
         self.model = model
         self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
@@ -167,7 +180,12 @@ class Committee(nn.Module):
         return result
 
     def fit_normalization(self, energies: np.ndarray, n_atoms: np.ndarray) -> None:
-        """Set shift (mean energy per atom) and scale (std of the remainder) from training labels."""
+        """Set shift (mean energy per atom) and scale (std of the remainder) from training labels.
+
+        No-op for models that return energies themselves (``normalized = False``).
+        """
+        if not self.model.normalized:
+            return
         energies = np.asarray(energies, dtype=float)
         n_atoms = np.asarray(n_atoms, dtype=float)
         shift = float(np.sum(energies) / np.sum(n_atoms))
@@ -252,22 +270,35 @@ class Committee(nn.Module):
     def gather(cls, committees: Sequence["Committee"]) -> "Committee":
         """One committee holding the members of several (same architecture, e.g. trained apart).
 
-        All concatenate along the member axis; normalization is taken from the first.
+        Stacked models concatenate along the member axis, :class:`~advsample.models.MemberList`
+        models renumber their members; normalization is taken from the first.
         """
         if not committees:
             raise ValueError("gather needs at least one committee")
         first = committees[0]
-        name, config = type(first.model).__name__, dict(first.model.config())
-        for other in committees[1:]:
-            other_config = dict(other.model.config())
-            if type(other.model).__name__ != name or {**other_config, "n_members": 0, "seed": 0} != {
-                **config,
-                "n_members": 0,
-                "seed": 0,
-            }:
-                raise ValueError("gather needs committees of the same model architecture")
-        config["n_members"] = sum(c.n_members for c in committees)
+        name = type(first.model).__name__
+        configs = [json.loads(json.dumps(c.model.config())) for c in committees]  # as checkpoints store them
+        if any(type(c.model).__name__ != name for c in committees):
+            raise ValueError("gather needs committees of the same model architecture")
+        merge = getattr(type(first.model), "gather_config", None)  # a model's own rule, if it has one
+        if merge is not None:
+            config = merge(configs)
+        else:
+            config = configs[0]
+            for other in configs[1:]:
+                if {**other, "n_members": 0, "seed": 0} != {**config, "n_members": 0, "seed": 0}:
+                    raise ValueError("gather needs committees of the same model architecture")
+            config["n_members"] = sum(c.n_members for c in committees)
         gathered = cls(MODELS[name](**config), float(first.energy_shift), float(first.energy_scale))
         states = [c.model.state_dict() for c in committees]
-        gathered.model.load_state_dict({k: torch.cat([s[k].cpu() for s in states]) for k in states[0]})
+        if first.model.stacked:
+            gathered.model.load_state_dict({k: torch.cat([s[k].cpu() for s in states]) for k in states[0]})
+        else:
+            merged, offset = {}, 0
+            for committee, state in zip(committees, states):
+                for key, value in state.items():
+                    _, m, rest = key.split(".", 2)  # members.<m>.<name>
+                    merged[f"members.{int(m) + offset}.{rest}"] = value.cpu()
+                offset += committee.n_members
+            gathered.model.load_state_dict(merged)
         return gathered.to(first.device)

@@ -8,6 +8,7 @@ from ase import Atoms
 
 from . import uncertainty
 from .committee import Committee
+from .geometry import GeometryError
 from .structures import Batch, labels_of
 
 
@@ -39,50 +40,92 @@ def test_errors(committee: Committee, test: Sequence[Atoms]) -> dict[str, float]
 
 
 # -- MD stability ---------------------------------------------------------------------------
-def _bonds(atoms: Atoms, bond_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bonded pairs (i, j) at ``atoms``' geometry and their lengths (Å): d < bond_scale·(r_i + r_j)."""
-    from ase.data import covalent_radii
+def _pairs(atoms: Atoms, radii: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j, d Å) nearer than r_i + r_j (per-atom ``radii``) or than a scalar cutoff.
 
-    radii = covalent_radii[atoms.numbers]
-    i, j = np.triu_indices(len(atoms), k=1)
-    distances = np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1)
-    bonded = distances < bond_scale * (radii[i] + radii[j])
-    return i[bonded], j[bonded], distances[bonded]
+    Minimum image and every periodic image (ASE's neighbour list): a contact across the
+    cell edge counts like any other. Each pair appears as (i, j) and (j, i).
+    """
+    from ase.neighborlist import neighbor_list
+
+    if np.ndim(radii) == 0:
+        return neighbor_list("ijd", atoms, float(radii))
+    return neighbor_list("ijd", atoms, np.asarray(radii, dtype=float))
 
 
-def _geometry_failure(
-    positions: np.ndarray, numbers: np.ndarray, bonds, bond_stretch: float, bond_scale: float, min_distance: float
-) -> str | None:
-    """Why a geometry [N, 3] is unphysical (bond broken, atom isolated, collapse, NaN), or None."""
-    from ase.data import chemical_symbols, covalent_radii
+def _components(n_atoms: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """[N] connected-component label of each atom in the graph with edges (i, j)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    if not np.all(np.isfinite(positions)):
-        return "non-finite positions"
-    if len(positions) < 2:
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n_atoms, n_atoms))
+    return connected_components(graph, directed=False)[1]
+
+
+def _nearest(atoms: Atoms, k: int) -> float:
+    """Minimum-image distance (Å) from atom ``k`` to its nearest other atom."""
+    from ase.geometry import get_distances
+
+    others = np.delete(np.arange(len(atoms)), k)
+    _, d = get_distances(atoms.positions[k], atoms.positions[others], cell=atoms.cell, pbc=atoms.pbc)
+    return float(d.min())
+
+
+class StabilityCheck:
+    """The geometric failure criteria of one run, fixed by its start geometry.
+
+    Bonds: pairs nearer than ``bond_scale`` × (r_i + r_j) (covalent radii) in the start
+    geometry. Reach: ``bond_stretch`` × ``bond_scale`` × (r_i + r_j), the farthest a bonded
+    neighbour may go. All distances are minimum image (periodic cells).
+    """
+
+    def __init__(self, start: Atoms, bond_stretch: float = 1.5, bond_scale: float = 1.2, min_distance: float = 0.6):
+        from ase.data import chemical_symbols, covalent_radii
+
+        from .structures import held_atoms
+
+        radii = covalent_radii[start.numbers]
+        self.symbols = [chemical_symbols[z] for z in start.numbers]
+        self.reach_radii = bond_stretch * bond_scale * radii
+        self.min_distance = min_distance
+        self.free = ~held_atoms(start)
+        i, j, _ = _pairs(start, bond_scale * radii)
+        keep = i < j
+        self.bond_i, self.bond_j = i[keep], j[keep]
+
+    def failure(self, atoms: Atoms) -> str | None:
+        """Why ``atoms`` is unphysical (collapse, free atom isolated, fragmented, NaN), or None.
+
+        A hop (a bond to one neighbour replaced by one to another) is not a failure: a run
+        fragments only when two atoms bonded at the start are no longer joined by any chain
+        of bonds within reach.
+        """
+        if not np.all(np.isfinite(atoms.positions)):
+            return "non-finite positions"
+        if len(atoms) < 2:
+            return None
+        s = self.symbols
+        if self.min_distance > 0:
+            i, j, d = _pairs(atoms, self.min_distance)
+            if len(d):
+                k = int(np.argmin(d))
+                a, b = int(i[k]), int(j[k])
+                return f"atoms collapsed: {s[a]}{a}-{s[b]}{b} {d[k]:.2f} Å < {self.min_distance} Å (minimum image)"
+        i, j, _ = _pairs(atoms, self.reach_radii)
+        has_neighbour = np.zeros(len(atoms), dtype=bool)
+        has_neighbour[i[i != j]] = True
+        isolated = np.flatnonzero(self.free & ~has_neighbour)
+        if len(isolated):
+            k = int(isolated[0])
+            return f"atom isolated: {s[k]}{k} has no neighbour within bonding range (nearest {_nearest(atoms, k):.2f} Å)"
+        if len(self.bond_i):
+            label = _components(len(atoms), i, j)
+            split = np.flatnonzero(label[self.bond_i] != label[self.bond_j])
+            if len(split):
+                a, b = int(self.bond_i[split[0]]), int(self.bond_j[split[0]])
+                return (f"fragmented: {s[a]}{a} and {s[b]}{b}, bonded at the start, are no longer joined by "
+                        f"bonds (minimum image)")
         return None
-    symbols = [chemical_symbols[z] for z in numbers]
-    distances = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    np.fill_diagonal(distances, np.inf)
-    a, b = np.unravel_index(np.argmin(distances), distances.shape)
-    if distances[a, b] < min_distance:
-        return f"atoms collapsed: {symbols[a]}{a}-{symbols[b]}{b} {distances[a, b]:.2f} Å < {min_distance} Å"
-    bond_i, bond_j, start_length = bonds
-    if len(bond_i):
-        stretch = distances[bond_i, bond_j] / start_length
-        k = int(np.argmax(stretch))
-        if stretch[k] > bond_stretch:
-            i, j = bond_i[k], bond_j[k]
-            return (
-                f"bond broken: {symbols[i]}{i}-{symbols[j]}{j} {distances[i, j]:.2f} Å "
-                f"> {bond_stretch}x its start length {start_length[k]:.2f} Å"
-            )
-    radii = covalent_radii[numbers]
-    reach = bond_stretch * bond_scale * (radii[:, None] + radii[None, :])  # farthest a bonded neighbour may be
-    isolated = np.flatnonzero(~np.any(distances < reach, axis=1))
-    if len(isolated):
-        k = int(isolated[0])
-        return f"atom isolated: {symbols[k]}{k} has no neighbour within bonding range (nearest {distances[k].min():.2f} Å)"
-    return None
 
 
 def md_stability(
@@ -100,26 +143,35 @@ def md_stability(
     bond_scale: float = 1.2,
     min_distance: float = 0.6,
     seed: int = 0,
+    frames_every: int | None = None,
 ) -> dict:
-    """Fraction of short high-temperature committee-MD runs that stay physical.
+    """Fraction of committee-MD runs that stay physical, and each run's time to failure.
 
     Runs ``n_runs`` Langevin trajectories (ASE, ``fixcm=False``) of ``n_steps`` ×
     ``timestep_fs`` with the committee mean as the potential (:class:`CommitteeCalculator`),
-    run k starting from ``starts[k % len(starts)]`` with Maxwell–Boltzmann velocities at
-    ``temperature_K`` (seeded by ``(seed, k)``). A run fails at the first step where
+    run k starting from a copy of ``starts[k % len(starts)]`` (cell, pbc and constraints
+    kept: ``FixAtoms`` atoms do not move) with Maxwell–Boltzmann velocities at
+    ``temperature_K`` (seeded by ``(seed, k)``; centre-of-mass motion and rotation removed
+    for unconstrained molecules). Distances are minimum image. A run fails at the first step where
 
-    * a bond (pair closer than ``bond_scale`` × the sum of covalent radii in the start
-      geometry) is longer than ``bond_stretch`` × its start length;
-    * an atom has no neighbour within ``bond_stretch`` × ``bond_scale`` × (r_i + r_j)
-      (dissociated; an isolated atom in the start geometry fails at step 0);
     * two atoms are closer than ``min_distance`` Å (collapse), or positions/energies are not finite;
-    * with a ``reference`` ASE calculator (e.g. GFN2-xTB): on ``n_check_frames`` frames
+    * a free atom has no neighbour within ``bond_stretch`` × ``bond_scale`` × (r_i + r_j)
+      (it left its molecule or material; an isolated atom in the start geometry fails at step 0);
+    * two atoms bonded at the start (closer than ``bond_scale`` × the sum of covalent radii)
+      are no longer joined by any chain of bonds within that reach (fragmentation). A hop,
+      one bond replaced by another, is not a failure;
+    * with a ``reference`` ASE calculator (e.g. GFN2-xTB, EMT): on ``n_check_frames`` frames
       spread over the run (the last included), the committee energy differs from the
       reference energy by more than ``energy_tolerance_eV``, or the reference fails there.
 
     Energies are compared as given (use the reference's own convention for training labels).
     Returns ``{"md_stable_fraction", "n_runs", "n_stable", "failures": [reason per failed run],
-    "steps_completed": [steps per run], "temperature_K", "n_steps", "timestep_fs"}``.
+    "steps_completed": [steps per run], "time_to_failure_fs": [fs per run, None if stable],
+    "mean_time_to_failure_fs" (stable runs count their full time), "md_reference_calls"
+    (reference energies computed by the check),
+    "temperature_K", "n_steps", "timestep_fs"}``; :func:`survival_curve` turns it into a curve.
+    ``frames_every``: also return ``"frames"``, per run the geometry every that many steps
+    (and the last one), as ``ase.Atoms`` with the start's cell and constraints.
     """
     from ase import units
     from ase.md.langevin import Langevin
@@ -135,52 +187,92 @@ def md_stability(
         raise ValueError(f"n_runs and n_steps must be >= 1, got {n_runs} and {n_steps}")
     if timestep_fs <= 0 or temperature_K < 0:
         raise ValueError("timestep_fs must be positive and temperature_K non-negative")
+    if frames_every is not None and frames_every < 1:
+        raise ValueError(f"frames_every must be >= 1 step or None, got {frames_every}")
     calculator = CommitteeCalculator(committee)
     check_steps = set(np.linspace(n_steps, 0, max(n_check_frames, 0), endpoint=False).round().astype(int).tolist())
-    failures, steps_completed = [], []
+    failures, steps_completed, times, reference_calls, all_frames = [], [], [], 0, []
     for run in range(n_runs):
-        start = starts[run % len(starts)]
-        system = Atoms(start.numbers, positions=start.positions, cell=start.cell, pbc=start.pbc)
-        bonds = _bonds(system, bond_scale)
+        system = starts[run % len(starts)].copy()  # keeps cell, pbc, constraints
+        system.calc = None
+        check = StabilityCheck(system, bond_stretch, bond_scale, min_distance)
         rng = np.random.default_rng([seed, run])
         velocities.thermalize_momenta(system, temperature_K=temperature_K, rng=rng)
-        velocities.Stationary(system)
-        velocities.ZeroRotation(system)
+        if not system.constraints and not system.pbc.any():
+            velocities.Stationary(system)
+            velocities.ZeroRotation(system)
         system.calc = calculator
         dynamics = Langevin(
             system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
             friction=friction, fixcm=False, rng=rng,
         )
-        reason, step = None, 0
-        for _ in dynamics.irun(steps=n_steps):
-            step = dynamics.nsteps
-            reason = _geometry_failure(system.positions, system.numbers, bonds, bond_stretch, bond_scale, min_distance)
-            if reason is None and not np.isfinite(system.get_potential_energy()):
-                reason = "non-finite committee energy"
-            if reason is None and reference is not None and step in check_steps:
-                reason = _reference_failure(system, reference, energy_tolerance_eV)
-            if reason is not None:
-                break
+        reason, step, frames = None, 0, []
+        try:
+            for _ in dynamics.irun(steps=n_steps):
+                step = dynamics.nsteps
+                if frames_every is not None and (step % frames_every == 0 or step == n_steps):
+                    frames.append(_snapshot(system))
+                reason = check.failure(system)
+                if reason is None and not np.isfinite(system.get_potential_energy()):
+                    reason = "non-finite committee energy"
+                if reason is None and reference is not None and step in check_steps:
+                    reference_calls += 1
+                    reason = _reference_failure(system, reference, energy_tolerance_eV)
+                if reason is not None:
+                    break
+        except GeometryError as error:  # the model's own check refused the next geometry (overlapping atoms)
+            reason = f"the model refused the geometry: {error}"
+        if frames_every is not None and step % frames_every and step != n_steps:
+            frames.append(_snapshot(system))  # the failing geometry
+        all_frames.append(frames)
         steps_completed.append(int(step))
+        times.append(None if reason is None else float(step * timestep_fs))
         if reason is not None:
             failures.append(f"run {run} (start {run % len(starts)}), step {step}: {reason}")
     n_stable = n_runs - len(failures)
+    full = n_steps * timestep_fs
+    extra = {"frames": all_frames} if frames_every is not None else {}
     return {
         "md_stable_fraction": n_stable / n_runs,
         "n_runs": n_runs,
         "n_stable": n_stable,
         "failures": failures,
         "steps_completed": steps_completed,
+        "time_to_failure_fs": times,
+        "mean_time_to_failure_fs": float(np.mean([full if t is None else t for t in times])),
+        "md_reference_calls": reference_calls,
         "temperature_K": float(temperature_K),
         "n_steps": int(n_steps),
         "timestep_fs": float(timestep_fs),
+        **extra,
     }
+
+
+def _snapshot(atoms: Atoms) -> Atoms:
+    frame = atoms.copy()
+    frame.calc = None
+    return frame
+
+
+def survival_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of runs still physical vs time, from an :func:`md_stability` result.
+
+    Returns ``(times_fs [K], fraction [K])``: a step function starting at (0, 1), one step
+    down at each failure time, ending at the runs' full length (n_steps × timestep_fs).
+    """
+    full = result["n_steps"] * result["timestep_fs"]
+    failed = np.sort([t for t in result["time_to_failure_fs"] if t is not None])
+    n = result["n_runs"]
+    times = np.concatenate([[0.0], failed, [full]])
+    alive = np.concatenate([[n], n - np.arange(1, len(failed) + 1), [n - len(failed)]])
+    return times, alive / n
 
 
 def _reference_failure(system: Atoms, reference, tolerance: float) -> str | None:
     """Committee energy of ``system`` vs the reference calculator's, or the reference's error."""
     committee_energy = float(system.get_potential_energy())
-    frame = Atoms(system.numbers, positions=system.positions, cell=system.cell, pbc=system.pbc)
+    frame = system.copy()  # cell, pbc and constraints kept
+    frame.calc = None
     if hasattr(reference, "reset"):
         reference.reset()
     frame.calc = reference

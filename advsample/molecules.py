@@ -249,7 +249,7 @@ def neb_barrier(initial: Atoms, final: Atoms, calculator, n_images: int = 3, fma
     images = [initial.copy() for _ in range(n_images + 1)] + [final.copy()]
     for image in images:
         image.calc = calculator
-    band = NEB(images, climb=climb, allow_shared_calculator=True)
+    band = NEB(images, climb=climb, allow_shared_calculator=True, method="improvedtangent")
     band.interpolate("idpp" if not initial.pbc.any() else "linear", apply_constraint=True)
     if not BFGS(band, logfile=None).run(fmax=fmax, steps=steps):
         raise RuntimeError(f"NEB did not reach fmax={fmax} eV/Å in {steps} steps")

@@ -20,6 +20,7 @@ versions and integrity hashes); third-party widget modules come from the pip pac
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from .parameters import ParameterError, check_declared_type
+
 __all__ = [
     "ReportError",
     "NotebookResult",
@@ -48,6 +51,8 @@ __all__ = [
     "resolve_notebooks",
     "parse_value",
     "load_params_file",
+    "load_notes",
+    "shortened_note",
     "plan_parameters",
     "execute_notebook",
     "export_html",
@@ -147,6 +152,8 @@ def load_params_file(path: str | os.PathLike, stems: Iterable[str] = ()) -> tupl
     stems = set(stems)
     global_params, sections = {}, {}
     for key, value in data.items():
+        if path == EMBEDDED_DEFAULTS and key == "notes":
+            continue  # notes for the index (load_notes), not parameters
         key = str(key)
         if key in stems:
             if not isinstance(value, dict):
@@ -155,6 +162,25 @@ def load_params_file(path: str | os.PathLike, stems: Iterable[str] = ()) -> tupl
         else:
             global_params[key] = value
     return global_params, sections
+
+
+def load_notes(path: str | os.PathLike = EMBEDDED_DEFAULTS) -> dict[str, str]:
+    """``{stem: note}`` of the embedded defaults' ``notes`` key: what a shortened notebook's full run shows."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return {str(k): str(v) for k, v in (data.get("notes") or {}).items()}
+
+
+def shortened_note(nb_path: Path, params: Mapping[str, Any], note: str | None = None) -> str | None:
+    """"ran shortened: NAME=VALUE (own default: D), ..." plus ``note``, or None when ``params``
+    change none of the notebook's own defaults."""
+    declared = _declared(nb_path)
+    changed = [f"{k}={_fmt(v)} (own default {declared[k]['default']})" for k, v in params.items()
+               if k in declared and str(declared[k].get("default")).strip("'\"") != str(v)]
+    if not changed:
+        return None
+    return "ran shortened for the default report: " + ", ".join(changed) + "." + (f" {note}" if note else "")
 
 
 def _declared(nb_path: Path) -> dict[str, dict]:
@@ -173,7 +199,9 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
     ``cli_params`` (``-p``, ``--smoke``). A global or command-line parameter goes to the
     notebooks that declare it and must be declared by at least one of them; a section's
     parameter must be declared by its notebook. ``executor`` goes only to notebooks that
-    declare an ``executor`` parameter. Raises :class:`ReportError` listing every problem.
+    declare an ``executor`` parameter. Each value must have the type its parameters cell
+    annotates (:func:`advsample.parameters.check_declared_type`). Raises :class:`ReportError`
+    listing every problem.
     """
     global_params = dict(global_params or {})
     sections = {k: dict(v) for k, v in (sections or {}).items()}
@@ -203,7 +231,14 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
             merged.update({k: v for k, v in layer.items() if k in d})
         if executor is not None and "executor" in d:
             merged["executor"] = executor
+        for name, value in merged.items():  # the types of the parameters cell, before any notebook runs
+            try:
+                check_declared_type(name, value, d[name].get("inferred_type_name"))
+            except ParameterError as exc:
+                problems.append(f"{exc} for {nb.stem}")
         plan[nb.stem] = merged
+    if problems:
+        raise ReportError("\n".join(problems))
     if executor is not None and not any("executor" in d for d in declared.values()):
         warnings.warn("--executor given but no selected notebook declares an 'executor' parameter; ignored",
                       stacklevel=2)
@@ -236,10 +271,26 @@ class NotebookResult:
     files: dict = field(default_factory=dict)
     title: str | None = None
     thumbnail: str | None = None  # data: URI of the notebook's last image output
+    note: str | None = None  # e.g. that it ran shortened and what the full run shows
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+@contextlib.contextmanager
+def _kernel_path(directory: str):
+    """Kernels started inside see ``directory`` on their ``sys.path`` (``PYTHONPATH``), e.g. for
+    ``-p system mymodule:factory`` with ``mymodule.py`` where ``advsample report`` was started."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (directory, before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def execute_notebook(nb_path: str | os.PathLike, out_dir: str | os.PathLike, params: Mapping[str, Any] | None = None,
@@ -262,10 +313,11 @@ def execute_notebook(nb_path: str | os.PathLike, out_dir: str | os.PathLike, par
     res = NotebookResult(stem=nb_path.stem, source=str(nb_path), params=dict(params or {}))
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(nb_path), str(out_nb), parameters=dict(params or {}), kernel_name=kernel,
-            cwd=str(sub), progress_bar=False, log_output=False, execution_timeout=timeout,
-        )
+        with _kernel_path(os.getcwd()):  # a user's "module:factory" beside where the report was started
+            papermill.execute_notebook(
+                str(nb_path), str(out_nb), parameters=dict(params or {}), kernel_name=kernel,
+                cwd=str(sub), progress_bar=False, log_output=False, execution_timeout=timeout,
+            )
         res.status = "ok"
     except papermill.PapermillExecutionError as exc:
         res.status = "failed"
@@ -324,8 +376,10 @@ def _title_and_thumbnail(nb_file: Path) -> tuple[str | None, str | None]:
 
 def build_report(notebooks: Sequence[str | os.PathLike], out_dir: str | os.PathLike = "report",
                  plan: Mapping[str, Mapping[str, Any]] | None = None, *, kernel: str = "python3",
-                 timeout: float | None = None, progress: bool = True, title: str = "advsample report") -> list[NotebookResult]:
-    """Execute ``notebooks`` (with ``plan[stem]`` as parameters), then write summaries and index."""
+                 timeout: float | None = None, progress: bool = True, title: str = "advsample report",
+                 notes: Mapping[str, str | None] | None = None) -> list[NotebookResult]:
+    """Execute ``notebooks`` (with ``plan[stem]`` as parameters), then write summaries and index
+    (``notes[stem]``: a line for the notebook's card, e.g. that it ran shortened)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -336,6 +390,7 @@ def build_report(notebooks: Sequence[str | os.PathLike], out_dir: str | os.PathL
     for nb in bar:
         bar.set_postfix_str(nb.stem)
         res = execute_notebook(nb, out, plan.get(nb.stem, {}), kernel=kernel, timeout=timeout)
+        res.note = (notes or {}).get(nb.stem)
         results.append(res)
         if not res.ok:
             bar.write(f"FAILED {nb.stem}: {res.error}")
@@ -363,13 +418,13 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def write_summaries(results: Sequence[NotebookResult], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """``summary.json`` (``{stem: {status, duration_s, error, params, summary, files}}``) and
+    """``summary.json`` (``{stem: {status, duration_s, error, params, note, summary, files}}``) and
     ``summary.csv`` (one row per notebook, the notebooks' summaries flattened with dotted keys;
     a summary key that clashes with a fixed column, e.g. ``notebook``, becomes ``summary.<key>``)."""
     out = Path(out_dir)
     combined = {
         r.stem: {"status": r.status, "duration_s": r.duration_s, "error": r.error, "params": r.params,
-                 "summary": r.summary, "files": r.files}
+                 "note": r.note, "summary": r.summary, "files": r.files}
         for r in results
     }
     json_path = out / "summary.json"
@@ -411,6 +466,7 @@ h1{font-size:1.6em;margin-bottom:.2em} .meta{color:#666;margin-bottom:1.5em}
 .error{font-family:monospace;white-space:pre-wrap;color:#a00;margin:.5em 0}
 table.kv{border-collapse:collapse;margin:.5em 0;font-size:.9em} table.kv td{padding:1px 10px 1px 0;border-bottom:1px solid #eee}
 table.kv td.v{font-family:monospace} .links a{margin-right:1em}
+.note{margin:.5em 0;padding:.3em .6em;background:#fffbe6;border-left:3px solid #e6b800;font-size:.9em}
 """
 
 
@@ -440,6 +496,7 @@ def write_index(results: Sequence[NotebookResult], out_dir: str | os.PathLike, *
         thumb = (f'<div class="thumb"><img src="{r.thumbnail}" alt="last figure of {esc(r.stem)}"></div>'
                  if r.thumbnail else "")
         err = f'<div class="error">{esc(r.error)}</div>' if r.error else ""
+        err += f'<div class="note">{esc(r.note)}</div>' if r.note else ""
         heading = esc(r.stem) + (f" — {esc(r.title)}" if r.title else "")
         cards.append(
             f'<div class="nb {"ok" if r.ok else "failed"}" id="{esc(r.stem)}">{thumb}<div class="body">'

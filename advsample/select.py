@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .geometry import pair_distances_numpy
 from .objective import Objective
 
 RANKINGS = ("score", "sigma", "random")
@@ -48,12 +49,15 @@ def descriptor(atoms: Atoms) -> np.ndarray:
     """Invariant fingerprint (Å): a single particle's position, or all pair distances / √n_pairs.
 
     The Euclidean distance between fingerprints is then the particle distance, or the RMS
-    change of the pair distances of a molecule.
+    change of the pair distances. Pair distances are minimum image along periodic
+    directions (:func:`advsample.geometry.pair_distances_numpy`), so an atom that crosses the cell edge
+    keeps its fingerprint and two copies of a slab shifted by a lattice vector coincide.
     """
     if len(atoms) == 1:
         return atoms.positions[0].copy()
     i, j = np.triu_indices(len(atoms), k=1)
-    return np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1) / np.sqrt(len(i))
+    distances = pair_distances_numpy(atoms.positions, i, j, atoms.cell.array, atoms.pbc)
+    return distances / np.sqrt(len(i))
 
 
 def structure_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

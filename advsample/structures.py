@@ -130,6 +130,21 @@ def fixed_mask(atoms: Atoms) -> np.ndarray:
     return mask
 
 
+def held_atoms(atoms: Atoms) -> np.ndarray:
+    """[N] bool: atoms that cannot move at all (``FixAtoms``, or ``FixCartesian`` on x, y and z).
+
+    Other ASE constraints (``FixInternals``, ``FixBondLength``, ...) hold no atom in place
+    and are ignored here; ASE applies them itself in dynamics and optimizers.
+    """
+    held = np.zeros(len(atoms), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            held[constraint.index] = True
+        elif isinstance(constraint, FixCartesian) and np.all(constraint.mask):
+            held[constraint.index] = True
+    return held
+
+
 def labeled(atoms: Atoms, energy: float, forces: np.ndarray, **info) -> Atoms:
     """A copy of ``atoms`` carrying a reference ``energy`` and ``forces`` [N, 3]."""
     forces = np.asarray(forces, dtype=float)

@@ -1,7 +1,8 @@
 """Fit a committee to labeled structures: energy + force loss, early stopping on a fixed validation set.
 
-All members train together (one forward/backward per step, member axis first); each
-member keeps its own best weights on the validation set. Bootstrap resampling gives
+All members train together (one forward/backward per step); each member keeps its own
+best weights on the validation set (stacked or MemberList models alike,
+:func:`advsample.models.base.update_members`). Bootstrap resampling gives
 each member its own multiset of training structures.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from .committee import Committee
+from .models.base import member_state, update_members
 from .structures import Batch, labels_of
 
 
@@ -138,7 +140,7 @@ def train_committee(
     )
     full_batch = _Targets(train, committee) if batch_size == n_train else None
     best_loss = torch.full((n_members,), float("inf"))
-    best_state = {k: v.detach().clone() for k, v in committee.model.state_dict().items()}
+    best_state = member_state(committee.model)
     history = TrainHistory()
     since_best = 0
     bar = tqdm(range(config.epochs), desc="training committee", disable=not config.progress, leave=False)
@@ -164,9 +166,7 @@ def train_committee(
         improved = member_validation < best_loss
         if improved.any():
             best_loss = torch.where(improved, member_validation, best_loss)
-            mask = improved.to(committee.device)
-            for key, value in committee.model.state_dict().items():
-                best_state[key][mask] = value.detach()[mask]
+            update_members(committee.model, best_state, improved)
             since_best = 0
         else:
             since_best += 1

@@ -1,23 +1,32 @@
-"""Training-step speed: one batched committee of M members vs a Python loop over M one-member committees.
+"""Committee speed: batched vs member loop, training per round with cached vs per-forward neighbour lists, MACE, the attack.
 
     python benchmarks/committee_speed.py [--members 5] [--repeats 30] [--threads N] [--quick] [--json]
 
-A training step = forward + force-loss backward (create_graph) + Adam step, exactly what
-``train_committee`` does per full-batch epoch (``_Targets.member_losses``). Same inputs,
-same architecture, one process, timed in alternation after a warm-up; median of
-``--repeats``. Two systems:
+* Training step (forward + force-loss backward with create_graph + Adam, as
+  ``train_committee`` per full-batch epoch), one batched committee of M members vs a
+  Python loop over M one-member committees, timed in alternation, median of
+  ``--repeats``: MLP (3 × 64, SiLU) on 128 points of the 2D double well; SchNet (32
+  features, 2 interactions) on 118 NH3 geometries with their packaged DFT labels.
+  Goal: batched ≥ 1.5× the loop.
+* Training per round: ``train_committee`` for ``--epochs`` epochs (no early stop) with
+  neighbour lists cached per geometry (the default) and rebuilt on every forward pass
+  (``NeighbourCache(0)``), same seed and settings, alternated ``--rounds`` times (median),
+  on NH3 (118 structures) and a periodic Al(100) slab with an Au adatom (EMT labels,
+  30 rattled structures, bottom layer fixed). The final training losses of both paths
+  are reported (identical lists give identical numbers). Goal: ≥ 2×.
+* MACE committee (if the mace extra is installed): one training step, M = 3, on NH3.
+* The attack (SchNet, 64 NH3 seeds): ms per step against one bare evaluation of the
+  committee's σ²_F gradient with respect to the positions on the same batch.
 
-* MLP: ``MLPCommittee`` (3 × 64, SiLU) on 128 points of the 2D double well (left well);
-* SchNet: ``SchNetCommittee`` (defaults: 32 features, 2 interactions) on 118 NH3
-  geometries with their packaged DFT labels (labels do not change the timing).
-
-Goal: batched ≥ 1.5× faster than the loop. With ``--json`` the last line is one JSON object.
+With ``--json`` the last line is one JSON object (device included: CUDA when visible).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, interleaved_median_ms, machine, set_threads  # noqa: E402
@@ -26,8 +35,9 @@ import torch  # noqa: E402
 
 from advsample.committee import Committee  # noqa: E402
 from advsample.models import MLPCommittee, SchNetCommittee  # noqa: E402
+from advsample.models.neighbours import NeighbourCache  # noqa: E402
 from advsample.structures import labels_of  # noqa: E402
-from advsample.train import TrainConfig, _Targets  # noqa: E402
+from advsample.train import TrainConfig, _Targets, train_committee  # noqa: E402
 
 LEFT_WELL = [(-1.5, 0.0), (-1.2, 1.2)]
 
@@ -42,6 +52,102 @@ def ammonia_data(n: int = 118):
     from advsample.systems.ammonia import ammonia_dataset
 
     return ammonia_dataset()[:n]
+
+
+def slab_data(n: int = 30, seed: int = 0):
+    """Rattled Al(100) slabs (3 layers, 2 × 2) with an Au adatom, bottom layer fixed, EMT labels."""
+    import numpy as np
+    from ase.build import add_adsorbate, fcc100
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+
+    from advsample.structures import labeled
+
+    base = fcc100("Al", (2, 2, 3), vacuum=6.0)
+    add_adsorbate(base, "Au", 1.8, "hollow")
+    base.set_constraint(FixAtoms(indices=[a.index for a in base if a.tag == 3]))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = base.copy()
+        atoms.set_positions(atoms.positions + rng.normal(scale=0.08, size=atoms.positions.shape))
+        atoms.calc = EMT()
+        out.append(labeled(atoms, atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)))
+    return out
+
+
+def train_round(data, species, epochs: int, rounds: int, n_members: int) -> dict:
+    """Seconds of ``train_committee`` per round: cached neighbour lists vs rebuilt every forward pass."""
+    from advsample.committee import default_device
+
+    config = TrainConfig(epochs=epochs, patience=10 * epochs, progress=False, seed=0)
+    times = {"cached": [], "per_forward": []}
+    losses = {}
+    for _ in range(rounds):
+        for path in times:
+            committee = Committee(SchNetCommittee(n_members, species=species, seed=0)).to(default_device())
+            if path == "per_forward":
+                committee.model.neighbour_cache = NeighbourCache(0)
+            start = time.perf_counter()
+            history = train_committee(committee, data, None, config)
+            times[path].append(time.perf_counter() - start)
+            losses[path] = history.train_loss[-1]
+    cached, per_forward = statistics.median(times["cached"]), statistics.median(times["per_forward"])
+    return {
+        "s_cached": cached,
+        "s_per_forward": per_forward,
+        "speedup": per_forward / cached,
+        "final_train_loss_cached": losses["cached"],
+        "final_train_loss_per_forward": losses["per_forward"],
+        "epochs": epochs,
+        "n_structures": len(data),
+    }
+
+
+def mace_step_ms(data, repeats: int, warmup: int) -> dict | None:
+    """One MACE committee training step (M = 3, 16 channels, l ≤ 1 features, 2 interactions), or None."""
+    try:
+        from advsample.models.mace import MACECommittee
+    except ImportError:
+        return None
+    from advsample.committee import default_device
+
+    committee = Committee(MACECommittee(3, species=(1, 7), hidden_irreps="16x0e + 16x1o")).to(default_device())
+    energies, _ = labels_of(data)
+    committee.fit_normalization(energies, [len(a) for a in data])
+    committee.train()
+    targets = _Targets(data, committee)
+    step = training_step(committee, targets, TrainConfig(progress=False),
+                         torch.optim.Adam(committee.model.parameters(), lr=1e-3))
+    ms = interleaved_median_ms({"mace": step}, repeats, warmup)["mace"]
+    return {"ms_train_step": ms, "n_members": 3, "n_structures": len(data)}
+
+
+def attack_vs_gradient(n_seeds: int, n_steps: int, repeats: int, n_members: int) -> dict:
+    """ms per attack step vs one bare σ²_F gradient evaluation on the same seeds (SchNet, NH3)."""
+    from advsample.attack import AttackConfig, attack
+    from advsample.committee import default_device
+    from advsample.structures import Batch
+
+    data = ammonia_data(n_seeds)
+    committee = Committee(SchNetCommittee(n_members, seed=0)).to(default_device())
+    energies, _ = labels_of(data)
+    committee.fit_normalization(energies, [len(a) for a in data])
+    config = AttackConfig(kT=0.5, n_steps=n_steps, learning_rate=0.01)
+    batch = Batch.from_atoms(data).to(committee.device, committee.dtype)
+
+    def gradient():
+        positions = batch.positions.clone().requires_grad_(True)
+        variance = committee(batch, forces=True, create_graph=True, positions=positions).force_variance.sum()
+        torch.autograd.grad(variance, positions)
+
+    def run_attack():
+        attack(committee, data, energies, config, progress=False)
+
+    ms = interleaved_median_ms({"attack": run_attack, "gradient": gradient}, repeats, 1)
+    per_step = ms["attack"] / (n_steps + 1)  # n_steps updates, n_steps + 1 evaluations
+    return {"ms_attack_step": per_step, "ms_bare_gradient": ms["gradient"],
+            "overhead": per_step / ms["gradient"], "n_seeds": n_seeds, "n_steps": n_steps}
 
 
 def make_committee(kind: str, n_members: int, seed: int = 0, **options) -> Committee:
@@ -103,6 +209,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs per timed training round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated training rounds per path (median)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -121,6 +229,30 @@ def main(argv=None) -> dict:
         f"SchNet, {n_molecules} NH3, M={args.members}: batched {schnet['ms_batched']:.2f} ms, "
         f"loop {schnet['ms_loop']:.2f} ms, speed-up {schnet['speedup']:.2f}x"
     )
+    epochs, rounds = (3, 1) if args.quick else (args.epochs, args.rounds)
+    n_slabs = 4 if args.quick else 30
+    training = {
+        "ammonia": train_round(ammonia_data(n_molecules), (1, 7), epochs, rounds, args.members),
+        "slab": train_round(slab_data(n_slabs), (13, 79), epochs, rounds, args.members),
+    }
+    for system, t in training.items():
+        print(
+            f"training round, SchNet {system} ({t['n_structures']} structures, {epochs} epochs, M={args.members}): "
+            f"cached neighbours {t['s_cached']:.2f} s, per-forward {t['s_per_forward']:.2f} s, "
+            f"speed-up {t['speedup']:.2f}x (final loss {t['final_train_loss_cached']:.5g} vs "
+            f"{t['final_train_loss_per_forward']:.5g})"
+        )
+    mace = mace_step_ms(ammonia_data(n_molecules), repeats, warmup)
+    if mace is None:
+        print("MACE: extra not installed (pip install -e '.[mace]'), skipped")
+    else:
+        print(f"MACE committee (M=3), {n_molecules} NH3: training step {mace['ms_train_step']:.1f} ms")
+    n_seeds, n_steps = (8, 3) if args.quick else (64, 30)
+    attack_timing = attack_vs_gradient(n_seeds, n_steps, 1 if args.quick else 3, args.members)
+    print(
+        f"attack, SchNet, {n_seeds} NH3 seeds: {attack_timing['ms_attack_step']:.2f} ms per step, bare σ² "
+        f"gradient {attack_timing['ms_bare_gradient']:.2f} ms ({attack_timing['overhead']:.2f}x)"
+    )
     result = {
         "speedup_train_step": mlp["speedup"],
         "speedup_train_step_schnet": schnet["speedup"],
@@ -128,6 +260,11 @@ def main(argv=None) -> dict:
         "ms_loop": mlp["ms_loop"],
         "ms_batched_schnet": schnet["ms_batched"],
         "ms_loop_schnet": schnet["ms_loop"],
+        "training_round": training,
+        "speedup_training_ammonia": training["ammonia"]["speedup"],
+        "speedup_training_slab": training["slab"]["speedup"],
+        "mace": mace,
+        "attack": attack_timing,
         "n_members": args.members,
         "repeats": repeats,
         "quick": args.quick,

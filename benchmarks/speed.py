@@ -78,7 +78,7 @@ def al_round_2d(rounds: int, epochs: int, budget: int, attack_steps: int, n_init
 
     options = {"epochs": epochs, "budget": budget, "n_initial": n_initial, "n_test": 200, "attack_steps": attack_steps}
     with tempfile.TemporaryDirectory() as scratch:
-        run_one("double_well_2d", options, "adversarial", 0, rounds, scratch, threads=None)
+        run_one(("double_well_2d", options), "adversarial", 0, rounds, scratch, threads=None)
         return {"system": "double_well_2d", "committee": "5 MLPs 3x64", "labels": "analytic",
                 **_round_timings(scratch, rounds)}
 

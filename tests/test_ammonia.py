@@ -72,6 +72,15 @@ def test_md_stability_flags_collapse_and_reference_mismatch(tiny_committee):
     assert all("off the reference" in reason for reason in off["failures"])
 
 
+def test_md_stability_records_a_geometry_the_model_refuses(tiny_committee):
+    """Atoms inside SchNet's own overlap limit (0.3 Å): the run fails with the model's reason, the metric goes on."""
+    overlapping = nh3()
+    overlapping.positions[1] = overlapping.positions[0] + [0.2, 0.0, 0.0]
+    result = md_stability(tiny_committee, [overlapping, nh3()], temperature_K=100, n_runs=2, n_steps=4)
+    assert "model refused the geometry" in result["failures"][0] and len(result["failures"]) == 1
+    assert result["md_stable_fraction"] == 0.5
+
+
 def test_md_stability_rejects_bad_input(tiny_committee):
     with pytest.raises(ValueError):
         md_stability(tiny_committee, [], n_runs=1, n_steps=1)

@@ -32,7 +32,7 @@ def test_energy_grows_with_kT_and_uncertainty_rises(attack_inputs, surface_2d):
 
 def test_fixed_coordinates_do_not_move_and_steps_are_recorded(attack_inputs, tmp_path):
     committee, seeds, energies = attack_inputs
-    result = attack(committee, seeds[:5], energies, AttackConfig(n_steps=10, max_displacement=0.05), progress=False)
+    result = attack(committee, seeds[:5], energies, AttackConfig(kT=1.0, n_steps=10, max_displacement=0.05), progress=False)
     assert result.positions.shape == (11, 5, 3)
     assert result.variance.shape == result.energy_mean.shape == result.log_score.shape == (11, 5)
     assert np.all(result.positions[:, :, 2] == 0.0)  # z is fixed by the toy's constraint
@@ -84,7 +84,7 @@ def _schnet(min_distance: float):
 def test_contact_across_the_cell_edge_is_caught_by_the_attack():
     # 0.1 and 3.7 in a 4 Å cell are 0.4 Å apart through the boundary (3.6 Å in the cell)
     seeds = [_periodic_pair(1.0, 2.0), _periodic_pair(0.1, 3.7), _periodic_pair(0.5, 1.6)]
-    config = AttackConfig(n_steps=5, learning_rate=0.01, min_distance=0.5, uncertainty="energy")
+    config = AttackConfig(kT=1.0, n_steps=5, learning_rate=0.01, min_distance=0.5, uncertainty="energy")
     result = attack(_schnet(0.0), seeds, [0.0, 1.0], config, progress=False)
     assert result.stop_step.tolist() == [-1, 0, -1]
     assert "closer than 0.5" in result.stop_reason[1]
@@ -95,7 +95,7 @@ def test_seed_refused_by_the_model_stops_alone_and_the_batch_goes_on():
     # the attack's own check is off; SchNet's overlap check (0.3 Å) refuses seeds 1 and 3
     seeds = [_periodic_pair(1.0, 2.0), _periodic_pair(1.0, 1.2), _periodic_pair(0.5, 1.6),
              _periodic_pair(0.05, 3.85), molecule("H2")]
-    config = AttackConfig(n_steps=6, learning_rate=0.01, min_distance=0.0, uncertainty="forces")
+    config = AttackConfig(kT=1.0, n_steps=6, learning_rate=0.01, min_distance=0.0, uncertainty="forces")
     result = attack(_schnet(0.3), seeds, [0.0, 1.0], config, progress=False)
     assert result.stop_step.tolist() == [-1, 0, -1, 0, -1]
     for b in (1, 3):

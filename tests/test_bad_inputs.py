@@ -273,7 +273,7 @@ def test_unknown_sampler():
 
 
 def test_zero_budget():
-    with pytest.raises(ValueError, match=r"budget must be >= 1"):
+    with pytest.raises(ValueError, match=r"budget must be an integer >= 1"):
         SelectionConfig(budget=0)
 
 

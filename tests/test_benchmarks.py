@@ -112,7 +112,8 @@ def test_notebook_smoke(tmp_path, system):
     import papermill as pm
 
     notebook = ROOT / "notebooks" / "04_sampler_comparison.ipynb"
-    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True, "system": system},
+    pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"),
+                        parameters={"smoke": True, "system": system, "samplers": "adversarial,random"},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["smoke"] is True and summary["system"] == system

@@ -186,3 +186,32 @@ def test_nglview_draws_molecule_and_switches_frames(moved_report, page):
     assert image_stats(shot1)["fraction"] > 0.002
     assert shot0 != shot1, "the nglview frame did not change"
     assert not log.problems(), "\n".join(log.problems())
+
+
+@pytest.fixture(scope="module")
+def comparison_report(tmp_path_factory):
+    """Notebook 04 as the default report runs it: the measured 2D comparison loaded from its rows.csv."""
+    require_browser()
+    out = tmp_path_factory.mktemp("cmp") / "report"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "advsample.cli", "report", "--notebooks", "04_sampler_comparison",
+                           "-o", str(out), "-p", "csv_path", "docs/results/sample_efficiency_2d/rows.csv", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_comparison_page_shows_its_figures(comparison_report, page):
+    """The sampler-comparison page shows the comparison and kT-sweep figures as images, never '<Figure ...>' text."""
+    log = open_offline(page, (comparison_report / "04_sampler_comparison" / "04_sampler_comparison.html").as_uri())
+    save_artifact("comparison_page.png", page.screenshot(full_page=True))
+    assert "<Figure size" not in page.inner_text("body")
+    images = page.evaluate("""() => Array.from(document.querySelectorAll('.jp-OutputArea-output img')).map(e => ({
+        natural: e.naturalWidth, shown: e.getBoundingClientRect().width}))""")
+    wide = [im for im in images if im["natural"] >= 600 and im["shown"] >= 600]
+    assert len(wide) >= 2, f"comparison and kT-sweep figures missing: {images}"
+    shot = page.locator(".jp-OutputArea-output img").first.screenshot()
+    save_artifact("comparison_figure.png", shot)
+    stats = image_stats(shot)
+    assert stats["fraction"] > 0.01 and stats["std"] > 5, f"blank comparison figure: {stats}"
+    assert not log.problems(), "\n".join(log.problems())

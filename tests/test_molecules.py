@@ -1,7 +1,6 @@
 """Ammonia helpers and the GFN2-xTB reference."""
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed

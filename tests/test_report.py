@@ -107,6 +107,26 @@ def test_cli_unknown_parameter_exit_2(notebooks, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # checked before anything runs
 
 
+@pytest.mark.parametrize("value, shown", [("abc", "'abc' (str)"), ("1.5", "1.5 (float)"), ("true", "True (bool)")])
+def test_cli_wrong_type_exit_2_before_anything_runs(notebooks, tmp_path, capsys, value, shown):
+    ok, bad = notebooks
+    rc = cli.main(["report", "--notebooks", str(ok), str(bad), "-o", str(tmp_path / "r"), "-p", "n", value, "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"parameter 'n': expected int, got {shown} for ok" in err  # both notebooks declare n: int
+    assert f"parameter 'n': expected int, got {shown} for bad" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_checks_types_from_the_parameters_cell(notebooks):
+    ok, _ = notebooks
+    assert plan_parameters([ok], cli_params={"scale": 2, "n": 3})["ok"] == {"scale": 2, "n": 3}  # an int is a fine float
+    with pytest.raises(ReportError, match=r"parameter 'scale': expected float, got 'big' \(str\) for ok"):
+        plan_parameters([ok], {"scale": "big"})
+    with pytest.raises(ReportError, match=r"parameter 'smoke': expected bool, got 'yes please'"):
+        plan_parameters([ok], sections={"ok": {"smoke": "yes please"}})
+
+
 # -- a real run: one notebook passes, one fails -------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -205,3 +225,19 @@ def test_embedded_defaults_fit_the_real_notebooks():
     assert set(sections) <= stems and sections, "the defaults shorten some notebook"
     plan = plan_parameters(notebooks, global_params, sections)
     assert plan["03_ammonia_inversion"]["n_rounds"] < 5
+    notes = report.load_notes()
+    assert set(notes) == set(sections), "every shortened notebook says what its full run shows"
+    for nb in notebooks:
+        note = report.shortened_note(nb, plan[nb.stem], notes[nb.stem])
+        assert note.startswith("ran shortened") and "docs/results.md" in note
+        assert f"n_rounds={plan[nb.stem].get('n_rounds')} (own default" in note or "csv_path=" in note
+    assert report.shortened_note(notebooks[0], {}, "x") is None  # own defaults: not shortened
+
+
+def test_index_and_summary_carry_the_note(notebooks, tmp_path):
+    ok, _ = notebooks
+    results = report.build_report([ok], tmp_path / "r", {"ok": {"n": 3}}, progress=False,
+                                  notes={"ok": report.shortened_note(ok, {"n": 3}, "full run: see docs/results.md")})
+    assert results[0].note == "ran shortened for the default report: n=3 (own default 2). full run: see docs/results.md"
+    assert results[0].note in (tmp_path / "r" / "index.html").read_text()
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["ok"]["note"] == results[0].note

@@ -57,32 +57,35 @@ def test_user_system_comparison_carries_its_own_metric(tmp_path, name):
     assert summary["energy_unit"] == system.energy_unit
 
 
-def test_benchmark_script_takes_a_user_system(tmp_path):
+@pytest.mark.parametrize("name", sorted(USER))
+def test_benchmark_script_takes_a_user_system(tmp_path, name):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sample_efficiency.py"), "--system",
-         "tests.user_systems:hydrogen_peroxide", "--samplers", "adversarial,random", "--quick", "--json",
-         "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [sys.executable, str(ROOT / "benchmarks" / "sample_efficiency.py"), "--system", f"tests.user_systems:{name}",
+         "--samplers", "adversarial,random", "--quick", "--json", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["system"] == "hydrogen_peroxide"
-    assert "scan_barrier_abs_error_eV_final" in result["final"]["adversarial"]
+    assert result["system"] == name
+    assert f"{USER[name]}_final" in result["final"]["adversarial"]
+    assert USER[name] in (tmp_path / "rows.csv").read_text().splitlines()[0]
     assert (tmp_path / "comparison.png").stat().st_size > 0
 
 
-def test_notebook_04_takes_a_user_system(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(USER))
+def test_notebook_04_takes_a_user_system(tmp_path, monkeypatch, name):
     import papermill as pm
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the user's module must be importable by the kernel
     pm.execute_notebook(str(ROOT / "notebooks" / "04_sampler_comparison.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"smoke": True, "system": "tests.user_systems:tilted_well",
+                        parameters={"smoke": True, "system": f"tests.user_systems:{name}",
                                     "samplers": "adversarial,random"},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["system"] == "tilted_well" and summary["labels"][-1] > 0
-    assert "right_well_force_mae_final" in summary["final"]["adversarial"]
+    assert summary["system"] == name and summary["labels"][-1] > 0
+    assert f"{USER[name]}_final" in summary["final"]["adversarial"]
     header = (tmp_path / "sampler_comparison" / "rows.csv").read_text().splitlines()[0]
-    assert "right_well_force_mae" in header
+    assert USER[name] in header
 
 
 def test_registry_names_and_errors():
@@ -114,3 +117,26 @@ def test_system_checks_its_declaration():
     with pytest.raises(ValueError, match="built by hand"):
         hand = System("x", base.reference, base.initial, base.test, base.make_committee)
         compare.run_comparison(hand, ["random"], [0], 1, "unused", workers=2)
+
+
+def test_user_system_goes_to_worker_processes_by_name(tmp_path):
+    """workers=2 rebuilds the user's system from its spec in each process: the same rows as in-process."""
+    system = user_system("tilted_well")
+    here = compare.run_comparison(system, ["random"], [0, 1], 1, tmp_path / "a", log=None)
+    pooled = compare.run_comparison(system, ["random"], [0, 1], 1, tmp_path / "b", workers=2, log=None)
+    assert [r["force_mae"] for r in pooled] == [r["force_mae"] for r in here]
+    assert [r["right_well_force_mae"] for r in pooled] == [r["right_well_force_mae"] for r in here]
+
+
+def test_report_takes_a_user_system(tmp_path, monkeypatch):
+    """`advsample report -p system module:factory` started beside the user's module: notebook 04 runs on it."""
+    from advsample import cli
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "report"
+    rc = cli.main(["report", "--notebooks", "04_sampler_comparison", "--smoke", "-p", "system",
+                   "tests.user_systems:tilted_well", "-p", "samplers", "adversarial,random", "-o", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "04_sampler_comparison" / "summary.json").read_text())
+    assert summary["system"] == "tilted_well" and "right_well_force_mae_final" in summary["final"]["adversarial"]

@@ -18,8 +18,13 @@ class MLPCommittee(nn.Module):
     """M independent MLPs evaluated together.
 
     Input per structure: the Cartesian components ``input_axes`` of its ``n_atoms`` atoms,
-    flattened to [B, n_atoms * len(input_axes)]. Output: raw energies [M, B].
+    flattened to [B, n_atoms * len(input_axes)]. Output: raw energies [M, B]. Raw
+    coordinates are not translation, rotation or permutation invariant, and it claims none.
     """
+
+    stacked = True
+    invariances = frozenset()
+    normalized = True
 
     def __init__(
         self,

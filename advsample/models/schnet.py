@@ -17,7 +17,8 @@ Neighbours
       built in torch over the whole batch (cached while the batch layout is unchanged);
       pairs farther apart than the cutoff are dropped.
     * Periodic structures (any ``pbc`` True): ``ase.neighborlist.neighbor_list('ijS')``
-      on the CPU, per structure; r_ij = x_j - x_i + S @ cell.
+      on the CPU, per structure, kept per geometry in a :class:`~.neighbours.NeighbourCache`
+      (training structures are listed once, not every epoch); r_ij = x_j - x_i + S @ cell.
 
 Rules (each raises ``ValueError`` with a message that says what to change)
     * an element the model was not built for (``species``);
@@ -42,6 +43,7 @@ from torch import nn
 
 from ..geometry import GeometryError
 from ..structures import Batch
+from .neighbours import NeighbourCache, batch_neighbours
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,10 @@ class SchNetCommittee(nn.Module):
         min_distance: closest allowed approach of two atoms (Å); 0 disables the check.
         seed: seeds the independent initialisation of every member.
     """
+
+    stacked = True
+    invariances = frozenset({"translation", "rotation", "permutation"})
+    normalized = True
 
     def __init__(
         self,
@@ -146,6 +152,9 @@ class SchNetCommittee(nn.Module):
         spacing = self.cutoff / max(K - 1, 1)
         self.rbf_gamma = 0.5 / spacing**2
         self._pair_cache: tuple | None = None
+        # periodic neighbour lists per geometry (training reuses them every epoch);
+        # NeighbourCache(0) rebuilds them, and the molecular pairs, on every forward pass
+        self.neighbour_cache = NeighbourCache()
 
     def config(self) -> dict:
         return {
@@ -180,7 +189,7 @@ class SchNetCommittee(nn.Module):
         """All ordered pairs i != j inside each non-periodic structure: (i [P], j [P])."""
         key = (batch.structure_index, batch.pbc)
         versions = (batch.structure_index._version, batch.pbc._version)
-        if self._pair_cache is not None:
+        if self._pair_cache is not None and self.neighbour_cache.max_structures > 0:
             refs, cached_versions, pairs = self._pair_cache
             if all(r() is k for r, k in zip(refs, key)) and cached_versions == versions:
                 return pairs
@@ -200,39 +209,24 @@ class SchNetCommittee(nn.Module):
         self._pair_cache = (tuple(weakref.ref(k) for k in key), versions, pairs)
         return pairs
 
-    def _periodic_pairs(self, batch: Batch, positions: torch.Tensor, periodic: torch.Tensor):
-        """Pairs of periodic structures via ASE: (i [P], j [P], shift vectors [P, 3])."""
-        from ase import Atoms
-        from ase.neighborlist import neighbor_list
+    def _check_cell(self, b: int, cell: np.ndarray, pbc: np.ndarray) -> None:
+        """ValueError when structure ``b``'s cell is narrower than the cutoff along a periodic direction."""
+        heights = cell_heights(cell)
+        for axis in np.flatnonzero(pbc):
+            if heights[axis] < self.cutoff:
+                repeat = [int(math.ceil(self.cutoff / h)) if p and h > 0 else 1 for h, p in zip(heights, pbc)]
+                raise ValueError(
+                    f"structure {b}: periodic cell too small for the cutoff: its height along cell "
+                    f"vector {axis} is {heights[axis]:.3g} Å < cutoff {self.cutoff:g} Å; use a supercell "
+                    f"at least as wide as the cutoff, e.g. atoms.repeat({tuple(repeat)})"
+                )
 
-        device, dtype = positions.device, positions.dtype
-        index = batch.structure_index
-        first = (torch.cumsum(batch.n_atoms, 0) - batch.n_atoms).tolist()
-        reference = positions[0].detach().cpu().double().numpy()
-        cells = batch.cells.detach().cpu().double().numpy()
-        pbcs = batch.pbc.cpu().numpy()
-        index_np = index.cpu().numpy()
-        all_i, all_j, all_shift = [], [], []
-        for b in torch.nonzero(periodic).flatten().tolist():
-            cell, pbc = cells[b], pbcs[b]
-            heights = cell_heights(cell)
-            for axis in np.flatnonzero(pbc):
-                if heights[axis] < self.cutoff:
-                    repeat = [int(math.ceil(self.cutoff / h)) if p and h > 0 else 1 for h, p in zip(heights, pbc)]
-                    raise ValueError(
-                        f"structure {b}: periodic cell too small for the cutoff: its height along cell "
-                        f"vector {axis} is {heights[axis]:.3g} Å < cutoff {self.cutoff:g} Å; use a supercell "
-                        f"at least as wide as the cutoff, e.g. atoms.repeat({tuple(repeat)})"
-                    )
-            atoms = Atoms(positions=reference[index_np == b], cell=cell, pbc=pbc)
-            i, j, shift = neighbor_list("ijS", atoms, self.cutoff)
-            all_i.append(torch.as_tensor(i + first[b], dtype=torch.long))
-            all_j.append(torch.as_tensor(j + first[b], dtype=torch.long))
-            vectors = torch.as_tensor(shift, dtype=torch.float64) @ torch.as_tensor(cell)
-            all_shift.append(vectors)
-        i = torch.cat(all_i).to(device)
-        j = torch.cat(all_j).to(device)
-        return i, j, torch.cat(all_shift).to(device=device, dtype=dtype)
+    def _periodic_pairs(self, batch: Batch, positions: torch.Tensor, periodic: torch.Tensor):
+        """Pairs of periodic structures via ASE, cached per geometry: (i [P], j [P], shift vectors [P, 3])."""
+        structures = torch.nonzero(periodic).flatten().tolist()
+        return batch_neighbours(
+            self.neighbour_cache, batch, positions[0], structures, self.cutoff, check=self._check_cell
+        )
 
     def neighbours(self, batch: Batch, positions: torch.Tensor):
         """Pair indices (i [P], j [P]) and shift vectors [P, 3] (None if no periodic structure)."""

@@ -157,6 +157,7 @@ _BUILTIN = {
     "double_well_1d": "advsample.systems.toy:double_well_1d",
     "ammonia": "advsample.systems.ammonia:ammonia",
     "ethanol": "advsample.systems.ethanol:ethanol",
+    "adatom": "advsample.systems.adatom:adatom",
 }
 
 

@@ -39,6 +39,7 @@ from ..models.schnet import SchNetCommittee
 from ..molecules import KCAL_PER_MOL, relabel_xtb, relax, xtb_calculator
 from ..samplers import make_sampler
 from ..select import SelectionConfig
+from ..structures import labeled
 from ..train import TrainConfig
 from . import Metric, System
 

@@ -28,19 +28,21 @@ def toy_system(surface: ToySurface, region: Sequence[Sequence[float]] | None = N
                smoke: bool = False, n_initial: int = 128, n_test: int = 400, initial_max_energy: float | None = 0.0,
                test_max_energy: float | None = 4.0, epochs: int = 600, hidden: Sequence[int] = (64, 64, 64),
                budget: int = 20, kT: float = 1.0, displacement: float = 0.2, n_members: int = 5,
-               attack_steps: int = 60, md_steps: int = 200, kT_sweep: Sequence[float] = (0.3, 3.0)) -> System:
+               attack_steps: int = 60, md_steps: int = 200, kT_sweep: Sequence[float] = (0.3, 3.0),
+               data_seed: int = 0) -> System:
     """A :class:`System` on a toy surface (energies in the toy's arbitrary units, lengths in Å).
 
     ``region``: the (min, max) per free coordinate the initial data come from (default: the
     surface's bounds). ``smoke``: :data:`SMOKE` (seconds). Committee MD runs at k_B T = kT
-    (the toy's energy unit read as eV, as ASE MD does).
+    (the toy's energy unit read as eV, as ASE MD does). ``data_seed``: initial data drawn
+    with it, the test set with ``data_seed + 5``.
     """
     if smoke:
         n_initial, n_test, attack_steps, md_steps = (SMOKE["n_initial"], SMOKE["n_test"], SMOKE["attack_steps"],
                                                      SMOKE["md_steps"])
         epochs, budget = min(epochs, SMOKE["epochs"]), min(budget, SMOKE["budget"])
-    initial = surface.sample(n_initial, seed=0, max_energy=initial_max_energy, region=region)
-    test = surface.sample(n_test, seed=5, max_energy=test_max_energy)
+    initial = surface.sample(n_initial, seed=data_seed, max_energy=initial_max_energy, region=region)
+    test = surface.sample(n_test, seed=data_seed + 5, max_energy=test_max_energy)
     axes, hidden = tuple(range(surface.n_dims)), tuple(hidden)
 
     def make_committee(seed: int) -> Committee:

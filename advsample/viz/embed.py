@@ -29,7 +29,7 @@ import json
 import uuid
 from typing import Any, Sequence
 
-__all__ = ["FrameSlider", "frame_slider", "embed_ngl", "ngl_trajectory", "image_data_uri"]
+__all__ = ["FrameSlider", "frame_slider", "embed_ngl", "ngl_trajectory", "image_data_uri", "import_nglview"]
 
 _MIME_BY_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -211,6 +211,63 @@ def frame_slider(frames: Sequence[Any], labels: Sequence[Any] | None = None, *,
                        loop=loop, width=width)
 
 
+NGL_MODULE = "nglview-js-widgets"
+
+
+def _labextension_version(module: str = NGL_MODULE) -> str | None:
+    """Version of the JupyterLab extension ``module`` as installed (its ``package.json``), or None."""
+    import sys
+    from pathlib import Path
+
+    bases = [Path(sys.prefix) / "share" / "jupyter" / "labextensions"]
+    try:
+        from jupyter_core.paths import jupyter_path
+
+        bases = [Path(p) for p in jupyter_path("labextensions")] + bases  # the order JupyterLab uses
+    except ImportError:
+        pass
+    for base in bases:
+        package = base / module / "package.json"
+        if package.is_file():
+            return json.loads(package.read_text()).get("version")
+    return None
+
+
+def import_nglview():
+    """``nglview``, imported so that its widgets ask for the front end that is installed.
+
+    nglview 4.0.1's Python side asks for front-end version "4.0" while its JupyterLab extension
+    registers 3.1.5 (upstream nglviewer/nglview issue 1172): live JupyterLab and Notebook 7 then
+    refuse every nglview widget ("Module nglview-js-widgets, version 4.0 is not registered").
+    nglview reads the version from ``nglview._frontend`` when it is first imported (its colour
+    registry widget is created at import), so, before that import, a ``nglview._frontend`` that
+    holds the installed extension's version is put in ``sys.modules``. Nothing changes when the
+    two agree or when no lab extension is installed (papermill, the HTML reports: those inline
+    the package's own bundle). Import nglview through this function, before any ``import nglview``.
+    """
+    import importlib.util
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    if "nglview" not in sys.modules:
+        spec = importlib.util.find_spec("nglview")
+        if spec is None or spec.origin is None:
+            raise ImportError("nglview is not installed (pip install nglview)")
+        source = Path(spec.origin).with_name("_frontend.py")
+        match = re.search(r"__frontend_version__\s*=\s*['\"]([^'\"]+)", source.read_text()) if source.is_file() else None
+        installed = _labextension_version()
+        if match and installed and installed != match.group(1):
+            frontend = types.ModuleType("nglview._frontend")
+            frontend.__frontend_version__ = installed
+            frontend.requested_by_package = match.group(1)
+            sys.modules["nglview._frontend"] = frontend
+    import nglview
+
+    return nglview
+
+
 def embed_ngl(view: Any, *, representation: str = "ball+stick", repr_params: dict | None = None,
               frame_range: tuple[int, int] | None = None) -> Any:
     """Store what an embedded (kernel-less) nglview needs in the widget's own state.
@@ -231,6 +288,8 @@ def embed_ngl(view: Any, *, representation: str = "ball+stick", repr_params: dic
     Returns ``view`` so the call can be the cell's last expression.
     """
     import numpy as np
+
+    import_nglview()
     import nglview.color
     from nglview.utils.py_utils import encode_base64
 
@@ -272,8 +331,7 @@ def ngl_trajectory(images: Sequence[Any], *, representation: str = "ball+stick",
     ``representation`` and stage parameters stored by :func:`embed_ngl`; its Play button and
     slider switch frames without a kernel.
     """
-    import nglview
-
+    nglview = import_nglview()
     view = nglview.show_asetraj(list(images), **kwargs)
     view._view_height = height
     return embed_ngl(view, representation=representation, repr_params=repr_params)

@@ -116,16 +116,19 @@ def _draw(ax, atoms: Atoms, sigma: np.ndarray, axes: np.ndarray, norm, cmap, ext
     d = np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=-1)
     for a, b in zip(i[d < 1.2 * (radii[i] + radii[j])], j[d < 1.2 * (radii[i] + radii[j])]):
         ax.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.5", lw=2, zorder=1)
-    sizes = 900 * radii**2
+    # markers in data units (0.45 covalent radii), so a bigger panel shows a bigger molecule
+    fig = ax.figure
+    points_per_A = ax.get_position().width * fig.get_figwidth() * 72 / (2 * extent)
+    sizes = (2 * 0.45 * radii * points_per_A) ** 2
     scatter = ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=sigma, cmap=cmap, norm=norm, edgecolors="k", zorder=2)
     for k, z in enumerate(atoms.get_chemical_symbols()):
-        ax.annotate(z, xy[k], ha="center", va="center", fontsize=7, zorder=3)
+        ax.annotate(z, xy[k], ha="center", va="center", fontsize=9, zorder=3)
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=10)
     return scatter
 
 
@@ -159,7 +162,7 @@ def attack_strip(frames: Sequence[Atoms], sigma: np.ndarray, n_panels: int = 5,
     frames = list(frames)
     sigma, axes, extent, norm, cmap = _frame_setup(frames, sigma)
     picks = np.unique(np.linspace(0, len(frames) - 1, min(n_panels, len(frames))).round().astype(int))
-    fig, panels = plt.subplots(1, len(picks), figsize=(2.2 * len(picks) + 0.8, 2.6), squeeze=False)
+    fig, panels = plt.subplots(1, len(picks), figsize=(3.0 * len(picks) + 1.0, 3.4), squeeze=False)
     caption = caption or _caption
     for ax, t in zip(panels[0], picks):
         scatter = _draw(ax, frames[t], sigma[t], axes, norm, cmap, extent, caption(frames[t]))
@@ -170,8 +173,9 @@ def attack_strip(frames: Sequence[Atoms], sigma: np.ndarray, n_panels: int = 5,
 
 
 def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[[Atoms], str] | None = None,
-                  title: str | None = None, dpi: int = 60, interval_ms: int = 150):
-    """Every frame pre-rendered (PNG) behind a browser-side slider (:func:`advsample.viz.embed.frame_slider`)."""
+                  title: str | None = None, dpi: int = 100, interval_ms: int = 150):
+    """Every frame pre-rendered (PNG, about 420 px wide at the default ``dpi``) behind a browser-side
+    slider (:func:`advsample.viz.embed.frame_slider`)."""
     from matplotlib.figure import Figure
 
     from .embed import frame_slider
@@ -181,10 +185,10 @@ def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[
     caption = caption or _caption
     images, labels = [], []
     for t, atoms in enumerate(frames):
-        fig = Figure(figsize=(2.8, 2.8))  # not pyplot: dozens of frames would all stay open
+        fig = Figure(figsize=(5.0, 4.4))  # ~420 px wide at dpi 100; not pyplot: dozens of frames would all stay open
         ax = fig.subplots()
         scatter = _draw(ax, atoms, sigma[t], axes, norm, cmap, extent, caption(atoms))
-        fig.colorbar(scatter, ax=ax, label="force σ (eV/Å)", shrink=0.8)
+        fig.colorbar(scatter, ax=ax, label="per-atom force σ (eV/Å)", shrink=0.8)
         images.append(fig)
         labels.append(caption(atoms) or f"frame {t}")
     return frame_slider(images, labels, title=title, dpi=dpi, interval_ms=interval_ms)
@@ -207,9 +211,7 @@ def show_attack(source, committee=None, seed: int = 0, every: int = 2, live: boo
         except ImportError:
             pass
     display(attack_slider(frames, sigma, title=title))
-    import matplotlib.pyplot as plt
+    from . import show
 
-    figure = attack_strip(frames, sigma, n_panels=n_panels, title=title)
-    display(figure)
-    plt.close(figure)  # shown once: the inline backend would show an open figure again
+    show(attack_strip(frames, sigma, n_panels=n_panels, title=title))  # closed after: shown once
     return frames, sigma

@@ -320,11 +320,29 @@ def attack_frames(surface, committee, attack_or_frames, every: int = 3, maps=Non
     return frames
 
 
-def figure_png(fig: Figure, dpi: int = 80) -> bytes:
-    """PNG bytes of a figure."""
+def figure_png(fig: Figure, dpi: int = 80, tight: bool = False) -> bytes:
+    """PNG bytes of a figure (``tight``: cropped to its content, as the inline backend does)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     return buffer.getvalue()
+
+
+def round_attack(record, run_dir):
+    """The attack of one round for plotting: its ``AttackResult`` when the round ran in this
+    session, else (a resumed run: a loaded round has no proposals) the attack frames read back from
+    ``run_dir/round_NNN/trajectories.extxyz`` (``ase.Atoms`` with ``attack_seed``/``attack_step``),
+    or None when the round ran no attack (e.g. random or MD sampling)."""
+    from pathlib import Path
+
+    from ase.io import read
+
+    attacks = [p.attack for p in record.proposals if getattr(p, "attack", None) is not None]
+    if attacks:
+        return attacks[0]
+    path = Path(run_dir) / f"round_{record.round:03d}" / "trajectories.extxyz"
+    frames = read(path, index=":") if path.exists() and path.stat().st_size else []
+    frames = [atoms for atoms in frames if "attack_seed" in atoms.info]
+    return frames or None
 
 
 # -- committee quality ----------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""NN-MD stability bought with labels: classic MD-driven active learning vs the attack, on the adatom slab.
+
+    python benchmarks/md_stability.py [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
+        [--members 4] [--features 32] [--stability-runs 8] [--stability-steps 500] [--neb-steps 300]
+        [--energy-tolerance 0.2] [--md-sampler-steps 200]
+        [--samplers md,adversarial] [--out DIR] [--threads N] [--quick] [--json]
+
+The built-in ``adatom`` system (Au on Al(100), EMT, bottom layers fixed): every run starts
+from the same initial data (EMT MD in one hollow) and is scored on the same metrics after
+each round: the fraction of committee-MD runs at 450 K that stay physical and within
+0.2 eV of EMT (:func:`advsample.metrics.md_stability`), their mean time to failure, and
+the error of the committee's NEB hop barrier against EMT's 0.374 eV. Methods: ``md``
+(committee Langevin MD at 450 K, frames ranked by σ: classic active learning) and
+``adversarial`` (the batched attack, ranked by log σ² − Ē/kT), both with ``--labels`` new
+EMT labels per round.
+
+Reported per method: mean, min and max over seeds of each figure after each round, with
+labels used and reference calls (``metrics["reference_calls"]`` of each round: every EMT
+call paid for training labels, failed ones included); and the labels and reference calls
+each method needs to reach classic MD-AL's final mean stable fraction and barrier error
+(null where not reached; the ratio adversarial/md labels is null also when md's final
+figure is no better than round 0's, reached with 0 labels). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
+last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, machine, set_threads  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from advsample.loop import ActiveLearning  # noqa: E402
+from advsample.samplers import make_sampler  # noqa: E402
+from advsample.systems import get_system  # noqa: E402
+
+FIGURES = ("md_stable_fraction", "mean_time_to_failure_fs", "barrier_error_eV", "force_mae")
+HIGHER_IS_BETTER = {"md_stable_fraction": True, "mean_time_to_failure_fs": True, "barrier_error_eV": False,
+                    "force_mae": False}
+
+
+def sampler_for(name: str, system):
+    """The system's sampler settings: ``md`` from ``system.md``, ``adversarial`` from ``system.attack``."""
+    if name == "md":
+        return make_sampler("md", **system.md)
+    if name == "adversarial":
+        return make_sampler("adversarial", **system.attack)
+    raise ValueError(f"unknown method {name!r}: this benchmark compares 'md' and 'adversarial'")
+
+
+def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> list[dict]:
+    """Rows (one per round) of one method and seed."""
+    run = ActiveLearning.from_system(system, os.path.join(out_dir, f"{method}_seed{seed}"), sampler_for(method, system),
+                                     seed=seed, progress=False)
+    rows = []
+    for record in run.irun(rounds):
+        m = record.metrics
+        extra = m.get("extra", {})
+        row = {
+            "method": method, "seed": seed, "round": m["round"], "labels": m["labels_used"],
+            "reference_calls": m["reference_calls"], "force_mae": m["test"]["force_mae"],
+            **{k: extra[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs", "barrier_error_eV",
+                                     "barrier_eV", "barrier_reference_eV", "time_to_failure_fs")},
+            "train_s": m["training"]["train_s"],
+        }
+        rows.append(row)
+        log(f"{method} seed {seed} round {row['round']}: labels {row['labels']}, stable {row['md_stable_fraction']:.2f}, "
+            f"mean TTF {row['mean_time_to_failure_fs']:.0f} fs, |barrier error| {row['barrier_error_eV']:.3f} eV, "
+            f"force MAE {row['force_mae']:.3f} eV/Å")
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{method: [per round: labels, reference_calls and mean/min/max over seeds of each figure]}."""
+    summary = {}
+    for method in sorted({r["method"] for r in rows}):
+        lines = []
+        for number in sorted({r["round"] for r in rows if r["method"] == method}):
+            chosen = [r for r in rows if r["method"] == method and r["round"] == number]
+            line = {"round": number, "labels": int(np.mean([r["labels"] for r in chosen])),
+                    "reference_calls": float(np.mean([r["reference_calls"] for r in chosen])), "n_seeds": len(chosen)}
+            for key in FIGURES:
+                values = np.array([r[key] for r in chosen], dtype=float)
+                finite = values[np.isfinite(values)]
+                line[key] = {"mean": float(finite.mean()) if len(finite) else None,
+                             "min": float(finite.min()) if len(finite) else None,
+                             "max": float(finite.max()) if len(finite) else None,
+                             "n_nan": int((~np.isfinite(values)).sum())}
+            lines.append(line)
+        summary[method] = lines
+    return summary
+
+
+def cost_to_reach(summary: dict, key: str, target: float | None) -> dict:
+    """{method: {labels, reference_calls} of the first round whose mean ``key`` reaches ``target``, or None}."""
+    out = {}
+    for method, lines in summary.items():
+        out[method] = None
+        if target is None:
+            continue
+        for line in lines:
+            value = line[key]["mean"]
+            if value is not None and (value >= target if HIGHER_IS_BETTER[key] else value <= target):
+                out[method] = {"labels": line["labels"], "reference_calls": line["reference_calls"],
+                               "round": line["round"]}
+                break
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--labels", type=int, default=10, help="new EMT labels per round")
+    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (system default 600)")
+    parser.add_argument("--members", type=int, default=None, help="committee size (system default 4)")
+    parser.add_argument("--features", type=int, default=None, help="SchNet feature width (system default 32)")
+    parser.add_argument("--stability-runs", type=int, default=None, help="MD runs per evaluation (default 8)")
+    parser.add_argument("--stability-steps", type=int, default=None, help="2 fs steps per MD run (default 500)")
+    parser.add_argument("--neb-steps", type=int, default=None, help="BFGS steps of the committee NEB (default 300)")
+    parser.add_argument("--energy-tolerance", type=float, default=None,
+                        help="eV off EMT that fails an MD run (default 0.2)")
+    parser.add_argument("--md-sampler-steps", type=int, default=None,
+                        help="steps per committee-MD trajectory of the md sampler (system default 200)")
+    parser.add_argument("--samplers", default="md,adversarial")
+    parser.add_argument("--out", default="benchmarks/results/md_stability")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="the smoke system, 1 seed, 1 round (tests)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    methods = [m for m in args.samplers.split(",") if m]
+    for method in methods:
+        if method not in ("md", "adversarial"):
+            parser.error(f"unknown sampler {method!r}: choose md and/or adversarial")
+    options = {key: value for key, value in {
+        "budget": args.labels, "epochs": args.epochs, "n_members": args.members, "n_features": args.features,
+        "stability_runs": args.stability_runs, "stability_steps": args.stability_steps, "neb_steps": args.neb_steps,
+        "energy_tolerance_eV": args.energy_tolerance,
+    }.items() if value is not None}
+    seeds, rounds = args.seeds, args.rounds
+    if args.quick:
+        seeds, rounds = 1, 1
+        options = {"smoke": True, "budget": min(args.labels, 2)}
+    system = get_system("adatom", **options)
+    if args.md_sampler_steps is not None and not args.quick:
+        system = replace(system, md={**system.md, "n_steps": args.md_sampler_steps})
+        options["md_sampler_steps"] = args.md_sampler_steps
+    os.makedirs(args.out, exist_ok=True)
+    print(f"adatom: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} labels", flush=True)
+    start = time.perf_counter()
+    rows = []
+    for seed in range(seeds):
+        for method in methods:
+            rows += run_one(system, method, seed, rounds, os.path.join(args.out, "runs"), lambda s: print(s, flush=True))
+    elapsed = time.perf_counter() - start
+    summary = summarize(rows)
+    baseline = summary.get("md", [None])[-1]
+    targets = {key: (baseline[key]["mean"] if baseline else None) for key in ("md_stable_fraction", "barrier_error_eV")}
+    reach = {key: cost_to_reach(summary, key, target) for key, target in targets.items()}
+    ratios = {}
+    for key, costs in reach.items():  # None unless md improved on round 0 and the attack reached it too
+        md_labels = costs["md"]["labels"] if costs.get("md") else 0
+        ratios[key] = costs["adversarial"]["labels"] / md_labels if md_labels and costs.get("adversarial") else None
+    output = {
+        "system": "adatom",
+        "methods": methods,
+        "seeds": seeds,
+        "rounds": rounds,
+        "labels_per_round": system.selection.budget,
+        "barrier_reference_eV": rows[0]["barrier_reference_eV"],
+        "summary": summary,
+        "targets_md_final": targets,
+        "cost_to_reach_md_final": reach,
+        "label_ratio_adversarial_over_md": ratios,
+        "options": options,
+        "wall_s": elapsed,
+        "quick": args.quick,
+        "machine": machine(),
+    }
+    with open(os.path.join(args.out, "rows.json"), "w") as handle:
+        json.dump(rows, handle, indent=1, default=float)
+    with open(os.path.join(args.out, "summary.json"), "w") as handle:
+        json.dump(output, handle, indent=1, default=float)
+    for method, lines in summary.items():
+        for line in lines:
+            print(f"{method:12s} round {line['round']} labels {line['labels']:3d} calls {line['reference_calls']:5.0f}  "
+                  + "  ".join(f"{k} {line[k]['mean']}" for k in FIGURES))
+    print(f"labels (adversarial / md) to reach md's final figures: {ratios}")
+    emit(output, args.json)
+    return output
+
+
+if __name__ == "__main__":
+    main()

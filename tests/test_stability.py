@@ -1,0 +1,41 @@
+"""Survival curves of md_stability results; the MD-stability benchmark (--quick --json)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advsample.metrics import survival_curve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_survival_curve_steps_down_at_each_failure():
+    result = {"n_runs": 4, "n_steps": 100, "timestep_fs": 2.0, "time_to_failure_fs": [50.0, None, 10.0, 50.0]}
+    times, fraction = survival_curve(result)
+    assert times.tolist() == [0.0, 10.0, 50.0, 50.0, 200.0]
+    assert fraction.tolist() == [1.0, 0.75, 0.5, 0.25, 0.25]
+    stable = survival_curve({**result, "time_to_failure_fs": [None] * 4})
+    assert stable[0].tolist() == [0.0, 200.0] and stable[1].tolist() == [1.0, 1.0]
+
+
+def test_md_stability_benchmark_quick(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_stability.py"), "--quick", "--json",
+                              "--out", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert set(result["summary"]) == {"md", "adversarial"}
+    assert result["barrier_reference_eV"] == pytest.approx(0.374, abs=0.002)
+    for lines in result["summary"].values():
+        assert [line["round"] for line in lines] == [0, 1]
+        assert lines[1]["labels"] == result["labels_per_round"]  # equal labels for both methods
+        assert lines[1]["reference_calls"] >= lines[1]["labels"]
+        assert 0.0 <= lines[1]["md_stable_fraction"]["mean"] <= 1.0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 4 and all(np.isfinite(r["force_mae"]) for r in rows)
+    assert set(result["cost_to_reach_md_final"]) == {"md_stable_fraction", "barrier_error_eV"}
