@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--labels", type=int, default=None, help="new reference labels per round (default: the system's)")
     parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the system's)")
-    parser.add_argument("--samplers", default=",".join(compare.SAMPLERS))
+    parser.add_argument("--samplers", default=",".join(compare.DEFAULT_METHODS),
+                        help=f"comma-separated, of {','.join(compare.SAMPLERS)}")
     parser.add_argument("--kT-sweep", default=None, help="extra attack temperatures (default: the system's)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")

@@ -80,7 +80,7 @@ def test_double_well(launched, name):
 
 def test_sample_efficiency(launched):
     result, out = result_of(launched, "sample_efficiency")
-    assert set(compare.SAMPLERS) <= set(result["final"])
+    assert set(compare.DEFAULT_METHODS) <= set(result["final"])
     assert any("_kT" in m for m in result["final"])
     assert len({line["labels"] for line in result["final"].values()}) == 1  # equal labels
     assert "label_ratio_random_over_adversarial" in result
