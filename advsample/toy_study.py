@@ -41,6 +41,7 @@ class ToyStudy:
     epochs: int = 1500
     seed: int = 0
     smoke: bool = False
+    retry_failures: bool = False  # recompute reference labels whose failure is cached (after fixing the reference)
     run_dir: Path = field(default=None)
     records: list = field(default_factory=list, repr=False)
 
@@ -84,6 +85,7 @@ class ToyStudy:
         return ActiveLearning.from_system(
             self.system, self.run_dir, sampler, seed=self.seed, reference=reference, executor=executor,
             train_config=replace(self.system.train, learning_rate=self.learning_rate), progress=False,
+            retry_failures=self.retry_failures,
         )
 
     def run(self, verbose: bool = True) -> list:

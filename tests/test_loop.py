@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,18 @@ def test_a_damaged_round_file_is_named_on_resume(tmp_path):
     train.write_text("".join(lines[: -1]))  # cut inside a frame: named too
     with pytest.raises(ValueError, match=r"round_001/train.extxyz"):
         make_loop(tmp_path / "run", double_well_1d(), epochs=5).run(1)
+
+
+def test_notebooks_and_report_expose_retry_failures(tmp_path):
+    """`-p retry_failures True` (papermill or advsample report) reaches the run of notebooks 01-03."""
+    import papermill as pm
+
+    from advsample.systems.ammonia import AmmoniaALConfig
+    from advsample.toy_study import ToyStudy
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for stem in ("01_double_well_1d", "02_double_well_2d", "03_ammonia_inversion"):
+        assert pm.inspect_notebook(str(root / f"{stem}.ipynb"))["retry_failures"]["inferred_type_name"] == "bool"
+    study = ToyStudy("double_well_1d", smoke=True, retry_failures=True, run_dir=tmp_path / "toy")
+    assert study.learner(None).retry_failures is True
+    assert AmmoniaALConfig(retry_failures=True).retry_failures is True

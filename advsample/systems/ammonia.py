@@ -259,6 +259,7 @@ class AmmoniaALConfig:
     md_check_frames: int = 5  # MD frames per run compared with xTB
     seed: int = 0
     executor: str = "inline"  # labeling executor: inline | processes | parsl | parsl:CONFIG.py
+    retry_failures: bool = False  # recompute reference labels whose failure is cached (after fixing the reference)
 
     def __post_init__(self):
         if self.n_rounds < 0:
@@ -356,7 +357,7 @@ def ammonia_active_learning(
         warm_start=config.warm_start, oversample=config.oversample,
         executor=executor or make_executor(config.executor), seed=config.seed,
         extra_metrics=committee_metrics(config, md_starts), progress=progress, kT=config.kT,
-        uncertainty=config.uncertainty,
+        uncertainty=config.uncertainty, retry_failures=config.retry_failures,
     )
 
 
