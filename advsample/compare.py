@@ -340,16 +340,19 @@ def check_equal_labels(rows: Sequence[dict]) -> dict[int, int]:
     return reference
 
 
+def _factory_or_none(name: str):
+    try:
+        return resolve_factory(name)
+    except (TypeError, ValueError):
+        return None
+
+
 def declared_metrics(system: "System | str", rows: Sequence[dict] = ()) -> list[Metric]:
     """What a system reports: its declared metrics (a System, or a built-in factory's
     ``metrics``), else the rows' own metric columns, after the test errors."""
     if isinstance(system, System):
         return system.all_metrics()
-    declared = None
-    try:
-        declared = getattr(resolve_factory(system), "metrics", None)
-    except (TypeError, ValueError):
-        pass
+    declared = getattr(_factory_or_none(system), "metrics", None)
     if declared is not None:
         return [*TEST_METRICS, *declared]
     known = {m.name for m in TEST_METRICS} | _BOOKKEEPING | {"selected_energy_mean"}
@@ -388,13 +391,6 @@ def aggregate(rows: Sequence[dict], system: "System | str | None" = None) -> dic
         summary["methods"][method] = entry
         summary["reference_calls"][method] = entry["reference_calls"]["mean"]
     return summary
-
-
-def _factory_or_none(name: str):
-    try:
-        return resolve_factory(name)
-    except (TypeError, ValueError):
-        return None
 
 
 def _metrics_of(summary: dict) -> list[Metric]:
