@@ -1,15 +1,18 @@
-"""Compare samplers on a system at an equal number of reference labels, over several random seeds.
+"""Compare samplers on a system at equal cost - reference labels, or reference calls - over several random seeds.
 
 One *method* is a sampler with the system's settings for it (``adversarial``, ``random``,
 ``random_scored``, ``md``, ``mixed``, any other name :func:`advsample.samplers.make_sampler`
 knows, and ``adversarial_kT<x>`` for the temperature sweep). Every run starts from the
-system's initial data, is tested on its fixed test set, and labels the same budget per
-round; it differs only in the method and the seed (committee initialisation, validation
-split, sampler randomness).
+system's initial data, is tested on its fixed test set, and spends the same budget per
+round - ``budget_unit="labels"`` (each round adds ``budget`` labels; reference calls are
+reported beside them) or ``"reference_calls"`` (each round pays exactly ``budget`` reference
+calls, failed and outside-window ones included, and keeps the labels they give: the cost a
+user pays); it differs only in the method and the seed (committee initialisation,
+validation split, sampler randomness).
 
     system = get_system("double_well_2d")        # or a System of your own, or "module:factory"
     rows = run_comparison(system, ["adversarial", "random"], seeds=[0, 1, 2], rounds=5, out_dir="runs")
-    summary = aggregate(rows, system)            # raises UnequalLabelsError if budgets/labels differ
+    summary = aggregate(rows, system)            # raises UnequalCostError if budgets/labels (calls) differ
     label_ratio(summary, "random", "adversarial")
     comparison_figure(summary)
 
@@ -38,13 +41,15 @@ from .samplers import SAMPLERS, MixedSampler, Sampler, make_sampler
 from .systems import TEST_METRICS, Metric, System, get_system, resolve_factory
 
 ROW_FIELDS = [
-    "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "n_train", "reference_calls",
+    "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "budget_unit", "n_train",
+    "reference_calls", "reference_calls_failed", "reference_calls_outside_window",
     "energy_unit", "force_mae", "energy_mae", "force_rmse", "force_spearman", "force_miscalibration_area",
     "selected_energy_mean", "selected_energy_max", "selected_energy_median", "sample_s", "select_s", "label_s",
     "train_s",
 ]
-_TEXT = ("system", "method", "sampler", "energy_unit")
-_INTEGERS = ("seed", "round", "labels", "budget", "n_train", "reference_calls")
+_TEXT = ("system", "method", "sampler", "energy_unit", "budget_unit")
+_INTEGERS = ("seed", "round", "labels", "budget", "n_train", "reference_calls", "reference_calls_failed",
+             "reference_calls_outside_window")
 _BOOKKEEPING = {*ROW_FIELDS} - {m.name for m in TEST_METRICS} - {"selected_energy_mean"}
 SMOKE_RUN = {"budget": 4, "epochs": 15}
 # the benchmark's and plan()'s default methods: the five measured since the project began (the
@@ -52,8 +57,8 @@ SMOKE_RUN = {"budget": 4, "epochs": 15}
 DEFAULT_METHODS = ("adversarial", "random", "random_scored", "md", "mixed")  # a run's cap in smoke mode, for systems without smoke settings of their own
 
 
-class UnequalLabelsError(ValueError):
-    """Runs being compared did not use the same reference labels per round."""
+class UnequalCostError(ValueError):
+    """Runs being compared did not spend the same budget (labels, or reference calls) per round."""
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -112,7 +117,7 @@ def make_method(system: System, method: str) -> tuple[Sampler, Objective]:
 
 
 # -- runs ----------------------------------------------------------------------------------
-def _row(system: System, method: str, kT: float, seed: int, budget: int, metrics: dict) -> dict:
+def _row(system: System, method: str, kT: float, seed: int, selection, metrics: dict) -> dict:
     test = metrics.get("test", {})
     extra = metrics.get("extra", {})
     timings = metrics.get("timings", {})
@@ -125,9 +130,12 @@ def _row(system: System, method: str, kT: float, seed: int, budget: int, metrics
         "seed": seed,
         "round": metrics["round"],
         "labels": metrics["labels_used"],
-        "budget": budget,
+        "budget": selection.budget,
+        "budget_unit": selection.budget_unit,
         "n_train": metrics["n_train"],
         "reference_calls": metrics.get("reference_calls", math.nan),
+        "reference_calls_failed": metrics.get("reference_calls_failed", math.nan),
+        "reference_calls_outside_window": metrics.get("reference_calls_outside_window", math.nan),
         "energy_unit": system.energy_unit,
         **{m.name: test.get(m.name, math.nan) for m in TEST_METRICS},
         "selected_energy_mean": float(energies.mean()) if energies.size else math.nan,
@@ -141,19 +149,25 @@ def _row(system: System, method: str, kT: float, seed: int, budget: int, metrics
     return row
 
 
-def _settings(system: System, budget: int | None, epochs: int | None) -> dict:
-    """ActiveLearning overrides of a run: the comparison's budget and epochs."""
+def _settings(system: System, budget: int | None, epochs: int | None, budget_unit: str | None = None,
+              window_sigmas: float | None = None) -> dict:
+    """ActiveLearning overrides of a run: the comparison's budget (and its unit), energy-window bound and epochs."""
     selection = replace(system.selection, budget=int(budget)) if budget else system.selection
+    selection = replace(selection, budget_unit=budget_unit) if budget_unit else selection
+    selection = replace(selection, window_sigmas=float(window_sigmas)) if window_sigmas is not None else selection
     train = replace(system.train, epochs=int(epochs)) if epochs else system.train
     return {"selection": selection, "train_config": train}
 
 
 def run_one(system: "System | tuple[str, dict] | str", method: str, seed: int, rounds: int, run_dir: str | Path,
-            budget: int | None = None, epochs: int | None = None, threads: int | None = 1) -> list[dict]:
+            budget: int | None = None, epochs: int | None = None, threads: int | None = 1,
+            budget_unit: str | None = None, window_sigmas: float | None = None) -> list[dict]:
     """One active-learning run; returns one row per round (0..rounds). Resumes from ``run_dir``.
 
     ``system``: a System, a name, or a ``(name, options)`` spec (rebuilt in this process).
-    ``budget`` / ``epochs``: override the system's labels per round / training epochs.
+    ``budget`` / ``epochs`` / ``budget_unit`` / ``window_sigmas``: override the system's budget
+    per round (labels, or reference calls) / training epochs / the energy window's upper
+    confidence bound (:class:`~advsample.select.SelectionConfig`).
     """
     import torch
 
@@ -165,19 +179,20 @@ def run_one(system: "System | tuple[str, dict] | str", method: str, seed: int, r
         system = get_system(system[0], **system[1])
     system = get_system(system)
     sampler, objective = make_method(system, method)
-    settings = _settings(system, budget, epochs)
+    settings = _settings(system, budget, epochs, budget_unit, window_sigmas)
     loop = ActiveLearning.from_system(system, run_dir, sampler, seed=seed, kT=objective.kT, progress=False, **settings)
-    budget = settings["selection"].budget
-    return [_row(system, method, objective.kT, seed, budget, record.metrics) for record in loop.irun(rounds)]
+    return [_row(system, method, objective.kT, seed, settings["selection"], record.metrics)
+            for record in loop.irun(rounds)]
 
 
 def run_comparison(system: "System | str", methods: Sequence[str], seeds: Sequence[int], rounds: int,
                    out_dir: str | Path, budget: int | None = None, epochs: int | None = None, workers: int = 1,
-                   log: Callable[[str], None] | None = print) -> list[dict]:
+                   log: Callable[[str], None] | None = print, budget_unit: str | None = None) -> list[dict]:
     """Every (method, seed) run on a system; rows sorted by method, seed, round. Run directories under ``out_dir``.
 
     ``system``: a :class:`System` or a name / ``"module:factory"`` (:func:`get_system`).
-    ``budget`` / ``epochs``: labels per round and training epochs (default: the system's).
+    ``budget`` / ``epochs``: labels per round and training epochs (default: the system's);
+    ``budget_unit="reference_calls"``: the budget counts reference calls (default: the system's, labels).
     ``workers`` > 1 runs in a process pool (one torch thread each); the system then goes to
     the workers by its ``spec`` (a system built by :func:`get_system`).
     """
@@ -204,12 +219,12 @@ def run_comparison(system: "System | str", methods: Sequence[str], seeds: Sequen
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             futures = {(m, s): pool.submit(run_one, system.spec, m, s, rounds, out_dir / f"{m}_seed{s}", budget,
-                                           epochs) for m, s in jobs}
+                                           epochs, 1, budget_unit) for m, s in jobs}
             for (m, s), future in futures.items():
                 done(m, s, future.result())
     else:
         for m, s in jobs:
-            done(m, s, run_one(system, m, s, rounds, out_dir / f"{m}_seed{s}", budget, epochs))
+            done(m, s, run_one(system, m, s, rounds, out_dir / f"{m}_seed{s}", budget, epochs, 1, budget_unit))
     order = {m: i for i, m in enumerate(methods)}
     rows.sort(key=lambda r: (order[r["method"]], r["seed"], r["round"]))
     return rows
@@ -217,7 +232,8 @@ def run_comparison(system: "System | str", methods: Sequence[str], seeds: Sequen
 
 @dataclass
 class Plan:
-    """A comparison to run: the system, methods (samplers + sweep), seeds, rounds, labels per round, epochs."""
+    """A comparison to run: the system, methods (samplers + sweep), seeds, rounds, budget per round
+    (labels, or reference calls with ``budget_unit="reference_calls"``), epochs."""
 
     system: System
     methods: list[str]
@@ -226,25 +242,28 @@ class Plan:
     budget: int
     epochs: int
     workers: int = 1
+    budget_unit: str = "labels"
 
     def run(self, out_dir: str | Path, log: Callable[[str], None] | None = print) -> list[dict]:
         """:func:`run_comparison` of this plan, run directories under ``out_dir``."""
         return run_comparison(self.system, self.methods, self.seeds, self.rounds, out_dir, budget=self.budget,
-                              epochs=self.epochs, workers=self.workers, log=log)
+                              epochs=self.epochs, workers=self.workers, log=log, budget_unit=self.budget_unit)
 
     def __str__(self) -> str:
+        unit = "reference calls" if self.budget_unit == "reference_calls" else "labels"
         return (f"{self.system.name}: methods {self.methods}, {len(self.seeds)} seed(s), {self.rounds} round(s) x "
-                f"{self.budget} labels, {self.epochs} epochs max, {self.workers} worker(s)")
+                f"{self.budget} {unit}, {self.epochs} epochs max, {self.workers} worker(s)")
 
 
 def plan(system: "System | str", samplers: "str | Sequence[str]" = DEFAULT_METHODS, kT_sweep="default",
          n_seeds: int = 3, rounds: int = 4, budget: int | None = None, epochs: int | None = None, workers: int = 1,
-         smoke: bool = False) -> Plan:
+         smoke: bool = False, budget_unit: str | None = None) -> Plan:
     """The comparison the benchmark and notebook 04 run, checked before anything runs.
 
     ``samplers``: comma-separated or a list; ``kT_sweep``: extra attack temperatures
     (comma-separated, a list, ``"default"``/None for the system's, ``""`` for none);
-    ``budget`` / ``epochs`` 0 or None: the system's. ``smoke``: the system's smoke version,
+    ``budget`` / ``epochs`` 0 or None: the system's; ``budget_unit``: "labels" or
+    "reference_calls" (None: the system's). ``smoke``: the system's smoke version,
     at most 2 seeds, 1 round, one sweep temperature, :data:`SMOKE_RUN` labels and epochs.
     """
     if isinstance(system, str):
@@ -258,11 +277,12 @@ def plan(system: "System | str", samplers: "str | Sequence[str]" = DEFAULT_METHO
         raise ValueError(f"n_seeds, rounds and workers must be >= 1 and budget, epochs >= 0; got n_seeds={n_seeds}, "
                          f"rounds={rounds}, workers={workers}, budget={budget}, epochs={epochs}")
     budget, epochs = budget or system.selection.budget, epochs or system.train.epochs
+    budget_unit = replace(system.selection, budget_unit=budget_unit or system.selection.budget_unit).budget_unit
     if smoke:
         n_seeds, rounds, workers, sweep = min(n_seeds, 2), 1, 1, sweep[:1]
         budget, epochs = min(budget, SMOKE_RUN["budget"]), min(epochs, SMOKE_RUN["epochs"])
     methods = check_methods([*names, *(method_name("adversarial", kT) for kT in sweep)])
-    return Plan(system, methods, list(range(n_seeds)), rounds, budget, epochs, workers)
+    return Plan(system, methods, list(range(n_seeds)), rounds, budget, epochs, workers, budget_unit)
 
 
 def find_csv(path: str | Path) -> Path:
@@ -310,32 +330,44 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 # -- aggregation ---------------------------------------------------------------------------
-def check_equal_labels(rows: Sequence[dict]) -> dict[int, int]:
-    """{round: labels} shared by every run; raises :class:`UnequalLabelsError` otherwise.
+def budget_unit(rows: Sequence[dict]) -> str:
+    """The budget unit every row shares ("labels" for rows written before the unit existed);
+    raises :class:`UnequalCostError` when runs counted their budgets in different units."""
+    units = {r.get("budget_unit") or "labels" for r in rows}
+    if len(units) > 1:
+        raise UnequalCostError(f"runs with budgets in different units cannot be compared: {sorted(units)}")
+    return units.pop() if units else "labels"
 
-    Every run must have the same budget per round, the same rounds, and have used the same
-    number of reference labels at each round (a run that could not fill its budget is not
-    comparable at equal labels).
+
+def check_equal_cost(rows: Sequence[dict]) -> dict[int, int]:
+    """{round: cost} shared by every run; raises :class:`UnequalCostError` otherwise.
+
+    The cost is the rows' budget unit: new labels (``budget_unit="labels"``) or reference
+    calls paid (``"reference_calls"``). Every run must have the same budget per round, the
+    same rounds, and have spent the same cost at each round (a run that could not fill its
+    budget is not comparable at equal cost).
     """
     if not rows:
         raise ValueError("no runs to compare")
     systems = {r["system"] for r in rows}
     if len(systems) > 1:
-        raise UnequalLabelsError(f"runs on different systems cannot be compared: {sorted(systems)}")
+        raise UnequalCostError(f"runs on different systems cannot be compared: {sorted(systems)}")
+    unit = budget_unit(rows)
+    key, words = ("reference_calls", "reference calls") if unit == "reference_calls" else ("labels", "reference labels")
     budgets = {r["budget"] for r in rows}
     if len(budgets) > 1:
-        raise UnequalLabelsError(f"runs with different label budgets per round: {sorted(budgets)}")
+        raise UnequalCostError(f"runs with different budgets per round ({words}): {sorted(budgets)}")
     runs: dict[tuple, dict[int, int]] = {}
     for r in rows:
-        runs.setdefault((r["method"], r["seed"]), {})[int(r["round"])] = int(r["labels"])
+        runs.setdefault((r["method"], r["seed"]), {})[int(r["round"])] = int(r[key])
     reference_run, reference = next(iter(runs.items()))
-    for run, labels in runs.items():
-        if labels != reference:
-            differing = sorted(k for k in set(labels) | set(reference) if labels.get(k) != reference.get(k))
-            raise UnequalLabelsError(
-                f"run {run[0]} seed {run[1]} used labels {[labels.get(k) for k in differing]} at rounds {differing}, "
+    for run, spent in runs.items():
+        if spent != reference:
+            differing = sorted(k for k in set(spent) | set(reference) if spent.get(k) != reference.get(k))
+            raise UnequalCostError(
+                f"run {run[0]} seed {run[1]} used {words} {[spent.get(k) for k in differing]} at rounds {differing}, "
                 f"run {reference_run[0]} seed {reference_run[1]} used {[reference.get(k) for k in differing]}: "
-                "samplers are compared only at equal reference labels"
+                f"samplers are compared only at equal {words}"
             )
     return reference
 
@@ -361,22 +393,28 @@ def declared_metrics(system: "System | str", rows: Sequence[dict] = ()) -> list[
 
 
 def aggregate(rows: Sequence[dict], system: "System | str | None" = None) -> dict:
-    """Mean, std, min, max over seeds per method and round, after :func:`check_equal_labels`.
+    """Mean, std, min, max over seeds per method and round, after :func:`check_equal_cost`.
 
     ``system``: the System (or name) the rows come from, for its metric declarations
-    (default: the rows' system name). Returns {"system", "energy_unit", "labels": [L per
-    round], "rounds", "reference_calls": {method: [mean per round]}, "metrics": [declared
-    metrics as dicts], "methods": {method: {metric: {"mean": [...], "std": [...], "min":
-    [...], "max": [...]}, "n_seeds": n, "kT": kT}}}.
+    (default: the rows' system name). Returns {"system", "energy_unit", "budget_unit",
+    "cost": [shared cost per round: labels or reference calls], "labels": [L per round] (None
+    at equal reference calls, where each method's labels are in its "labels" entry),
+    "rounds", "reference_calls": {method: [mean per round]}, "metrics": [declared metrics as
+    dicts], "methods": {method: {metric: {"mean": [...], "std": [...], "min": [...], "max":
+    [...]}, "n_seeds": n, "kT": kT}}}.
     """
-    labels_by_round = check_equal_labels(rows)
-    rounds = sorted(labels_by_round)
+    cost_by_round = check_equal_cost(rows)
+    unit = budget_unit(rows)
+    rounds = sorted(cost_by_round)
+    cost = [cost_by_round[k] for k in rounds]
     declared = declared_metrics(system if system is not None else rows[0]["system"], rows)
-    unit = rows[0].get("energy_unit") or (system.energy_unit if isinstance(system, System) else "") or \
+    energy_unit = rows[0].get("energy_unit") or (system.energy_unit if isinstance(system, System) else "") or \
         getattr(_factory_or_none(rows[0]["system"]), "energy_unit", "arb. units")
-    summary = {"system": rows[0]["system"], "energy_unit": unit, "labels": [labels_by_round[k] for k in rounds],
-               "rounds": rounds, "metrics": [asdict(m) for m in declared], "methods": {}, "reference_calls": {}}
-    names = [m.name for m in declared] + ["selected_energy_mean", "reference_calls"]
+    summary = {"system": rows[0]["system"], "energy_unit": energy_unit, "budget_unit": unit, "cost": cost,
+               "labels": cost if unit == "labels" else None, "rounds": rounds,
+               "metrics": [asdict(m) for m in declared], "methods": {}, "reference_calls": {}}
+    names = [m.name for m in declared] + ["selected_energy_mean", "reference_calls", "reference_calls_failed",
+                                          "reference_calls_outside_window", "labels"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         entry = {"n_seeds": len({r["seed"] for r in mine}), "kT": mine[0]["kT"]}
@@ -427,9 +465,10 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
     :func:`labels_to_reach` (first crossing, log-linear between rounds). ``ratio`` > 1:
     the baseline needs more labels; < 1: fewer. None when the baseline never reaches the
     target within the budget (then ``ratio_at_least`` = budget / labels ``method`` needs,
-    a lower bound) or when the target is not below the round-0 error.
+    a lower bound) or when the target is not below the round-0 error. At equal reference
+    calls (``summary["budget_unit"]``, also in ``unit``) the same ratio counts reference calls.
     """
-    labels = summary["labels"]
+    labels = summary["cost"]
     a = summary["methods"][method][metric]["mean"]
     b = summary["methods"][baseline][metric]["mean"]
     target = a[-1]
@@ -442,6 +481,7 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
         "method": method,
         "baseline": baseline,
         "metric": metric,
+        "unit": summary.get("budget_unit", "labels"),
         "target": target,
         "labels_method": need_a,
         "labels_baseline": need_b,
@@ -464,8 +504,10 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "method": method,
             "kT": entry["kT"],
             "n_seeds": entry["n_seeds"],
-            "labels": summary["labels"][-1],
+            "labels": entry["labels"]["mean"][-1],
             "reference_calls": calls[-1],
+            "calls_failed": entry.get("reference_calls_failed", {}).get("mean", [math.nan])[-1],
+            "calls_outside_window": entry.get("reference_calls_outside_window", {}).get("mean", [math.nan])[-1],
             f"{metric}_initial": stats["mean"][0],
             f"{metric}_final": stats["mean"][-1],
             f"{metric}_final_std": stats["std"][-1],
@@ -474,7 +516,7 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "spearman_final": entry["force_spearman"]["mean"][-1],
             "miscalibration_final": entry["force_miscalibration_area"]["mean"][-1],
             "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
-            if len(summary["labels"]) > 1 else math.nan,
+            if len(summary["cost"]) > 1 else math.nan,
         }
         for extra in own:
             if extra in entry:
@@ -497,7 +539,7 @@ def markdown_table(table: Sequence[dict], digits: int = 3) -> str:
 
 # -- plots ---------------------------------------------------------------------------------
 def comparison_figure(summary: dict, metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None):
-    """Learning curves vs reference labels: mean (line) and min–max over seeds (band).
+    """Learning curves vs the cost (reference labels, or calls): mean (line) and min–max over seeds (band).
 
     ``metrics``: names (default :func:`report_metrics`); axis labels, units (the summary's
     energy unit) and log scales come from the system's metric declarations.
@@ -507,6 +549,7 @@ def comparison_figure(summary: dict, metrics: Sequence[str] | None = None, metho
     declared = {m.name: m for m in _metrics_of(summary)}
     declared["selected_energy_mean"] = Metric("selected_energy_mean", "{E}", label="mean selected energy above min")
     declared["reference_calls"] = Metric("reference_calls", "", label="reference calls")
+    declared["labels"] = Metric("labels", "", label="new reference labels")
     metrics = list(metrics or report_metrics(summary))
     methods = list(methods or summary["methods"])
     unit = summary.get("energy_unit", "arb. units")
@@ -516,7 +559,8 @@ def comparison_figure(summary: dict, metrics: Sequence[str] | None = None, metho
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    x = np.asarray(summary["labels"], float)
+    x = np.asarray(summary["cost"], float)
+    by_calls = summary.get("budget_unit") == "reference_calls"
     for ax, metric in zip(axes, metrics):
         for method in methods:
             stats = summary["methods"][method][metric]
@@ -526,7 +570,7 @@ def comparison_figure(summary: dict, metrics: Sequence[str] | None = None, metho
         declaration = declared.get(metric, Metric(metric))
         if declaration.log_scale:
             ax.set_yscale("log")
-        ax.set_xlabel("new reference labels")
+        ax.set_xlabel("reference calls paid" if by_calls else "new reference labels")
         ax.set_ylabel(declaration.axis_label(unit))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -526,14 +526,18 @@ def last_reasons(failures: Sequence[dict], n: int = 3) -> str:
 def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Executor | None = None,
                 cache: LabelCache | str | os.PathLike | None = None, progress: bool = True,
                 retry_failed: bool = False, min_wave: int | None = None,
-                max_consecutive_failures: int | None = None, consecutive_failures: int = 0) -> LabelResult:
-    """Label ranked ``candidates`` (best first) until ``k`` labels succeed.
+                max_consecutive_failures: int | None = None, consecutive_failures: int = 0,
+                unit: str = "labels") -> LabelResult:
+    """Label ranked ``candidates`` (best first) until ``k`` labels succeed (``unit="labels"``)
+    or until ``k`` reference calls have been paid (``unit="calls"``: every success of those
+    calls is returned, and answers from the cache cost nothing).
 
     Works in waves: each wave submits the next ``max(missing, min_wave)`` candidates in
     rank order, where ``missing`` is how many labels are still needed and ``min_wave``
     defaults to the executor's worker count (1 in-process, so nothing is computed beyond
     need). A parallel wave may overshoot: the first ``k`` successes by rank are returned and
-    the extra labels stay in the cache. ``failures`` lists every failure met on the way.
+    the extra labels stay in the cache; a call budget submits only the calls still unpaid.
+    ``failures`` lists every failure met on the way.
     Warns and returns fewer than ``k`` labels when the candidates run out.
 
     Give-up: ``max_consecutive_failures`` failed calculations in a row (in rank order;
@@ -546,6 +550,9 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     k = int(k)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    if unit not in ("labels", "calls"):
+        raise ValueError(f"unit must be 'labels' or 'calls', got {unit!r}")
+    by_calls = unit == "calls"
     cache = _open_cache(cache)
     if min_wave is None:
         min_wave = executor_workers(executor)
@@ -557,10 +564,14 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     streak = int(consecutive_failures)
     successes: list[tuple[int, Atoms]] = []
     position = 0
-    bar = _progress_bar(min(k, len(candidates)), progress, desc=f"labeling {k}")
+    bar = _progress_bar(min(k, len(candidates)), progress, desc=f"{k} reference calls" if by_calls else f"labeling {k}")
+
+    def missing() -> int:
+        return k - (total.n_calls if by_calls else len(successes))
+
     try:
-        while len(successes) < k and position < len(candidates):
-            size = max(k - len(successes), min_wave)
+        while missing() > 0 and position < len(candidates):
+            size = missing() if by_calls else max(missing(), min_wave)  # a call budget is never overshot
             if max_consecutive_failures is not None:  # never run far past the give-up
                 size = min(size, max(1, max_consecutive_failures - streak))
             wave = candidates[position:position + size]
@@ -572,7 +583,7 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
             total.n_retries += r.n_retries
             total.compute_seconds += r.compute_seconds
             position += len(wave)
-            bar.n = min(len(successes), bar.total)
+            bar.n = min(total.n_calls if by_calls else len(successes), bar.total)
             bar.refresh()
             events = sorted([(i, "ok") for i in r.indices]
                             + [(f["index"], "cached" if f["cached"] else "paid") for f in r.failures])
@@ -591,15 +602,16 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     finally:
         bar.close()
     successes.sort(key=lambda pair: pair[0])
-    successes = successes[:k]
+    successes = successes if by_calls else successes[:k]
     total.indices = [i for i, _ in successes]
     total.labeled = [a for _, a in successes]
     total.failures.sort(key=lambda f: f["index"])
     total.seconds = time.perf_counter() - t0
     total.consecutive_failures = streak
-    if len(successes) < k:
-        warnings.warn(f"label_until: only {len(successes)} of {k} labels succeeded; "
-                      f"{len(candidates)} candidates, {total.n_failed} failed", RuntimeWarning, stacklevel=2)
+    if missing() > 0:
+        done = f"{total.n_calls} of {k} reference calls paid" if by_calls else f"{len(successes)} of {k} labels succeeded"
+        warnings.warn(f"label_until: only {done}; {len(candidates)} candidates, {total.n_failed} failed",
+                      RuntimeWarning, stacklevel=2)
     return total
 
 

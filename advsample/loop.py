@@ -394,6 +394,10 @@ class ActiveLearning:
             )
             timings["sample_s"] += time.perf_counter() - start
             start = time.perf_counter()
+            if self.selection.window_sigmas > 0 and proposal.candidates:  # the energy window's upper confidence bound
+                spread = previous.committee.predict(proposal.candidates)["energy_std"]
+                for atoms, std in zip(proposal.candidates, spread):
+                    atoms.info["committee_energy_std"] = float(std)
             config = replace(self.selection, ranking=sampler.ranking)
             ranked, report = select(
                 proposal.candidates, previous.train + accepted, config, self.objective, reference_energy, train_variance,
@@ -401,7 +405,7 @@ class ActiveLearning:
             )
             timings["select_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            labeled, part_failures, part_outside, streak = self._label_budget(
+            labeled, part_failures, part_outside, streak, spent = self._label_budget(
                 ranked, budget, cache, reference_energy, number, streak
             )
             timings["label_s"] += time.perf_counter() - start
@@ -410,9 +414,10 @@ class ActiveLearning:
             accepted += labeled
             failures += part_failures
             outside_window += part_outside
-            if len(labeled) < budget:
+            if spent < budget:
+                unit = "reference calls" if self.selection.budget_unit == "reference_calls" else "labels"
                 raise RuntimeError(
-                    f"round {number}: only {len(labeled)} of {budget} labels from {getattr(sampler, 'name', 'sampler')}'s "
+                    f"round {number}: only {spent} of {budget} {unit} from {getattr(sampler, 'name', 'sampler')}'s "
                     f"{len(ranked)} selectable candidates ({len(part_failures)} failed, {len(part_outside)} outside the "
                     f"energy window); the round is not written. Last failure reasons: "
                     f"{last_reasons(part_failures)}. Propose more candidates, lower the budget or widen the energy "
@@ -430,6 +435,7 @@ class ActiveLearning:
             "labels_used": previous.metrics["labels_used"] + len(accepted),
             "new_labels": len(accepted),
             "budget": self.selection.budget,
+            "budget_unit": self.selection.budget_unit,
             **self._call_counts(previous.metrics, cache, len(outside_window)),
             "n_candidates": len(candidates),
             "selection": report,
@@ -446,19 +452,27 @@ class ActiveLearning:
         return record
 
     def _label_budget(self, ranked, budget, cache, reference_energy, number: int, streak: int):
-        """Label ranked candidates until ``budget`` labels inside the energy window succeed.
+        """Label ranked candidates until ``budget`` labels inside the energy window succeed, or
+        (``budget_unit="reference_calls"``) until ``budget`` reference calls are paid; successes
+        outside the window are recorded, paid for and not trained on either way.
 
-        Returns (accepted, failures, outside the window, consecutive failures at the end).
+        Returns (accepted, failures, outside the window, consecutive failures at the end, budget spent).
         """
         accepted, failures, outside = [], [], []
         remaining = list(ranked)
         ceiling = self.selection.energy_ceiling
-        while len(accepted) < budget and remaining:
+        by_calls = self.selection.budget_unit == "reference_calls"
+        calls = 0
+
+        def spent() -> int:
+            return calls if by_calls else len(accepted)
+
+        while spent() < budget and remaining:
             try:
                 result = label_until(
-                    remaining, budget - len(accepted), self.reference, self.executor, cache, progress=self.progress,
+                    remaining, budget - spent(), self.reference, self.executor, cache, progress=self.progress,
                     retry_failed=self.retry_failures, max_consecutive_failures=self.max_consecutive_failures,
-                    consecutive_failures=streak,
+                    consecutive_failures=streak, unit="calls" if by_calls else "labels",
                 )
             except ReferenceGaveUp as exc:
                 raise ReferenceGaveUp(
@@ -467,6 +481,7 @@ class ActiveLearning:
                     "are cached), or raise max_consecutive_failures",
                 ) from exc
             streak = result.consecutive_failures
+            calls += result.n_calls
             failures += [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
             for atoms in result.labeled:
                 energy = atoms.get_potential_energy() - reference_energy
@@ -478,7 +493,7 @@ class ActiveLearning:
             if not consumed:
                 break
             remaining = remaining[max(consumed) + 1 :]
-        return accepted, failures, outside, streak
+        return accepted, failures, outside, streak, spent()
 
     @staticmethod
     def _call_counts(previous: dict | None, cache: LabelCache, outside_window: int) -> dict:

@@ -20,21 +20,28 @@ from .geometry import pair_distances_numpy
 from .objective import Objective
 
 RANKINGS = ("score", "sigma", "random")
+BUDGET_UNITS = ("labels", "reference_calls")
 
 
 @dataclass
 class SelectionConfig:
     """Selection settings; energies relative to the training minimum, in the reference's unit."""
 
-    budget: int = 20  # new labels per round
+    budget: int = 20  # per round: new labels, or reference calls with budget_unit="reference_calls"
+    budget_unit: str = "labels"  # "labels": fill the budget with labels; "reference_calls": pay exactly budget calls
     ranking: str = "score"  # "score" (the run objective), "sigma" (σ only), "random"; a loop uses its sampler's
     energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
+    window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
 
     def __post_init__(self):
         if not isinstance(self.budget, (int, np.integer)) or isinstance(self.budget, bool) or self.budget < 1:
-            raise ValueError(f"budget must be an integer >= 1 label per round, got {self.budget!r}")
+            raise ValueError(f"budget must be an integer >= 1 per round, got {self.budget!r}")
+        if self.budget_unit not in BUDGET_UNITS:
+            raise ValueError(f"unknown budget_unit {self.budget_unit!r}; choose one of {BUDGET_UNITS}")
+        if not self.window_sigmas >= 0:
+            raise ValueError(f"window_sigmas must be >= 0 (committee energy std above the mean), got {self.window_sigmas!r}")
         if self.energy_ceiling is not None and not self.energy_ceiling > 0:
             raise ValueError(f"energy_ceiling must be positive (above the training minimum), got {self.energy_ceiling!r}")
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
@@ -101,7 +108,8 @@ def select(
 
     Order: for the score and σ rankings, candidates passing the uncertainty threshold first,
     then the rest (the fallback when too few pass); within each, by ranking (random: no threshold). Candidates above the energy ceiling are
-    dropped; those closer than ``min_distance`` to training data or an earlier pick go to
+    dropped; with ``window_sigmas`` κ > 0 those whose Ē + κ·σ_E is above it come after all
+    others (likely to be paid for outside the window); those closer than ``min_distance`` to training data or an earlier pick go to
     the very end (used only when nothing else is left, so the budget is still filled).
     """
     report = {"n_candidates": len(candidates), "dropped_energy_ceiling": 0, "dropped_distance": 0, "threshold": None}
@@ -111,17 +119,27 @@ def select(
     energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float) - energy_reference
     variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
     keep = np.isfinite(energy) & np.isfinite(variance)
+    unsure = np.zeros(len(candidates), dtype=bool)  # Ē inside the window, its upper confidence bound not
     if config.energy_ceiling is not None:
         above = energy > config.energy_ceiling
         report["dropped_energy_ceiling"] = int((above & keep).sum())
         keep &= ~above
+        if config.window_sigmas > 0:
+            missing = [k for k, a in enumerate(candidates) if "committee_energy_std" not in a.info]
+            if missing:
+                raise ValueError(f"window_sigmas={config.window_sigmas:g} needs info['committee_energy_std'] on every "
+                                 f"candidate; candidate {missing[0]} has none (ActiveLearning adds it)")
+            spread = np.array([a.info["committee_energy_std"] for a in candidates], dtype=float)
+            unsure = keep & (energy + config.window_sigmas * spread > config.energy_ceiling)
+            report["deferred_energy_bound"] = int(unsure.sum())
     passes = np.ones(len(candidates), dtype=bool)
     if (config.ranking != "random" and config.uncertainty_percentile is not None and train_variance is not None
             and len(train_variance)):
         threshold = float(np.percentile(train_variance, config.uncertainty_percentile))
         report["threshold"] = threshold
         passes = variance > threshold
-    order = [i for i in order if keep[i] and passes[i]] + [i for i in order if keep[i] and not passes[i]]
+    order = ([i for i in order if keep[i] and passes[i] and not unsure[i]]
+             + [i for i in order if keep[i] and not passes[i] and not unsure[i]] + [i for i in order if unsure[i]])
     report["n_above_threshold"] = int((keep & passes).sum())
 
     chosen: list[int] = []

@@ -1,7 +1,7 @@
-"""Sample efficiency: samplers compared at the same number of reference labels, over seeds.
+"""Sample efficiency: samplers compared at equal cost (reference labels, or reference calls), over seeds.
 
     python benchmarks/sample_efficiency.py [--system NAME | module:factory] [--seeds 3] [--rounds 4]
-        [--labels N] [--epochs N] [--samplers adversarial,random,random_scored,md,mixed]
+        [--labels N] [--budget-unit labels|reference_calls] [--epochs N] [--samplers adversarial,random,random_scored,md,mixed]
         [--kT-sweep 0.3,3] [--workers 2] [--out DIR] [--from-csv rows.csv] [--threads N] [--quick] [--json]
 
 ``--system``: a built-in system (double_well_2d, double_well_1d, ammonia, ethanol) or the
@@ -14,14 +14,17 @@ objective log σ² − Ē/kT), random (Gaussian displacements of training points
 picks), random_scored (the same displacements ranked by the objective), md (committee
 Langevin MD, frames ranked by σ: classic active learning), mixed (half attack, half
 random) and the attack at the temperatures of ``--kT-sweep`` (default: the system's).
-``--labels`` / ``--epochs`` default to the system's own.
+``--labels`` / ``--epochs`` default to the system's own. ``--budget-unit reference_calls``
+makes ``--labels`` a number of reference calls each round pays (failed and outside-window
+calls included; every run then keeps the labels its calls gave): the comparison at the cost
+a user pays, reported with each method's labels beside it.
 
 Per round and run: labels used, reference calls paid, test force/energy MAE, calibration
 (Spearman ρ of σ vs error, miscalibration area), energies of the selected structures
 (relative to the training minimum) and every metric the system declares (NH3: inversion
 barrier, inversion-path errors, 1500 K MD stability; ethanol: torsion-scan errors, barrier,
-1000 K MD stability). The report refuses to compare runs that used different numbers of
-labels (``UnequalLabelsError``).
+1000 K MD stability). The report refuses to compare runs that spent different numbers of
+labels (or, at equal reference calls, of calls) at any round (``UnequalCostError``).
 
 Writes DIR/rows.csv, DIR/summary.json, DIR/comparison.png (error vs labels, mean and
 min–max band per method) and DIR/kT_sweep.png. With ``--json`` the last line is one JSON
@@ -67,6 +70,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--labels", type=int, default=None, help="new reference labels per round (default: the system's)")
+    parser.add_argument("--budget-unit", default=None, choices=("labels", "reference_calls"),
+                        help="what --labels counts per round (default: the system's, labels)")
     parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the system's)")
     parser.add_argument("--samplers", default=",".join(compare.DEFAULT_METHODS),
                         help=f"comma-separated, of {','.join(compare.SAMPLERS)}")
@@ -88,9 +93,9 @@ def main(argv=None) -> dict:
         options = {"budget": budget, "from_csv": args.from_csv}
     else:
         plan = compare.plan(args.system, args.samplers, args.kT_sweep, args.seeds, args.rounds, args.labels,
-                            args.epochs, args.workers, smoke=args.quick)
+                            args.epochs, args.workers, smoke=args.quick, budget_unit=args.budget_unit)
         system, seeds, rounds = plan.system, len(plan.seeds), plan.rounds
-        options = {"budget": plan.budget, "epochs": plan.epochs}
+        options = {"budget": plan.budget, "budget_unit": plan.budget_unit, "epochs": plan.epochs}
         print(plan, flush=True)
         rows = plan.run(os.path.join(args.out, "runs"), log=lambda s: print(s, flush=True))
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
@@ -100,9 +105,12 @@ def main(argv=None) -> dict:
     for baseline, ratio in result["ratios"].items():
         r, low = ratio["ratio"], ratio["ratio_at_least"]
         text = f"{r:.2f}" if r is not None else (f"not reached (> {low:.2f})" if low is not None else "n/a")
-        print(f"labels {baseline} needs / labels adversarial needs to reach force MAE {ratio['target']:.3g}: {text}")
+        unit = "reference calls" if ratio["unit"] == "reference_calls" else "labels"
+        print(f"{unit} {baseline} needs / {unit} adversarial needs to reach force MAE {ratio['target']:.3g}: {text}")
     output = {
         "system": rows[0]["system"],
+        "budget_unit": result["summary"]["budget_unit"],
+        "cost": result["summary"]["cost"],
         "labels": result["summary"]["labels"],
         "seeds": seeds,
         "rounds": rounds,

@@ -22,6 +22,7 @@ SCRIPTS = {
     "double_well_1d": ["--surface", "double_well_1d"],
     "sample_efficiency": [],
     "sample_efficiency_ammonia": ["--system", "ammonia", "--samplers", "adversarial,random", "--kT-sweep", ""],
+    "energy_window": ["--sigmas", "0,2", "--workers", "1"],
 }
 
 
@@ -34,7 +35,7 @@ def launched(tmp_path_factory):
         script = ROOT / "benchmarks" / f"{name.replace('_1d', '').replace('_ammonia', '')}.py"
         out = tmp_path_factory.mktemp(name)
         args = [sys.executable, str(script), "--quick", "--json", *extra]
-        if name.startswith("sample_efficiency"):
+        if name.startswith(("sample_efficiency", "energy_window")):
             args += ["--out", str(out)]
         processes[name] = (subprocess.Popen(args, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True), out)
@@ -54,7 +55,8 @@ def result_of(launched, name) -> tuple[dict, Path]:
 
 def test_committee_speed(launched):
     result, _ = result_of(launched, "committee_speed")
-    for key in ("speedup_train_step", "speedup_train_step_schnet", "ms_batched", "ms_loop"):
+    for key in ("speedup_train_step", "speedup_train_step_schnet", "ms_batched", "ms_loop", "speedup_training_ammonia",
+                "speedup_training_ethanol", "speedup_training_slab"):
         assert result[key] > 0 and math.isfinite(result[key])
     assert result["machine"]["torch_threads"] == 1
 
@@ -87,6 +89,16 @@ def test_sample_efficiency(launched):
     rows = compare.read_rows(out / "rows.csv")
     assert {r["method"] for r in rows} == set(result["final"])
     assert (out / "comparison.png").stat().st_size > 0 and (out / "kT_sweep.png").exists()
+
+
+def test_energy_window_compares_the_bound_at_equal_reference_calls(launched):
+    result, out = result_of(launched, "energy_window")
+    assert set(result["final"]) == {"adversarial_ucb0", "adversarial_ucb2"} and result["energy_ceiling"] > 0
+    for line in result["final"].values():
+        assert line["reference_calls"] == result["calls_per_round"]  # equal calls per round
+        assert line["labels"] + line["calls_outside_window"] + line["calls_failed"] == line["reference_calls"]
+    rows = compare.read_rows(out / "rows.csv")
+    assert {r["budget_unit"] for r in rows} == {"reference_calls"}
 
 
 def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launched):
@@ -148,13 +160,33 @@ def _rows(labels_by_run: dict[tuple[str, int], list[int]], budget: int = 10) -> 
 
 def test_unequal_labels_refused():
     equal = _rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10, 20]})
-    assert compare.check_equal_labels(equal) == {0: 0, 1: 10, 2: 20}
-    with pytest.raises(compare.UnequalLabelsError, match="equal reference labels"):
+    assert compare.check_equal_cost(equal) == {0: 0, 1: 10, 2: 20}
+    with pytest.raises(compare.UnequalCostError, match="equal reference labels"):
         compare.aggregate(_rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10, 17]}))
-    with pytest.raises(compare.UnequalLabelsError, match="budgets"):
+    with pytest.raises(compare.UnequalCostError, match="budgets"):
         compare.aggregate(_rows({("adversarial", 0): [0, 10]}, budget=10) + _rows({("random", 0): [0, 10]}, budget=5))
-    with pytest.raises(compare.UnequalLabelsError):  # a run with fewer rounds
+    with pytest.raises(compare.UnequalCostError):  # a run with fewer rounds
         compare.aggregate(_rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10]}))
+
+
+def _call_rows(calls_by_run: dict[tuple[str, int], list[int]], labels: list[int]) -> list[dict]:
+    rows = _rows({run: labels for run in calls_by_run})
+    for row in rows:
+        row.update(budget_unit="reference_calls", reference_calls=calls_by_run[(row["method"], row["seed"])][row["round"]])
+    return rows
+
+
+def test_unequal_reference_calls_refused():
+    equal = _call_rows({("adversarial", 0): [0, 10, 20], ("random", 0): [0, 10, 20]}, labels=[0, 7, 12])
+    assert compare.check_equal_cost(equal) == {0: 0, 1: 10, 2: 20}
+    summary = compare.aggregate(equal)
+    assert summary["budget_unit"] == "reference_calls" and summary["cost"] == [0, 10, 20] and summary["labels"] is None
+    assert summary["methods"]["random"]["labels"]["mean"] == [0, 7, 12]  # labels reported beside the calls
+    assert compare.final_table(summary)[0]["labels"] == 12
+    with pytest.raises(compare.UnequalCostError, match="equal reference calls"):
+        compare.aggregate(_call_rows({("adversarial", 0): [0, 10, 23], ("random", 0): [0, 10, 20]}, labels=[0, 7, 12]))
+    with pytest.raises(compare.UnequalCostError, match="different units"):
+        compare.aggregate(equal + _rows({("md", 0): [0, 10, 20]}))
 
 
 def test_label_ratio():
@@ -204,3 +236,18 @@ def test_ethanol_dataset_and_torsion():
     assert exact["profile_mae"] == pytest.approx(0.0) and exact["barrier_error_kcal_mol"] == pytest.approx(0.0)
     shifted = torsion_profile_errors(lambda s: [a.get_potential_energy() + 1.0 for a in s], scan)
     assert shifted["profile_mae"] == pytest.approx(0.0, abs=1e-9)  # profiles are relative to anti
+
+
+def test_a_comparison_at_equal_reference_calls_runs_and_reports_labels_beside_them(tmp_path):
+    plan = compare.plan("double_well_1d", "adversarial,random", "", n_seeds=1, rounds=1, smoke=True,
+                        budget_unit="reference_calls")
+    assert plan.budget_unit == "reference_calls" and "reference calls" in str(plan)
+    rows = plan.run(tmp_path, log=None)
+    final = [r for r in rows if r["round"] == 1]
+    assert {r["reference_calls"] for r in final} == {plan.budget}  # every run paid exactly the budget
+    assert all(0 < r["labels"] <= plan.budget and r["budget_unit"] == "reference_calls" for r in final)
+    summary = compare.aggregate(compare.read_rows(compare.write_rows(rows, tmp_path / "rows.csv")))
+    assert summary["cost"] == [0, plan.budget] and summary["budget_unit"] == "reference_calls"
+    assert compare.comparison_figure(summary).axes[0].get_xlabel() == "reference calls paid"
+    with pytest.raises(ValueError, match="unknown budget_unit 'euros'"):
+        compare.plan("double_well_1d", "random", budget_unit="euros")

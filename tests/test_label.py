@@ -254,6 +254,23 @@ def test_label_until_with_pool_keeps_first_k_by_rank(tmp_path):
     assert max(calls(tmp_path).values()) == 1
 
 
+def test_label_until_a_call_budget_pays_exactly_k_calls(tmp_path):
+    atoms = make_clusters(10, behave={1: "raise", 3: "nan", 4: "raise"})
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    label_until(atoms[:1], 1, spec(tmp_path), cache=cache, progress=False)  # atom 0 is now a cached label
+    result = label_until(atoms, 5, spec(tmp_path), cache=cache, progress=False, unit="calls")
+    assert result.n_calls == 5 and result.n_cached == 1  # the cache hit costs nothing
+    assert result.indices == [0, 2, 5] and [f["index"] for f in result.failures] == [1, 3, 4]
+    with make_executor("processes", max_workers=2) as pool:  # a parallel wave never overshoots a call budget
+        more = label_until(atoms, 2, spec(tmp_path), executor=pool, cache=cache, progress=False, unit="calls",
+                           min_wave=4)
+    assert more.n_calls == 2 and more.indices == [0, 2, 5, 6, 7]
+    with pytest.warns(RuntimeWarning, match="only 1 of 3 reference calls"):  # only atom 8 is not cached
+        label_until(atoms[:9], 3, spec(tmp_path), cache=cache, progress=False, unit="calls")
+    with pytest.raises(ValueError, match="unit must be"):
+        label_until(atoms, 1, spec(tmp_path), unit="euros")
+
+
 def test_label_until_warns_when_candidates_run_out(tmp_path):
     atoms = make_clusters(3, behave={0: "raise"})
     with pytest.warns(RuntimeWarning, match="only 2 of 3"):

@@ -50,7 +50,7 @@ def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", s
         initial,
         make_sampler(sampler, n_steps=40, learning_rate=0.03),
         test=test,
-        selection=SelectionConfig(budget=budget, min_distance=0.02),
+        selection=SelectionConfig(budget=budget, min_distance=0.02, **options.pop("selection", {})),
         kT=1.0,
         train_config=TrainConfig(epochs=epochs, patience=200),
         seed=seed,
@@ -108,6 +108,29 @@ def test_failed_reference_calls_are_recorded_and_the_budget_still_filled(tmp_pat
     assert all("SCF did not converge" in f["reason"] for f in metrics["failures"])
     assert metrics["new_labels"] == 8
     assert all(a.positions[0, 0] <= -1.1 for a in records[1].selected)
+
+
+def test_a_reference_call_budget_pays_exactly_that_many_calls_per_round(tmp_path):
+    reference = CountingSurface(double_well_1d(), fail_if=lambda x: x > -1.1)
+    loop = make_loop(tmp_path / "run", reference, epochs=60, budget=8, selection={"budget_unit": "reference_calls"})
+    records = loop.run(2)
+    for number in (1, 2):
+        counts = records[number].metrics["round_reference_calls"]
+        assert counts["total"] == 8 and records[number].metrics["budget_unit"] == "reference_calls"
+        assert records[number].metrics["new_labels"] == counts["succeeded"] - counts["outside_window"] < 8
+    assert records[2].metrics["reference_calls"] == len(reference.calls) == 16  # failed calls are paid and counted
+    assert records[2].metrics["labels_used"] == len(records[2].train) - len(records[0].train)
+
+
+def test_the_energy_windows_upper_confidence_bound_is_applied_before_labels_are_paid(tmp_path):
+    window = {"energy_ceiling": 3.0, "window_sigmas": 1.0}
+    record = make_loop(tmp_path / "run", CountingSurface(double_well_1d()), epochs=60, selection=window).run(1)[1]
+    reference_minimum = min(a.get_potential_energy() for a in record.train[: -len(record.selected)])
+    report = record.metrics["selection"]
+    assert 0 < report["deferred_energy_bound"] < report["n_candidates"] - report["dropped_energy_ceiling"] - 8
+    for atoms in record.selected:  # enough sure candidates: every paid one had Ē + σ_E below the ceiling
+        bound = atoms.info["committee_energy"] + atoms.info["committee_energy_std"] - reference_minimum
+        assert atoms.info["committee_energy_std"] > 0 and bound <= 3.0 + 1e-9
 
 
 def test_loop_rejects_bad_setups(tmp_path):

@@ -34,6 +34,25 @@ def test_energy_ceiling_threshold_and_distance():
     assert xs[-2:] == [2.0, 0.01]  # below the σ threshold, then too close to a pick: fallbacks, last
 
 
+def test_an_upper_confidence_bound_keeps_uncertain_candidates_out_of_the_energy_window():
+    near, sure = candidate(0.0, 4.0, 9.0), candidate(1.0, 4.5, 1.0)
+    near.info["committee_energy_std"], sure.info["committee_energy_std"] = 1.5, 0.1
+    plain = SelectionConfig(budget=1, energy_ceiling=5.0, uncertainty_percentile=None)
+    ranked, _ = select([near, sure], [], plain, OBJECTIVE, 0.0)
+    assert len(ranked) == 2  # both means lie inside the window
+    ucb = SelectionConfig(budget=1, energy_ceiling=5.0, uncertainty_percentile=None, window_sigmas=1.0)
+    assert select([near, sure], [], plain, OBJECTIVE, 0.0)[0][0] is not sure  # near ranks first on its score
+    ranked, report = select([near, sure], [], ucb, OBJECTIVE, 0.0)
+    assert [a.positions[0, 0] for a in ranked] == [1.0, 0.0]  # 4 + 1.5 > 5: near goes last, not dropped
+    assert report["deferred_energy_bound"] == 1 and report["dropped_energy_ceiling"] == 0
+    with pytest.raises(ValueError, match="committee_energy_std"):
+        select([candidate(0.0, 0.0, 1.0)], [], ucb, OBJECTIVE, 0.0)
+    with pytest.raises(ValueError, match="window_sigmas"):
+        SelectionConfig(window_sigmas=-1.0)
+    with pytest.raises(ValueError, match="budget_unit"):
+        SelectionConfig(budget_unit="euros")
+
+
 def test_selection_settings_are_validated():
     with pytest.raises(ValueError, match="budget"):
         SelectionConfig(budget=0)
