@@ -6,10 +6,18 @@ coordinates never move, per-atom displacements are clipped, and a seed that prod
 brings two atoms closer than ``min_distance`` (minimum image in periodic cells) or is
 refused by the model's own geometry check (:class:`~advsample.geometry.GeometryError`)
 stops at its last good step (recorded); the other seeds go on.
+
+Cell attack (``strain_learning_rate``): periodic seeds also get a symmetric strain ε
+[3, 3] (zero at the start, only along periodic directions, each component clipped at
+``max_strain``), ascended on the same objective together with δ: positions and cell rows
+become (x + δ)(1 + ε) and h(1 + ε), as in the committee's stress σ = (1/V) ∂E/∂ε. The
+objective's ∂/∂ε is the stress response of log L, so the cell moves where the committee
+disagrees on the stress (the lattice attack of the authors' code, there driven by the
+stress variance). Frames carry the deformed cell.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +44,8 @@ class AttackConfig:
     max_displacement: float | None = None  # clip of each atom's |δ| (Å); None: no clip
     min_distance: float = 0.5  # stop a seed when two of its atoms come closer (Å)
     uncertainty: str | None = None  # "forces" (None): σ²_F per structure; "energy": σ²_E (a run's objective sets it)
+    strain_learning_rate: float | None = None  # Adam step on the cell strain ε of periodic seeds; None: cells fixed
+    max_strain: float = 0.05  # clip of each strain component |ε_ab|
     seed: int = 0
 
     def __post_init__(self):
@@ -45,6 +55,10 @@ class AttackConfig:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
         if self.uncertainty not in (None, "forces", "energy"):
             raise ValueError(f"uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
+        if self.strain_learning_rate is not None and not self.strain_learning_rate > 0:
+            raise ValueError(f"strain_learning_rate must be positive or None, got {self.strain_learning_rate!r}")
+        if not 0 < self.max_strain < 1:
+            raise ValueError(f"max_strain must be in (0, 1), got {self.max_strain!r}")
 
 
 @dataclass
@@ -52,7 +66,8 @@ class AttackResult:
     """Every step of every seed. T = n_steps + 1 recorded frames (step 0 = δ₀).
 
     positions [T, N, 3] (Å); variance, energy_mean, log_score, active [T, B];
-    stop_step [B] (-1 = ran to the end); stop_reason [B]; seeds: the B seed structures.
+    stop_step [B] (-1 = ran to the end); stop_reason [B]; seeds: the B seed structures;
+    cells [T, B, 3, 3] (Å) when the cell attack ran, else None.
     """
 
     seeds: list[Atoms]
@@ -66,6 +81,7 @@ class AttackResult:
     stop_reason: list[str]
     kT: float
     energy_reference: float
+    cells: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -75,6 +91,8 @@ class AttackResult:
         """The geometry of ``seed`` at ``step`` with its committee values in ``info``."""
         atoms = self.seeds[seed].copy()
         atoms.calc = None
+        if self.cells is not None:
+            atoms.set_cell(self.cells[step, seed], scale_atoms=False)
         atoms.set_positions(self.positions[step, self.structure_index == seed], apply_constraint=False)
         atoms.info.update(
             attack_seed=int(seed),
@@ -161,16 +179,34 @@ def attack(
     generator = torch.Generator().manual_seed(config.seed)
     delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype) * config.initial_displacement
     delta = torch.nn.Parameter(delta0.to(committee.device) * free)
-    optimizer = torch.optim.Adam([delta], lr=config.learning_rate)
+    groups = [{"params": [delta], "lr": config.learning_rate}]
+    strain = strain_mask = None
+    if config.strain_learning_rate is not None and bool(batch.pbc.any()):
+        periodic = batch.pbc.to(committee.dtype)  # [B, 3]
+        strain_mask = periodic[:, :, None] * periodic[:, None, :]  # [B, 3, 3]: periodic directions only
+        strain = torch.nn.Parameter(torch.zeros(n_structures, 3, 3, dtype=committee.dtype, device=committee.device))
+        groups.append({"params": [strain], "lr": config.strain_learning_rate})
+    optimizer = torch.optim.Adam(groups)
+    identity = torch.eye(3, dtype=committee.dtype, device=committee.device)
+
+    def geometry() -> tuple[torch.Tensor, Batch]:
+        """Positions [N, 3] and the batch with its (strained) cells for the current δ and ε."""
+        if strain is None:
+            return batch.positions + delta, batch
+        deformation = identity + 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
+        moved = torch.einsum("na,nab->nb", batch.positions + delta, deformation[batch.structure_index])
+        return moved, replace(batch, cells=batch.cells @ deformation)
+
     pair_i, pair_j = _close_pairs(batch)
     active = torch.ones(n_structures, dtype=torch.bool, device=committee.device)
     stop_step = np.full(n_structures, -1)
     stop_reason = [""] * n_structures
-    records = {key: [] for key in ("positions", "variance", "energy_mean", "log_score", "active")}
+    records = {key: [] for key in ("positions", "variance", "energy_mean", "log_score", "active", "cells")}
     last_good = delta.detach().clone()
+    last_strain = None if strain is None else strain.detach().clone()
 
-    def _stop(seeds: torch.Tensor, step: int, reason: str) -> torch.Tensor:
-        """Deactivate ``seeds`` [B] bool at ``step``, restore their last good δ; returns positions."""
+    def _stop(seeds: torch.Tensor, step: int, reason: str) -> tuple[torch.Tensor, Batch]:
+        """Deactivate ``seeds`` [B] bool at ``step``, restore their last good δ (and ε); returns the geometry."""
         nonlocal active
         for b in torch.nonzero(seeds).flatten().tolist():
             stop_step[b], stop_reason[b] = step, reason
@@ -179,21 +215,26 @@ def attack(
             with torch.no_grad():
                 atoms = seeds[batch.structure_index]
                 delta[atoms] = last_good[atoms]
-        return batch.positions + delta
+                if strain is not None:
+                    strain[seeds] = last_strain[seeds]
+        return geometry()
 
     excluded = torch.zeros_like(active)  # seeds whose geometry the model refused: never evaluated again
-    evaluated: list = [None, None, None]  # (sub-batch, its atoms [N], its structures [B']) while some are excluded
     need_forces_graph = config.uncertainty != "energy"  # None: forces
 
-    def _evaluate(positions: torch.Tensor, step: int):
+    def _evaluate(positions: torch.Tensor, current: Batch, step: int):
         """Committee output on the seeds not excluded; a seed the model refuses is stopped and left out."""
         while True:
-            sub, atoms, keep_index = (batch, None, None) if not excluded.any() else evaluated
+            if excluded.any():
+                sub, atoms = _sub_batch(current, ~excluded)
+                keep_index = torch.nonzero(~excluded).flatten()
+            else:
+                sub, atoms, keep_index = current, None, None
             try:
                 # create_graph=True keeps Ē attached to δ also for the energy variance (no forces needed)
                 out = committee(sub, forces=need_forces_graph, create_graph=True,
                                 positions=positions if atoms is None else positions[atoms])
-                return out, keep_index, positions
+                return out, keep_index, positions, current
             except GeometryError as error:
                 faulty = torch.zeros_like(active)
                 if error.structures:
@@ -201,48 +242,54 @@ def attack(
                     faulty[index if keep_index is None else keep_index[index]] = True
                 if not (faulty & ~excluded).any():
                     raise
-                positions = _stop(faulty & active, step, f"model refused the geometry: {error}")
+                positions, current = _stop(faulty & active, step, f"model refused the geometry: {error}")
                 excluded[faulty] = True
-                sub, atoms = _sub_batch(batch, ~excluded)
-                evaluated[:] = [sub, atoms, torch.nonzero(~excluded).flatten()]
 
     committee.eval()
     for step in tqdm(range(config.n_steps + 1), desc="adversarial attack", disable=not progress, leave=False):
-        positions = batch.positions + delta
+        positions, current = geometry()
         # stop seeds that bring atoms too close (minimum image in periodic cells) before the model
         # sees them; they keep their last good δ
         if len(pair_i):
-            distances = pair_distances(positions, pair_i, pair_j, batch.structure_index, batch.cells, batch.pbc)
+            distances = pair_distances(positions, pair_i, pair_j, batch.structure_index, current.cells, batch.pbc)
             too_close = torch.zeros_like(active)
             too_close[batch.structure_index[pair_i[distances.detach() < config.min_distance]]] = True
-            positions = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
-        out, keep_index, positions = _evaluate(positions, step)
+            positions, current = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
+        out, keep_index, positions, current = _evaluate(positions, current, step)
         sub_variance = out.force_variance if need_forces_graph else out.energy_variance
         variance = _scatter(sub_variance, keep_index, n_structures)
         energy_mean = _scatter(out.energy_mean, keep_index, n_structures)
         score = uncertainty.adversarial_log_score(variance, energy_mean, config.kT, log_q, energy_reference)
         non_finite = ~torch.isfinite(score) | ~torch.isfinite(energy_mean)
-        positions = _stop(non_finite & active, step, "non-finite committee output")
+        positions, current = _stop(non_finite & active, step, "non-finite committee output")
 
         records["positions"].append(positions.detach().cpu().numpy())
         records["variance"].append(variance.detach().cpu().numpy())
         records["energy_mean"].append(energy_mean.detach().cpu().numpy())
         records["log_score"].append(score.detach().cpu().numpy())
         records["active"].append(active.cpu().numpy())
+        records["cells"].append(current.cells.detach().cpu().numpy())
         if step == config.n_steps or not active.any():
             break
 
         last_good = delta.detach().clone()
+        if strain is not None:
+            last_strain = strain.detach().clone()
         objective = torch.where(active, score, torch.zeros_like(score)).sum()
         optimizer.zero_grad(set_to_none=True)
         (-objective).backward()
         with torch.no_grad():
             delta.grad *= free * active[batch.structure_index, None]
             delta.grad.nan_to_num_(0.0)
+            if strain is not None:
+                strain.grad = (strain.grad * strain_mask * active[:, None, None]).nan_to_num_(0.0)
         optimizer.step()
         with torch.no_grad():
             frozen = ~active[batch.structure_index]
             delta[frozen] = last_good[frozen]
+            if strain is not None:
+                strain[~active] = last_strain[~active]
+                strain.copy_((strain * strain_mask).clamp(-config.max_strain, config.max_strain))
             delta *= free
             if config.max_displacement is not None:
                 norm = delta.norm(dim=-1, keepdim=True).clamp(min=1e-12)
@@ -262,4 +309,5 @@ def attack(
         stop_reason=stop_reason,
         kT=config.kT,
         energy_reference=energy_reference,
+        cells=stacked["cells"] if strain is not None else None,
     )

@@ -1,9 +1,13 @@
-"""NN-MD stability bought with labels: classic MD-driven active learning vs the attack, on the adatom slab.
+"""NN-MD stability bought with labels: classic MD-driven active learning vs the attack, on a periodic system.
 
-    python benchmarks/md_stability.py [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
+    python benchmarks/md_stability.py [--system adatom|sodalite] [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
         [--members 4] [--features 32] [--stability-runs 8] [--stability-steps 500] [--neb-steps 300]
         [--energy-tolerance 0.2] [--md-sampler-steps 200]
-        [--samplers md,adversarial] [--out DIR] [--threads N] [--quick] [--json]
+        [--samplers md,adversarial] [--out DIR] [--threads N] [--workers N] [--quick] [--json]
+
+``--system sodalite`` runs the same on water in silica sodalite with periodic GFN1-xTB labels
+(2 s per call: size it with --seeds/--rounds/--labels; its figures are the stable fraction,
+time to failure and the force error with the water towards a six-ring window, no NEB).
 
 The built-in ``adatom`` system (Au on Al(100), EMT, bottom layers fixed): every run starts
 from the same initial data (EMT MD in one hollow) and is scored on the same metrics after
@@ -29,6 +33,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +45,12 @@ from advsample.loop import ActiveLearning  # noqa: E402
 from advsample.samplers import make_sampler  # noqa: E402
 from advsample.systems import get_system  # noqa: E402
 
-FIGURES = ("md_stable_fraction", "mean_time_to_failure_fs", "barrier_error_eV", "force_mae")
-HIGHER_IS_BETTER = {"md_stable_fraction": True, "mean_time_to_failure_fs": True, "barrier_error_eV": False,
-                    "force_mae": False}
+SYSTEMS = ("adatom", "sodalite")
+
+
+def figures(system) -> dict[str, bool]:
+    """{figure: higher is better} of a system: its declared metrics, then the test force MAE."""
+    return {**{m.name: not m.lower_is_better for m in system.metrics}, "force_mae": False}
 
 
 def sampler_for(name: str, system):
@@ -65,18 +73,34 @@ def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> l
         row = {
             "method": method, "seed": seed, "round": m["round"], "labels": m["labels_used"],
             "reference_calls": m["reference_calls"], "force_mae": m["test"]["force_mae"],
-            **{k: extra[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs", "barrier_error_eV",
-                                     "barrier_eV", "barrier_reference_eV", "time_to_failure_fs")},
+            **{k: extra[k] for k in figures(system) if k in extra},
+            **{k: extra[k] for k in ("barrier_eV", "barrier_reference_eV", "time_to_failure_fs",
+                                     "md_check_reference_calls") if k in extra},
             "train_s": m["training"]["train_s"],
         }
         rows.append(row)
-        log(f"{method} seed {seed} round {row['round']}: labels {row['labels']}, stable {row['md_stable_fraction']:.2f}, "
-            f"mean TTF {row['mean_time_to_failure_fs']:.0f} fs, |barrier error| {row['barrier_error_eV']:.3f} eV, "
-            f"force MAE {row['force_mae']:.3f} eV/Å")
+        log(f"{method} seed {seed} round {row['round']}: labels {row['labels']}, calls {row['reference_calls']}, "
+            + ", ".join(f"{k} {row[k]:.3g}" for k in figures(system)))
     return rows
 
 
-def summarize(rows: list[dict]) -> dict:
+def build_system(name: str, options: dict, md_sampler_steps: int | None):
+    """The system at these options (``md_sampler_steps`` overrides the md sampler's trajectory length)."""
+    system = get_system(name, **options)
+    if md_sampler_steps is not None:
+        system = replace(system, md={**system.md, "n_steps": md_sampler_steps})
+    return system
+
+
+def run_job(name: str, options: dict, md_sampler_steps: int | None, method: str, seed: int, rounds: int,
+            out_dir: str) -> list[dict]:
+    """One (method, seed) run in a worker process: the system is rebuilt there from its options."""
+    set_threads(1)
+    return run_one(build_system(name, options, md_sampler_steps), method, seed, rounds, out_dir,
+                   lambda s: print(s, flush=True))
+
+
+def summarize(rows: list[dict], keys) -> dict:
     """{method: [per round: labels, reference_calls and mean/min/max over seeds of each figure]}."""
     summary = {}
     for method in sorted({r["method"] for r in rows}):
@@ -85,8 +109,8 @@ def summarize(rows: list[dict]) -> dict:
             chosen = [r for r in rows if r["method"] == method and r["round"] == number]
             line = {"round": number, "labels": int(np.mean([r["labels"] for r in chosen])),
                     "reference_calls": float(np.mean([r["reference_calls"] for r in chosen])), "n_seeds": len(chosen)}
-            for key in FIGURES:
-                values = np.array([r[key] for r in chosen], dtype=float)
+            for key in keys:
+                values = np.array([r.get(key, np.nan) for r in chosen], dtype=float)
                 finite = values[np.isfinite(values)]
                 line[key] = {"mean": float(finite.mean()) if len(finite) else None,
                              "min": float(finite.min()) if len(finite) else None,
@@ -97,7 +121,7 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
-def cost_to_reach(summary: dict, key: str, target: float | None) -> dict:
+def cost_to_reach(summary: dict, key: str, target: float | None, higher_is_better: bool) -> dict:
     """{method: {labels, reference_calls} of the first round whose mean ``key`` reaches ``target``, or None}."""
     out = {}
     for method, lines in summary.items():
@@ -106,7 +130,7 @@ def cost_to_reach(summary: dict, key: str, target: float | None) -> dict:
             continue
         for line in lines:
             value = line[key]["mean"]
-            if value is not None and (value >= target if HIGHER_IS_BETTER[key] else value <= target):
+            if value is not None and (value >= target if higher_is_better else value <= target):
                 out[method] = {"labels": line["labels"], "reference_calls": line["reference_calls"],
                                "round": line["round"]}
                 break
@@ -115,6 +139,7 @@ def cost_to_reach(summary: dict, key: str, target: float | None) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", default="adatom", choices=SYSTEMS)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=10, help="new EMT labels per round")
@@ -123,14 +148,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--features", type=int, default=None, help="SchNet feature width (system default 32)")
     parser.add_argument("--stability-runs", type=int, default=None, help="MD runs per evaluation (default 8)")
     parser.add_argument("--stability-steps", type=int, default=None, help="2 fs steps per MD run (default 500)")
-    parser.add_argument("--neb-steps", type=int, default=None, help="BFGS steps of the committee NEB (default 300)")
+    parser.add_argument("--neb-steps", type=int, default=None,
+                        help="BFGS steps of the committee NEB (adatom, default 300)")
     parser.add_argument("--energy-tolerance", type=float, default=None,
-                        help="eV off EMT that fails an MD run (default 0.2)")
+                        help="eV off the reference that fails an MD run (adatom 0.2, sodalite 0.5)")
     parser.add_argument("--md-sampler-steps", type=int, default=None,
                         help="steps per committee-MD trajectory of the md sampler (system default 200)")
     parser.add_argument("--samplers", default="md,adversarial")
     parser.add_argument("--out", default="benchmarks/results/md_stability")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="(method, seed) runs in parallel processes")
     parser.add_argument("--quick", action="store_true", help="the smoke system, 1 seed, 1 round (tests)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -139,6 +166,8 @@ def main(argv=None) -> dict:
     for method in methods:
         if method not in ("md", "adversarial"):
             parser.error(f"unknown sampler {method!r}: choose md and/or adversarial")
+    if args.neb_steps is not None and args.system != "adatom":
+        parser.error("--neb-steps is for --system adatom (the sodalite has no NEB)")
     options = {key: value for key, value in {
         "budget": args.labels, "epochs": args.epochs, "n_members": args.members, "n_features": args.features,
         "stability_runs": args.stability_runs, "stability_steps": args.stability_steps, "neb_steps": args.neb_steps,
@@ -148,38 +177,44 @@ def main(argv=None) -> dict:
     if args.quick:
         seeds, rounds = 1, 1
         options = {"smoke": True, "budget": min(args.labels, 2)}
-    system = get_system("adatom", **options)
-    if args.md_sampler_steps is not None and not args.quick:
-        system = replace(system, md={**system.md, "n_steps": args.md_sampler_steps})
-        options["md_sampler_steps"] = args.md_sampler_steps
+    md_sampler_steps = None if args.quick else args.md_sampler_steps
+    system = build_system(args.system, options, md_sampler_steps)
+    keys = figures(system)
     os.makedirs(args.out, exist_ok=True)
-    print(f"adatom: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} labels", flush=True)
+    print(f"{system.name}: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} labels", flush=True)
     start = time.perf_counter()
-    rows = []
-    for seed in range(seeds):
-        for method in methods:
-            rows += run_one(system, method, seed, rounds, os.path.join(args.out, "runs"), lambda s: print(s, flush=True))
+    jobs = [(method, seed) for seed in range(seeds) for method in methods]
+    runs_dir = os.path.join(args.out, "runs")
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            futures = [pool.submit(run_job, args.system, options, md_sampler_steps, method, seed, rounds, runs_dir)
+                       for method, seed in jobs]
+            rows = [row for future in futures for row in future.result()]
+    else:
+        rows = [row for method, seed in jobs
+                for row in run_one(system, method, seed, rounds, runs_dir, lambda s: print(s, flush=True))]
     elapsed = time.perf_counter() - start
-    summary = summarize(rows)
+    summary = summarize(rows, keys)
     baseline = summary.get("md", [None])[-1]
-    targets = {key: (baseline[key]["mean"] if baseline else None) for key in ("md_stable_fraction", "barrier_error_eV")}
-    reach = {key: cost_to_reach(summary, key, target) for key, target in targets.items()}
+    targets = {key: (baseline[key]["mean"] if baseline else None) for key in keys if key != "force_mae"}
+    reach = {key: cost_to_reach(summary, key, target, keys[key]) for key, target in targets.items()}
     ratios = {}
     for key, costs in reach.items():  # None unless md improved on round 0 and the attack reached it too
         md_labels = costs["md"]["labels"] if costs.get("md") else 0
         ratios[key] = costs["adversarial"]["labels"] / md_labels if md_labels and costs.get("adversarial") else None
     output = {
-        "system": "adatom",
+        "system": system.name,
         "methods": methods,
         "seeds": seeds,
         "rounds": rounds,
         "labels_per_round": system.selection.budget,
-        "barrier_reference_eV": rows[0]["barrier_reference_eV"],
+        "barrier_reference_eV": rows[0].get("barrier_reference_eV"),
         "summary": summary,
         "targets_md_final": targets,
         "cost_to_reach_md_final": reach,
         "label_ratio_adversarial_over_md": ratios,
-        "options": options,
+        "options": {**options, **({"md_sampler_steps": md_sampler_steps} if md_sampler_steps is not None else {})},
+        "workers": args.workers,
         "wall_s": elapsed,
         "quick": args.quick,
         "machine": machine(),
@@ -191,7 +226,7 @@ def main(argv=None) -> dict:
     for method, lines in summary.items():
         for line in lines:
             print(f"{method:12s} round {line['round']} labels {line['labels']:3d} calls {line['reference_calls']:5.0f}  "
-                  + "  ".join(f"{k} {line[k]['mean']}" for k in FIGURES))
+                  + "  ".join(f"{k} {line[k]['mean']}" for k in keys))
     print(f"labels (adversarial / md) to reach md's final figures: {ratios}")
     emit(output, args.json)
     return output

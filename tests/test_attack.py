@@ -129,3 +129,30 @@ def test_minimum_image_distances_match_ase():
                                      torch.zeros(10, dtype=torch.long), torch.tensor(cell)[None], torch.tensor(atoms.pbc)[None])
     np.testing.assert_allclose(torch_distances.numpy(), expected[i, j], atol=1e-12)
     assert not np.allclose(expected[i, j], atoms.get_all_distances()[i, j])  # the images matter here
+
+
+def test_the_cell_attack_strains_periodic_cells_uphill_in_the_objective():
+    from ase.build import bulk, fcc100
+
+    slab = fcc100("Al", size=(2, 2, 3), vacuum=4.0)  # periodic in x and y only
+    crystal = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
+    seeds = [crystal, slab, molecule("H2O")]
+    for atoms in seeds[:2]:
+        atoms.rattle(0.02, seed=1)
+    committee = Committee(SchNetCommittee(n_members=3, species=(1, 8, 13), n_features=8, n_interactions=1, seed=0))
+    config = AttackConfig(kT=1.0, n_steps=8, learning_rate=1e-9, initial_displacement=0.0, min_distance=0.5,
+                          strain_learning_rate=0.003, max_strain=0.02, uncertainty="forces")
+    result = attack(committee, seeds, [0.0, 1.0], config, progress=False)
+    assert result.cells.shape == (9, 3, 3, 3) and result.active.all()
+    assert np.all(np.diff(result.log_score[:, :2], axis=0) > 0)  # strain alone climbs the objective
+    final = result.final()
+    strain = np.linalg.solve(crystal.cell.array, final[0].cell.array) - np.eye(3)
+    assert 0 < np.abs(strain).max() <= 0.02 + 1e-6 and np.allclose(strain, strain.T, atol=1e-6)  # float32
+    assert np.allclose(final[1].cell[2], slab.cell[2]) and not np.allclose(final[1].cell[:2], slab.cell[:2])
+    assert np.allclose(final[2].cell, seeds[2].cell) and np.allclose(final[2].positions, seeds[2].positions, atol=1e-6)
+    fractional = np.linalg.solve(final[0].cell.array.T, final[0].positions.T).T
+    assert np.allclose(fractional, crystal.get_scaled_positions(wrap=False), atol=1e-6)  # atoms moved with the cell
+    plain = attack(committee, seeds, [0.0, 1.0], AttackConfig(kT=1.0, n_steps=2), progress=False)
+    assert plain.cells is None and np.allclose(plain.final()[0].cell, crystal.cell)
+    with pytest.raises(ValueError, match="strain_learning_rate"):
+        AttackConfig(strain_learning_rate=0.0)

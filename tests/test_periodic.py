@@ -172,6 +172,23 @@ def test_adatom_system_runs_a_round_of_active_learning(tmp_path):
     assert all(len(a.constraints) == 1 and len(a.constraints[0].index) == 8 for a in saved)
 
 
+def test_a_cell_attack_round_labels_strained_slabs(tmp_path):
+    from ase.io import read
+
+    from advsample.loop import ActiveLearning
+    from advsample.samplers import make_sampler
+    from advsample.systems import get_system
+
+    system = get_system("adatom", smoke=True)
+    sampler = make_sampler("adversarial", n_steps=5, strain_learning_rate=0.005, max_strain=0.03)
+    ActiveLearning.from_system(system, tmp_path, sampler, progress=False).run(1)
+    saved = read(tmp_path / "round_001" / "selected.extxyz", ":")
+    cell = system.initial[0].cell.array
+    assert all(np.allclose(a.cell[2], cell[2]) for a in saved)  # no strain along the vacuum
+    assert any(not np.allclose(a.cell[:2], cell[:2]) for a in saved)  # the in-plane lattice was attacked
+    assert all(np.abs(np.linalg.solve(cell, a.cell.array) - np.eye(3)).max() <= 0.03 + 1e-6 for a in saved)
+
+
 def test_notebook_05_runs_in_smoke_mode(tmp_path):
     import json
     from pathlib import Path
@@ -191,3 +208,34 @@ def test_notebook_05_runs_in_smoke_mode(tmp_path):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # slab views, σ on the path, attack strip, NEB profiles, survival curves
+
+
+def test_silica_sodalite_is_the_iza_framework_with_water_in_the_cage():
+    from ase.neighborlist import neighbor_list
+
+    from advsample.systems.sodalite import silica_sodalite, water_in_sodalite, window_direction
+
+    host = silica_sodalite()
+    assert host.get_chemical_formula() == "O24Si12" and host.pbc.all()
+    i, j, d = neighbor_list("ijd", host, 2.0)
+    numbers = host.numbers
+    assert np.allclose(d, 1.607, atol=2e-3)  # every Si–O bond, minimum image
+    assert set(np.bincount(i, minlength=len(host))[numbers == 14]) == {4}  # SiO4 tetrahedra
+    assert set(np.bincount(i, minlength=len(host))[numbers == 8]) == {2}  # bridging oxygens
+    cell = water_in_sodalite(rotation_seed=3)
+    distances = cell.get_all_distances(mic=True)[36:, :36]
+    assert distances.min() > 2.5  # the guest sits in the cage, clear of the framework
+    pushed = water_in_sodalite(1.5 * window_direction())
+    assert pushed.get_all_distances(mic=True)[36:, :36].min() < distances.min()  # towards a six-ring
+
+
+def test_sodalite_reference_is_periodic_gfn1_xtb():
+    pytest.importorskip("tblite")
+    from advsample.systems.sodalite import REFERENCE, water_in_sodalite
+
+    from advsample.label import label_structures
+
+    result = label_structures([water_in_sodalite()], REFERENCE, progress=False)
+    assert not result.failures
+    forces = result.labeled[0].get_forces()
+    assert np.isfinite(forces).all() and abs(forces.sum(0)).max() < 1e-3  # Newton's third law in the cell

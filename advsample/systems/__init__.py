@@ -158,6 +158,7 @@ _BUILTIN = {
     "ammonia": "advsample.systems.ammonia:ammonia",
     "ethanol": "advsample.systems.ethanol:ethanol",
     "adatom": "advsample.systems.adatom:adatom",
+    "sodalite": "advsample.systems.sodalite:sodalite",
 }
 
 
