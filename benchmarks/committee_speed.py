@@ -11,8 +11,8 @@
 * Training per round: ``train_committee`` for ``--epochs`` epochs (no early stop) with
   neighbour lists cached per geometry (the default) and rebuilt on every forward pass
   (``NeighbourCache(0)``), same seed and settings, alternated ``--rounds`` times (median),
-  on NH3 (118 structures) and a periodic Al(100) slab with an Au adatom (EMT labels,
-  30 rattled structures, bottom layer fixed). The final training losses of both paths
+  on NH3 (118 structures), ethanol (100 GFN2-xTB MD frames) and a periodic Al(100) slab
+  with an Au adatom (EMT labels, 30 rattled structures, bottom layer fixed). The final training losses of both paths
   are reported (identical lists give identical numbers). Goal: ≥ 2×.
 * MACE committee (if the mace extra is installed): one training step, M = 3, on NH3.
 * The attack (SchNet, 64 NH3 seeds): ms per step against one bare evaluation of the
@@ -52,6 +52,12 @@ def ammonia_data(n: int = 118):
     from advsample.systems.ammonia import ammonia_dataset
 
     return ammonia_dataset()[:n]
+
+
+def ethanol_data(n: int = 100):
+    from advsample.systems.ethanol import ethanol_dataset
+
+    return ethanol_dataset(n, n_scan=0, n_test_thermal=0)[0]
 
 
 def slab_data(n: int = 30, seed: int = 0):
@@ -233,6 +239,7 @@ def main(argv=None) -> dict:
     n_slabs = 4 if args.quick else 30
     training = {
         "ammonia": train_round(ammonia_data(n_molecules), (1, 7), epochs, rounds, args.members),
+        "ethanol": train_round(ethanol_data(8 if args.quick else 100), (1, 6, 8), epochs, rounds, args.members),
         "slab": train_round(slab_data(n_slabs), (13, 79), epochs, rounds, args.members),
     }
     for system, t in training.items():
@@ -262,6 +269,7 @@ def main(argv=None) -> dict:
         "ms_loop_schnet": schnet["ms_loop"],
         "training_round": training,
         "speedup_training_ammonia": training["ammonia"]["speedup"],
+        "speedup_training_ethanol": training["ethanol"]["speedup"],
         "speedup_training_slab": training["slab"]["speedup"],
         "mace": mace,
         "attack": attack_timing,
