@@ -46,19 +46,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import thermalize_momenta
 
 from .committee import Committee
-from .geometry import GeometryError
 from .objective import Objective
-from .samplers import Proposal, UncertaintyMDSampler, choose_seeds
+from .samplers import Proposal, UncertaintyMDSampler, choose_seeds, langevin_frames
 from .structures import Batch
 
 # UDD-AL glycine parameters (Kulichenko et al. 2023) and the temperature they were used at
@@ -177,45 +174,6 @@ class BiasedMDCalculator(_BiasCalculator):
         bias_forces = strength * uncertainty_force
         sigma = float(std[0].detach())
         self._store(float(mean[0].detach()), -strength * sigma, sigma, forces + bias_forces, bias_forces)
-
-
-def langevin_frames(
-    seeds: Sequence[Atoms], make_calculator: Callable[[], Calculator], temperature_K: float, timestep_fs: float,
-    n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
-) -> list[list[Atoms]]:
-    """One ASE Langevin trajectory per seed, each with a fresh calculator; frames every ``interval``
-    steps (positions only, no calculator), stopped at the first non-finite position or
-    :class:`~advsample.geometry.GeometryError` (overlapping atoms: the frame is not kept), and, with
-    ``stop_energy_std`` (energy unit), at the first step whose committee σ_E (the calculator's
-    ``energy_std``) exceeds it: that frame ends the trajectory."""
-    trajectories = []
-    for index, atoms in enumerate(seeds):
-        system = atoms.copy()
-        system.calc = make_calculator()
-        rng = np.random.default_rng([seed, index])
-        thermalize_momenta(system, temperature_K, rng=rng)
-        dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
-                            friction=friction, fixcm=False, rng=rng)
-        frames = []
-        steps = dynamics.irun(steps=n_steps)
-        while True:
-            try:
-                next(steps)
-            except StopIteration:
-                break
-            except GeometryError:  # the model refuses the geometry (overlapping atoms): the trajectory ends
-                break
-            if not np.all(np.isfinite(system.positions)):
-                break
-            stop = stop_energy_std is not None and system.calc.results.get("energy_std", 0.0) > stop_energy_std
-            if stop or (dynamics.nsteps % interval == 0 and dynamics.nsteps > 0):
-                frame = system.copy()
-                frame.calc = None
-                frames.append(frame)
-            if stop:
-                break
-        trajectories.append(frames)
-    return trajectories
 
 
 @dataclass

@@ -13,16 +13,18 @@ shares on several samplers).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
 from .attack import AttackConfig, AttackResult, attack
 from .calculator import CommitteeCalculator
 from .committee import Committee
+from .geometry import GeometryError
 from .objective import Objective
 from .structures import Batch
 
@@ -129,12 +131,52 @@ class RandomDisplacementSampler(Sampler):
         return Proposal(objective.score(committee, candidates, train_energies))
 
 
+def langevin_frames(
+    seeds: Sequence[Atoms], make_calculator: Callable[[], Calculator], temperature_K: float, timestep_fs: float,
+    n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
+) -> list[list[Atoms]]:
+    """One ASE Langevin trajectory per seed, each with a fresh calculator; frames every ``interval``
+    steps (positions only, no calculator), stopped at the first non-finite position or
+    :class:`~advsample.geometry.GeometryError` (overlapping atoms: the frame is not kept), and, with
+    ``stop_energy_std`` (energy unit), at the first step whose committee σ_E (the calculator's
+    ``energy_std``) exceeds it: that frame ends the trajectory."""
+    trajectories = []
+    for index, atoms in enumerate(seeds):
+        system = atoms.copy()
+        system.calc = make_calculator()
+        rng = np.random.default_rng([seed, index])
+        thermalize_momenta(system, temperature_K, rng=rng)
+        dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
+                            friction=friction, fixcm=False, rng=rng)
+        frames = []
+        steps = dynamics.irun(steps=n_steps)
+        while True:
+            try:
+                next(steps)
+            except StopIteration:
+                break
+            except GeometryError:  # the model refuses the geometry (overlapping atoms): the trajectory ends
+                break
+            if not np.all(np.isfinite(system.positions)):
+                break
+            stop = stop_energy_std is not None and system.calc.results.get("energy_std", 0.0) > stop_energy_std
+            if stop or (dynamics.nsteps % interval == 0 and dynamics.nsteps > 0):
+                frame = system.copy()
+                frame.calc = None
+                frames.append(frame)
+            if stop:
+                break
+        trajectories.append(frames)
+    return trajectories
+
+
 @dataclass
 class UncertaintyMDSampler(Sampler):
     """Committee Langevin MD (ASE) from the seeds; frames are ranked by σ² alone (classic active learning).
 
     ``temperature_K`` None: k_B T = the objective's kT (for toy surfaces the energy unit is
-    read as eV). timestep_fs in fs, friction in ASE units.
+    read as eV). timestep_fs in fs, friction in ASE units. A trajectory ends at a geometry
+    the model refuses (:func:`langevin_frames`); the other seeds go on.
     """
 
     temperature_K: float | None = None
@@ -155,31 +197,10 @@ class UncertaintyMDSampler(Sampler):
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         temperature_K = self.temperature_K if self.temperature_K is not None else objective.kT / units.kB
-        trajectories = []
-        calculator = CommitteeCalculator(committee)
-        for index, atoms in enumerate(choose_seeds(seeds, self.n_seeds, seed)):
-            system = atoms.copy()
-            system.calc = calculator
-            rng = np.random.default_rng([seed, index])
-            thermalize_momenta(system, temperature_K, rng=rng)
-            dynamics = Langevin(
-                system,
-                timestep=self.timestep_fs * units.fs,
-                temperature_K=temperature_K,
-                friction=self.friction,
-                fixcm=False,
-                rng=rng,
-            )
-            frames = []
-            for _ in dynamics.irun(steps=self.n_steps):
-                if dynamics.nsteps % self.interval == 0 and dynamics.nsteps > 0:
-                    frame = system.copy()
-                    frame.calc = None
-                    frames.append(frame)
-                if not np.all(np.isfinite(system.positions)):
-                    break
-            trajectories.append(frames)
-        frames = [f for trajectory in trajectories for f in trajectory if np.all(np.isfinite(f.positions))]
+        trajectories = langevin_frames(choose_seeds(seeds, self.n_seeds, seed), lambda: CommitteeCalculator(committee),
+                                       temperature_K, self.timestep_fs, self.n_steps, self.interval, self.friction,
+                                       seed=seed)
+        frames = [f for trajectory in trajectories for f in trajectory]
         return Proposal(objective.score(committee, frames, train_energies), trajectories=trajectories)
 
 

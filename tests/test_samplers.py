@@ -62,3 +62,20 @@ def test_md_temperature_follows_the_objective_unless_given(trained_committee):
     implicit = frames(make_sampler("md", n_steps=20, n_seeds=2), 2.0)
     np.testing.assert_allclose(implicit, frames(make_sampler("md", n_steps=20, n_seeds=2, temperature_K=2.0 / units.kB), 2.0))
     assert not np.allclose(implicit, frames(make_sampler("md", n_steps=20, n_seeds=2), 0.2))
+
+
+def test_md_trajectory_the_model_refuses_ends_alone():
+    from ase.build import molecule
+
+    from advsample.committee import Committee
+    from advsample.models import SchNetCommittee
+
+    committee = Committee(SchNetCommittee(n_members=2, species=(1, 8), n_features=8, n_interactions=1,
+                                          min_distance=0.5, seed=0))
+    squeezed = molecule("H2")
+    squeezed.positions[1] = squeezed.positions[0] + [0, 0, 0.3]  # 0.3 Å: the model refuses it
+    seeds = [squeezed, molecule("H2O")]
+    proposal = make_sampler("md", temperature_K=300, timestep_fs=0.2, n_steps=10, interval=5, n_seeds=None).propose(
+        committee, seeds, [0.0, 1.0], Objective(kT=0.1), progress=False)
+    assert [len(t) for t in proposal.trajectories] == [0, 2]
+    assert len(proposal.candidates) == 2 and all(len(a) == 3 for a in proposal.candidates)
