@@ -254,6 +254,17 @@ def _snapshot(atoms: Atoms) -> Atoms:
     return frame
 
 
+def stability_metrics(result: dict) -> dict:
+    """A system's metrics from an :func:`md_stability` result: the stable fraction, mean and
+    per-run time to failure, failure reasons, ``stability`` (the input of
+    :func:`survival_curve`) and ``md_check_reference_calls``."""
+    out = {k: result[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs", "time_to_failure_fs", "failures")}
+    out["stability"] = {k: result[k] for k in ("n_runs", "n_steps", "timestep_fs", "temperature_K",
+                                               "time_to_failure_fs")}
+    out["md_check_reference_calls"] = result["md_reference_calls"]
+    return out
+
+
 def survival_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
     """Fraction of runs still physical vs time, from an :func:`md_stability` result.
 

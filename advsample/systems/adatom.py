@@ -178,7 +178,7 @@ def adatom(
         return Committee(model).to(default_device())
 
     def evaluate(committee: Committee) -> dict:
-        from ..metrics import md_stability
+        from ..metrics import md_stability, stability_metrics
 
         calculator = lambda: CommitteeCalculator(committee)  # noqa: E731
         out: dict = {"barrier_reference_eV": emt_barrier}
@@ -203,11 +203,7 @@ def adatom(
             n_steps=stability_steps, timestep_fs=stability_timestep_fs, reference=EMT(),
             energy_tolerance_eV=energy_tolerance_eV, n_check_frames=5, seed=data_seed,
         )
-        out.update({k: stability[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs",
-                                               "time_to_failure_fs", "failures")})
-        out["stability"] = {k: stability[k] for k in ("n_runs", "n_steps", "timestep_fs", "temperature_K",
-                                                      "time_to_failure_fs")}  # survival_curve(out["stability"])
-        out["md_check_reference_calls"] = stability["md_reference_calls"]
+        out.update(stability_metrics(stability))
         return out
 
     return System(

@@ -149,7 +149,7 @@ def sodalite(
         return Committee(model).to(default_device())
 
     def evaluate(committee: Committee) -> dict:
-        from ..metrics import md_stability
+        from ..metrics import md_stability, stability_metrics
         from ..molecules import xtb_calculator
 
         stability = md_stability(
@@ -157,11 +157,7 @@ def sodalite(
             n_steps=stability_steps, timestep_fs=stability_timestep_fs, reference=xtb_calculator(method="GFN1-xTB"),
             energy_tolerance_eV=energy_tolerance_eV, n_check_frames=3, seed=data_seed,
         )
-        out = {k: stability[k] for k in ("md_stable_fraction", "mean_time_to_failure_fs", "time_to_failure_fs",
-                                          "failures")}
-        out["stability"] = {k: stability[k] for k in ("n_runs", "n_steps", "timestep_fs", "temperature_K",
-                                                      "time_to_failure_fs")}
-        out["md_check_reference_calls"] = stability["md_reference_calls"]
+        out = stability_metrics(stability)
         _, window_forces = labels_of(window)
         out["window_force_mae"] = float(np.abs(committee.predict(window)["forces_mean"] - window_forces).mean())
         return out
