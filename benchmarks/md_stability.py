@@ -18,7 +18,7 @@ the error of the committee's NEB hop barrier against EMT's 0.374 eV. Methods: ``
 ``adversarial`` (the batched attack, ranked by log σ² − Ē/kT), both with ``--labels`` new
 EMT labels per round.
 
-Reported per method: mean, min and max over seeds of each figure after each round, with
+Reported per method (and plotted in DIR/md_stability.png): mean, min and max over seeds of each figure after each round, with
 labels used and reference calls (``metrics["reference_calls"]`` of each round: every EMT
 call paid for training labels, failed ones included); and the labels and reference calls
 each method needs to reach classic MD-AL's final mean stable fraction and barrier error
@@ -121,6 +121,31 @@ def summarize(rows: list[dict], keys) -> dict:
     return summary
 
 
+def figure(summary: dict, system):
+    """Each figure vs labels per method: mean over seeds (line) and min–max (band)."""
+    from matplotlib.figure import Figure
+
+    declared = {m.name: m for m in system.all_metrics()}
+    keys = list(figures(system))
+    fig = Figure(figsize=(4.2 * len(keys), 3.4), layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+        for method, lines in summary.items():
+            x = [line["labels"] for line in lines]
+            mean = [line[key]["mean"] if line[key]["mean"] is not None else np.nan for line in lines]
+            low = [line[key]["min"] if line[key]["min"] is not None else np.nan for line in lines]
+            high = [line[key]["max"] if line[key]["max"] is not None else np.nan for line in lines]
+            (curve,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} (n={lines[0]['n_seeds']})")
+            ax.fill_between(x, low, high, color=curve.get_color(), alpha=0.15, linewidth=0)
+        if key in declared and declared[key].log_scale:
+            ax.set_yscale("log")
+        ax.set_xlabel("new reference labels")
+        ax.set_ylabel(declared[key].axis_label(system.energy_unit) if key in declared else key)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle(f"{system.name}: mean over seeds, band = min–max", fontsize=10)
+    return fig
+
+
 def cost_to_reach(summary: dict, key: str, target: float | None, higher_is_better: bool) -> dict:
     """{method: {labels, reference_calls} of the first round whose mean ``key`` reaches ``target``, or None}."""
     out = {}
@@ -219,6 +244,8 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "machine": machine(),
     }
+    figure(summary, system).savefig(os.path.join(args.out, "md_stability.png"), dpi=110)
+    output["plot"] = os.path.join(args.out, "md_stability.png")
     with open(os.path.join(args.out, "rows.json"), "w") as handle:
         json.dump(rows, handle, indent=1, default=float)
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
