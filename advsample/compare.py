@@ -149,25 +149,23 @@ def _row(system: System, method: str, kT: float, seed: int, selection, metrics: 
     return row
 
 
-def _settings(system: System, budget: int | None, epochs: int | None, budget_unit: str | None = None,
-              window_sigmas: float | None = None) -> dict:
-    """ActiveLearning overrides of a run: the comparison's budget (and its unit), energy-window bound and epochs."""
-    selection = replace(system.selection, budget=int(budget)) if budget else system.selection
-    selection = replace(selection, budget_unit=budget_unit) if budget_unit else selection
-    selection = replace(selection, window_sigmas=float(window_sigmas)) if window_sigmas is not None else selection
+def _settings(system: System, budget: int | None, epochs: int | None, selection: dict | None = None) -> dict:
+    """ActiveLearning overrides of a run: the comparison's budget and epochs, other SelectionConfig fields."""
+    overrides = {**({"budget": int(budget)} if budget else {}), **(selection or {})}
+    selection = replace(system.selection, **overrides)
     train = replace(system.train, epochs=int(epochs)) if epochs else system.train
     return {"selection": selection, "train_config": train}
 
 
 def run_one(system: "System | tuple[str, dict] | str", method: str, seed: int, rounds: int, run_dir: str | Path,
             budget: int | None = None, epochs: int | None = None, threads: int | None = 1,
-            budget_unit: str | None = None, window_sigmas: float | None = None) -> list[dict]:
+            selection: dict | None = None) -> list[dict]:
     """One active-learning run; returns one row per round (0..rounds). Resumes from ``run_dir``.
 
     ``system``: a System, a name, or a ``(name, options)`` spec (rebuilt in this process).
-    ``budget`` / ``epochs`` / ``budget_unit`` / ``window_sigmas``: override the system's budget
-    per round (labels, or reference calls) / training epochs / the energy window's upper
-    confidence bound (:class:`~advsample.select.SelectionConfig`).
+    ``budget`` / ``epochs``: override the system's budget per round / training epochs;
+    ``selection``: other :class:`~advsample.select.SelectionConfig` fields (``budget_unit``,
+    ``energy_ceiling``, ``window_sigmas`` ...).
     """
     import torch
 
@@ -179,7 +177,7 @@ def run_one(system: "System | tuple[str, dict] | str", method: str, seed: int, r
         system = get_system(system[0], **system[1])
     system = get_system(system)
     sampler, objective = make_method(system, method)
-    settings = _settings(system, budget, epochs, budget_unit, window_sigmas)
+    settings = _settings(system, budget, epochs, selection)
     loop = ActiveLearning.from_system(system, run_dir, sampler, seed=seed, kT=objective.kT, progress=False, **settings)
     return [_row(system, method, objective.kT, seed, settings["selection"], record.metrics)
             for record in loop.irun(rounds)]
@@ -204,6 +202,7 @@ def run_comparison(system: "System | str", methods: Sequence[str], seeds: Sequen
         raise ValueError(f"system {system.name!r} was built by hand: worker processes cannot rebuild it; use "
                          "workers=1, or build it with get_system(name or 'module:factory', ...)")
     out_dir = Path(out_dir)
+    selection = {"budget_unit": budget_unit} if budget_unit else None
     jobs = [(m, s) for m in methods for s in seeds]
     rows: list[dict] = []
     start = time.perf_counter()
@@ -219,12 +218,12 @@ def run_comparison(system: "System | str", methods: Sequence[str], seeds: Sequen
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             futures = {(m, s): pool.submit(run_one, system.spec, m, s, rounds, out_dir / f"{m}_seed{s}", budget,
-                                           epochs, 1, budget_unit) for m, s in jobs}
+                                           epochs, 1, selection) for m, s in jobs}
             for (m, s), future in futures.items():
                 done(m, s, future.result())
     else:
         for m, s in jobs:
-            done(m, s, run_one(system, m, s, rounds, out_dir / f"{m}_seed{s}", budget, epochs, 1, budget_unit))
+            done(m, s, run_one(system, m, s, rounds, out_dir / f"{m}_seed{s}", budget, epochs, 1, selection))
     order = {m: i for i, m in enumerate(methods)}
     rows.sort(key=lambda r: (order[r["method"]], r["seed"], r["round"]))
     return rows
@@ -330,7 +329,7 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 # -- aggregation ---------------------------------------------------------------------------
-def budget_unit(rows: Sequence[dict]) -> str:
+def cost_unit(rows: Sequence[dict]) -> str:
     """The budget unit every row shares ("labels" for rows written before the unit existed);
     raises :class:`UnequalCostError` when runs counted their budgets in different units."""
     units = {r.get("budget_unit") or "labels" for r in rows}
@@ -352,7 +351,7 @@ def check_equal_cost(rows: Sequence[dict]) -> dict[int, int]:
     systems = {r["system"] for r in rows}
     if len(systems) > 1:
         raise UnequalCostError(f"runs on different systems cannot be compared: {sorted(systems)}")
-    unit = budget_unit(rows)
+    unit = cost_unit(rows)
     key, words = ("reference_calls", "reference calls") if unit == "reference_calls" else ("labels", "reference labels")
     budgets = {r["budget"] for r in rows}
     if len(budgets) > 1:
@@ -404,7 +403,7 @@ def aggregate(rows: Sequence[dict], system: "System | str | None" = None) -> dic
     [...]}, "n_seeds": n, "kT": kT}}}.
     """
     cost_by_round = check_equal_cost(rows)
-    unit = budget_unit(rows)
+    unit = cost_unit(rows)
     rounds = sorted(cost_by_round)
     cost = [cost_by_round[k] for k in rounds]
     declared = declared_metrics(system if system is not None else rows[0]["system"], rows)

@@ -1,7 +1,7 @@
 """Out-of-window labels: the attack with the energy window on Ē, or on an upper confidence bound Ē + κ·σ_E.
 
     python benchmarks/energy_window.py [--system ammonia] [--sigmas 0,1,2] [--seeds 3] [--rounds 2]
-        [--calls 10] [--epochs N] [--workers 2] [--out DIR] [--threads N] [--quick] [--json]
+        [--calls 10] [--epochs N] [--energy-ceiling E] [--workers 2] [--out DIR] [--threads N] [--quick] [--json]
 
 Selection drops candidates whose committee energy lies above the system's energy window
 (``SelectionConfig.energy_ceiling``); a candidate that the reference then puts above the
@@ -33,10 +33,13 @@ def method_name(kappa: float) -> str:
     return f"adversarial_ucb{kappa:g}"
 
 
-def run(spec, kappa: float, seed: int, rounds: int, out_dir: str, calls: int, epochs: int | None) -> list[dict]:
+def run(spec, kappa: float, seed: int, rounds: int, out_dir: str, calls: int, epochs: int | None,
+        ceiling: float | None) -> list[dict]:
     """Rows of one (κ, seed) attack run at ``calls`` reference calls per round."""
+    selection = {"budget_unit": "reference_calls", "window_sigmas": kappa,
+                 **({"energy_ceiling": ceiling} if ceiling is not None else {})}
     rows = compare.run_one(spec, "adversarial", seed, rounds, os.path.join(out_dir, f"ucb{kappa:g}_seed{seed}"),
-                           budget=calls, epochs=epochs, budget_unit="reference_calls", window_sigmas=kappa)
+                           budget=calls, epochs=epochs, selection=selection)
     for row in rows:
         row["method"] = method_name(kappa)
     return rows
@@ -50,6 +53,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=10, help="reference calls per round")
     parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the system's)")
+    parser.add_argument("--energy-ceiling", type=float, default=None,
+                        help="the selection window above the training minimum (default: the system's)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
     parser.add_argument("--out", default="benchmarks/results/energy_window")
     parser.add_argument("--threads", type=int, default=None)
@@ -65,7 +70,8 @@ def main(argv=None) -> dict:
     if args.quick:
         seeds, rounds, calls, epochs = 1, 1, min(calls, compare.SMOKE_RUN["budget"]), compare.SMOKE_RUN["epochs"]
     system = get_system(args.system, **options)
-    if system.selection.energy_ceiling is None:
+    ceiling = args.energy_ceiling if args.energy_ceiling is not None else system.selection.energy_ceiling
+    if ceiling is None:
         parser.error(f"system {system.name!r} has no energy window (SelectionConfig.energy_ceiling): nothing to bound")
     os.makedirs(args.out, exist_ok=True)
     print(f"{system.name}: attack with window_sigmas {sigmas} x {seeds} seeds x {rounds} rounds x {calls} calls",
@@ -76,10 +82,11 @@ def main(argv=None) -> dict:
     spec = (args.system, options)
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            futures = [pool.submit(run, spec, kappa, seed, rounds, runs_dir, calls, epochs) for kappa, seed in jobs]
+            futures = [pool.submit(run, spec, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling) for kappa, seed in jobs]
             rows = [row for future in futures for row in future.result()]
     else:
-        rows = [row for kappa, seed in jobs for row in run(spec, kappa, seed, rounds, runs_dir, calls, epochs)]
+        rows = [row for kappa, seed in jobs
+                for row in run(spec, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling)]
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
     summary = compare.aggregate(rows, system)  # refuses runs that paid different numbers of calls
     compare.save_summary(summary, os.path.join(args.out, "summary.json"))
@@ -91,7 +98,7 @@ def main(argv=None) -> dict:
         "seeds": seeds,
         "rounds": rounds,
         "calls_per_round": calls,
-        "energy_ceiling": system.selection.energy_ceiling,
+        "energy_ceiling": ceiling,
         "final": {line["method"]: line for line in table},
         "labels": {m: e["labels"]["mean"] for m, e in summary["methods"].items()},
         "calls_outside_window": {m: e["reference_calls_outside_window"]["mean"] for m, e in summary["methods"].items()},
