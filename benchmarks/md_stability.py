@@ -16,7 +16,7 @@ each round: the fraction of committee-MD runs at 450 K that stay physical and wi
 the error of the committee's NEB hop barrier against EMT's 0.374 eV. Methods: ``md``
 (committee Langevin MD at 450 K, frames ranked by σ: classic active learning) and
 ``adversarial`` (the batched attack, ranked by log σ² − Ē/kT), both with ``--labels`` new
-EMT labels per round.
+EMT labels per round; ``--samplers md_attack`` adds half MD frames, half the attack seeded at them.
 
 Reported per method (and plotted in DIR/md_stability.png): mean, min and max over seeds of each figure after each round, with
 labels used and reference calls (``metrics["reference_calls"]`` of each round: every EMT
@@ -53,13 +53,19 @@ def figures(system) -> dict[str, bool]:
     return {**{m.name: not m.lower_is_better for m in system.metrics}, "force_mae": False}
 
 
+SAMPLERS = ("md", "adversarial", "md_attack")
+
+
 def sampler_for(name: str, system):
-    """The system's sampler settings: ``md`` from ``system.md``, ``adversarial`` from ``system.attack``."""
+    """The system's sampler settings: ``md`` from ``system.md``, ``adversarial`` from ``system.attack``,
+    ``md_attack`` (half MD frames, half the attack seeded at them) from both."""
     if name == "md":
         return make_sampler("md", **system.md)
     if name == "adversarial":
         return make_sampler("adversarial", **system.attack)
-    raise ValueError(f"unknown method {name!r}: this benchmark compares 'md' and 'adversarial'")
+    if name == "md_attack":
+        return make_sampler("md_attack", **system.md, attack=dict(system.attack))
+    raise ValueError(f"unknown method {name!r}: choose from {SAMPLERS}")
 
 
 def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> list[dict]:
@@ -189,8 +195,8 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     methods = [m for m in args.samplers.split(",") if m]
     for method in methods:
-        if method not in ("md", "adversarial"):
-            parser.error(f"unknown sampler {method!r}: choose md and/or adversarial")
+        if method not in SAMPLERS:
+            parser.error(f"unknown sampler {method!r}: choose from {','.join(SAMPLERS)}")
     if args.neb_steps is not None and args.system != "adatom":
         parser.error("--neb-steps is for --system adatom (the sodalite has no NEB)")
     options = {key: value for key, value in {
