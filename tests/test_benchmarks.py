@@ -190,7 +190,7 @@ def test_unequal_reference_calls_refused():
 
 
 def test_label_ratio():
-    summary = {"labels": [0, 10, 20], "methods": {
+    summary = {"cost": [0, 10, 20], "labels": [0, 10, 20], "methods": {
         "adversarial": {"force_mae": {"mean": [4.0, 1.0, 0.5]}},
         "random": {"force_mae": {"mean": [4.0, 2.0, 1.0]}},
         "better": {"force_mae": {"mean": [4.0, 0.5, 0.25]}},
