@@ -386,6 +386,9 @@ class ActiveLearning:
         train_variance = np.array([a.info["committee_variance"] for a in train_scored])
         accepted, proposals, candidates = [], [], []
         failures, outside_window, streak = [], [], 0
+        # calls an interrupted attempt at this round already paid (in the cache, in no finished round):
+        # the replay answers them from the cache, and a call budget counts them as spent
+        prepaid = max(cache.n_calls - previous.metrics.get("reference_calls", 0), 0)
         for part, (sampler, budget) in enumerate(self.sampler.parts(self.selection.budget)):
             start = time.perf_counter()
             proposal = sampler.propose(
@@ -405,8 +408,10 @@ class ActiveLearning:
             )
             timings["select_s"] += time.perf_counter() - start
             start = time.perf_counter()
+            part_prepaid = min(prepaid, budget) if self.selection.budget_unit == "reference_calls" else 0
+            prepaid -= part_prepaid
             labeled, part_failures, part_outside, streak, spent = self._label_budget(
-                ranked, budget, cache, reference_energy, number, streak
+                ranked, budget, cache, reference_energy, number, streak, part_prepaid
             )
             timings["label_s"] += time.perf_counter() - start
             for atoms in labeled:
@@ -451,10 +456,11 @@ class ActiveLearning:
         self._save(record)
         return record
 
-    def _label_budget(self, ranked, budget, cache, reference_energy, number: int, streak: int):
+    def _label_budget(self, ranked, budget, cache, reference_energy, number: int, streak: int, prepaid: int = 0):
         """Label ranked candidates until ``budget`` labels inside the energy window succeed, or
-        (``budget_unit="reference_calls"``) until ``budget`` reference calls are paid; successes
-        outside the window are recorded, paid for and not trained on either way.
+        (``budget_unit="reference_calls"``) until ``budget`` reference calls are paid, ``prepaid``
+        of them by an interrupted attempt (answered from the cache now); successes outside the
+        window are recorded, paid for and not trained on either way.
 
         Returns (accepted, failures, outside the window, consecutive failures at the end, budget spent).
         """
@@ -462,7 +468,7 @@ class ActiveLearning:
         remaining = list(ranked)
         ceiling = self.selection.energy_ceiling
         by_calls = self.selection.budget_unit == "reference_calls"
-        calls = 0
+        calls = prepaid
 
         def spent() -> int:
             return calls if by_calls else len(accepted)

@@ -122,6 +122,22 @@ def test_a_reference_call_budget_pays_exactly_that_many_calls_per_round(tmp_path
     assert records[2].metrics["labels_used"] == len(records[2].train) - len(records[0].train)
 
 
+def test_an_interrupted_call_budget_round_resumes_at_exactly_its_budget(tmp_path):
+    calls = {"budget_unit": "reference_calls"}
+    fail = lambda x: x > -1.1  # noqa: E731  (failed calls are paid too)
+    uninterrupted = make_loop(tmp_path / "a", CountingSurface(double_well_1d(), fail_if=fail), epochs=60,
+                              selection=calls).run(2)
+    flaky = CountingSurface(double_well_1d(), fail_if=fail, interrupt_after=11)  # round 2 dies after 3 calls
+    with pytest.raises(KeyboardInterrupt):
+        make_loop(tmp_path / "b", flaky, epochs=60, selection=calls).run(2)
+    resumed_reference = CountingSurface(double_well_1d(), fail_if=fail)
+    resumed = make_loop(tmp_path / "b", resumed_reference, epochs=60, selection=calls).run(2)
+    assert len(resumed_reference.calls) == 5  # the 3 paid before the kill count against the budget of 8
+    assert resumed[2].metrics["round_reference_calls"]["total"] == 8
+    assert resumed[2].metrics["reference_calls"] == uninterrupted[2].metrics["reference_calls"] == 16
+    assert [a.positions.tolist() for a in resumed[2].train] == [a.positions.tolist() for a in uninterrupted[2].train]
+
+
 def test_the_energy_windows_upper_confidence_bound_is_applied_before_labels_are_paid(tmp_path):
     window = {"energy_ceiling": 3.0, "window_sigmas": 1.0}
     record = make_loop(tmp_path / "run", CountingSurface(double_well_1d()), epochs=60, selection=window).run(1)[1]
