@@ -172,7 +172,7 @@ def sodalite(
         kT=kT,
         uncertainty="forces",
         train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
-                          progress=False),
+                          batch_size=None if smoke else 6, progress=False),  # 200 full-batch steps: 1.4 eV/Å
         selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV),
         attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
                 "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
