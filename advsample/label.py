@@ -530,7 +530,8 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
                 unit: str = "labels") -> LabelResult:
     """Label ranked ``candidates`` (best first) until ``k`` labels succeed (``unit="labels"``)
     or until ``k`` reference calls have been paid (``unit="calls"``: every success of those
-    calls is returned, and answers from the cache cost nothing).
+    calls is returned; answers from the cache cost nothing, also those right after the last
+    call, so a replayed round gets the labels its interrupted attempt paid for).
 
     Works in waves: each wave submits the next ``max(missing, min_wave)`` candidates in
     rank order, where ``missing`` is how many labels are still needed and ``min_wave``
@@ -569,9 +570,13 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     def missing() -> int:
         return k - (total.n_calls if by_calls else len(successes))
 
+    def cached_next() -> bool:  # free: a call budget also takes the cache hits that follow its last call
+        record = cache.get(candidates[position]) if cache is not None else None
+        return record is not None and (bool(record.get("ok")) or not retry_failed)
+
     try:
-        while missing() > 0 and position < len(candidates):
-            size = missing() if by_calls else max(missing(), min_wave)  # a call budget is never overshot
+        while position < len(candidates) and (missing() > 0 or (by_calls and cached_next())):
+            size = max(missing(), 1) if by_calls else max(missing(), min_wave)  # a call budget is never overshot
             if max_consecutive_failures is not None:  # never run far past the give-up
                 size = min(size, max(1, max_consecutive_failures - streak))
             wave = candidates[position:position + size]

@@ -473,7 +473,7 @@ class ActiveLearning:
         def spent() -> int:
             return calls if by_calls else len(accepted)
 
-        while spent() < budget and remaining:
+        while remaining and (by_calls or len(accepted) < budget):  # a call budget: one pass of label_until
             try:
                 result = label_until(
                     remaining, budget - spent(), self.reference, self.executor, cache, progress=self.progress,
@@ -496,7 +496,7 @@ class ActiveLearning:
                 else:
                     accepted.append(atoms)
             consumed = [*result.indices, *(f["index"] for f in result.failures)]
-            if not consumed:
+            if by_calls or not consumed:
                 break
             remaining = remaining[max(consumed) + 1 :]
         return accepted, failures, outside, streak, spent()

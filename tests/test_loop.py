@@ -138,6 +138,27 @@ def test_an_interrupted_call_budget_round_resumes_at_exactly_its_budget(tmp_path
     assert [a.positions.tolist() for a in resumed[2].train] == [a.positions.tolist() for a in uninterrupted[2].train]
 
 
+def test_a_call_budget_round_killed_after_paying_everything_resumes_with_its_labels(tmp_path, monkeypatch):
+    calls = {"budget_unit": "reference_calls"}
+    uninterrupted = make_loop(tmp_path / "a", CountingSurface(double_well_1d()), epochs=60, selection=calls).run(1)
+    train = ActiveLearning._train
+
+    def killed_in_training(self, committee, data, validation, number):
+        if number == 1:
+            raise KeyboardInterrupt("killed after labeling, before the round was written")
+        return train(self, committee, data, validation, number)
+
+    monkeypatch.setattr(ActiveLearning, "_train", killed_in_training)
+    with pytest.raises(KeyboardInterrupt):
+        make_loop(tmp_path / "b", CountingSurface(double_well_1d()), epochs=60, selection=calls).run(1)
+    monkeypatch.setattr(ActiveLearning, "_train", train)
+    again = CountingSurface(double_well_1d())
+    resumed = make_loop(tmp_path / "b", again, epochs=60, selection=calls).run(1)
+    assert again.calls == []  # all 8 calls were paid before the kill
+    assert resumed[1].metrics["new_labels"] == uninterrupted[1].metrics["new_labels"] == 8
+    assert resumed[1].metrics["round_reference_calls"]["total"] == 8
+
+
 def test_the_energy_windows_upper_confidence_bound_is_applied_before_labels_are_paid(tmp_path):
     window = {"energy_ceiling": 3.0, "window_sigmas": 1.0}
     record = make_loop(tmp_path / "run", CountingSurface(double_well_1d()), epochs=60, selection=window).run(1)[1]
