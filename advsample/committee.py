@@ -21,7 +21,7 @@ from ase import Atoms
 from torch import nn
 
 from . import uncertainty
-from .models import MODELS, CommitteeModel
+from .models import MODELS, CommitteeModel, FixedGeometry
 from .structures import Batch
 
 CHECKPOINT_FORMAT = "advsample.committee"
@@ -117,15 +117,27 @@ class Committee(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def fixed_geometry(self, batch: Batch) -> FixedGeometry | None:
+        """The model's :class:`~advsample.models.base.FixedGeometry` of ``batch``, or None if it has none."""
+        if not hasattr(self.model, "fixed_geometry"):
+            return None
+        return self.model.fixed_geometry(batch.to(self.device, self.dtype))
+
     def forward(
-        self, batch: Batch, forces: bool = True, create_graph: bool = False, positions: torch.Tensor | None = None
+        self, batch: Batch, forces: bool = True, create_graph: bool = False, positions: torch.Tensor | None = None,
+        geometry: FixedGeometry | None = None,
     ) -> CommitteeOutput:
         """Predict energies [M, B] and (optionally) forces [M, N, 3].
 
         ``positions`` [N, 3] overrides the batch's positions (the attack passes x0 + δ so
         gradients reach δ). ``create_graph`` keeps the force graph (training, the attack).
+        ``geometry``: this batch's :meth:`fixed_geometry` (training: the batch's own positions).
         """
         batch = batch.to(self.device, self.dtype)
+        if geometry is not None:
+            if positions is not None:
+                raise ValueError("give positions or a fixed geometry, not both")
+            return self._forward_fixed(batch, geometry, forces, create_graph)
         if positions is None:
             positions = batch.positions
         if positions.shape != batch.positions.shape:
@@ -144,6 +156,23 @@ class Committee(nn.Module):
                     energies.sum(), member_positions, create_graph=create_graph, retain_graph=create_graph
                 )
                 member_forces = -gradient
+        if not create_graph:
+            energies = energies.detach()
+        return CommitteeOutput(energies, member_forces, batch.structure_index, ~batch.fixed)
+
+    def _forward_fixed(self, batch: Batch, geometry: FixedGeometry, forces: bool, create_graph: bool) -> CommitteeOutput:
+        """Energies [M, B] and forces [M, N, 3] through member views of the fixed radial features."""
+        features = geometry.features.detach().requires_grad_(forces)
+        member_features = features.unsqueeze(0).expand(self.n_members, -1, -1)
+        with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
+            raw = self.model.geometry_energies(batch, geometry, member_features)
+            energies = self.energy_scale * raw + self.energy_shift * batch.n_atoms.to(raw.dtype)
+            member_forces = None
+            if forces:
+                (gradient,) = torch.autograd.grad(
+                    energies.sum(), member_features, create_graph=create_graph, retain_graph=create_graph
+                )
+                member_forces = geometry.forces(gradient)
         if not create_graph:
             energies = energies.detach()
         return CommitteeOutput(energies, member_forces, batch.structure_index, ~batch.fixed)

@@ -34,6 +34,7 @@ class TrainConfig:
     lr_patience: int = 100  # epochs without improvement before decaying the learning rate
     min_learning_rate: float = 1e-5
     bootstrap: bool = False  # resample the training set per member
+    reuse_geometry: bool = True  # pairs and radial features once per batch (models that offer it), not every step
     seed: int = 0
     progress: bool = True  # tqdm bar
 
@@ -77,11 +78,13 @@ def split_validation(atoms_list: Sequence[Atoms], fraction: float = 0.1, seed: i
 
 
 class _Targets:
-    """A batch with its reference energies [B], forces [N, 3] and free-coordinate mask [N, 3]."""
+    """A batch with its reference energies [B], forces [N, 3], free-coordinate mask [N, 3] and,
+    with ``reuse_geometry``, the model's fixed geometry of it (computed once)."""
 
-    def __init__(self, atoms_list: Sequence[Atoms], committee: Committee):
+    def __init__(self, atoms_list: Sequence[Atoms], committee: Committee, reuse_geometry: bool = True):
         energies, forces = labels_of(atoms_list)
         self.batch = Batch.from_atoms(atoms_list).to(committee.device, committee.dtype)
+        self.geometry = committee.fixed_geometry(self.batch) if reuse_geometry else None
         self.energies = torch.as_tensor(energies, dtype=committee.dtype, device=committee.device)
         self.forces = torch.as_tensor(forces, dtype=committee.dtype, device=committee.device)
         self.free = (~self.batch.fixed).to(committee.dtype)
@@ -90,7 +93,7 @@ class _Targets:
         self, committee: Committee, config: TrainConfig, weights: torch.Tensor | None = None, create_graph=True
     ) -> torch.Tensor:
         """[M] loss per member; ``weights`` [M, B] are per-member structure weights (bootstrap)."""
-        out = committee(self.batch, forces=config.forces_weight > 0, create_graph=create_graph)
+        out = committee(self.batch, forces=config.forces_weight > 0, create_graph=create_graph, geometry=self.geometry)
         scale = committee.energy_scale
         n_structures = self.batch.n_structures
         if weights is None:
@@ -126,7 +129,7 @@ def train_committee(
     energies, _ = labels_of(train)
     if fit_normalization:
         committee.fit_normalization(energies, [len(a) for a in train])
-    validation_targets = _Targets(validation, committee) if validation else None
+    validation_targets = _Targets(validation, committee, config.reuse_geometry) if validation else None
     n_members, n_train = committee.n_members, len(train)
     batch_size = n_train if config.batch_size is None else min(config.batch_size, n_train)
     counts = None
@@ -134,11 +137,12 @@ def train_committee(
         draws = rng.integers(0, n_train, size=(n_members, n_train))
         counts = np.stack([np.bincount(d, minlength=n_train) for d in draws]).astype(float)
 
-    optimizer = torch.optim.Adam(committee.model.parameters(), lr=config.learning_rate)
+    fused = committee.device.type in ("cpu", "cuda")  # one kernel for all parameters
+    optimizer = torch.optim.Adam(committee.model.parameters(), lr=config.learning_rate, fused=fused)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
     )
-    full_batch = _Targets(train, committee) if batch_size == n_train else None
+    full_batch = _Targets(train, committee, config.reuse_geometry) if batch_size == n_train else None
     best_loss = torch.full((n_members,), float("inf"))
     best_state = member_state(committee.model)
     history = TrainHistory()
@@ -150,7 +154,7 @@ def train_committee(
         epoch_loss = 0.0
         for start in range(0, n_train, batch_size):
             index = np.sort(order[start : start + batch_size])
-            targets = full_batch or _Targets([train[i] for i in index], committee)
+            targets = full_batch or _Targets([train[i] for i in index], committee, config.reuse_geometry)
             weights = None
             if counts is not None:
                 weights = torch.as_tensor(counts[:, index], dtype=committee.dtype, device=committee.device)

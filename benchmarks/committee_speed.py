@@ -1,4 +1,4 @@
-"""Committee speed: batched vs member loop, training per round with cached vs per-forward neighbour lists, MACE, the attack.
+"""Committee speed: batched vs member loop, training per round through the fixed geometry vs per-forward, MACE, the attack.
 
     python benchmarks/committee_speed.py [--members 5] [--repeats 30] [--threads N] [--quick] [--json]
 
@@ -8,9 +8,11 @@
   ``--repeats``: MLP (3 × 64, SiLU) on 128 points of the 2D double well; SchNet (32
   features, 2 interactions) on 118 NH3 geometries with their packaged DFT labels.
   Goal: batched ≥ 1.5× the loop.
-* Training per round: ``train_committee`` for ``--epochs`` epochs (no early stop) with
-  neighbour lists cached per geometry (the default) and rebuilt on every forward pass
-  (``NeighbourCache(0)``), same seed and settings, alternated ``--rounds`` times (median),
+* Training per round: ``train_committee`` for ``--epochs`` epochs (no early stop) through
+  the fixed geometry (the default: pairs, radial basis and its derivative computed once per
+  training set, forces by the chain rule through them) and with neighbour lists and geometry
+  rebuilt on every forward pass (``NeighbourCache(0)``, ``TrainConfig(reuse_geometry=False)``),
+  same seed and settings, alternated ``--rounds`` times (median),
   on NH3 (118 structures), ethanol (100 GFN2-xTB MD frames) and a periodic Al(100) slab
   with an Au adatom (EMT labels, 30 rattled structures, bottom layer fixed). The final training losses of both paths
   are reported (identical lists give identical numbers). Goal: ≥ 2×.
@@ -83,10 +85,10 @@ def slab_data(n: int = 30, seed: int = 0):
 
 
 def train_round(data, species, epochs: int, rounds: int, n_members: int) -> dict:
-    """Seconds of ``train_committee`` per round: cached neighbour lists vs rebuilt every forward pass."""
+    """Seconds of ``train_committee`` per round: the fixed geometry (pairs and radial features once per
+    training set) vs neighbour lists and geometry rebuilt on every forward pass."""
     from advsample.committee import default_device
 
-    config = TrainConfig(epochs=epochs, patience=10 * epochs, progress=False, seed=0)
     times = {"cached": [], "per_forward": []}
     losses = {}
     for _ in range(rounds):
@@ -94,6 +96,8 @@ def train_round(data, species, epochs: int, rounds: int, n_members: int) -> dict
             committee = Committee(SchNetCommittee(n_members, species=species, seed=0)).to(default_device())
             if path == "per_forward":
                 committee.model.neighbour_cache = NeighbourCache(0)
+            config = TrainConfig(epochs=epochs, patience=10 * epochs, progress=False, seed=0,
+                                 reuse_geometry=path == "cached")
             start = time.perf_counter()
             history = train_committee(committee, data, None, config)
             times[path].append(time.perf_counter() - start)
@@ -245,7 +249,7 @@ def main(argv=None) -> dict:
     for system, t in training.items():
         print(
             f"training round, SchNet {system} ({t['n_structures']} structures, {epochs} epochs, M={args.members}): "
-            f"cached neighbours {t['s_cached']:.2f} s, per-forward {t['s_per_forward']:.2f} s, "
+            f"fixed geometry {t['s_cached']:.2f} s, per-forward {t['s_per_forward']:.2f} s, "
             f"speed-up {t['speedup']:.2f}x (final loss {t['final_train_loss_cached']:.5g} vs "
             f"{t['final_train_loss_per_forward']:.5g})"
         )

@@ -106,6 +106,41 @@ def test_a_model_whose_forces_are_not_minus_grad_e_fails_clearly():
         check_model(Committee(NotMinusGradient()), ammonia())
 
 
+def test_a_fixed_geometry_with_wrong_derivatives_fails_clearly():
+    class WrongDerivatives(SchNetCommittee):
+        def fixed_geometry(self, batch):
+            geometry = super().fixed_geometry(batch)
+            geometry.derivatives = 1.1 * geometry.derivatives
+            return geometry
+
+    MODELS["WrongDerivatives"] = WrongDerivatives
+    try:
+        with pytest.raises(ModelContractError, match="forces through fixed_geometry differ"):
+            check_model(Committee(WrongDerivatives(2, species=(1, 7), n_features=8)), ammonia())
+    finally:
+        del MODELS["WrongDerivatives"]
+
+
+def test_training_through_the_fixed_geometry_follows_the_per_step_path():
+    """Molecules, a periodic slab with a fixed layer and a rattled bulk cell in one batch: same losses."""
+    from ase.build import bulk
+    from ase.constraints import FixAtoms
+
+    fixed_slab = slab()
+    fixed_slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    cell = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 1, 1))
+    cell.rattle(0.05, seed=2)
+    species = (1, 7, 13, 79)
+    data = _labeled(ammonia(2) + _rattled([fixed_slab], 2, seed=4) + [cell])
+    histories = []
+    for reuse in (True, False):
+        committee = Committee(SchNetCommittee(2, species=species, n_features=8, cutoff=4.0, seed=1))
+        config = TrainConfig(epochs=8, progress=False, reuse_geometry=reuse)
+        histories.append(train_committee(committee, data, None, config).train_loss)
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-4)
+    assert histories[0][-1] < histories[0][0]
+
+
 def test_a_false_invariance_claim_fails():
     class ClaimsRotation(MLPCommittee):
         invariances = frozenset({"rotation"})
@@ -195,10 +230,13 @@ def test_checkpoint_file_round_trip_and_gather(tmp_path, name):
 def test_training_lists_periodic_neighbours_once_per_structure():
     committee = Committee(SchNetCommittee(2, species=(13, 79), n_features=4, cutoff=4.0))
     data = _labeled(_rattled([slab()], 4, seed=3))
+    per_step = Committee(SchNetCommittee(2, species=(13, 79), n_features=4, cutoff=4.0))
+    train_committee(per_step, data[:3], data[3:], TrainConfig(epochs=5, progress=False, reuse_geometry=False))
+    assert per_step.model.neighbour_cache.misses == 4  # 3 training + 1 validation geometry, listed once
+    assert per_step.model.neighbour_cache.hits >= 5 * 4 - 4  # and looked up at every step
     train_committee(committee, data[:3], data[3:], TrainConfig(epochs=5, progress=False))
     cache = committee.model.neighbour_cache
-    assert cache.misses == 4 and len(cache) == 4  # 3 training + 1 validation geometry, listed once
-    assert cache.hits >= 5 * 4 - 4
+    assert cache.misses == 4 and len(cache) == 4 and cache.hits == 0  # the fixed geometry: listed once, kept
     moved = Batch.from_atoms(data[:1])
     shifted = committee(moved, positions=moved.positions + 0.01).energies  # a new geometry is listed anew
     assert cache.misses == 5

@@ -7,7 +7,7 @@ state layout) is written once in :mod:`advsample.models.base` and checked by
 into one model (``MACECommittee`` in :mod:`advsample.models.mace`, with the ``mace``
 extra). :data:`MODELS` names them for checkpoints.
 """
-from .base import CommitteeModel, MemberList, ModelContractError, check_model
+from .base import CommitteeModel, FixedGeometry, MemberList, ModelContractError, check_model
 from .mlp import MLPCommittee
 from .schnet import SchNetCommittee
 
@@ -48,6 +48,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "CommitteeModel", "MLPCommittee", "MODELS", "MemberList", "ModelContractError", "SchNetCommittee",
+    "CommitteeModel", "FixedGeometry", "MLPCommittee", "MODELS", "MemberList", "ModelContractError", "SchNetCommittee",
     "check_model", "register_model",
 ]

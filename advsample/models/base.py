@@ -23,12 +23,21 @@ A committee model holds all M members of a :class:`~advsample.committee.Committe
     False for models that already return energies in eV (a pretrained potential):
     the committee keeps shift 0 and scale 1 for them.
 
+Optional, for training (positions never change there): ``fixed_geometry(batch) ->``
+:class:`FixedGeometry` computes a batch's pairs and radial pair features φ(d) with
+their derivatives ∂φ/∂d once, and ``geometry_energies(batch, geometry, features)``
+maps member features [M, P, K] to raw energies [M, B], equal to ``forward`` at the
+batch's positions. Forces then follow from ∂E/∂φ by the chain rule with the stored
+derivatives (:meth:`FixedGeometry.forces`), so the force loss's double backward never
+runs through the geometry. The attack and MD never use it (they move the atoms).
+
 Classes are registered by name in :data:`advsample.models.MODELS` (checkpoints store the
 class name and ``config()``). :func:`check_model` checks a model against this contract.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -55,6 +64,29 @@ class CommitteeModel(Protocol):
 
     def config(self) -> dict:
         """Keyword arguments that rebuild the model (with ``n_members`` and ``seed``)."""
+
+
+@dataclass
+class FixedGeometry:
+    """Pairs and radial features of one batch at fixed positions (see the module docstring).
+
+    ``i``, ``j`` [P]: atom indices, r_ij = x_j − x_i (+ periodic shift); ``features`` [P, K]:
+    φ(d_ij); ``derivatives`` [P, K]: ∂φ/∂d at d_ij (per Å); ``unit`` [P, 3]: r_ij / d_ij,
+    i.e. ∂d_ij/∂x_j; ``n_atoms``: N.
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    features: torch.Tensor
+    derivatives: torch.Tensor
+    unit: torch.Tensor
+    n_atoms: int
+
+    def forces(self, gradient: torch.Tensor) -> torch.Tensor:
+        """Forces [M, N, 3] from ∂E/∂φ [M, P, K] (energy per feature unit): F = −Σ_p ∂E/∂d_p ∂d_p/∂x."""
+        along = (gradient * self.derivatives).sum(-1, keepdim=True) * self.unit  # [M, P, 3]: ∂E/∂d_p · u_p
+        forces = gradient.new_zeros(gradient.shape[0], self.n_atoms, 3)
+        return forces.index_add(1, self.i, along).index_add(1, self.j, -along)
 
 
 class MemberList(nn.Module):
@@ -150,7 +182,8 @@ def check_model(
     shapes [M, N, 3] -> [M, B]; member m's gradient flows only through positions[m]; forces = −∇E
     by central finite differences (``step`` Å); the claimed invariances; the checkpoint
     round trip (rebuild from class name + ``config()``, load the state); the attack's
-    gradient d(σ²_E)/dx against finite differences.
+    gradient d(σ²_E)/dx against finite differences; a model with ``fixed_geometry``
+    gives the same energies and forces through it as through ``forward``.
     """
     from ..committee import Committee
     from . import MODELS
@@ -203,6 +236,17 @@ def check_model(
                     f"{name}: forces are not -dE/dx: atom {atom} axis {axis}: model forces "
                     f"{analytic.tolist()}, finite differences {numeric.tolist()}"
                 )
+
+    # the training path through fixed geometry (optional): same energies and forces
+    geometry = committee.fixed_geometry(batch)
+    if geometry is not None:
+        fixed = committee(batch, forces=True, geometry=geometry)
+        tolerance = atol * max(1.0, float(out.forces.abs().max()))
+        if not torch.allclose(fixed.energies, out.energies, rtol=rtol, atol=atol * max(1.0, float(e0.abs().max()))):
+            raise ModelContractError(f"{name}: energies through fixed_geometry differ from forward")
+        if not torch.allclose(fixed.forces, out.forces, rtol=rtol, atol=tolerance):
+            worst = float((fixed.forces - out.forces).abs().max())
+            raise ModelContractError(f"{name}: forces through fixed_geometry differ from forward by up to {worst:.3g}")
 
     # claimed invariances
     scale = atol + rtol * float(e0.abs().max())

@@ -11,6 +11,9 @@ so :meth:`advsample.committee.Committee.gather` can concatenate members along di
 
 Distances are computed from the per-member ``positions`` [M, N, 3] argument, never from
 ``batch.positions``, so the committee's one ``autograd.grad`` gives every member's forces.
+Training takes :meth:`SchNetCommittee.fixed_geometry` instead: pairs, the cut-off radial
+basis and its distance derivative computed once per training set, forces by the chain
+rule through them (see :mod:`.base`).
 
 Neighbours
     * Non-periodic structures: all ordered pairs (i, j), i != j, within each structure,
@@ -43,6 +46,7 @@ from torch import nn
 
 from ..geometry import GeometryError
 from ..structures import Batch
+from .base import FixedGeometry
 from .neighbours import NeighbourCache, batch_neighbours
 
 
@@ -243,18 +247,16 @@ class SchNetCommittee(nn.Module):
         return torch.cat([mi, pi]), torch.cat([mj, pj]), torch.cat([zeros, shift])
 
     # -- model -------------------------------------------------------------------------
-    def forward(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
-        """Raw energies [M, B] from member views of the positions [M, N, 3]."""
-        M = self.n_members
-        if positions.dim() != 3 or positions.shape[0] != M or positions.shape[2] != 3:
-            raise ValueError(f"positions must have shape [{M}, N, 3], got {tuple(positions.shape)}")
-        species = self.species_index(batch.numbers)
+    def _pairs(self, batch: Batch, positions: torch.Tensor):
+        """Pairs within the cutoff: (i [P], j [P], vectors r_ij [M, P, 3] Å, distances [M, P] Å).
+
+        Raises GeometryError for atoms closer than ``min_distance``.
+        """
         i, j, shift = self.neighbours(batch, positions)
         vectors = positions[:, j] - positions[:, i]  # [M, P, 3]
         if shift is not None:
             vectors = vectors + shift
         distances = vectors.pow(2).sum(-1).clamp_min(1e-12).sqrt()  # [M, P]
-
         with torch.no_grad():
             close = distances.detach().amin(0)
             far = close >= self.cutoff
@@ -271,16 +273,48 @@ class SchNetCommittee(nn.Module):
             drop = bool(far.any())
         if drop:  # pairs beyond the cutoff contribute nothing: drop them
             keep = ~far
-            i, j, distances = i[keep], j[keep], distances[:, keep]
+            i, j, vectors, distances = i[keep], j[keep], vectors[:, keep], distances[:, keep]
+        return i, j, vectors, distances
 
+    def _gaussians(self, distances: torch.Tensor) -> torch.Tensor:
+        """exp(−γ (d − c_k)²): [..., P] Å -> [..., P, K]."""
+        return torch.exp(-self.rbf_gamma * (distances.unsqueeze(-1) - self.rbf_centers) ** 2)
+
+    def forward(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B] from member views of the positions [M, N, 3]."""
+        M = self.n_members
+        if positions.dim() != 3 or positions.shape[0] != M or positions.shape[2] != 3:
+            raise ValueError(f"positions must have shape [{M}, N, 3], got {tuple(positions.shape)}")
+        species = self.species_index(batch.numbers)
+        i, j, _, distances = self._pairs(batch, positions)
+        rbf = self._gaussians(distances) * cosine_cutoff(distances, self.cutoff).unsqueeze(-1)  # [M, P, K]
+        return self._network(batch, species, i, j, rbf)
+
+    def fixed_geometry(self, batch: Batch) -> FixedGeometry:
+        """The batch's pairs, cut-off radial basis φ [P, K] and ∂φ/∂d [P, K] at its positions (training)."""
+        self.species_index(batch.numbers)
+        with torch.no_grad():
+            i, j, vectors, distances = self._pairs(batch, batch.positions.unsqueeze(0))
+            d, unit = distances[0], vectors[0] / distances[0].unsqueeze(-1)
+            gaussians = self._gaussians(d)  # [P, K]
+            cut = cosine_cutoff(d, self.cutoff).unsqueeze(-1)
+            dcut = (-0.5 * math.pi / self.cutoff * torch.sin(d * (math.pi / self.cutoff))).unsqueeze(-1)
+            derivatives = gaussians * (dcut - 2.0 * self.rbf_gamma * (d.unsqueeze(-1) - self.rbf_centers) * cut)
+        return FixedGeometry(i, j, gaussians * cut, derivatives, unit, batch.positions.shape[0])
+
+    def geometry_energies(self, batch: Batch, geometry: FixedGeometry, features: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B] from member views of the fixed geometry's radial features [M, P, K]."""
+        return self._network(batch, self.species_index(batch.numbers), geometry.i, geometry.j, features)
+
+    def _network(self, batch: Batch, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                 rbf: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B] from embedding rows [N], pairs (i, j) [P] and cut-off radial features [M, P, K]."""
+        M, F = self.n_members, self.n_features
         x = self.embedding[:, species, :]  # [M, N, F]
-        rbf = torch.exp(-self.rbf_gamma * (distances.unsqueeze(-1) - self.rbf_centers) ** 2)  # [M, P, K]
-        rbf = rbf * cosine_cutoff(distances, self.cutoff).unsqueeze(-1)
-        F = self.n_features
         for t in range(self.n_interactions):
             w = torch.bmm(rbf, self.filters[:, :, t * F : (t + 1) * F])  # [M, P, F]
             y = torch.bmm(x, self.in2f[t])  # [M, N, F]
-            messages = y[:, j] * w
+            messages = y.index_select(1, j) * w
             aggregated = torch.zeros_like(y).index_add(1, i, messages)
             v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
             x = x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
