@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from inspect import signature
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -225,7 +226,8 @@ class Committee(nn.Module):
     # -- persistence -------------------------------------------------------------------
     def checkpoint(self) -> dict:
         """Plain data only (str, numbers, lists, dicts, tensors): loadable with ``weights_only=True``."""
-        config = self.model.config()
+        # a permission to unpickle model files is never stored: Committee.load's caller gives it
+        config = {k: v for k, v in self.model.config().items() if k != "allow_pickle"}
         try:
             plain = json.loads(json.dumps(config, allow_nan=False))
         except (TypeError, ValueError) as exc:
@@ -273,12 +275,18 @@ class Committee(nn.Module):
         return data
 
     @classmethod
-    def load(cls, path: str | Path | BinaryIO, device: str | None = None) -> "Committee":
-        """Rebuild a committee from a checkpoint file or bytes buffer (model class and config included)."""
+    def load(cls, path: str | Path | BinaryIO, device: str | None = None, allow_pickle: bool = False) -> "Committee":
+        """Rebuild a committee from a checkpoint file or bytes buffer (model class and config included).
+
+        ``allow_pickle``: the model may unpickle the files its config names (a MACE committee
+        from the user's model files); such files can run code, so it is never read from the checkpoint.
+        """
         data = cls._read(path)
         if data["model_class"] not in MODELS:
             raise ValueError(f"{path}: unknown model class {data['model_class']}")
-        model = MODELS[data["model_class"]](**data["model_config"])
+        model_class = MODELS[data["model_class"]]
+        options = {"allow_pickle": True} if allow_pickle and "allow_pickle" in signature(model_class).parameters else {}
+        model = model_class(**{**data["model_config"], **options})
         committee = cls(model)
         committee.load_state_dict(data["state_dict"])
         return committee.to(device or default_device())

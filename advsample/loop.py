@@ -557,7 +557,9 @@ class ActiveLearning:
             return None
         _check_files(directory, f"{directory} and the rounds after it")
         metrics = json.loads((directory / "metrics.json").read_text())
-        committee = Committee.load(directory / "committee.pt", device=str(self.template.device))
+        allow_pickle = bool(self.template.model.config().get("allow_pickle", False))  # as the user built it
+        committee = Committee.load(directory / "committee.pt", device=str(self.template.device),
+                                   allow_pickle=allow_pickle)
         return RoundRecord(
             number,
             metrics,

@@ -105,10 +105,9 @@ def train_member_task(
             torch.set_num_threads(previous_threads)
 
 
-def _committee_from_result(result: dict) -> Committee:
-    if "path" in result:
-        return Committee.load(result["path"], device="cpu")
-    return Committee.load(io.BytesIO(result["checkpoint"]), device="cpu")
+def _committee_from_result(result: dict, allow_pickle: bool) -> Committee:
+    source = result["path"] if "path" in result else io.BytesIO(result["checkpoint"])
+    return Committee.load(source, device="cpu", allow_pickle=allow_pickle)
 
 
 def train_members_parallel(
@@ -201,7 +200,8 @@ def train_members_parallel(
         if own_executor:
             executor.shutdown()
 
-    committees = [_committee_from_result(results[k]) for k in range(len(sizes))]
+    allow_pickle = bool(model_config.get("allow_pickle", False))  # the caller's model files, as it built them
+    committees = [_committee_from_result(results[k], allow_pickle) for k in range(len(sizes))]
     reference = committees[0]
     for k, committee in enumerate(committees[1:], start=1):
         if not (

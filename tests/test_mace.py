@@ -44,7 +44,9 @@ def test_committee_from_model_files_predicts_what_mace_predicts(tmp_path):
     from mace.calculators import MACECalculator
 
     paths, _ = saved_models(tmp_path)
-    committee = Committee(MACECommittee.from_files(paths))
+    with pytest.raises(ValueError, match="pickled Python module: loading it runs any code"):
+        MACECommittee.from_files(paths)  # unpickling runs code: only with the caller's explicit permission
+    committee = Committee(MACECommittee.from_files(paths, allow_pickle=True))
     assert not committee.model.normalized
     atoms = ammonia_dataset()[:2]
     committee.fit_normalization(np.array([-50.0, -51.0]), np.array([4, 4]))  # opted out: no shift/scale
@@ -59,15 +61,19 @@ def test_committee_from_model_files_predicts_what_mace_predicts(tmp_path):
         np.testing.assert_allclose(ours["forces"][:, 4 * b : 4 * b + 4], reference.results["forces_comm"],
                                    rtol=1e-6, atol=1e-8)
     # a checkpoint of a file committee rebuilds from the files and restores its (possibly fine-tuned) weights
-    restored = Committee.load(committee.save(tmp_path / "committee.pt"), device="cpu")
+    saved = committee.save(tmp_path / "committee.pt")
+    assert "allow_pickle" not in Committee._read(saved)["model_config"]  # the permission is not stored
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        Committee.load(saved, device="cpu")  # a shared checkpoint that names model files does not unpickle them
+    restored = Committee.load(saved, device="cpu", allow_pickle=True)
     np.testing.assert_allclose(restored.predict(atoms)["energies"], ours["energies"], rtol=1e-10)
     # members of two file committees gathered into one, in order
-    halves = [Committee(MACECommittee.from_files([p])) for p in paths]
+    halves = [Committee(MACECommittee.from_files([p], allow_pickle=True)) for p in paths]
     np.testing.assert_allclose(Committee.gather(halves).predict(atoms)["energies"], ours["energies"], rtol=1e-10)
     with pytest.raises(ValueError, match="from files with committees built from code"):
         Committee.gather([halves[0], Committee(MACECommittee(1, **SMALL))])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        MACECommittee.from_files([tmp_path / "missing.model"])
+        MACECommittee.from_files([tmp_path / "missing.model"], allow_pickle=True)
 
 
 def test_unknown_element_is_a_clear_error():

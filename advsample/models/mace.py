@@ -11,8 +11,10 @@ MACE models (member m sees ``positions[m]``; energies [M, B] in eV):
   (``MACECommittee(model_paths=[...])``, one file per member, saved with
   ``torch.save(model, path)`` as mace's training writes them): energies in eV as the
   models predict them, so the committee's shift/scale stay off (``normalized = False``).
-  The files are full pickles: load only files you trust. A checkpoint of such a
-  committee stores the paths and its weights; the files must still exist to rebuild it.
+  The files are whole pickled Python modules, and unpickling one runs any code it holds:
+  they are loaded only with ``allow_pickle=True`` (``MACECommittee.from_files(paths,
+  allow_pickle=True)``; ``Committee.load(checkpoint, allow_pickle=True)`` for a checkpoint
+  of such a committee, which stores the paths and its weights, never the permission).
 
 Import order: mace-torch pins e3nn 0.4.4, which fails to import under torch ≥ 2.6
 unless ``mace`` is imported first (it sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the
@@ -131,12 +133,21 @@ def build_mace(
         )
 
 
-def load_mace(path: str | Path) -> nn.Module:
-    """A user's trained MACE model file (a pickled module, as mace's training saves it)."""
+def load_mace(path: str | Path, allow_pickle: bool = False) -> nn.Module:
+    """A user's trained MACE model file (a pickled module, as mace's training saves it).
+
+    ``allow_pickle`` must be True: unpickling the file runs any code it holds.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"MACE model file {path} does not exist")
-    # a whole pickled module: weights_only=False is required (the file is the user's own, trusted)
+    if not allow_pickle:
+        raise ValueError(
+            f"{path} is a pickled Python module: loading it runs any code it holds. Load MACE model "
+            "files you trust with allow_pickle=True (MACECommittee.from_files(paths, allow_pickle=True), "
+            "or Committee.load(checkpoint, allow_pickle=True) for a checkpoint that refers to them)"
+        )
+    # a whole pickled module: only weights_only=False reads it; the caller has allowed it
     model = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(model, nn.Module) or not hasattr(model, "atomic_numbers") or not hasattr(model, "r_max"):
         raise ValueError(f"{path} does not hold a MACE model (torch.save(model, path) of a mace.modules model)")
@@ -150,8 +161,9 @@ class MACECommittee(MemberList):
     From code (all JSON-serialisable, returned by :meth:`config`):
         n_members, species (atomic numbers), r_max (Å), hidden_irreps (e.g. "16x0e + 16x1o"),
         max_ell, num_interactions, correlation, avg_num_neighbors, seed (member m: seed + m).
-    From files: ``model_paths`` (one trained MACE model per member); the other
-    architecture arguments are then ignored and energies are the models' own (eV).
+    From files: ``model_paths`` (one trained MACE model per member) and
+    ``allow_pickle=True`` (the files are pickles, see the module); the other architecture
+    arguments are then ignored and energies are the models' own (eV).
     """
 
     invariances = frozenset({"translation", "rotation", "permutation"})
@@ -168,10 +180,11 @@ class MACECommittee(MemberList):
         avg_num_neighbors: float = 3.0,
         seed: int = 0,
         model_paths: Sequence[str] | None = None,
+        allow_pickle: bool = False,
     ):
         if model_paths is not None:
             paths = [str(p) for p in model_paths]
-            models = [load_mace(p) for p in paths]
+            models = [load_mace(p, allow_pickle) for p in paths]
             dtype = next(models[0].parameters()).dtype
             members = [MACEMember(m.to(dtype)) for m in models]
             architecture = {}
@@ -192,6 +205,7 @@ class MACECommittee(MemberList):
         super().__init__(members)
         self.seed = int(seed)
         self.model_paths = paths
+        self.allow_pickle = bool(allow_pickle) and paths is not None
         self._architecture = architecture
 
     @property
@@ -200,11 +214,12 @@ class MACECommittee(MemberList):
         return self.model_paths is None
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | Path]) -> "MACECommittee":
-        """A committee of the user's own trained MACE model files (one per member)."""
+    def from_files(cls, paths: Sequence[str | Path], allow_pickle: bool = False) -> "MACECommittee":
+        """A committee of the user's own trained MACE model files (one per member); see the module
+        for why ``allow_pickle=True`` is required."""
         if len(paths) == 0:
             raise ValueError("give at least one MACE model file")
-        return cls(model_paths=[str(p) for p in paths])
+        return cls(model_paths=[str(p) for p in paths], allow_pickle=allow_pickle)
 
     @staticmethod
     def gather_config(configs: Sequence[dict]) -> dict:
@@ -212,7 +227,8 @@ class MACECommittee(MemberList):
         from_files = [c.get("model_paths") is not None for c in configs]
         if all(from_files):
             paths = [p for c in configs for p in c["model_paths"]]
-            return {"n_members": len(paths), "model_paths": paths, "seed": configs[0]["seed"]}
+            allow = all(c.get("allow_pickle", False) for c in configs)
+            return {"n_members": len(paths), "model_paths": paths, "seed": configs[0]["seed"], "allow_pickle": allow}
         if any(from_files):
             raise ValueError("gather cannot join MACE committees from files with committees built from code")
         for other in configs[1:]:
@@ -221,6 +237,7 @@ class MACECommittee(MemberList):
         return {**configs[0], "n_members": sum(c["n_members"] for c in configs)}
 
     def config(self) -> dict:
-        if self.model_paths is not None:
-            return {"n_members": self.n_members, "model_paths": list(self.model_paths), "seed": self.seed}
+        if self.model_paths is not None:  # allow_pickle: for rebuilds in this process; checkpoints drop it
+            return {"n_members": self.n_members, "model_paths": list(self.model_paths), "seed": self.seed,
+                    "allow_pickle": self.allow_pickle}
         return {"n_members": self.n_members, **self._architecture, "seed": self.seed}
