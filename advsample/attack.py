@@ -139,18 +139,6 @@ def _close_pairs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
-def _sub_batch(batch: Batch, keep: torch.Tensor) -> tuple[Batch, torch.Tensor]:
-    """The structures ``keep`` [B] bool of ``batch`` as a batch of their own, and its atoms [N] bool."""
-    atoms = keep[batch.structure_index]
-    renumber = torch.cumsum(keep.long(), 0) - 1
-    sub = Batch(
-        positions=batch.positions[atoms], numbers=batch.numbers[atoms],
-        structure_index=renumber[batch.structure_index[atoms]], cells=batch.cells[keep], pbc=batch.pbc[keep],
-        fixed=batch.fixed[atoms],
-    )
-    return sub, atoms
-
-
 def _scatter(values: torch.Tensor, keep_index: torch.Tensor | None, n_structures: int) -> torch.Tensor:
     """[B'] values of the evaluated structures -> [B] (NaN for the structures left out)."""
     if keep_index is None:
@@ -226,7 +214,7 @@ def attack(
         """Committee output on the seeds not excluded; a seed the model refuses is stopped and left out."""
         while True:
             if excluded.any():
-                sub, atoms = _sub_batch(current, ~excluded)
+                sub, atoms = current.select(~excluded)
                 keep_index = torch.nonzero(~excluded).flatten()
             else:
                 sub, atoms, keep_index = current, None, None

@@ -1,7 +1,10 @@
 """Uncertainty-biased molecular dynamics: the committee plus a bias towards high uncertainty.
 
-Two published biases, each an ASE calculator wrapping a :class:`~advsample.committee.Committee`
-(so ASE Langevin runs them, on molecules and periodic cells), and their samplers.
+Two published biases, each written once for a :class:`~advsample.structures.Batch`
+(:func:`udd_forces`, :func:`biased_md_forces`: one committee call for all structures) and used
+by an ASE calculator wrapping a :class:`~advsample.committee.Committee` (for ASE dynamics, on
+molecules and periodic cells) and by their samplers, which run all replicas batched
+(:func:`~advsample.samplers.langevin_frames`).
 
 UDD-AL (Kulichenko et al., Nat. Comput. Sci. 3, 230, 2023), :class:`UDDCalculator`::
 
@@ -46,16 +49,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
+from . import uncertainty
 from .committee import Committee
 from .objective import Objective
-from .samplers import Proposal, UncertaintyMDSampler, choose_seeds, langevin_frames
+from .samplers import Proposal, ReplicaForces, UncertaintyMDSampler, choose_seeds, langevin_frames
 from .structures import Batch
 
 # UDD-AL glycine parameters (Kulichenko et al. 2023) and the temperature they were used at
@@ -73,14 +77,93 @@ def udd_bias_energy(energy_variance: torch.Tensor, n_atoms: torch.Tensor, amplit
     return amplitude * (torch.exp(-energy_variance / (2.0 * n_atoms.to(energy_variance.dtype) * width**2)) - 1.0)
 
 
-def _energies_with_graph(committee: Committee, atoms: Atoms) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-    """(batch, positions [N, 3] requiring grad, member energies [M, 1] attached to them)."""
-    batch = Batch.from_atoms([atoms]).to(committee.device, committee.dtype)
+@dataclass
+class BiasedForces:
+    """One biased evaluation of B structures (N atoms), float64: ``energy_mean`` Ē [B], ``bias_energy``
+    [B] and ``energy_std`` σ_E [B] (energy unit); ``forces`` [N, 3] (biased) and their part
+    ``bias_forces`` [N, 3] (energy unit/Å)."""
+
+    energy_mean: np.ndarray
+    bias_energy: np.ndarray
+    energy_std: np.ndarray
+    forces: np.ndarray
+    bias_forces: np.ndarray
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(float)
+
+
+def _mean_and_term_gradients(
+    committee: Committee, batch: Batch, term: Callable[[torch.Tensor, Batch], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Member energies [M, B], ``term(energies, batch)`` [B] (both detached), ∇Ē [N, 3] and ∇term [N, 3]
+    (float64) by autograd through one committee call (first derivatives only)."""
+    batch = batch.to(committee.device, committee.dtype)
     positions = batch.positions.detach().clone().requires_grad_(True)
     committee.eval()
     with torch.enable_grad():
-        out = committee(batch, forces=False, create_graph=True, positions=positions)
-    return batch, positions, out.energies
+        energies = committee(batch, forces=False, create_graph=True, positions=positions).energies
+        mean, value = energies.mean(0), term(energies, batch)
+        (gradient_mean,) = torch.autograd.grad(mean.sum(), positions, retain_graph=True)
+        (gradient_term,) = torch.autograd.grad(value.sum(), positions)
+    return energies.detach(), value.detach(), _numpy(gradient_mean), _numpy(gradient_term)
+
+
+def udd_forces(committee: Committee, batch: Batch, amplitude: float, width: float) -> BiasedForces:
+    """UDD-AL for each structure of ``batch``: Ē + E_bias and −∇(Ē + E_bias) (see the module);
+    ``amplitude`` A and ``width`` B in the energy unit."""
+    energies, bias, gradient_mean, gradient_bias = _mean_and_term_gradients(
+        committee, batch, lambda e, b: udd_bias_energy(uncertainty.energy_variance(e), b.n_atoms, amplitude, width))
+    return BiasedForces(_numpy(energies.mean(0)), _numpy(bias), _numpy(uncertainty.energy_variance(energies).sqrt()),
+                        -(gradient_mean + gradient_bias), -gradient_bias)
+
+
+class AdaptiveRescaling:
+    """The adaptive s of one trajectory: s = ‖F̄‖_W / ‖∇σ_E‖_W, the roots of the squared norms
+    summed over the last ``window`` evaluations (one per MD step); 0 while the evaluations so far
+    number ≤ ``burn_in_steps``."""
+
+    def __init__(self, window: int, burn_in_steps: int):
+        self.burn_in_steps = int(burn_in_steps)
+        self.true_norm_sq: deque = deque(maxlen=window)
+        self.bias_norm_sq: deque = deque(maxlen=window)
+        self.n_calls = 0
+
+    @property
+    def value(self) -> float:
+        """s (energy unit: ‖F̄‖ over ‖∇σ_E‖, both per Å)."""
+        if self.n_calls <= self.burn_in_steps or not self.true_norm_sq:
+            return 0.0
+        return float(np.sqrt(sum(self.true_norm_sq)) / (np.sqrt(sum(self.bias_norm_sq)) + 1e-12))
+
+    def update(self, true_norm_sq: float, bias_norm_sq: float) -> float:
+        """Add one evaluation's ‖F̄‖² and ‖∇σ_E‖² (free coordinates only); returns the new s."""
+        self.true_norm_sq.append(float(true_norm_sq))
+        self.bias_norm_sq.append(float(bias_norm_sq))
+        self.n_calls += 1
+        return self.value
+
+
+def biased_md_forces(committee: Committee, batch: Batch, tau: float,
+                     rescalings: Sequence[AdaptiveRescaling]) -> BiasedForces:
+    """Uncertainty-biased MD for each structure of ``batch``: F̄ + τ·s·∇σ_E and E = Ē − τ·s·σ_E (see
+    the module), s from structure b's own ``rescalings[b]`` (each updated by this evaluation);
+    coordinates held by constraints do not enter the norms."""
+    if len(rescalings) != batch.n_structures:
+        raise ValueError(f"biased MD needs one rescaling per structure: {len(rescalings)} for {batch.n_structures}")
+    energies, sigma, gradient_mean, gradient_sigma = _mean_and_term_gradients(
+        committee, batch, lambda e, b: uncertainty.energy_variance(e).clamp(min=1e-30).sqrt())
+    forces = -gradient_mean  # gradient_sigma = +∇σ_E: towards higher uncertainty
+    free, index = ~batch.fixed.cpu().numpy(), batch.structure_index.cpu().numpy()
+
+    def norm_sq(vectors: np.ndarray) -> np.ndarray:  # [N, 3] -> [B] squared norms over free coordinates
+        return np.bincount(index, weights=((vectors * free) ** 2).sum(1), minlength=batch.n_structures)
+
+    strength = tau * np.array([r.update(f, b) for r, f, b in zip(rescalings, norm_sq(forces), norm_sq(gradient_sigma))])
+    bias_forces = strength[index, None] * gradient_sigma
+    sigma = _numpy(sigma)
+    return BiasedForces(_numpy(energies.mean(0)), -strength * sigma, sigma, forces + bias_forces, bias_forces)
 
 
 class _BiasCalculator(Calculator):
@@ -93,14 +176,14 @@ class _BiasCalculator(Calculator):
         super().__init__(**kwargs)
         self.committee = committee
 
-    def _store(self, energy_mean, bias_energy, energy_std, forces, bias_forces):
+    def _store(self, result: BiasedForces):
         self.results = {
-            "energy": float(energy_mean + bias_energy),
-            "forces": forces.astype(float),
-            "energy_unbiased": float(energy_mean),
-            "bias_energy": float(bias_energy),
-            "energy_std": float(energy_std),
-            "bias_forces": bias_forces.astype(float),
+            "energy": float(result.energy_mean[0] + result.bias_energy[0]),
+            "forces": result.forces,
+            "energy_unbiased": float(result.energy_mean[0]),
+            "bias_energy": float(result.bias_energy[0]),
+            "energy_std": float(result.energy_std[0]),
+            "bias_forces": result.bias_forces,
         }
 
 
@@ -119,23 +202,15 @@ class UDDCalculator(_BiasCalculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        batch, positions, energies = _energies_with_graph(self.committee, self.atoms)
-        mean = energies.mean(0)
-        variance = energies.var(0, unbiased=False)
-        bias = udd_bias_energy(variance, batch.n_atoms, self.amplitude, self.width)
-        (gradient_mean,) = torch.autograd.grad(mean.sum(), positions, retain_graph=True)
-        (gradient_bias,) = torch.autograd.grad(bias.sum(), positions)
-        self._store(
-            float(mean[0].detach()), float(bias[0].detach()), float(variance[0].detach().sqrt()),
-            -(gradient_mean + gradient_bias).detach().cpu().numpy(), -gradient_bias.detach().cpu().numpy(),
-        )
+        self._store(udd_forces(self.committee, Batch.from_atoms([self.atoms]), self.amplitude, self.width))
 
 
 class BiasedMDCalculator(_BiasCalculator):
     """Uncertainty-biased MD: F = F̄ + τ·s·∇σ_E with the adaptive rescaling s (see the module).
 
     ``tau`` dimensionless; ``window`` and ``burn_in_steps`` count force evaluations (one per
-    MD step). State (the window) lives in the calculator: use one per trajectory.
+    MD step). State (the window, :class:`AdaptiveRescaling`) lives in the calculator: use one
+    per trajectory.
     """
 
     def __init__(self, committee: Committee, tau: float = 0.25, window: int = 20, burn_in_steps: int = 20, **kwargs):
@@ -145,35 +220,16 @@ class BiasedMDCalculator(_BiasCalculator):
         if window < 1 or burn_in_steps < 0:
             raise ValueError(f"window must be >= 1 and burn_in_steps >= 0, got {window}, {burn_in_steps}")
         self.tau = float(tau)
-        self.burn_in_steps = int(burn_in_steps)
-        self.true_norm_sq: deque = deque(maxlen=window)
-        self.bias_norm_sq: deque = deque(maxlen=window)
-        self.n_calls = 0
+        self.adaptive = AdaptiveRescaling(window, burn_in_steps)
 
     @property
     def rescaling(self) -> float:
         """s = ‖F̄‖_W / ‖∇σ_E‖_W over the window; 0 during the burn-in."""
-        if self.n_calls <= self.burn_in_steps or not self.true_norm_sq:
-            return 0.0
-        return float(np.sqrt(sum(self.true_norm_sq)) / (np.sqrt(sum(self.bias_norm_sq)) + 1e-12))
+        return self.adaptive.value
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        _, positions, energies = _energies_with_graph(self.committee, self.atoms)
-        mean = energies.mean(0)
-        std = energies.var(0, unbiased=False).clamp(min=1e-30).sqrt()
-        (gradient_mean,) = torch.autograd.grad(mean.sum(), positions, retain_graph=True)
-        (gradient_std,) = torch.autograd.grad(std.sum(), positions)
-        forces = -gradient_mean.detach().cpu().numpy()
-        uncertainty_force = gradient_std.detach().cpu().numpy()  # +∇σ_E: towards higher uncertainty
-        free = ~Batch.from_atoms([self.atoms]).fixed.numpy()  # constrained coordinates do not enter the norms
-        self.true_norm_sq.append(float(np.sum((forces * free) ** 2)))
-        self.bias_norm_sq.append(float(np.sum((uncertainty_force * free) ** 2)))
-        self.n_calls += 1
-        strength = self.tau * self.rescaling
-        bias_forces = strength * uncertainty_force
-        sigma = float(std[0].detach())
-        self._store(float(mean[0].detach()), -strength * sigma, sigma, forces + bias_forces, bias_forces)
+        self._store(biased_md_forces(self.committee, Batch.from_atoms([self.atoms]), self.tau, [self.adaptive]))
 
 
 @dataclass
@@ -200,12 +256,13 @@ class _BiasedLangevinSampler(UncertaintyMDSampler):
         """The MD temperature (K): ``temperature_K`` or k_B T = the objective's kT."""
         return self.temperature_K if self.temperature_K is not None else objective.kT / units.kB
 
-    def calculator(self, committee: Committee, objective: Objective) -> Calculator:
+    def replica_forces(self, committee: Committee, objective: Objective) -> ReplicaForces:
+        """The biased forces of a batch of replicas (:func:`~advsample.samplers.langevin_frames`), fresh state."""
         raise NotImplementedError
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         trajectories = langevin_frames(
-            choose_seeds(seeds, self.n_seeds, seed), lambda: self.calculator(committee, objective),
+            choose_seeds(seeds, self.n_seeds, seed), self.replica_forces(committee, objective),
             self.temperature(objective), self.timestep_fs, self.n_steps, self.interval, self.friction, seed,
             self.stop_energy_std(committee, seeds),
         )
@@ -238,8 +295,14 @@ class UDDSampler(_BiasedLangevinSampler):
         return (self.amplitude if self.amplitude is not None else UDD_AMPLITUDE_KT * kT,
                 self.width if self.width is not None else UDD_WIDTH_KT * kT)
 
-    def calculator(self, committee, objective):
-        return UDDCalculator(committee, *self.bias_parameters(objective))
+    def replica_forces(self, committee, objective):
+        amplitude, width = self.bias_parameters(objective)
+
+        def forces(batch: Batch, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            result = udd_forces(committee, batch, amplitude, width)
+            return result.forces, result.energy_std
+
+        return forces
 
 
 @dataclass
@@ -261,5 +324,12 @@ class BiasedMDSampler(_BiasedLangevinSampler):
             raise ValueError(f"biased MD needs tau >= 0, window >= 1, burn_in_steps >= 0, got "
                              f"{self.tau}, {self.window}, {self.burn_in_steps}")
 
-    def calculator(self, committee, objective):
-        return BiasedMDCalculator(committee, self.tau, self.window, self.burn_in_steps)
+    def replica_forces(self, committee, objective):
+        rescalings: dict[int, AdaptiveRescaling] = {}  # one window per replica (trajectory)
+
+        def forces(batch: Batch, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            own = [rescalings.setdefault(int(r), AdaptiveRescaling(self.window, self.burn_in_steps)) for r in replicas]
+            result = biased_md_forces(committee, batch, self.tau, own)
+            return result.forces, result.energy_std
+
+        return forces

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator
-from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
 from .attack import AttackConfig, AttackResult, attack
-from .calculator import CommitteeCalculator
 from .committee import Committee
 from .geometry import GeometryError
 from .objective import Objective
@@ -131,52 +129,136 @@ class RandomDisplacementSampler(Sampler):
         return Proposal(objective.score(committee, candidates, train_energies))
 
 
+ReplicaForces = Callable[[Batch, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``forces(batch, replicas) -> (forces [N, 3], energy_std [B])``: from one committee call on the live
+replicas (``batch``: B structures, N atoms; ``replicas`` [B]: their indices among the seeds, for
+per-trajectory state) the force on each atom (energy unit/Å, float64) and each replica's committee σ_E."""
+
+
+def committee_forces(committee: Committee) -> ReplicaForces:
+    """The committee-mean forces and σ_E, as :class:`~advsample.calculator.CommitteeCalculator` gives them."""
+
+    def forces(batch: Batch, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = committee(batch, forces=True)
+        return (out.forces_mean.detach().cpu().numpy().astype(float),
+                out.energy_variance.sqrt().detach().cpu().numpy().astype(float))
+
+    return forces
+
+
+def _langevin_coefficients(dt: float, kT: float, friction: float, masses: np.ndarray) -> tuple:
+    """c1, c2 (scalars) and c3, c4, c5 [N, 1] of ASE's ``Langevin.updatevars``: dt, kT, friction and
+    masses [N, 1] in ASE units."""
+    sigma = np.sqrt(2 * kT * friction / masses)
+    c1 = dt / 2.0 - dt * dt * friction / 8.0
+    c2 = dt * friction / 2 - dt * dt * friction * friction / 8.0
+    c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * friction * sigma / 8.0
+    c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
+    c4 = friction / 2.0 * c5
+    return c1, c2, c3, c4, c5
+
+
 def langevin_frames(
-    seeds: Sequence[Atoms], make_calculator: Callable[[], Calculator], temperature_K: float, timestep_fs: float,
+    seeds: Sequence[Atoms], forces: ReplicaForces, temperature_K: float, timestep_fs: float,
     n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
 ) -> list[list[Atoms]]:
-    """One ASE Langevin trajectory per seed, each with a fresh calculator; frames every ``interval``
-    steps (positions only, no calculator), stopped at the first non-finite position or
-    :class:`~advsample.geometry.GeometryError` (overlapping atoms: the frame is not kept), and, with
-    ``stop_energy_std`` (energy unit), at the first step whose committee σ_E (the calculator's
-    ``energy_std``) exceeds it: that frame ends the trajectory."""
-    trajectories = []
-    for index, atoms in enumerate(seeds):
+    """Langevin MD of all seeds in lockstep: one ``forces`` call per step on a Batch of the live replicas.
+
+    The integrator is ASE's ``Langevin`` (``fixcm=False``; temperature_K in K, timestep_fs in fs,
+    friction in inverse ASE time units) vectorised over replicas: replica i draws from its own
+    ``np.random.default_rng([seed, i])`` what ASE draws (``thermalize_momenta``, then ξ and η
+    [n_i, 3] each step), coordinates held by ``FixAtoms`` / ``FixCartesian`` keep their positions
+    and zero momenta, and positions are not wrapped into periodic cells, so the frames equal one
+    ASE Langevin run per seed with the matching calculator. Returns per seed its frames every
+    ``interval`` steps (copies of the seed with positions and momenta, no calculator). A replica
+    ends alone at a non-finite position or a :class:`~advsample.geometry.GeometryError` (the
+    structures at fault are dropped, the others re-evaluated; that frame is not kept), and, with
+    ``stop_energy_std`` (energy unit), at the first step (0 included) whose σ_E exceeds it: that
+    frame ends the trajectory.
+    """
+    rngs = [np.random.default_rng([seed, index]) for index in range(len(seeds))]
+    systems = []
+    for atoms, rng in zip(seeds, rngs):
         system = atoms.copy()
-        system.calc = make_calculator()
-        rng = np.random.default_rng([seed, index])
+        system.calc = None
         thermalize_momenta(system, temperature_K, rng=rng)
-        dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
-                            friction=friction, fixcm=False, rng=rng)
-        frames = []
-        steps = dynamics.irun(steps=n_steps)
-        while True:
+        systems.append(system)
+    frames: list[list[Atoms]] = [[] for _ in systems]
+    if not systems:
+        return frames
+    batch = Batch.from_atoms(systems)
+    owner, fixed = batch.structure_index.numpy(), batch.fixed.numpy()  # [N] replica of each atom, [N, 3]
+    n_atoms = [len(system) for system in systems]
+    positions = batch.positions.numpy().copy()  # [N, 3] Å
+    momenta = np.concatenate([system.get_momenta() for system in systems])  # [N, 3]
+    masses = np.concatenate([system.get_masses() for system in systems])[:, None]  # [N, 1]
+    dt = timestep_fs * units.fs
+    c1, c2, c3, c4, c5 = _langevin_coefficients(dt, units.kB * temperature_K, friction, masses)
+    live = np.ones(len(systems), dtype=bool)
+
+    def evaluate() -> tuple[np.ndarray, np.ndarray]:
+        """Forces [N_live, 3] and σ_E [B_live] of the live replicas; a replica the model refuses ends."""
+        while live.any():
+            replicas = np.flatnonzero(live)
+            sub, _ = batch.with_positions(torch.as_tensor(positions)).select(torch.as_tensor(live))
             try:
-                next(steps)
-            except StopIteration:
-                break
-            except GeometryError:  # the model refuses the geometry (overlapping atoms): the trajectory ends
-                break
-            if not np.all(np.isfinite(system.positions)):
-                break
-            stop = stop_energy_std is not None and system.calc.results.get("energy_std", 0.0) > stop_energy_std
-            if stop or (dynamics.nsteps % interval == 0 and dynamics.nsteps > 0):
-                frame = system.copy()
-                frame.calc = None
-                frames.append(frame)
+                return forces(sub, replicas)
+            except GeometryError as error:
+                refused = replicas[[s for s in error.structures if s < len(replicas)]]
+                if len(refused) == 0:
+                    raise
+                live[refused] = False
+        return np.zeros((0, 3)), np.zeros(0)
+
+    def record(step: int, energy_std: np.ndarray) -> None:
+        """Frames of the live replicas at ``step``; a replica over ``stop_energy_std`` ends there."""
+        for replica, sigma in zip(np.flatnonzero(live), energy_std):
+            stop = stop_energy_std is not None and sigma > stop_energy_std
+            if stop or (step % interval == 0 and step > 0):
+                frame = systems[replica].copy()
+                frame.set_positions(positions[owner == replica], apply_constraint=False)
+                frame.set_momenta(momenta[owner == replica], apply_constraint=False)
+                frames[replica].append(frame)
             if stop:
-                break
-        trajectories.append(frames)
-    return trajectories
+                live[replica] = False
+
+    force, energy_std = evaluate()
+    moving = live[owner]  # [N] atoms of the live replicas; force [N_live, 3] is theirs
+    record(0, energy_std)
+    for step in range(1, n_steps + 1):
+        force, moving = force[live[owner[moving]]], live[owner]  # drop the replicas that ended
+        if not moving.any():
+            break
+        draws = [(rngs[r].standard_normal(size=(n_atoms[r], 3)), rngs[r].standard_normal(size=(n_atoms[r], 3)))
+                 for r in np.flatnonzero(live)]
+        xi, eta = (np.concatenate(values) for values in zip(*draws))
+        mass = masses[moving]
+        random_position = c5[moving] * eta
+        random_velocity = c3[moving] * xi - c4[moving] * eta
+        velocity = momenta[moving] / mass
+        velocity += c1 * force / mass - c2 * velocity + random_velocity
+        old = positions[moving]
+        new = np.where(fixed[moving], old, old + dt * velocity + random_position)
+        velocity = (new - old - random_position) / dt
+        positions[moving] = new
+        live[owner[moving][~np.all(np.isfinite(new), axis=1)]] = False
+        force, energy_std = evaluate()
+        kept, moving = live[owner[moving]], live[owner]
+        mass, velocity, random_velocity = mass[kept], velocity[kept], random_velocity[kept]
+        velocity += c1 * force / mass - c2 * velocity + random_velocity
+        momenta[moving] = np.where(fixed[moving], 0.0, velocity * mass)
+        record(step, energy_std)
+    return frames
 
 
 @dataclass
 class UncertaintyMDSampler(Sampler):
-    """Committee Langevin MD (ASE) from the seeds; frames are ranked by σ² alone (classic active learning).
+    """Committee Langevin MD from the seeds; frames are ranked by σ² alone (classic active learning).
 
     ``temperature_K`` None: k_B T = the objective's kT (for toy surfaces the energy unit is
-    read as eV). timestep_fs in fs, friction in ASE units. A trajectory ends at a geometry
-    the model refuses (:func:`langevin_frames`); the other seeds go on.
+    read as eV). timestep_fs in fs, friction in ASE units. The replicas run batched, one
+    committee call per step (:func:`langevin_frames`, ASE's Langevin integrator); a
+    trajectory ends at a geometry the model refuses, the other seeds go on.
     """
 
     temperature_K: float | None = None
@@ -197,7 +279,7 @@ class UncertaintyMDSampler(Sampler):
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         temperature_K = self.temperature_K if self.temperature_K is not None else objective.kT / units.kB
-        trajectories = langevin_frames(choose_seeds(seeds, self.n_seeds, seed), lambda: CommitteeCalculator(committee),
+        trajectories = langevin_frames(choose_seeds(seeds, self.n_seeds, seed), committee_forces(committee),
                                        temperature_K, self.timestep_fs, self.n_steps, self.interval, self.friction,
                                        seed=seed)
         frames = [f for trajectory in trajectories for f in trajectory]

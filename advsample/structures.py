@@ -62,6 +62,17 @@ class Batch:
             )
         return replace(self, positions=positions)
 
+    def select(self, keep: torch.Tensor) -> tuple["Batch", torch.Tensor]:
+        """The structures ``keep`` [B] bool as a batch of their own (in order), and their atoms [N] bool."""
+        atoms = keep[self.structure_index]
+        renumber = torch.cumsum(keep.long(), 0) - 1
+        sub = Batch(
+            positions=self.positions[atoms], numbers=self.numbers[atoms],
+            structure_index=renumber[self.structure_index[atoms]], cells=self.cells[keep], pbc=self.pbc[keep],
+            fixed=self.fixed[atoms],
+        )
+        return sub, atoms
+
     @classmethod
     def from_atoms(cls, atoms_list: Sequence[Atoms], dtype=torch.float64, device=None) -> "Batch":
         """Pack a list of ``ase.Atoms`` (any sizes) into one batch."""

@@ -10,6 +10,11 @@
    each round's ``metrics.json`` ("timings"): the 2D double well (MLPs, analytic labels)
    and NH3 (SchNet committee, GFN2-xTB labels through tblite). Training time is set by the
    epoch count, which is reported with it.
+4. Committee MD of ``--md-replicas`` replicas × ``--md-steps`` steps (the ``md`` sampler's
+   loop): all replicas in lockstep, one committee call per step
+   (``samplers.langevin_frames``), vs one ASE ``Langevin`` run per seed with a
+   ``CommitteeCalculator``; the 2D double well (5 MLPs, k_B T = 1) and NH3 (5 SchNet,
+   1500 K, 0.5 fs). Frame counts are reported beside the times.
 
 The device is ``advsample.committee.default_device()``. With ``--json`` the last line is
 one JSON object.
@@ -22,6 +27,8 @@ import os
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, machine, set_threads  # noqa: E402
@@ -108,6 +115,47 @@ def al_round_ammonia(rounds: int, epochs: int, budget: int, attack_steps: int, n
                 **_round_timings(scratch, rounds)}
 
 
+def md_replicas(n_replicas: int, n_steps: int) -> dict:
+    """Seconds of committee Langevin MD: replicas batched vs one ASE run per seed, per system."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    from advsample.calculator import CommitteeCalculator
+    from advsample.geometry import GeometryError
+    from advsample.samplers import committee_forces, langevin_frames
+
+    def ase_runs(committee, seeds, temperature_K, timestep_fs):
+        frames = 0
+        for index, atoms in enumerate(seeds):
+            system = atoms.copy()
+            system.calc = CommitteeCalculator(committee)
+            rng = np.random.default_rng([0, index])
+            thermalize_momenta(system, temperature_K, rng=rng)
+            dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
+                                friction=0.02, fixcm=False, rng=rng)
+            try:
+                for _ in dynamics.irun(steps=n_steps):
+                    frames += dynamics.nsteps % 5 == 0 and dynamics.nsteps > 0
+            except GeometryError:  # the model refuses the geometry: this run ends, as in langevin_frames
+                pass
+        return frames
+
+    cases = {"double_well_2d": (make_committee("mlp", 5), mlp_data(n_replicas), 1.0 / units.kB, 1.0),
+             "ammonia": (make_committee("schnet", 5), ammonia_data(n_replicas), 1500.0, 0.5)}
+    out = {}
+    for system, (committee, seeds, temperature_K, timestep_fs) in cases.items():
+        start = time.perf_counter()
+        batched = langevin_frames(seeds, committee_forces(committee), temperature_K, timestep_fs, n_steps, 5, 0.02)
+        middle = time.perf_counter()
+        sequential_frames = ase_runs(committee, seeds, temperature_K, timestep_fs)
+        end = time.perf_counter()
+        out[system] = {"s_batched": middle - start, "s_sequential": end - middle,
+                       "speedup": (end - middle) / (middle - start), "frames_batched": sum(map(len, batched)),
+                       "frames_sequential": int(sequential_frames), "n_replicas": n_replicas, "n_steps": n_steps}
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=64, help="NH3 seeds in the attack")
@@ -116,6 +164,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="active-learning rounds timed per system")
     parser.add_argument("--epochs-2d", type=int, default=500)
     parser.add_argument("--epochs-ammonia", type=int, default=300)
+    parser.add_argument("--md-replicas", type=int, default=8)
+    parser.add_argument("--md-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true")
@@ -124,6 +174,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.seeds, args.attack_steps, args.repeats, args.rounds = 4, 3, 2, 1
         args.epochs_2d, args.epochs_ammonia = 10, 3
+        args.md_replicas, args.md_steps = 2, 10
     n_points, n_molecules = (32, 16) if args.quick else (128, 118)
 
     mlp = compare_train_step("mlp", mlp_data(n_points), 5, args.repeats, 1 if args.quick else 3)
@@ -146,6 +197,11 @@ def main(argv=None) -> dict:
         print(f"AL round, {entry['system']} ({entry['committee']}, {m['epochs']:.0f} epochs): "
               f"train {m['train_s']:.2f} s, sample {m['sample_s']:.2f} s, select {m['select_s']:.2f} s, "
               f"label {m['label_s']:.3f} s, total {m['total_s']:.2f} s")
+    md = md_replicas(args.md_replicas, args.md_steps)
+    for system, m in md.items():
+        print(f"committee MD, {system}, {m['n_replicas']} replicas x {m['n_steps']} steps: batched "
+              f"{m['s_batched']:.2f} s, one ASE run per seed {m['s_sequential']:.2f} s -> {m['speedup']:.1f}x "
+              f"(frames {m['frames_batched']} vs {m['frames_sequential']})")
     result = {
         "speedup_train_step": mlp["speedup"],
         "speedup_train_step_schnet": schnet["speedup"],
@@ -153,6 +209,8 @@ def main(argv=None) -> dict:
         "speedup_attack": attack_result["speedup"],
         "attack": attack_result,
         "al_round": {"double_well_2d": rounds_2d, "ammonia": rounds_nh3},
+        "md_replicas": md,
+        "speedup_md_replicas_ammonia": md["ammonia"]["speedup"],
         "goals": {"committee_step": 1.5, "attack": 10.0},
         "device": machine()["device"],
         "quick": args.quick,

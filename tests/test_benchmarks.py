@@ -64,6 +64,8 @@ def test_committee_speed(launched):
 def test_speed(launched):
     result, _ = result_of(launched, "speed")
     assert result["speedup_train_step"] > 0 and result["speedup_attack"] > 0
+    for md in result["md_replicas"].values():  # batched and one-ASE-run-per-seed MD make the same frames
+        assert md["speedup"] > 0 and md["frames_batched"] == md["frames_sequential"] > 0
     assert result["device"] in ("cpu", "cuda")
     for system in ("double_well_2d", "ammonia"):
         timings = result["al_round"][system]["mean"]

@@ -79,3 +79,237 @@ def test_md_trajectory_the_model_refuses_ends_alone():
         committee, seeds, [0.0, 1.0], Objective(kT=0.1), progress=False)
     assert [len(t) for t in proposal.trajectories] == [0, 2]
     assert len(proposal.candidates) == 2 and all(len(a) == 3 for a in proposal.candidates)
+
+
+# -- batched committee MD equals one ASE Langevin run per seed ---------------------------------------
+def ase_langevin_frames(seeds, make_calculator, temperature_K, timestep_fs, n_steps, interval, friction, seed=0,
+                        stop_energy_std=None):
+    """The reference: one ASE ``Langevin`` run per seed with its own calculator, seeded and stopped as
+    :func:`advsample.samplers.langevin_frames` promises (frames every ``interval`` steps; a run ends at a
+    GeometryError, frame not kept, or at the first σ_E over ``stop_energy_std``, frame kept)."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    from advsample.geometry import GeometryError
+
+    trajectories = []
+    for index, atoms in enumerate(seeds):
+        system = atoms.copy()
+        system.calc = make_calculator()
+        rng = np.random.default_rng([seed, index])
+        thermalize_momenta(system, temperature_K, rng=rng)
+        dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K, friction=friction,
+                            fixcm=False, rng=rng)
+        frames, steps = [], dynamics.irun(steps=n_steps)
+        while True:
+            try:
+                next(steps)
+            except (StopIteration, GeometryError):
+                break
+            stop = stop_energy_std is not None and system.calc.results["energy_std"] > stop_energy_std
+            if stop or (dynamics.nsteps % interval == 0 and dynamics.nsteps > 0):
+                frame = system.copy()
+                frame.calc = None
+                frames.append(frame)
+            if stop:
+                break
+        trajectories.append(frames)
+    return trajectories
+
+
+def reference_calculator(sampler, committee, objective):
+    """A fresh ASE calculator for one trajectory of the ``md``, ``udd`` or ``biased_md`` sampler."""
+    from advsample.biased_md import BiasedMDCalculator, UDDCalculator
+    from advsample.calculator import CommitteeCalculator
+
+    if sampler.name == "udd":
+        return UDDCalculator(committee, *sampler.bias_parameters(objective))
+    if sampler.name == "biased_md":
+        return BiasedMDCalculator(committee, sampler.tau, sampler.window, sampler.burn_in_steps)
+    return CommitteeCalculator(committee)
+
+
+def assert_same_frames(batched, sequential, atol=1e-6):
+    """Same frame counts per trajectory; positions equal to ``atol`` Å, momenta to 1e-5 of the largest; same
+    cell, pbc and constraints. Returns the largest position difference (Å)."""
+    assert [len(t) for t in batched] == [len(t) for t in sequential]
+    largest = 0.0
+    for ours, theirs in zip(batched, sequential):
+        for a, b in zip(ours, theirs):
+            assert a.calc is None
+            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=atol)
+            scale = np.abs(b.get_momenta()).max()
+            np.testing.assert_allclose(a.get_momenta(), b.get_momenta(), rtol=0, atol=1e-5 * scale)
+            assert np.array_equal(a.cell, b.cell) and np.array_equal(a.pbc, b.pbc)
+            assert [c.todict() for c in a.constraints] == [c.todict() for c in b.constraints]
+            largest = max(largest, float(np.abs(a.positions - b.positions).max()))
+    return largest
+
+
+def float32_schnet(species=(1, 7), **options):
+    from advsample.committee import Committee
+    from advsample.models import SchNetCommittee
+
+    return Committee(SchNetCommittee(n_members=4, species=species, n_features=8, n_interactions=1, seed=0, **options))
+
+
+def nh3_seeds(n=4):
+    """Rattled NH3; the second holds its N with FixAtoms."""
+    from ase.build import molecule
+    from ase.constraints import FixAtoms
+
+    seeds = []
+    for k in range(n):
+        atoms = molecule("NH3")
+        atoms.rattle(0.05, seed=k)
+        seeds.append(atoms)
+    seeds[1].set_constraint(FixAtoms([0]))
+    return seeds
+
+
+def committee_in(committee, dtype):
+    """The committee itself (float32) or a float64 copy of it."""
+    import copy
+
+    import torch
+
+    return committee if dtype == "float32" else copy.deepcopy(committee).to(dtype=torch.float64)
+
+
+# float32: batched and single-structure forces differ by an ulp, which this hot toy MD (k_B T = 1) grows
+# (measured: 4e-7 Å after 10 steps, 6e-6 Å after 40); float64: ASE's integrator to rounding (1e-14 Å)
+PRECISIONS = [pytest.param("float32", 10, 1e-6, id="float32"), pytest.param("float64", 40, 1e-10, id="float64")]
+
+
+@pytest.mark.parametrize("dtype, n_steps, atol", PRECISIONS)
+def test_batched_md_frames_equal_ase_langevin_per_seed_on_the_double_well(trained_committee, dtype, n_steps, atol):
+    from ase import units
+
+    from advsample.calculator import CommitteeCalculator
+
+    trained, train, _ = trained_committee
+    committee = committee_in(trained, dtype)
+    energies, _ = labels_of(train)
+    seeds, temperature_K = train[:6], 1.0 / units.kB
+    sampler = make_sampler("md", n_seeds=None, n_steps=n_steps, interval=5, temperature_K=temperature_K)
+    proposal = sampler.propose(committee, seeds, energies, Objective(kT=1.0), seed=2, progress=False)
+    reference = ase_langevin_frames(seeds, lambda: CommitteeCalculator(committee), temperature_K, sampler.timestep_fs,
+                                    n_steps, 5, sampler.friction, seed=2)
+    assert_same_frames(proposal.trajectories, reference, atol)
+    assert [len(t) for t in proposal.trajectories] == [n_steps // 5] * 6
+    assert all(a.positions[0, 2] == 0.0 and a.get_momenta()[0, 2] == 0.0 for t in proposal.trajectories for a in t)
+
+
+def test_batched_md_frames_equal_ase_langevin_per_seed_on_ammonia():
+    from advsample.calculator import CommitteeCalculator
+
+    committee, seeds = float32_schnet(), nh3_seeds()
+    sampler = make_sampler("md", n_seeds=None, n_steps=30, interval=5, temperature_K=1500.0, timestep_fs=0.5)
+    proposal = sampler.propose(committee, seeds, [0.0], Objective(kT=0.1), seed=0, progress=False)
+    reference = ase_langevin_frames(seeds, lambda: CommitteeCalculator(committee), 1500.0, 0.5, 30, 5,
+                                    sampler.friction)
+    assert_same_frames(proposal.trajectories, reference)
+    held = proposal.trajectories[1]  # FixAtoms: N stays, with zero momentum; the H atoms move
+    assert all(np.array_equal(a.positions[0], seeds[1].positions[0]) and not a.get_momenta()[0].any() for a in held)
+    assert not np.allclose(held[-1].positions[1:], seeds[1].positions[1:])
+
+
+def test_a_replica_refused_mid_run_ends_alone_and_the_others_are_unchanged():
+    """The model refuses replica 1 at step 7 (GeometryError naming its batch index): it keeps its frame of
+    step 5 only, and the others' frames are those of the run without any refusal."""
+    from advsample.geometry import GeometryError
+    from advsample.samplers import committee_forces, langevin_frames
+
+    committee, seeds = float32_schnet(), nh3_seeds(3)
+    plain = committee_forces(committee)
+    calls = []
+
+    def refusing(batch, replicas):
+        calls.append(list(replicas))
+        if len(calls) == 8 and 1 in replicas:  # step 7: the initial evaluation is call 1
+            raise GeometryError("refused", structures=[list(replicas).index(1)])
+        return plain(batch, replicas)
+
+    options = dict(temperature_K=1500.0, timestep_fs=0.5, n_steps=20, interval=5, friction=0.02, seed=1)
+    refused = langevin_frames(seeds, refusing, **options)
+    expected = langevin_frames(seeds, plain, **options)
+    assert [len(t) for t in refused] == [4, 1, 4]
+    assert calls[7] == [0, 1, 2] and calls[8] == [0, 2] and calls[-1] == [0, 2]  # re-evaluated without it
+    assert_same_frames(refused, [expected[0], expected[1][:1], expected[2]])
+
+
+def test_a_replica_gone_non_finite_ends_alone_before_it_is_evaluated():
+    """NaN forces on replica 0 at step 3 make its positions of step 4 non-finite: it ends with no frame,
+    is not evaluated there, and the others' frames are those of the run without it."""
+    from advsample.samplers import committee_forces, langevin_frames
+
+    committee, seeds = float32_schnet(), nh3_seeds(3)
+    plain = committee_forces(committee)
+    calls = []
+
+    def poisoned(batch, replicas):
+        calls.append(list(replicas))
+        forces, energy_std = plain(batch, replicas)
+        if len(calls) == 4:  # step 3
+            forces[batch.structure_index.numpy() == 0] = np.nan
+        return forces, energy_std
+
+    options = dict(temperature_K=1500.0, timestep_fs=0.5, n_steps=20, interval=5, friction=0.02, seed=1)
+    ended = langevin_frames(seeds, poisoned, **options)
+    expected = langevin_frames(seeds, plain, **options)
+    assert [len(t) for t in ended] == [0, 4, 4] and calls[3] == [0, 1, 2] and calls[4] == [1, 2]
+    assert_same_frames(ended, [[], expected[1], expected[2]])
+
+
+def test_energy_std_stop_ends_each_replica_at_its_own_first_frame_over_it(trained_committee):
+    """With stop_energy_std, each replica ends at its first step over it (that frame kept), as one ASE run
+    per seed does; the others go on."""
+    from ase import units
+
+    from advsample.calculator import CommitteeCalculator
+    from advsample.samplers import committee_forces, langevin_frames
+
+    trained, train, _ = trained_committee
+    committee = committee_in(trained, "float64")  # 60 steps: float32 rounding would grow past 1e-6 Å
+    seeds, temperature_K = train[:6], 1.0 / units.kB
+    options = dict(temperature_K=temperature_K, timestep_fs=1.0, n_steps=60, interval=5, friction=0.02, seed=5)
+    free = langevin_frames(seeds, committee_forces(committee), **options)
+    largest = [np.sqrt(committee.predict(t)["energies"].var(0)).max() for t in free]
+    threshold = float(np.median(largest))
+    stopped = langevin_frames(seeds, committee_forces(committee), **options, stop_energy_std=threshold)
+    reference = ase_langevin_frames(seeds, lambda: CommitteeCalculator(committee), **options,
+                                    stop_energy_std=threshold)
+    assert_same_frames(stopped, reference, 1e-10)
+    ended = 0
+    for trajectory, unstopped in zip(stopped, free):
+        sigma = np.sqrt(committee.predict(trajectory)["energies"].var(0))
+        assert np.all(sigma[:-1] <= threshold)  # no earlier frame passed it
+        assert_same_frames([trajectory[:-1]], [unstopped[: len(trajectory) - 1]], 1e-10)  # until then: the free run
+        ended += bool(sigma[-1] > threshold)
+    assert ended >= 2 and any(len(t) == 12 for t in stopped), [len(t) for t in stopped]  # the others go on
+
+
+@pytest.mark.parametrize("name", ["md", "udd", "biased_md"])
+def test_batched_replicas_of_a_periodic_cell_equal_ase_langevin(name):
+    """Three rattled Al cells (periodic images within the cutoff), not wrapped: frames as ASE's."""
+    from ase.build import bulk
+
+    committee = float32_schnet(species=(13,), cutoff=3.5)
+    committee.fit_normalization(np.array([-13.0]), np.array([4]))
+    seeds = []
+    for k in range(3):
+        atoms = bulk("Al", cubic=True)
+        atoms.rattle(0.05, seed=k)
+        seeds.append(atoms)
+    options = dict(n_seeds=None, n_steps=20, interval=5, temperature_K=3000.0)
+    sampler = make_sampler(name, **options, **({"stop_factor": None} if name != "md" else {}),
+                           **({"burn_in_steps": 5, "window": 5} if name == "biased_md" else {}))
+    objective = Objective(kT=0.1)
+    proposal = sampler.propose(committee, seeds, np.array([-13.0]), objective, seed=0, progress=False)
+    reference = ase_langevin_frames(seeds, lambda: reference_calculator(sampler, committee, objective), 3000.0,
+                                    sampler.timestep_fs, 20, 5, sampler.friction)
+    assert_same_frames(proposal.trajectories, reference)
+    frames = [a for t in proposal.trajectories for a in t]
+    assert len(frames) == 12 and all(a.pbc.all() and np.array_equal(a.cell, seeds[0].cell) for a in frames)
+    assert any((a.get_scaled_positions(wrap=False) < 0).any() for a in frames)  # outside the cell: not wrapped
