@@ -3,7 +3,8 @@
     python benchmarks/md_stability.py [--system adatom|sodalite] [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
         [--members 4] [--features 32] [--stability-runs 8] [--stability-steps 500] [--neb-steps 300]
         [--energy-tolerance 0.2] [--md-sampler-steps 200]
-        [--samplers md,adversarial] [--out DIR] [--threads N] [--workers N] [--quick] [--json]
+        [--samplers md,adversarial] [--budget-unit labels|reference_calls] [--out DIR] [--threads N]
+        [--workers N] [--quick] [--json]
 
 ``--system sodalite`` runs the same on water in silica sodalite with periodic GFN1-xTB labels
 (2 s per call: size it with --seeds/--rounds/--labels; its figures are the stable fraction,
@@ -16,7 +17,9 @@ each round: the fraction of committee-MD runs at 450 K that stay physical and wi
 the error of the committee's NEB hop barrier against EMT's 0.374 eV. Methods: ``md``
 (committee Langevin MD at 450 K, frames ranked by σ: classic active learning) and
 ``adversarial`` (the batched attack, ranked by log σ² − Ē/kT), both with ``--labels`` new
-EMT labels per round; ``--samplers md_attack`` adds half MD frames, half the attack seeded at them.
+EMT labels per round; ``--samplers`` takes any other sampler too, at the system's settings
+(``md_attack``: half MD frames, half the attack seeded at them; ``udd``, ``biased_md``:
+the biased MD at the system's MD settings; ``random``, ``random_scored``).
 
 Reported per method (and plotted in DIR/md_stability.png): mean, min and max over seeds of each figure after each round, with
 labels used and reference calls (``metrics["reference_calls"]`` of each round: every EMT
@@ -41,8 +44,9 @@ from _common import emit, machine, set_threads  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from advsample import compare  # noqa: E402
 from advsample.loop import ActiveLearning  # noqa: E402
-from advsample.samplers import make_sampler  # noqa: E402
+from advsample.samplers import SAMPLERS as ALL_SAMPLERS, make_sampler  # noqa: E402
 from advsample.systems import get_system  # noqa: E402
 
 SYSTEMS = ("adatom", "sodalite")
@@ -53,19 +57,15 @@ def figures(system) -> dict[str, bool]:
     return {**{m.name: not m.lower_is_better for m in system.metrics}, "force_mae": False}
 
 
-SAMPLERS = ("md", "adversarial", "md_attack")
+SAMPLERS = tuple(name for name in ALL_SAMPLERS if name != "mixed")
 
 
 def sampler_for(name: str, system):
-    """The system's sampler settings: ``md`` from ``system.md``, ``adversarial`` from ``system.attack``,
-    ``md_attack`` (half MD frames, half the attack seeded at them) from both."""
-    if name == "md":
-        return make_sampler("md", **system.md)
-    if name == "adversarial":
-        return make_sampler("adversarial", **system.attack)
-    if name == "md_attack":
-        return make_sampler("md_attack", **system.md, attack=dict(system.attack))
-    raise ValueError(f"unknown method {name!r}: choose from {SAMPLERS}")
+    """The sampler at the system's settings (:func:`advsample.compare.sampler_options`): ``md`` and the
+    biased MD from ``system.md``, ``adversarial`` from ``system.attack``, ``md_attack`` from both."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown method {name!r}: choose from {SAMPLERS}")
+    return make_sampler(name, **compare.sampler_options(system, name))
 
 
 def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> list[dict]:
@@ -90,19 +90,22 @@ def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> l
     return rows
 
 
-def build_system(name: str, options: dict, md_sampler_steps: int | None):
-    """The system at these options (``md_sampler_steps`` overrides the md sampler's trajectory length)."""
+def build_system(name: str, options: dict, md_sampler_steps: int | None, budget_unit: str | None = None):
+    """The system at these options (``md_sampler_steps`` overrides the md sampler's trajectory length,
+    ``budget_unit`` what a round's budget counts: ``labels`` or ``reference_calls``)."""
     system = get_system(name, **options)
     if md_sampler_steps is not None:
         system = replace(system, md={**system.md, "n_steps": md_sampler_steps})
+    if budget_unit is not None:
+        system = replace(system, selection=replace(system.selection, budget_unit=budget_unit))
     return system
 
 
-def run_job(name: str, options: dict, md_sampler_steps: int | None, method: str, seed: int, rounds: int,
-            out_dir: str) -> list[dict]:
+def run_job(name: str, options: dict, md_sampler_steps: int | None, budget_unit: str | None, method: str, seed: int,
+            rounds: int, out_dir: str) -> list[dict]:
     """One (method, seed) run in a worker process: the system is rebuilt there from its options."""
     set_threads(1)
-    return run_one(build_system(name, options, md_sampler_steps), method, seed, rounds, out_dir,
+    return run_one(build_system(name, options, md_sampler_steps, budget_unit), method, seed, rounds, out_dir,
                    lambda s: print(s, flush=True))
 
 
@@ -186,6 +189,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--md-sampler-steps", type=int, default=None,
                         help="steps per committee-MD trajectory of the md sampler (system default 200)")
     parser.add_argument("--samplers", default="md,adversarial")
+    parser.add_argument("--budget-unit", choices=("labels", "reference_calls"), default=None,
+                        help="what --labels counts per round (default: the system's, labels)")
     parser.add_argument("--out", default="benchmarks/results/md_stability")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="(method, seed) runs in parallel processes")
@@ -209,16 +214,18 @@ def main(argv=None) -> dict:
         seeds, rounds = 1, 1
         options = {"smoke": True, "budget": min(args.labels, 2)}
     md_sampler_steps = None if args.quick else args.md_sampler_steps
-    system = build_system(args.system, options, md_sampler_steps)
+    system = build_system(args.system, options, md_sampler_steps, args.budget_unit)
     keys = figures(system)
     os.makedirs(args.out, exist_ok=True)
-    print(f"{system.name}: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} labels", flush=True)
+    unit = "reference calls" if system.selection.budget_unit == "reference_calls" else "labels"
+    print(f"{system.name}: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} {unit}", flush=True)
     start = time.perf_counter()
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
     runs_dir = os.path.join(args.out, "runs")
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            futures = [pool.submit(run_job, args.system, options, md_sampler_steps, method, seed, rounds, runs_dir)
+            futures = [pool.submit(run_job, args.system, options, md_sampler_steps, args.budget_unit, method, seed,
+                                   rounds, runs_dir)
                        for method, seed in jobs]
             rows = [row for future in futures for row in future.result()]
     else:
@@ -239,6 +246,7 @@ def main(argv=None) -> dict:
         "seeds": seeds,
         "rounds": rounds,
         "labels_per_round": system.selection.budget,
+        "budget_unit": system.selection.budget_unit,
         "barrier_reference_eV": rows[0].get("barrier_reference_eV"),
         "summary": summary,
         "targets_md_final": targets,

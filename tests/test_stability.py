@@ -41,3 +41,15 @@ def test_md_stability_benchmark_quick(tmp_path):
     assert set(result["cost_to_reach_md_final"]) == {"md_stable_fraction", "mean_time_to_failure_fs",
                                                      "barrier_error_eV"}  # every declared figure
     assert (tmp_path / "md_stability.png").stat().st_size > 0 and result["workers"] == 2
+
+
+def test_md_stability_benchmark_at_equal_reference_calls_with_other_samplers(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_stability.py"), "--quick", "--json",
+                              "--samplers", "udd,random", "--budget-unit", "reference_calls", "--out", str(tmp_path)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert set(result["summary"]) == {"udd", "random"} and result["budget_unit"] == "reference_calls"
+    for lines in result["summary"].values():  # every method paid exactly the round's calls
+        assert lines[1]["reference_calls"] == result["labels_per_round"] >= lines[1]["labels"]
