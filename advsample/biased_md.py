@@ -31,7 +31,10 @@ and s the adaptive rescaling: the root of the summed squared norms of the unbias
 the uncertainty-gradient forces over the last W steps, s = 0 during the first
 ``burn_in_steps`` steps (unbiased MD). Their runs used W = burn-in = 100 steps of
 20000-step trajectories; the defaults here, 20, keep the burn-in a tenth of a 200-step
-run. Their bias stress (constant-pressure runs) is not implemented: the samplers run NVT.
+run. Their bias stress for constant-pressure runs is the strain derivative of the same biased
+energy with s held, −τ·s·(1/V)·∂σ_E/∂ε, by automatic differentiation: the calculators give it
+(and UDD's (1/V)·∂E_bias/∂ε) with ``stress`` on periodic cells, so ASE's constant-pressure
+dynamics (``NPTBerendsen``, ``NPT``) run the biased surface; the samplers run NVT.
 
 Both papers end a trajectory once the uncertainty passes a threshold (UDD-AL: a multiple,
 ``sigma_factor`` = 4, of the largest uncertainty on the training data, or a fixed value;
@@ -48,15 +51,16 @@ thermodynamic control is in the bias and the temperature, not in a Boltzmann sco
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import uncertainty
+from .calculator import VOIGT
 from .committee import Committee
 from .objective import Objective
 from .samplers import Proposal, ReplicaForces, UncertaintyMDSampler, choose_seeds, langevin_frames
@@ -81,42 +85,78 @@ def udd_bias_energy(energy_variance: torch.Tensor, n_atoms: torch.Tensor, amplit
 class BiasedForces:
     """One biased evaluation of B structures (N atoms), float64: ``energy_mean`` Ē [B], ``bias_energy``
     [B] and ``energy_std`` σ_E [B] (energy unit); ``forces`` [N, 3] (biased) and their part
-    ``bias_forces`` [N, 3] (energy unit/Å)."""
+    ``bias_forces`` [N, 3] (energy unit/Å); for periodic structures evaluated with stress, ``stress``
+    [B, 6] (biased) and its part ``bias_stress`` [B, 6] (energy unit/Å³, ASE's Voigt order)."""
 
     energy_mean: np.ndarray
     bias_energy: np.ndarray
     energy_std: np.ndarray
     forces: np.ndarray
     bias_forces: np.ndarray
+    stress: np.ndarray | None = None
+    bias_stress: np.ndarray | None = None
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(float)
 
 
-def _mean_and_term_gradients(
-    committee: Committee, batch: Batch, term: Callable[[torch.Tensor, Batch], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    """Member energies [M, B], ``term(energies, batch)`` [B] (both detached), ∇Ē [N, 3] and ∇term [N, 3]
-    (float64) by autograd through one committee call (first derivatives only)."""
+@dataclass
+class _Gradients:
+    """Member energies [M, B] and the bias term [B] (detached); ∇Ē and ∇term [N, 3]; with stress,
+    (1/V)·∂Ē/∂ε and (1/V)·∂term/∂ε [B, 6] (Voigt), else None. float64 arrays."""
+
+    energies: torch.Tensor
+    term: torch.Tensor
+    gradient_mean: np.ndarray
+    gradient_term: np.ndarray
+    stress_mean: np.ndarray | None
+    stress_term: np.ndarray | None
+
+
+def _mean_and_term_gradients(committee: Committee, batch: Batch, term: Callable[[torch.Tensor, Batch], torch.Tensor],
+                             stress: bool = False) -> _Gradients:
+    """``term(energies, batch)`` and the gradients of Ē and of the term by autograd through one
+    committee call (first derivatives only). With ``stress``, also their derivatives with respect to
+    a symmetric strain ε of each structure (x → x(1 + ε), cell rows h → h(1 + ε)) over its volume."""
     batch = batch.to(committee.device, committee.dtype)
     positions = batch.positions.detach().clone().requires_grad_(True)
     committee.eval()
     with torch.enable_grad():
-        energies = committee(batch, forces=False, create_graph=True, positions=positions).energies
+        inputs, strained, cells = [positions], positions, batch.cells
+        if stress:
+            strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device,
+                                 requires_grad=True)
+            strained = positions + torch.einsum("ni,nij->nj", positions, strain[batch.structure_index])
+            cells = batch.cells + torch.bmm(batch.cells, strain)
+            inputs.append(strain)
+        energies = committee(replace(batch, cells=cells), forces=False, create_graph=True, positions=strained).energies
         mean, value = energies.mean(0), term(energies, batch)
-        (gradient_mean,) = torch.autograd.grad(mean.sum(), positions, retain_graph=True)
-        (gradient_term,) = torch.autograd.grad(value.sum(), positions)
-    return energies.detach(), value.detach(), _numpy(gradient_mean), _numpy(gradient_term)
+        gradients_mean = torch.autograd.grad(mean.sum(), inputs, retain_graph=True)
+        gradients_term = torch.autograd.grad(value.sum(), inputs)
+    stresses = [None, None]
+    if stress:
+        volume = torch.linalg.det(batch.cells).abs()[:, None]  # [B, 1] Å³
+        stresses = [_numpy(_voigt(g[1]) / volume) for g in (gradients_mean, gradients_term)]
+    return _Gradients(energies.detach(), value.detach(), _numpy(gradients_mean[0]), _numpy(gradients_term[0]),
+                      *stresses)
 
 
-def udd_forces(committee: Committee, batch: Batch, amplitude: float, width: float) -> BiasedForces:
-    """UDD-AL for each structure of ``batch``: Ē + E_bias and −∇(Ē + E_bias) (see the module);
-    ``amplitude`` A and ``width`` B in the energy unit."""
-    energies, bias, gradient_mean, gradient_bias = _mean_and_term_gradients(
-        committee, batch, lambda e, b: udd_bias_energy(uncertainty.energy_variance(e), b.n_atoms, amplitude, width))
-    return BiasedForces(_numpy(energies.mean(0)), _numpy(bias), _numpy(uncertainty.energy_variance(energies).sqrt()),
-                        -(gradient_mean + gradient_bias), -gradient_bias)
+def _voigt(tensor: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] -> [B, 6] symmetrised, ASE's order xx, yy, zz, yz, xz, xy."""
+    symmetric = 0.5 * (tensor + tensor.transpose(1, 2))
+    return torch.stack([symmetric[:, a, b] for a, b in VOIGT], dim=1)
+
+
+def udd_forces(committee: Committee, batch: Batch, amplitude: float, width: float, stress: bool = False) -> BiasedForces:
+    """UDD-AL for each structure of ``batch``: Ē + E_bias and −∇(Ē + E_bias) (see the module), with
+    ``stress`` also (1/V)·∂(Ē + E_bias)/∂ε; ``amplitude`` A and ``width`` B in the energy unit."""
+    g = _mean_and_term_gradients(
+        committee, batch, lambda e, b: udd_bias_energy(uncertainty.energy_variance(e), b.n_atoms, amplitude, width),
+        stress)
+    return BiasedForces(_numpy(g.energies.mean(0)), _numpy(g.term), _numpy(uncertainty.energy_variance(g.energies).sqrt()),
+                        -(g.gradient_mean + g.gradient_term), -g.gradient_term,
+                        None if g.stress_mean is None else g.stress_mean + g.stress_term, g.stress_term)
 
 
 class AdaptiveRescaling:
@@ -145,16 +185,17 @@ class AdaptiveRescaling:
         return self.value
 
 
-def biased_md_forces(committee: Committee, batch: Batch, tau: float,
-                     rescalings: Sequence[AdaptiveRescaling]) -> BiasedForces:
+def biased_md_forces(committee: Committee, batch: Batch, tau: float, rescalings: Sequence[AdaptiveRescaling],
+                     stress: bool = False) -> BiasedForces:
     """Uncertainty-biased MD for each structure of ``batch``: F̄ + τ·s·∇σ_E and E = Ē − τ·s·σ_E (see
     the module), s from structure b's own ``rescalings[b]`` (each updated by this evaluation);
-    coordinates held by constraints do not enter the norms."""
+    coordinates held by constraints do not enter the norms. With ``stress``, the bias stress
+    −τ·s·(1/V)·∂σ_E/∂ε is added to the committee's stress (1/V)·∂Ē/∂ε."""
     if len(rescalings) != batch.n_structures:
         raise ValueError(f"biased MD needs one rescaling per structure: {len(rescalings)} for {batch.n_structures}")
-    energies, sigma, gradient_mean, gradient_sigma = _mean_and_term_gradients(
-        committee, batch, lambda e, b: uncertainty.energy_variance(e).clamp(min=1e-30).sqrt())
-    forces = -gradient_mean  # gradient_sigma = +∇σ_E: towards higher uncertainty
+    g = _mean_and_term_gradients(committee, batch, lambda e, b: uncertainty.energy_variance(e).clamp(min=1e-30).sqrt(),
+                                 stress)
+    forces, gradient_sigma = -g.gradient_mean, g.gradient_term  # +∇σ_E: towards higher uncertainty
     free, index = ~batch.fixed.cpu().numpy(), batch.structure_index.cpu().numpy()
 
     def norm_sq(vectors: np.ndarray) -> np.ndarray:  # [N, 3] -> [B] squared norms over free coordinates
@@ -162,21 +203,30 @@ def biased_md_forces(committee: Committee, batch: Batch, tau: float,
 
     strength = tau * np.array([r.update(f, b) for r, f, b in zip(rescalings, norm_sq(forces), norm_sq(gradient_sigma))])
     bias_forces = strength[index, None] * gradient_sigma
-    sigma = _numpy(sigma)
-    return BiasedForces(_numpy(energies.mean(0)), -strength * sigma, sigma, forces + bias_forces, bias_forces)
+    sigma = _numpy(g.term)
+    bias_stress = None if g.stress_term is None else -strength[:, None] * g.stress_term
+    return BiasedForces(_numpy(g.energies.mean(0)), -strength * sigma, sigma, forces + bias_forces, bias_forces,
+                        None if bias_stress is None else g.stress_mean + bias_stress, bias_stress)
 
 
 class _BiasCalculator(Calculator):
     """Shared results of the bias calculators: ``energy`` and ``forces`` biased;
-    ``energy_unbiased`` (Ē), ``bias_energy``, ``energy_std`` (committee σ_E), ``bias_forces`` [N, 3]."""
+    ``energy_unbiased`` (Ē), ``bias_energy``, ``energy_std`` (committee σ_E), ``bias_forces`` [N, 3];
+    for periodic atoms also ``stress`` (biased, eV/Å³) and ``bias_stress`` [6], every call (so ASE's
+    constant-pressure dynamics evaluate, and update the biased-MD window, once per step)."""
 
-    implemented_properties = ["energy", "forces", "energy_unbiased", "bias_energy", "energy_std", "bias_forces"]
+    implemented_properties = ["energy", "forces", "energy_unbiased", "bias_energy", "energy_std", "bias_forces",
+                              "stress", "bias_stress"]
 
     def __init__(self, committee: Committee, **kwargs):
         super().__init__(**kwargs)
         self.committee = committee
 
-    def _store(self, result: BiasedForces):
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if any(p in properties for p in ("stress", "bias_stress")) and not self.atoms.pbc.any():
+            raise PropertyNotImplementedError("stress needs a periodic structure (atoms.pbc has no True)")
+        result = self._evaluate(Batch.from_atoms([self.atoms]), stress=bool(self.atoms.pbc.any()))
         self.results = {
             "energy": float(result.energy_mean[0] + result.bias_energy[0]),
             "forces": result.forces,
@@ -185,6 +235,11 @@ class _BiasCalculator(Calculator):
             "energy_std": float(result.energy_std[0]),
             "bias_forces": result.bias_forces,
         }
+        if result.stress is not None:
+            self.results.update(stress=result.stress[0], bias_stress=result.bias_stress[0])
+
+    def _evaluate(self, batch: Batch, stress: bool) -> BiasedForces:
+        raise NotImplementedError
 
 
 class UDDCalculator(_BiasCalculator):
@@ -200,9 +255,8 @@ class UDDCalculator(_BiasCalculator):
         self.amplitude = float(amplitude)
         self.width = float(width)
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        self._store(udd_forces(self.committee, Batch.from_atoms([self.atoms]), self.amplitude, self.width))
+    def _evaluate(self, batch: Batch, stress: bool) -> BiasedForces:
+        return udd_forces(self.committee, batch, self.amplitude, self.width, stress)
 
 
 class BiasedMDCalculator(_BiasCalculator):
@@ -227,9 +281,8 @@ class BiasedMDCalculator(_BiasCalculator):
         """s = ‖F̄‖_W / ‖∇σ_E‖_W over the window; 0 during the burn-in."""
         return self.adaptive.value
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        self._store(biased_md_forces(self.committee, Batch.from_atoms([self.atoms]), self.tau, [self.adaptive]))
+    def _evaluate(self, batch: Batch, stress: bool) -> BiasedForces:
+        return biased_md_forces(self.committee, batch, self.tau, [self.adaptive], stress)
 
 
 @dataclass

@@ -252,3 +252,74 @@ def test_batched_biased_frames_equal_ase_langevin_per_seed_on_ammonia(name):
     assert_same_frames(proposal.trajectories, reference)
     held = proposal.trajectories[1]  # FixAtoms on N
     assert all(np.array_equal(a.positions[0], seeds[1].positions[0]) and not a.get_momenta()[0].any() for a in held)
+
+
+def _strained_energy(energy_of, atoms, a, b, step):
+    """(E(+ε_ab) − E(−ε_ab)) / 2ε with the symmetric strain ε_ab = ε_ba (positions and cell scaled)."""
+    values = []
+    for sign in (1, -1):
+        strain = np.eye(3)
+        strain[a, b] += sign * step / (1 if a == b else 2)
+        strain[b, a] += 0 if a == b else sign * step / 2
+        copy = atoms.copy()
+        copy.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+        values.append(energy_of(copy))
+    return (values[0] - values[1]) / (2 * step)
+
+
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+@pytest.mark.parametrize("name", ["udd", "biased_md"])
+def test_the_bias_stress_is_the_strain_derivative_of_the_biased_energy(name):
+    """Periodic Al: stress = (1/V)·∂E_biased/∂ε by finite differences (biased MD: s held at the
+    calculator's value), and the bias part alone is the derivative of the bias term."""
+    committee = _schnet((13,), cutoff=3.5)
+    committee.fit_normalization(np.array([-13.0, -13.2]), np.array([4, 4]))
+    atoms = _al()
+    if name == "udd":
+        calculator = UDDCalculator(committee, amplitude=0.5, width=0.02)
+        bias = lambda e: 0.5 * (np.exp(-e.var() / (2 * len(atoms) * 0.02**2)) - 1.0)  # noqa: E731
+    else:
+        calculator = BiasedMDCalculator(committee, tau=0.5, window=1, burn_in_steps=0)
+    atoms.calc = calculator
+    stress, bias_stress = atoms.get_stress(voigt=True), calculator.results["bias_stress"]
+    if name == "biased_md":
+        strength = 0.5 * calculator.rescaling
+        assert strength > 0
+        bias = lambda e: -strength * e.std()  # noqa: E731
+    volume = atoms.get_volume()
+
+    def biased(copy):
+        energies = _member_energies(committee, copy)
+        return energies.mean() + bias(energies)
+
+    numeric = [_strained_energy(biased, atoms, a, b, 1e-5) / volume for a, b in VOIGT_PAIRS]
+    numeric_bias = [_strained_energy(lambda c: bias(_member_energies(committee, c)), atoms, a, b, 1e-5) / volume
+                    for a, b in VOIGT_PAIRS]
+    np.testing.assert_allclose(stress, numeric, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(bias_stress, numeric_bias, rtol=1e-4, atol=1e-8)
+    assert np.abs(bias_stress).max() > 1e-6  # the bias does press on the cell
+    with pytest.raises(Exception, match="periodic"):
+        molecule_atoms = _nh3()
+        molecule_atoms.calc = UDDCalculator(_schnet((1, 7)), amplitude=0.5, width=0.02)
+        molecule_atoms.get_stress()
+
+
+def test_constant_pressure_md_runs_on_the_biased_surface():
+    """ASE's NPTBerendsen with the biased-MD calculator: the cell follows the bias stress, finite."""
+    from ase.md.nptberendsen import NPTBerendsen
+
+    committee = _schnet((13,), cutoff=3.5)
+    committee.fit_normalization(np.array([-13.0, -13.2]), np.array([4, 4]))
+    atoms = _al().repeat((2, 1, 1))
+    calculator = BiasedMDCalculator(committee, tau=0.5, window=5, burn_in_steps=2)
+    atoms.calc = calculator
+    dynamics = NPTBerendsen(atoms, timestep=1.0 * units.fs, temperature_K=300, pressure_au=0.0,
+                            taut=100 * units.fs, taup=500 * units.fs, compressibility_au=1e-2 / units.GPa)
+    volume = atoms.get_volume()
+    dynamics.run(10)
+    # NPTBerendsen evaluates after rescaling the cell and after moving the atoms: the stress came
+    # with those forces (no third evaluation per step for it)
+    assert calculator.adaptive.n_calls <= 2 * 10 + 1
+    assert np.all(np.isfinite(atoms.positions)) and atoms.get_volume() != pytest.approx(volume, rel=1e-6)
