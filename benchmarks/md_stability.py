@@ -131,15 +131,18 @@ def summarize(rows: list[dict], keys) -> dict:
 
 
 def figure(summary: dict, system):
-    """Each figure vs labels per method: mean over seeds (line) and min–max (band)."""
+    """Each figure vs the round's cost per method (labels, or reference calls at a call budget): mean
+    over seeds (line) and min–max (band)."""
     from matplotlib.figure import Figure
+
+    cost = "reference_calls" if system.selection.budget_unit == "reference_calls" else "labels"
 
     declared = {m.name: m for m in system.all_metrics()}
     keys = list(figures(system))
     fig = Figure(figsize=(4.2 * len(keys), 3.4), layout="constrained")
     for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
         for method, lines in summary.items():
-            x = [line["labels"] for line in lines]
+            x = [line[cost] for line in lines]
             mean = [line[key]["mean"] if line[key]["mean"] is not None else np.nan for line in lines]
             low = [line[key]["min"] if line[key]["min"] is not None else np.nan for line in lines]
             high = [line[key]["max"] if line[key]["max"] is not None else np.nan for line in lines]
@@ -147,7 +150,7 @@ def figure(summary: dict, system):
             ax.fill_between(x, low, high, color=curve.get_color(), alpha=0.15, linewidth=0)
         if key in declared and declared[key].log_scale:
             ax.set_yscale("log")
-        ax.set_xlabel("new reference labels")
+        ax.set_xlabel("reference calls paid" if cost == "reference_calls" else "new reference labels")
         ax.set_ylabel(declared[key].axis_label(system.energy_unit) if key in declared else key)
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=7)
