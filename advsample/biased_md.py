@@ -51,7 +51,7 @@ thermodynamic control is in the bias and the temperature, not in a Boltzmann sco
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -60,7 +60,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import uncertainty
-from .calculator import VOIGT
+from .calculator import strained, voigt_stress
 from .committee import Committee
 from .objective import Objective
 from .samplers import Proposal, ReplicaForces, UncertaintyMDSampler, choose_seeds, langevin_frames
@@ -123,29 +123,19 @@ def _mean_and_term_gradients(committee: Committee, batch: Batch, term: Callable[
     positions = batch.positions.detach().clone().requires_grad_(True)
     committee.eval()
     with torch.enable_grad():
-        inputs, strained, cells = [positions], positions, batch.cells
+        inputs, evaluated, moved = [positions], batch, positions
         if stress:
-            strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device,
-                                 requires_grad=True)
-            strained = positions + torch.einsum("ni,nij->nj", positions, strain[batch.structure_index])
-            cells = batch.cells + torch.bmm(batch.cells, strain)
+            strain, evaluated, moved = strained(batch, positions)
             inputs.append(strain)
-        energies = committee(replace(batch, cells=cells), forces=False, create_graph=True, positions=strained).energies
+        energies = committee(evaluated, forces=False, create_graph=True, positions=moved).energies
         mean, value = energies.mean(0), term(energies, batch)
         gradients_mean = torch.autograd.grad(mean.sum(), inputs, retain_graph=True)
         gradients_term = torch.autograd.grad(value.sum(), inputs)
     stresses = [None, None]
     if stress:
-        volume = torch.linalg.det(batch.cells).abs()[:, None]  # [B, 1] Å³
-        stresses = [_numpy(_voigt(g[1]) / volume) for g in (gradients_mean, gradients_term)]
+        stresses = [_numpy(voigt_stress(g[1], batch.cells)) for g in (gradients_mean, gradients_term)]
     return _Gradients(energies.detach(), value.detach(), _numpy(gradients_mean[0]), _numpy(gradients_term[0]),
                       *stresses)
-
-
-def _voigt(tensor: torch.Tensor) -> torch.Tensor:
-    """[B, 3, 3] -> [B, 6] symmetrised, ASE's order xx, yy, zz, yz, xz, xy."""
-    symmetric = 0.5 * (tensor + tensor.transpose(1, 2))
-    return torch.stack([symmetric[:, a, b] for a, b in VOIGT], dim=1)
 
 
 def udd_forces(committee: Committee, batch: Batch, amplitude: float, width: float, stress: bool = False) -> BiasedForces:

@@ -13,6 +13,21 @@ from .structures import Batch
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # ASE's order: xx, yy, zz, yz, xz, xy
 
 
+def strained(batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    """A zero strain ε [B, 3, 3] requiring grad, and the batch and ``positions`` [N, 3] under it
+    (x → x(1 + ε), cell rows h → h(1 + ε), per structure): ∂E/∂ε of their energies is the virial."""
+    strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
+    moved = positions + torch.einsum("ni,nij->nj", positions, strain[batch.structure_index])
+    return strain, replace(batch, cells=batch.cells + torch.bmm(batch.cells, strain)), moved
+
+
+def voigt_stress(virial: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Stress [B, 6] (energy/Å³, ASE's Voigt order): the symmetrised ∂E/∂ε [B, 3, 3] over each cell's volume."""
+    symmetric = 0.5 * (virial + virial.transpose(1, 2))
+    volume = torch.linalg.det(cells).abs()[:, None]
+    return torch.stack([symmetric[:, a, b] for a, b in VOIGT], dim=1) / volume
+
+
 class CommitteeCalculator(Calculator):
     """ASE calculator returning the committee mean and spread.
 
@@ -45,7 +60,7 @@ class CommitteeCalculator(Calculator):
         if wants_stress:
             if not free.pbc.any():
                 raise PropertyNotImplementedError("stress needs a periodic structure (atoms.pbc has no True)")
-            out, stresses = self._with_stress(batch, free.get_volume())
+            out, stresses = self._with_stress(batch)
         else:
             out = self.committee(batch, forces=True)
         self.results = {
@@ -59,22 +74,14 @@ class CommitteeCalculator(Calculator):
         if wants_stress:
             self.results.update(stress=stresses.mean(0), stress_std=stresses.std(0), stresses=stresses)
 
-    def _with_stress(self, batch: Batch, volume: float):
-        """The committee output and each member's stress [M, 6] (eV/Å³) by autograd.
-
-        Under x -> x (1 + ε), h -> h (1 + ε) (positions and cell rows), ∂E/∂ε = xᵀ ∂E/∂x + hᵀ ∂E/∂h.
-        """
+    def _with_stress(self, batch: Batch):
+        """The committee output and each member's stress [M, 6] (eV/Å³) by autograd through :func:`strained`."""
         committee = self.committee
         batch = batch.to(committee.device, committee.dtype)
-        positions = batch.positions.detach().clone().requires_grad_(True)
-        cells = batch.cells.detach().clone().requires_grad_(True)
-        out = committee(replace(batch, cells=cells), forces=True, create_graph=True, positions=positions)
-        stresses = []
-        for m in range(committee.n_members):
-            dx, dh = torch.autograd.grad(out.energies[m, 0], [positions, cells], retain_graph=True)
-            virial = positions.detach().T @ dx + cells[0].detach().T @ dh[0]  # [3, 3] ∂E/∂ε
-            virial = 0.5 * (virial + virial.T) / volume
-            stresses.append([float(virial[a, b]) for a, b in VOIGT])
+        strain, strained_batch, positions = strained(batch, batch.positions.detach())
+        out = committee(strained_batch, forces=True, create_graph=True, positions=positions)
+        stresses = [voigt_stress(torch.autograd.grad(out.energies[m, 0], strain, retain_graph=True)[0], batch.cells)[0]
+                    for m in range(committee.n_members)]
         out.forces = out.forces.detach()
         out.energies = out.energies.detach()
-        return out, np.asarray(stresses, dtype=float)
+        return out, torch.stack(stresses).detach().cpu().numpy().astype(float)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import pickle
-from inspect import signature
 from dataclasses import dataclass
 from functools import cached_property
+from inspect import signature
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
