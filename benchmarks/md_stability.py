@@ -4,7 +4,7 @@
         [--members 4] [--features 32] [--stability-runs 8] [--stability-steps 500] [--neb-steps 300]
         [--energy-tolerance 0.2] [--md-sampler-steps 200]
         [--samplers md,adversarial] [--budget-unit labels|reference_calls] [--out DIR] [--threads N]
-        [--workers N] [--quick] [--json]
+        [--workers N] [--reuse DIR] [--quick] [--json]
 
 ``--system sodalite`` runs the same on water in silica sodalite with periodic GFN1-xTB labels
 (2 s per call: size it with --seeds/--rounds/--labels; its figures are the stable fraction,
@@ -27,7 +27,9 @@ call paid for training labels, failed ones included); and the labels and referen
 each method needs to reach classic MD-AL's final mean stable fraction and barrier error
 (null where not reached; the ratio adversarial/md labels is null also when md's final
 figure is no better than round 0's, reached with 0 labels). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
-last line is one JSON object.
+last line is one JSON object. ``--reuse DIR`` takes the (method, seed) runs an earlier output DIR finished at the same
+settings (system, rounds, budget and its unit, options; other settings are refused) and runs only the rest, e.g. one
+more seed; the summary names the reused runs.
 """
 from __future__ import annotations
 
@@ -174,6 +176,21 @@ def cost_to_reach(summary: dict, key: str, target: float | None, higher_is_bette
     return out
 
 
+def reused_rows(directory: str, settings: dict, jobs: list[tuple[str, int]], rounds: int) -> list[dict]:
+    """Rows of the ``jobs`` (method, seed) that an earlier run at the same ``settings`` finished, read back from
+    ``directory``'s rows.json and summary.json; a directory written at other settings is refused."""
+    with open(os.path.join(directory, "summary.json")) as handle:
+        earlier = json.load(handle)
+    differ = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
+    if differ:
+        raise SystemExit(f"--reuse {directory}: written at other settings (earlier, now): {differ}")
+    with open(os.path.join(directory, "rows.json")) as handle:
+        rows = json.load(handle)
+    done = {job for job in jobs
+            if {r["round"] for r in rows if (r["method"], r["seed"]) == job} == set(range(rounds + 1))}
+    return [r for r in rows if (r["method"], r["seed"]) in done]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="adatom", choices=SYSTEMS)
@@ -198,6 +215,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="(method, seed) runs in parallel processes")
     parser.add_argument("--quick", action="store_true", help="the smoke system, 1 seed, 1 round (tests)")
+    parser.add_argument("--reuse", default=None, metavar="DIR",
+                        help="take the (method, seed) runs an earlier --out DIR finished at the same settings, run the rest")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -224,16 +243,24 @@ def main(argv=None) -> dict:
     print(f"{system.name}: {methods} x {seeds} seeds x {rounds} rounds x {system.selection.budget} {unit}", flush=True)
     start = time.perf_counter()
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
+    settings = {"system": system.name, "rounds": rounds, "labels_per_round": system.selection.budget,
+                "budget_unit": system.selection.budget_unit,
+                "options": {**options, **({"md_sampler_steps": md_sampler_steps} if md_sampler_steps is not None else {})}}
+    reused = reused_rows(args.reuse, settings, jobs, rounds) if args.reuse else []
+    reused_jobs = sorted({(r["method"], r["seed"]) for r in reused})
+    if reused_jobs:
+        print(f"reused from {args.reuse}: {reused_jobs}", flush=True)
+    jobs = [job for job in jobs if job not in reused_jobs]
     runs_dir = os.path.join(args.out, "runs")
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             futures = [pool.submit(run_job, args.system, options, md_sampler_steps, args.budget_unit, method, seed,
                                    rounds, runs_dir)
                        for method, seed in jobs]
-            rows = [row for future in futures for row in future.result()]
+            rows = reused + [row for future in futures for row in future.result()]
     else:
-        rows = [row for method, seed in jobs
-                for row in run_one(system, method, seed, rounds, runs_dir, lambda s: print(s, flush=True))]
+        rows = reused + [row for method, seed in jobs
+                         for row in run_one(system, method, seed, rounds, runs_dir, lambda s: print(s, flush=True))]
     elapsed = time.perf_counter() - start
     summary = summarize(rows, keys)
     baseline = summary.get("md", [None])[-1]
@@ -244,18 +271,15 @@ def main(argv=None) -> dict:
         md_labels = costs["md"]["labels"] if costs.get("md") else 0
         ratios[key] = costs["adversarial"]["labels"] / md_labels if md_labels and costs.get("adversarial") else None
     output = {
-        "system": system.name,
+        **settings,
         "methods": methods,
         "seeds": seeds,
-        "rounds": rounds,
-        "labels_per_round": system.selection.budget,
-        "budget_unit": system.selection.budget_unit,
         "barrier_reference_eV": rows[0].get("barrier_reference_eV"),
         "summary": summary,
         "targets_md_final": targets,
         "cost_to_reach_md_final": reach,
         "label_ratio_adversarial_over_md": ratios,
-        "options": {**options, **({"md_sampler_steps": md_sampler_steps} if md_sampler_steps is not None else {})},
+        "reused": {"from": args.reuse, "jobs": reused_jobs} if reused_jobs else None,
         "workers": args.workers,
         "wall_s": elapsed,
         "quick": args.quick,

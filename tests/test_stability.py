@@ -53,3 +53,14 @@ def test_md_stability_benchmark_at_equal_reference_calls_with_other_samplers(tmp
     assert set(result["summary"]) == {"udd", "random"} and result["budget_unit"] == "reference_calls"
     for lines in result["summary"].values():  # every method paid exactly the round's calls
         assert lines[1]["reference_calls"] == result["labels_per_round"] >= lines[1]["labels"]
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_stability.py"), "--quick", "--json",
+                            "--samplers", "udd,random", "--budget-unit", "reference_calls", "--reuse", str(tmp_path),
+                            "--out", str(tmp_path / "again")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reused = json.loads(again.stdout.strip().splitlines()[-1])  # every run read back, none paid again
+    assert reused["reused"]["jobs"] == [["random", 0], ["udd", 0]] and reused["summary"] == result["summary"]
+    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_stability.py"), "--quick", "--samplers", "udd",
+                            "--budget-unit", "labels", "--reuse", str(tmp_path), "--out", str(tmp_path / "other")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "written at other settings" in other.stderr and "budget_unit" in other.stderr
