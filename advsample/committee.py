@@ -135,45 +135,30 @@ class Committee(nn.Module):
         ``geometry``: this batch's :meth:`fixed_geometry` (training: the batch's own positions).
         """
         batch = batch.to(self.device, self.dtype)
-        if geometry is not None:
+        if geometry is not None:  # member views of the fixed radial features [M, P, K]
             if positions is not None:
                 raise ValueError("give positions or a fixed geometry, not both")
-            return self._forward_fixed(batch, geometry, forces, create_graph)
-        if positions is None:
-            positions = batch.positions
-        if positions.shape != batch.positions.shape:
-            raise ValueError(f"positions must have shape [N, 3] = {list(batch.positions.shape)} for this batch of "
-                             f"{batch.n_structures} structure(s), got {list(positions.shape)}")
-        positions = positions.to(self.device, self.dtype)
-        if forces and not positions.requires_grad:
-            positions = positions.detach().requires_grad_(True)
-        member_positions = positions.unsqueeze(0).expand(self.n_members, -1, -1)
+            inputs = geometry.features.detach().requires_grad_(forces)
+            energies_of, forces_of = lambda views: self.model.geometry_energies(batch, geometry, views), geometry.forces
+        else:  # member views of the positions [M, N, 3]
+            if positions is None:
+                positions = batch.positions
+            if positions.shape != batch.positions.shape:
+                raise ValueError(f"positions must have shape [N, 3] = {list(batch.positions.shape)} for this batch of "
+                                 f"{batch.n_structures} structure(s), got {list(positions.shape)}")
+            inputs = positions.to(self.device, self.dtype)
+            if forces and not inputs.requires_grad:
+                inputs = inputs.detach().requires_grad_(True)
+            energies_of, forces_of = lambda views: self.model(batch, views), torch.neg
+        views = inputs.unsqueeze(0).expand(self.n_members, -1, -1)
         with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
-            raw = self.model(batch, member_positions)
+            raw = energies_of(views)
             energies = self.energy_scale * raw + self.energy_shift * batch.n_atoms.to(raw.dtype)
             member_forces = None
             if forces:
-                (gradient,) = torch.autograd.grad(
-                    energies.sum(), member_positions, create_graph=create_graph, retain_graph=create_graph
-                )
-                member_forces = -gradient
-        if not create_graph:
-            energies = energies.detach()
-        return CommitteeOutput(energies, member_forces, batch.structure_index, ~batch.fixed)
-
-    def _forward_fixed(self, batch: Batch, geometry: FixedGeometry, forces: bool, create_graph: bool) -> CommitteeOutput:
-        """Energies [M, B] and forces [M, N, 3] through member views of the fixed radial features."""
-        features = geometry.features.detach().requires_grad_(forces)
-        member_features = features.unsqueeze(0).expand(self.n_members, -1, -1)
-        with torch.set_grad_enabled(forces or torch.is_grad_enabled()):
-            raw = self.model.geometry_energies(batch, geometry, member_features)
-            energies = self.energy_scale * raw + self.energy_shift * batch.n_atoms.to(raw.dtype)
-            member_forces = None
-            if forces:
-                (gradient,) = torch.autograd.grad(
-                    energies.sum(), member_features, create_graph=create_graph, retain_graph=create_graph
-                )
-                member_forces = geometry.forces(gradient)
+                (gradient,) = torch.autograd.grad(energies.sum(), views, create_graph=create_graph,
+                                                  retain_graph=create_graph)
+                member_forces = forces_of(gradient)
         if not create_graph:
             energies = energies.detach()
         return CommitteeOutput(energies, member_forces, batch.structure_index, ~batch.fixed)
