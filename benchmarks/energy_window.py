@@ -1,13 +1,14 @@
-"""Out-of-window labels: the attack with the energy window on Ē, or on an upper confidence bound Ē + κ·σ_E.
+"""Out-of-window labels: a sampler with the energy window on Ē, or on an upper confidence bound Ē + κ·σ_E.
 
-    python benchmarks/energy_window.py [--system ammonia] [--sigmas 0,1,2] [--seeds 3] [--rounds 2]
+    python benchmarks/energy_window.py [--system ammonia] [--sampler adversarial] [--sigmas 0,1,2] [--seeds 3] [--rounds 2]
         [--calls 10] [--epochs N] [--energy-ceiling E] [--workers 2] [--out DIR] [--threads N] [--quick] [--json]
 
 Selection drops candidates whose committee energy lies above the system's energy window
 (``SelectionConfig.energy_ceiling``); a candidate that the reference then puts above the
 window is paid for, recorded and not trained on. With ``window_sigmas`` κ > 0 the window is
 applied to Ē + κ·σ_E instead (σ_E: the committee's energy spread), so fewer paid labels
-land outside it. Every run is the attack (``adversarial``) at an equal number of
+land outside it. Every run is one sampler (``--sampler``, default the attack ``adversarial``;
+``udd`` and ``biased_md`` propose MD frames that the bound filters alike) at an equal number of
 reference calls per round (``budget_unit="reference_calls"``, ``--calls`` per round), from
 the same initial data; runs differ in κ and the seed. Reported per κ: labels gained,
 calls outside the window, failed calls, test force MAE and every metric the system
@@ -29,25 +30,27 @@ from advsample import compare  # noqa: E402
 from advsample.systems import get_system  # noqa: E402
 
 
-def method_name(kappa: float) -> str:
-    return f"adversarial_ucb{kappa:g}"
+def method_name(sampler: str, kappa: float) -> str:
+    return f"{sampler}_ucb{kappa:g}"
 
 
-def run(spec, kappa: float, seed: int, rounds: int, out_dir: str, calls: int, epochs: int | None,
+def run(spec, sampler: str, kappa: float, seed: int, rounds: int, out_dir: str, calls: int, epochs: int | None,
         ceiling: float | None) -> list[dict]:
-    """Rows of one (κ, seed) attack run at ``calls`` reference calls per round."""
+    """Rows of one (κ, seed) run of ``sampler`` at ``calls`` reference calls per round."""
     selection = {"budget_unit": "reference_calls", "window_sigmas": kappa,
                  **({"energy_ceiling": ceiling} if ceiling is not None else {})}
-    rows = compare.run_one(spec, "adversarial", seed, rounds, os.path.join(out_dir, f"ucb{kappa:g}_seed{seed}"),
+    rows = compare.run_one(spec, sampler, seed, rounds, os.path.join(out_dir, f"{method_name(sampler, kappa)}_seed{seed}"),
                            budget=calls, epochs=epochs, selection=selection)
     for row in rows:
-        row["method"] = method_name(kappa)
+        row["method"] = method_name(sampler, kappa)
     return rows
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="ammonia", help="built-in name or 'module:factory'")
+    parser.add_argument("--sampler", default="adversarial", choices=compare.SAMPLERS,
+                        help="the sampler whose candidates the bound filters (default adversarial)")
     parser.add_argument("--sigmas", default="0,1,2", help="comma-separated κ of the bound Ē + κ·σ_E")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
@@ -74,7 +77,7 @@ def main(argv=None) -> dict:
     if ceiling is None:
         parser.error(f"system {system.name!r} has no energy window (SelectionConfig.energy_ceiling): nothing to bound")
     os.makedirs(args.out, exist_ok=True)
-    print(f"{system.name}: attack with window_sigmas {sigmas} x {seeds} seeds x {rounds} rounds x {calls} calls",
+    print(f"{system.name}: {args.sampler} with window_sigmas {sigmas} x {seeds} seeds x {rounds} rounds x {calls} calls",
           flush=True)
     start = time.perf_counter()
     jobs = [(kappa, seed) for kappa in sigmas for seed in range(seeds)]
@@ -82,11 +85,11 @@ def main(argv=None) -> dict:
     spec = (args.system, options)
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            futures = [pool.submit(run, spec, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling) for kappa, seed in jobs]
+            futures = [pool.submit(run, spec, args.sampler, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling) for kappa, seed in jobs]
             rows = [row for future in futures for row in future.result()]
     else:
         rows = [row for kappa, seed in jobs
-                for row in run(spec, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling)]
+                for row in run(spec, args.sampler, kappa, seed, rounds, runs_dir, calls, epochs, args.energy_ceiling)]
     compare.write_rows(rows, os.path.join(args.out, "rows.csv"))
     summary = compare.aggregate(rows, system)  # refuses runs that paid different numbers of calls
     compare.save_summary(summary, os.path.join(args.out, "summary.json"))
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
     print(compare.markdown_table(table))
     output = {
         "system": system.name,
+        "sampler": args.sampler,
         "sigmas": sigmas,
         "seeds": seeds,
         "rounds": rounds,

@@ -15,14 +15,16 @@ import pytest
 from advsample import compare
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {
-    "committee_speed": [],
-    "speed": [],
-    "double_well": [],
-    "double_well_1d": ["--surface", "double_well_1d"],
-    "sample_efficiency": [],
-    "sample_efficiency_ammonia": ["--system", "ammonia", "--samplers", "adversarial,random", "--kT-sweep", ""],
-    "energy_window": ["--sigmas", "0,2", "--workers", "1"],
+SCRIPTS = {  # name: (script in benchmarks/, extra arguments)
+    "committee_speed": ("committee_speed", []),
+    "speed": ("speed", []),
+    "double_well": ("double_well", []),
+    "double_well_1d": ("double_well", ["--surface", "double_well_1d"]),
+    "sample_efficiency": ("sample_efficiency", []),
+    "sample_efficiency_ammonia": ("sample_efficiency", ["--system", "ammonia", "--samplers", "adversarial,random",
+                                                        "--kT-sweep", ""]),
+    "energy_window": ("energy_window", ["--sigmas", "0,2", "--workers", "1"]),
+    "energy_window_udd": ("energy_window", ["--sampler", "udd", "--sigmas", "2", "--workers", "1"]),
 }
 
 
@@ -31,8 +33,8 @@ def launched(tmp_path_factory):
     """Every benchmark started at once with --quick --json; {name: Popen}."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     processes = {}
-    for name, extra in SCRIPTS.items():
-        script = ROOT / "benchmarks" / f"{name.replace('_1d', '').replace('_ammonia', '')}.py"
+    for name, (script, extra) in SCRIPTS.items():
+        script = ROOT / "benchmarks" / f"{script}.py"
         out = tmp_path_factory.mktemp(name)
         args = [sys.executable, str(script), "--quick", "--json", *extra]
         if name.startswith(("sample_efficiency", "energy_window")):
@@ -101,6 +103,9 @@ def test_energy_window_compares_the_bound_at_equal_reference_calls(launched):
         assert line["labels"] + line["calls_outside_window"] + line["calls_failed"] == line["reference_calls"]
     rows = compare.read_rows(out / "rows.csv")
     assert {r["budget_unit"] for r in rows} == {"reference_calls"}
+    udd, _ = result_of(launched, "energy_window_udd")  # the bound filters the biased MD's frames alike
+    assert udd["sampler"] == "udd" and set(udd["final"]) == {"udd_ucb2"}
+    assert udd["final"]["udd_ucb2"]["reference_calls"] == udd["calls_per_round"]
 
 
 def test_sample_efficiency_ammonia_reports_rare_event_and_thermal_metrics(launched):
