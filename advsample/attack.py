@@ -17,7 +17,7 @@ stress variance). Frames carry the deformed cell.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -175,15 +175,13 @@ def attack(
         strain = torch.nn.Parameter(torch.zeros(n_structures, 3, 3, dtype=committee.dtype, device=committee.device))
         groups.append({"params": [strain], "lr": config.strain_learning_rate})
     optimizer = torch.optim.Adam(groups)
-    identity = torch.eye(3, dtype=committee.dtype, device=committee.device)
 
     def geometry() -> tuple[torch.Tensor, Batch]:
         """Positions [N, 3] and the batch with its (strained) cells for the current δ and ε."""
         if strain is None:
             return batch.positions + delta, batch
-        deformation = identity + 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
-        moved = torch.einsum("na,nab->nb", batch.positions + delta, deformation[batch.structure_index])
-        return moved, replace(batch, cells=batch.cells @ deformation)
+        strained_batch, moved = batch.deformed(batch.positions + delta, 0.5 * (strain + strain.transpose(1, 2)))
+        return moved, strained_batch
 
     pair_i, pair_j = _close_pairs(batch)
     active = torch.ones(n_structures, dtype=torch.bool, device=committee.device)

@@ -1,8 +1,6 @@
 """The committee as an ASE calculator, for ASE MD, optimizers, NEB and cell relaxation."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -17,8 +15,7 @@ def strained(batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch
     """A zero strain ε [B, 3, 3] requiring grad, and the batch and ``positions`` [N, 3] under it
     (x → x(1 + ε), cell rows h → h(1 + ε), per structure): ∂E/∂ε of their energies is the virial."""
     strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
-    moved = positions + torch.einsum("ni,nij->nj", positions, strain[batch.structure_index])
-    return strain, replace(batch, cells=batch.cells + torch.bmm(batch.cells, strain)), moved
+    return (strain, *batch.deformed(positions, strain))
 
 
 def voigt_stress(virial: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:

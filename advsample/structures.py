@@ -62,6 +62,12 @@ class Batch:
             )
         return replace(self, positions=positions)
 
+    def deformed(self, positions: torch.Tensor, strain: torch.Tensor) -> tuple["Batch", torch.Tensor]:
+        """The batch and ``positions`` [N, 3] under a homogeneous strain ε [B, 3, 3] per structure:
+        cell rows h → h(1 + ε), x → x(1 + ε) (differentiable in both)."""
+        moved = positions + torch.einsum("ni,nij->nj", positions, strain[self.structure_index])
+        return replace(self, cells=self.cells + torch.bmm(self.cells, strain)), moved
+
     def select(self, keep: torch.Tensor) -> tuple["Batch", torch.Tensor]:
         """The structures ``keep`` [B] bool as a batch of their own (in order), and their atoms [N] bool."""
         atoms = keep[self.structure_index]
