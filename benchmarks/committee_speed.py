@@ -16,6 +16,9 @@
   on NH3 (118 structures), ethanol (100 GFN2-xTB MD frames) and a periodic Al(100) slab
   with an Au adatom (EMT labels, 30 rattled structures, bottom layer fixed). The final training losses of both paths
   are reported (identical lists give identical numbers). Goal: ≥ 2×.
+* Neighbour lists: ms per periodic list (cutoff 5 Å) with ASE's ``neighbor_list('ijS')`` and with
+  vesin (the package's), alternated, on the slab and on a 108-atom fcc Al cell, with a check
+  that both give the same pairs. Every MD step and attack step on a periodic cell builds one.
 * MACE committee (if the mace extra is installed): one training step, M = 3, on NH3.
 * The attack (SchNet, 64 NH3 seeds): ms per step against one bare evaluation of the
   committee's σ²_F gradient with respect to the positions on the same batch.
@@ -112,6 +115,29 @@ def train_round(data, species, epochs: int, rounds: int, n_members: int) -> dict
         "epochs": epochs,
         "n_structures": len(data),
     }
+
+
+def neighbour_lists(repeats: int, warmup: int) -> dict:
+    """ms per periodic neighbour list, ASE vs vesin (:func:`advsample.models.neighbours.neighbour_list`)."""
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list
+
+    from advsample.models.neighbours import neighbour_list
+
+    result = {}
+    cells = {"slab": slab_data(1)[0], "fcc_Al_108": bulk("Al", cubic=True).repeat((3, 3, 3))}
+    for name, atoms in cells.items():
+        atoms.rattle(0.05, seed=1)
+        positions, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
+        ase_pairs = neighbor_list("ijS", atoms, 5.0)
+        ours = neighbour_list(positions, cell, pbc, 5.0)
+        same = sorted(zip(*(a.tolist() for a in ase_pairs[:2]), map(tuple, ase_pairs[2].tolist()))) == sorted(
+            zip(ours[0].tolist(), ours[1].tolist(), map(tuple, ours[2].tolist())))
+        ms = interleaved_median_ms({"ase": lambda: neighbor_list("ijS", atoms, 5.0),
+                                    "vesin": lambda: neighbour_list(positions, cell, pbc, 5.0)}, repeats, warmup)
+        result[name] = {"n_atoms": len(atoms), "n_pairs": len(ase_pairs[0]), "same_pairs": same,
+                        "ms_ase": ms["ase"], "ms_vesin": ms["vesin"], "speedup": ms["ase"] / ms["vesin"]}
+    return result
 
 
 def mace_step_ms(data, repeats: int, warmup: int) -> dict | None:
@@ -253,6 +279,10 @@ def main(argv=None) -> dict:
             f"speed-up {t['speedup']:.2f}x (final loss {t['final_train_loss_cached']:.5g} vs "
             f"{t['final_train_loss_per_forward']:.5g})"
         )
+    lists = neighbour_lists(repeats, warmup)
+    for name, t in lists.items():
+        print(f"neighbour list, {name} ({t['n_atoms']} atoms, {t['n_pairs']} pairs): ASE {t['ms_ase']:.2f} ms, "
+              f"vesin {t['ms_vesin']:.3f} ms ({t['speedup']:.0f}x), same pairs: {t['same_pairs']}")
     mace = mace_step_ms(ammonia_data(n_molecules), repeats, warmup)
     if mace is None:
         print("MACE: extra not installed (pip install -e '.[mace]'), skipped")
@@ -275,6 +305,7 @@ def main(argv=None) -> dict:
         "speedup_training_ammonia": training["ammonia"]["speedup"],
         "speedup_training_ethanol": training["ethanol"]["speedup"],
         "speedup_training_slab": training["slab"]["speedup"],
+        "neighbour_lists": lists,
         "mace": mace,
         "attack": attack_timing,
         "n_members": args.members,

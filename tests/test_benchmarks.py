@@ -61,6 +61,8 @@ def test_committee_speed(launched):
                 "speedup_training_ethanol", "speedup_training_slab"):
         assert result[key] > 0 and math.isfinite(result[key])
     assert result["machine"]["torch_threads"] == 1
+    for lists in result["neighbour_lists"].values():  # ASE and vesin side by side, the same pairs
+        assert lists["same_pairs"] and lists["n_pairs"] > 0 and lists["ms_ase"] > 0 and lists["ms_vesin"] > 0
 
 
 def test_speed(launched):

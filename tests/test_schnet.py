@@ -158,3 +158,23 @@ def test_slab_with_zero_cell_vector_along_the_open_direction():
     e_cell, _ = energies_forces(committee, [sheet])
     e_super, _ = energies_forces(committee, [sheet.repeat((2, 3, 1))])
     np.testing.assert_allclose(e_super, 6 * e_cell, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, True, False), (True, False, True), (False, False, False)])
+def test_neighbour_list_has_the_pairs_of_ase(pbc):
+    """vesin's pairs equal ASE's neighbor_list('ijS'): triclinic cells, atoms outside the cell, open axes."""
+    from ase.neighborlist import neighbor_list
+
+    from advsample.models.neighbours import neighbour_list
+
+    rng = np.random.default_rng(sum(pbc))
+    cell = np.array([[6.1, 0.0, 0.0], [1.7, 5.8, 0.0], [0.9, -1.1, 6.4]])
+    if not pbc[2]:
+        cell[2] = 0.0  # a slab: no cell vector along the open direction
+    positions = rng.uniform(-1.5, 7.5, size=(23, 3))
+    i, j, shift = neighbour_list(positions, cell, np.array(pbc), 4.2)
+    ai, aj, ashift = neighbor_list("ijS", Atoms(positions=positions, cell=cell, pbc=pbc), 4.2)
+    ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, shift.tolist())))
+    theirs = sorted(zip(ai.tolist(), aj.tolist(), map(tuple, ashift.tolist())))
+    assert len(ours) > 50 and ours == theirs
+    assert i.dtype == torch.long and (np.diff(i.numpy()) >= 0).all()  # sorted by i

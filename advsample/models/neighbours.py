@@ -1,7 +1,7 @@
 """Neighbour lists per structure, computed once per geometry and reused.
 
 Training evaluates the same structures every epoch with the same positions, so their
-neighbour lists (ASE's ``neighbor_list('ijS')``, any cell, periodic or not) are kept in a
+neighbour lists (vesin's ``NeighborList``, any cell, periodic along any axes) are kept in a
 bounded least-recently-used cache keyed by the structure's exact positions, cell, pbc and
 the cutoff: a changed geometry (the attack, MD) is a new key, so a cached list is never
 stale. ``NeighbourCache(0)`` recomputes on every call (the per-forward path).
@@ -72,16 +72,19 @@ class NeighbourCache:
 
 
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
-    """(i, j, S) of all pairs closer than ``cutoff`` Å (i != j or a periodic image), int64 tensors."""
-    from ase import Atoms
-    from ase.neighborlist import neighbor_list
+    """(i, j, S) of all pairs closer than ``cutoff`` Å (i != j or a periodic image), int64 tensors sorted by (i, j).
 
-    atoms = Atoms(positions=positions, cell=cell, pbc=pbc)
-    i, j, shift = neighbor_list("ijS", atoms, float(cutoff))
+    vesin's cell-list search (the same pairs as ``ase.neighborlist.neighbor_list('ijS')``, tested;
+    20–80× faster on 28–500-atom cells, ``benchmarks/committee_speed.py``).
+    """
+    from vesin import NeighborList
+
+    search = NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
+    i, j, shift = search.compute(points=positions, box=cell, periodic=np.asarray(pbc, dtype=bool), quantities="ijS")
     return (
-        torch.as_tensor(i, dtype=torch.long),
-        torch.as_tensor(j, dtype=torch.long),
-        torch.as_tensor(shift, dtype=torch.long),
+        torch.as_tensor(i.astype(np.int64)),
+        torch.as_tensor(j.astype(np.int64)),
+        torch.as_tensor(shift.astype(np.int64)),
     )
 
 
