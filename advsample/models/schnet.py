@@ -20,8 +20,9 @@ Neighbours
       built in torch over the whole batch (cached while the batch layout is unchanged);
       pairs farther apart than the cutoff are dropped.
     * Periodic structures (any ``pbc`` True): vesin's cell list (the pairs of
-      ``ase.neighborlist.neighbor_list('ijS')``) on the CPU, per structure, kept per geometry in a :class:`~.neighbours.NeighbourCache`
-      (training structures are listed once, not every epoch); r_ij = x_j - x_i + S @ cell.
+      ``ase.neighborlist.neighbor_list('ijS')``) on the CPU, per structure, kept per
+      geometry in a :class:`~.neighbours.NeighbourCache` (training structures are listed
+      once, not every epoch); r_ij = x_j - x_i + S @ cell.
 
 Rules (each raises ``ValueError`` with a message that says what to change)
     * an element the model was not built for (``species``);
