@@ -79,7 +79,8 @@ def split_validation(atoms_list: Sequence[Atoms], fraction: float = 0.1, seed: i
 
 class _Targets:
     """A batch with its reference energies [B], forces [N, 3], free-coordinate mask [N, 3] and,
-    with ``reuse_geometry``, the model's fixed geometry of it (computed once)."""
+    with ``reuse_geometry``, the model's fixed geometry of it (computed once; minibatches are
+    :meth:`subset` of it)."""
 
     def __init__(self, atoms_list: Sequence[Atoms], committee: Committee, reuse_geometry: bool = True):
         energies, forces = labels_of(atoms_list)
@@ -88,6 +89,16 @@ class _Targets:
         self.energies = torch.as_tensor(energies, dtype=committee.dtype, device=committee.device)
         self.forces = torch.as_tensor(forces, dtype=committee.dtype, device=committee.device)
         self.free = (~self.batch.fixed).to(committee.dtype)
+
+    def subset(self, index: np.ndarray) -> "_Targets":
+        """The targets of structures ``index`` (sorted), cut from these tensors: no new batch or geometry."""
+        keep = torch.zeros(self.batch.n_structures, dtype=torch.bool, device=self.energies.device)
+        keep[torch.as_tensor(index, device=keep.device)] = True
+        part = object.__new__(_Targets)
+        part.batch, atoms = self.batch.select(keep)
+        part.geometry = None if self.geometry is None else self.geometry.select(atoms)
+        part.energies, part.forces, part.free = self.energies[keep], self.forces[atoms], self.free[atoms]
+        return part
 
     def member_losses(
         self, committee: Committee, config: TrainConfig, weights: torch.Tensor | None = None, create_graph=True
@@ -142,7 +153,7 @@ def train_committee(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
     )
-    full_batch = _Targets(train, committee, config.reuse_geometry) if batch_size == n_train else None
+    train_targets = _Targets(train, committee, config.reuse_geometry)  # minibatches are cut from it
     best_loss = torch.full((n_members,), float("inf"))
     best_state = member_state(committee.model)
     history = TrainHistory()
@@ -150,11 +161,11 @@ def train_committee(
     bar = tqdm(range(config.epochs), desc="training committee", disable=not config.progress, leave=False)
     committee.train()
     for epoch in bar:
-        order = rng.permutation(n_train) if full_batch is None else np.arange(n_train)
+        order = rng.permutation(n_train) if batch_size < n_train else np.arange(n_train)
         epoch_loss = 0.0
         for start in range(0, n_train, batch_size):
             index = np.sort(order[start : start + batch_size])
-            targets = full_batch or _Targets([train[i] for i in index], committee, config.reuse_geometry)
+            targets = train_targets if batch_size == n_train else train_targets.subset(index)
             weights = None
             if counts is not None:
                 weights = torch.as_tensor(counts[:, index], dtype=committee.dtype, device=committee.device)

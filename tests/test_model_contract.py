@@ -141,6 +141,32 @@ def test_training_through_the_fixed_geometry_follows_the_per_step_path():
     assert histories[0][-1] < histories[0][0]
 
 
+def test_a_minibatch_cut_from_the_training_targets_equals_one_built_from_its_structures():
+    """``_Targets.subset``: the same batch, fixed geometry, labels and losses as building the minibatch anew."""
+    from ase.build import bulk
+
+    from advsample.train import _Targets
+
+    cell = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 1, 1))
+    cell.rattle(0.05, seed=2)
+    data = _labeled(ammonia(3) + _rattled([slab()], 2, seed=4) + [cell])
+    committee = Committee(SchNetCommittee(2, species=(1, 7, 13, 79), n_features=8, cutoff=4.0, seed=1))
+    committee.fit_normalization([a.get_potential_energy() for a in data], [len(a) for a in data])
+    index = np.array([1, 3, 5])  # NH3, slab, bulk
+    cut, built = _Targets(data, committee).subset(index), _Targets([data[k] for k in index], committee)
+    for name in ("positions", "numbers", "structure_index", "cells", "pbc", "fixed"):
+        assert torch.equal(getattr(cut.batch, name), getattr(built.batch, name)), name
+    order = lambda g: np.lexsort((g.unit[:, 0].numpy(), g.j.numpy(), g.i.numpy()))  # noqa: E731
+    a, b = order(cut.geometry), order(built.geometry)
+    assert torch.equal(cut.geometry.i[a], built.geometry.i[b]) and torch.equal(cut.geometry.j[a], built.geometry.j[b])
+    for name in ("features", "derivatives", "unit"):
+        torch.testing.assert_close(getattr(cut.geometry, name)[a], getattr(built.geometry, name)[b])
+    assert cut.geometry.n_atoms == built.geometry.n_atoms
+    assert torch.equal(cut.energies, built.energies) and torch.equal(cut.forces, built.forces)
+    config = TrainConfig(progress=False)
+    torch.testing.assert_close(cut.member_losses(committee, config), built.member_losses(committee, config))
+
+
 def test_a_false_invariance_claim_fails():
     class ClaimsRotation(MLPCommittee):
         invariances = frozenset({"rotation"})

@@ -82,6 +82,13 @@ class FixedGeometry:
     unit: torch.Tensor
     n_atoms: int
 
+    def select(self, atoms: torch.Tensor) -> "FixedGeometry":
+        """The geometry of whole structures of the batch: ``atoms`` [N] bool (``Batch.select``'s mask), renumbered."""
+        keep = atoms[self.i]  # a pair lies inside one structure: its i decides
+        renumber = torch.cumsum(atoms.long(), 0) - 1
+        return FixedGeometry(renumber[self.i[keep]], renumber[self.j[keep]], self.features[keep],
+                             self.derivatives[keep], self.unit[keep], int(atoms.sum()))
+
     def forces(self, gradient: torch.Tensor) -> torch.Tensor:
         """Forces [M, N, 3] from ∂E/∂φ [M, P, K] (energy per feature unit): F = −Σ_p ∂E/∂d_p ∂d_p/∂x."""
         along = (gradient * self.derivatives).sum(-1, keepdim=True) * self.unit  # [M, P, 3]: ∂E/∂d_p · u_p
