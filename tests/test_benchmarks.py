@@ -61,6 +61,9 @@ def test_committee_speed(launched):
                 "speedup_training_ethanol", "speedup_training_slab"):
         assert result[key] > 0 and math.isfinite(result[key])
     assert result["machine"]["torch_threads"] == 1
+    slab = result["training_round"]["slab"]  # also per-forward with ASE's lists: the same losses
+    assert slab["speedup_vs_ase_lists"] > 0 and slab["final_train_loss_per_forward_ase"] == pytest.approx(
+        slab["final_train_loss_per_forward"], rel=1e-4)
     for lists in result["neighbour_lists"].values():  # ASE and vesin side by side, the same pairs
         assert lists["same_pairs"] and lists["n_pairs"] > 0 and lists["ms_ase"] > 0 and lists["ms_vesin"] > 0
 
