@@ -23,8 +23,10 @@ def machine() -> dict:
     """What the numbers were measured on."""
     from advsample.committee import default_device
 
+    device = default_device()
     return {
-        "device": default_device(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -34,8 +36,25 @@ def machine() -> dict:
     }
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work (CUDA runs kernels asynchronously); nothing on the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def finished(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` that returns only when its GPU work is done."""
+
+    def run() -> None:
+        step()
+        synchronize()
+
+    return run
+
+
 def median_ms(step: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``step`` in ms over ``repeats`` calls after ``warmup`` calls."""
+    """Median wall time of ``step`` in ms (its GPU work included) over ``repeats`` calls after ``warmup`` calls."""
+    step = finished(step)
     for _ in range(warmup):
         step()
     times = []
@@ -47,7 +66,8 @@ def median_ms(step: Callable[[], None], repeats: int, warmup: int = 2) -> float:
 
 
 def interleaved_median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median ms per step for several steps timed in alternation (fair under a fluctuating load)."""
+    """Median ms per step (GPU work included) for several steps timed in alternation (fair under a fluctuating load)."""
+    steps = {name: finished(step) for name, step in steps.items()}
     for _ in range(warmup):
         for step in steps.values():
             step()

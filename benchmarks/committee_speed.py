@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, interleaved_median_ms, machine, set_threads  # noqa: E402
+from _common import emit, interleaved_median_ms, machine, set_threads, synchronize  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -119,6 +119,7 @@ def train_round(data, species, epochs: int, rounds: int, n_members: int) -> dict
             try:
                 start = time.perf_counter()
                 history = train_committee(committee, data, None, config)
+                synchronize()
                 times[path].append(time.perf_counter() - start)
             finally:
                 neighbours.neighbour_list = vesin_list
