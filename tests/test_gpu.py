@@ -13,9 +13,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from ase.build import add_adsorbate, bulk, fcc100
+from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.constraints import FixAtoms
 
 from advsample.attack import AttackConfig, attack
 from advsample.calculator import CommitteeCalculator
@@ -23,6 +22,7 @@ from advsample.committee import Committee
 from advsample.models import SchNetCommittee
 from advsample.samplers import committee_forces, langevin_frames
 from advsample.structures import labeled, labels_of
+from advsample.systems.adatom import adatom_slab
 from advsample.systems.ammonia import ammonia_dataset
 from advsample.train import TrainConfig, _Targets, train_committee
 
@@ -58,16 +58,13 @@ def trained(nh3):
     return committee
 
 
-def slab(n: int = 4, seed: int = 0) -> list:
-    """Rattled Al(100) slabs with an Au adatom, bottom layer fixed, EMT labels."""
-    base = fcc100("Al", (2, 2, 3), vacuum=6.0)
-    add_adsorbate(base, "Au", 1.8, "hollow")
-    base.set_constraint(FixAtoms(indices=[a.index for a in base if a.tag == 3]))
+def slab(n: int, seed: int = 0) -> list:
+    """Rattled copies of the adatom system's slab (bottom layers fixed) with EMT labels."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        atoms = base.copy()
-        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms = adatom_slab()
+        atoms.rattle(0.08, rng=rng)
         atoms.calc = EMT()
         out.append(labeled(atoms, atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)))
     return out
