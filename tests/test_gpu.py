@@ -1,5 +1,6 @@
 """The package's work on a CUDA device follows the same work on the CPU: training (molecules and a
-periodic slab), the attack, committee MD, the ASE calculator with stress, checkpoints, MACE.
+periodic slab), the attack, committee MD, the ASE calculator with stress, checkpoints, MACE, and
+active-learning rounds with GFN2-xTB labels run and load there.
 
 Marked ``gpu`` and skipped cleanly where no CUDA device is visible (CI has none). The device
 under test is ``ADVSAMPLE_TEST_DEVICE`` (default ``cuda``); ``ADVSAMPLE_TEST_DEVICE=cpu`` runs
@@ -156,3 +157,31 @@ def test_mace_committee_on_the_device_follows_the_cpu(nh3):
     cpu, device = committee.predict(nh3[1]), on_device(committee).predict(nh3[1])
     np.testing.assert_allclose(device["energies"], cpu["energies"], rtol=1e-9)
     np.testing.assert_allclose(device["forces"], cpu["forces"], rtol=1e-7, atol=1e-10)
+
+
+def test_active_learning_rounds_on_the_device(tmp_path, nh3):
+    from advsample.loop import ActiveLearning
+    from advsample.molecules import relabel_xtb
+    from advsample.samplers import make_sampler
+    from advsample.select import SelectionConfig
+    from advsample.systems.ammonia import XTB_SPEC
+
+    initial, test = relabel_xtb(nh3[0][:10]), relabel_xtb(nh3[1])
+
+    def loop():
+        return ActiveLearning(
+            tmp_path / "run", on_device(schnet()), XTB_SPEC, initial,
+            make_sampler("adversarial", n_steps=8, learning_rate=0.01, snapshot_every=4, n_seeds=4),
+            test=test, selection=SelectionConfig(budget=3, min_distance=0.0), kT=0.5,
+            train_config=TrainConfig(epochs=15, patience=100), validation_fraction=0.0, seed=0, progress=False,
+        )
+
+    records = loop().run(2)
+    assert [r.metrics["n_train"] for r in records] == [10, 13, 16]
+    assert all(np.isfinite(r.metrics["test"]["force_mae"]) for r in records)
+    assert records[-1].committee.device.type == torch.device(DEVICE).type
+    # the finished run loads from disk onto the device
+    again = loop().run(2)
+    assert all(r.resumed for r in again)  # loaded, nothing paid again
+    assert again[-1].metrics["reference_calls"] == records[-1].metrics["reference_calls"]
+    assert again[-1].committee.device.type == torch.device(DEVICE).type
