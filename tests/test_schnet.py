@@ -106,6 +106,34 @@ def test_batch_equals_one_by_one():
         start += len(atoms)
 
 
+def test_first_interaction_by_element_equals_pair_form():
+    """Φ summed per neighbour element (N · n_species <= P) gives the pair form's energies and forces."""
+    few = make_committee()  # 5 elements: the cells below take the per-element sum
+    many_species = (1, 6, 7, 8, 29) + tuple(range(30, 80))
+    many = make_committee(species=many_species)  # 55 elements: N · n_species > P, the pair form
+    rows = [many_species.index(z) for z in few.model.species]
+    state = few.model.state_dict()
+    embedding = many.model.embedding.detach().clone()
+    embedding[:, rows] = state["embedding"]
+    state["embedding"] = embedding
+    many.model.load_state_dict(state)
+    many.energy_shift.copy_(few.energy_shift)
+    many.energy_scale.copy_(few.energy_scale)
+    structures = [small_cell(), small_cell().repeat((2, 1, 1)), molecule("CH3OH")]
+    for atoms in structures:
+        batch = Batch.from_atoms([atoms])
+        i, _, _, _ = few.model._pairs(batch, batch.positions.unsqueeze(0))
+        n = len(atoms)
+        assert n * len(few.model.species) <= i.shape[0] < n * len(many.model.species)
+        e_few, f_few = energies_forces(few, [atoms])
+        e_many, f_many = energies_forces(many, [atoms])
+        np.testing.assert_allclose(e_few, e_many, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f_few, f_many, atol=1e-11)
+        # the training path (fixed geometry) agrees as well
+        fixed = few(batch, forces=True, geometry=few.fixed_geometry(batch))
+        np.testing.assert_allclose(fixed.forces.detach().numpy(), f_many, atol=1e-11)
+
+
 def test_atoms_beyond_cutoff_do_not_interact():
     committee = make_committee(cutoff=3.0)
     a, b = ammonia(0), ammonia(1)

@@ -5,9 +5,13 @@ radial basis of interatomic distances, continuous-filter convolutions with a smo
 cosine cutoff, atomwise readout summed per structure. The filters are linear in the
 cut-off radial basis, as in PaiNN (Schütt et al., ICML 2021), instead of SchNet's
 two-layer filter network: the pair-level tensors [M, P, F] dominate the cost of the
-force-loss double backward, and this halves it. The M members are evaluated
-together with batched matmuls (``torch.baddbmm`` on weights shaped ``[M, in, out]``),
-so :meth:`advsample.committee.Committee.gather` can concatenate members along dim 0.
+force-loss double backward, and this halves it. Linear filters also let the first
+interaction, whose inputs are still the elements' embeddings, sum the radial features per
+(atom, neighbour element) before filtering — Φ_isk = Σ_{j of element s} φ_ijk, then
+Σ_s y_s ⊙ (Φ_is · W) — the same energies with atom-sized instead of pair-sized tensors (used
+when N · n_species ≤ P). The M members are evaluated together with batched matmuls
+(``torch.baddbmm`` on weights shaped ``[M, in, out]``), so
+:meth:`advsample.committee.Committee.gather` can concatenate members along dim 0.
 
 Distances are computed from the per-member ``positions`` [M, N, 3] argument, never from
 ``batch.positions``, so the committee's one ``autograd.grad`` gives every member's forces.
@@ -310,13 +314,21 @@ class SchNetCommittee(nn.Module):
     def _network(self, batch: Batch, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
                  rbf: torch.Tensor) -> torch.Tensor:
         """Raw energies [M, B] from embedding rows [N], pairs (i, j) [P] and cut-off radial features [M, P, K]."""
-        M, F = self.n_members, self.n_features
+        M, F, K = self.n_members, self.n_features, self.n_rbf
+        N, S = species.shape[0], len(self.species)
         x = self.embedding[:, species, :]  # [M, N, F]
         for t in range(self.n_interactions):
-            w = torch.bmm(rbf, self.filters[:, :, t * F : (t + 1) * F])  # [M, P, F]
-            y = torch.bmm(x, self.in2f[t])  # [M, N, F]
-            messages = y.index_select(1, j) * w
-            aggregated = torch.zeros_like(y).index_add(1, i, messages)
+            filters = self.filters[:, :, t * F : (t + 1) * F]  # [M, K, F]
+            if t == 0 and N * S <= i.shape[0]:
+                # x_j is still the embedding of j's element: sum the radial features per (atom, neighbour
+                # element) first, Φ [M, N·S, K], then filter; the same energies, atom- instead of pair-sized
+                channels = rbf.new_zeros(M, N * S, K).index_add(1, i * S + species[j], rbf)
+                y = torch.bmm(self.embedding, self.in2f[0]).unsqueeze(1)  # [M, 1, S, F]
+                aggregated = (torch.bmm(channels, filters).view(M, N, S, F) * y).sum(2)  # [M, N, F]
+            else:
+                w = torch.bmm(rbf, filters)  # [M, P, F]
+                y = torch.bmm(x, self.in2f[t])  # [M, N, F]
+                aggregated = torch.zeros_like(y).index_add(1, i, y.index_select(1, j) * w)
             v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
             x = x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
         h = shifted_softplus(torch.baddbmm(self.out_b1, x, self.out_w1))
