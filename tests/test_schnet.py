@@ -134,6 +134,22 @@ def test_first_interaction_by_element_equals_pair_form():
         np.testing.assert_allclose(fixed.forces.detach().numpy(), f_many, atol=1e-11)
 
 
+def test_fixed_geometry_lists_each_pair_once():
+    """Training's geometry holds each unordered pair once (i < j) and gives forward's energies and forces."""
+    committee = make_committee()
+    for atoms in [small_cell().repeat((2, 1, 1)), molecule("CH3OH"), ammonia(3)]:
+        batch = Batch.from_atoms([atoms])
+        i, j, _, _ = committee.model._pairs(batch, batch.positions.unsqueeze(0))
+        geometry = committee.fixed_geometry(batch)
+        assert bool((geometry.i < geometry.j).all()) and 2 * geometry.i.shape[0] == i.shape[0]
+        listed = sorted(zip(geometry.i.tolist(), geometry.j.tolist()))
+        assert listed == sorted((a, b) for a, b in zip(i.tolist(), j.tolist()) if a < b)
+        fixed = committee(batch, forces=True, geometry=geometry)
+        e, f = energies_forces(committee, [atoms])
+        np.testing.assert_allclose(fixed.energies.detach().numpy(), e, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(fixed.forces.detach().numpy(), f, atol=1e-11)
+
+
 def test_atoms_beyond_cutoff_do_not_interact():
     committee = make_committee(cutoff=3.0)
     a, b = ammonia(0), ammonia(1)

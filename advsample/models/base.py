@@ -70,7 +70,8 @@ class CommitteeModel(Protocol):
 class FixedGeometry:
     """Pairs and radial features of one batch at fixed positions (see the module docstring).
 
-    ``i``, ``j`` [P]: atom indices, r_ij = x_j − x_i (+ periodic shift); ``features`` [P, K]:
+    ``i``, ``j`` [P]: atom indices as the model lists its pairs (SchNet: each unordered pair once),
+    r_ij = x_j − x_i (+ periodic shift); ``features`` [P, K]:
     φ(d_ij); ``derivatives`` [P, K]: ∂φ/∂d at d_ij (per Å); ``unit`` [P, 3]: r_ij / d_ij,
     i.e. ∂d_ij/∂x_j; ``n_atoms``: N.
     """

@@ -15,9 +15,9 @@ when N · n_species ≤ P). The M members are evaluated together with batched ma
 
 Distances are computed from the per-member ``positions`` [M, N, 3] argument, never from
 ``batch.positions``, so the committee's one ``autograd.grad`` gives every member's forces.
-Training takes :meth:`SchNetCommittee.fixed_geometry` instead: pairs, the cut-off radial
-basis and its distance derivative computed once per training set, forces by the chain
-rule through them (see :mod:`.base`).
+Training takes :meth:`SchNetCommittee.fixed_geometry` instead: pairs (each unordered pair
+once, acting in both directions), the cut-off radial basis and its distance derivative
+computed once per training set, forces by the chain rule through them (see :mod:`.base`).
 
 Neighbours
     * Non-periodic structures: all ordered pairs (i, j), i != j, within each structure,
@@ -296,11 +296,17 @@ class SchNetCommittee(nn.Module):
         return self._network(batch, species, i, j, rbf)
 
     def fixed_geometry(self, batch: Batch) -> FixedGeometry:
-        """The batch's pairs, cut-off radial basis φ [P, K] and ∂φ/∂d [P, K] at its positions (training)."""
+        """The batch's pairs, each unordered pair once, cut-off radial basis φ [P, K] and ∂φ/∂d [P, K] (training)."""
         self.species_index(batch.numbers)
         with torch.no_grad():
             i, j, vectors, distances = self._pairs(batch, batch.positions.unsqueeze(0))
-            d, unit = distances[0], vectors[0] / distances[0].unsqueeze(-1)
+            # each unordered pair once: (i, j, r) and (j, i, -r) share their filter, w_ij = w_ji
+            # (no atom meets its own image: cells are at least the cutoff wide)
+            once = i < j
+            if 2 * int(once.sum()) != i.shape[0]:
+                raise RuntimeError("the neighbour list is not symmetric: a pair (i, j) lacks its (j, i)")
+            i, j, d = i[once], j[once], distances[0][once]
+            unit = vectors[0][once] / d.unsqueeze(-1)
             gaussians = self._gaussians(d)  # [P, K]
             cut = cosine_cutoff(d, self.cutoff).unsqueeze(-1)
             dcut = (-0.5 * math.pi / self.cutoff * torch.sin(d * (math.pi / self.cutoff))).unsqueeze(-1)
@@ -309,26 +315,35 @@ class SchNetCommittee(nn.Module):
 
     def geometry_energies(self, batch: Batch, geometry: FixedGeometry, features: torch.Tensor) -> torch.Tensor:
         """Raw energies [M, B] from member views of the fixed geometry's radial features [M, P, K]."""
-        return self._network(batch, self.species_index(batch.numbers), geometry.i, geometry.j, features)
+        return self._network(batch, self.species_index(batch.numbers), geometry.i, geometry.j, features,
+                             both_directions=True)
 
     def _network(self, batch: Batch, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                 rbf: torch.Tensor) -> torch.Tensor:
-        """Raw energies [M, B] from embedding rows [N], pairs (i, j) [P] and cut-off radial features [M, P, K]."""
+                 rbf: torch.Tensor, both_directions: bool = False) -> torch.Tensor:
+        """Raw energies [M, B] from embedding rows [N], pairs (i, j) [P] and cut-off radial features [M, P, K].
+
+        ``both_directions``: each unordered pair is listed once and acts on i from j and on j from i
+        (its filter is symmetric): half the pair-level filter work of listing both.
+        """
         M, F, K = self.n_members, self.n_features, self.n_rbf
         N, S = species.shape[0], len(self.species)
         x = self.embedding[:, species, :]  # [M, N, F]
         for t in range(self.n_interactions):
             filters = self.filters[:, :, t * F : (t + 1) * F]  # [M, K, F]
-            if t == 0 and N * S <= i.shape[0]:
+            if t == 0 and N * S <= i.shape[0] * (2 if both_directions else 1):
                 # x_j is still the embedding of j's element: sum the radial features per (atom, neighbour
                 # element) first, Φ [M, N·S, K], then filter; the same energies, atom- instead of pair-sized
                 channels = rbf.new_zeros(M, N * S, K).index_add(1, i * S + species[j], rbf)
+                if both_directions:
+                    channels = channels.index_add(1, j * S + species[i], rbf)
                 y = torch.bmm(self.embedding, self.in2f[0]).unsqueeze(1)  # [M, 1, S, F]
                 aggregated = (torch.bmm(channels, filters).view(M, N, S, F) * y).sum(2)  # [M, N, F]
             else:
                 w = torch.bmm(rbf, filters)  # [M, P, F]
                 y = torch.bmm(x, self.in2f[t])  # [M, N, F]
                 aggregated = torch.zeros_like(y).index_add(1, i, y.index_select(1, j) * w)
+                if both_directions:
+                    aggregated = aggregated.index_add(1, j, y.index_select(1, i) * w)
             v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
             x = x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
         h = shifted_softplus(torch.baddbmm(self.out_b1, x, self.out_w1))
