@@ -301,10 +301,9 @@ class SchNetCommittee(nn.Module):
         with torch.no_grad():
             i, j, vectors, distances = self._pairs(batch, batch.positions.unsqueeze(0))
             # each unordered pair once: (i, j, r) and (j, i, -r) share their filter, w_ij = w_ji
-            # (no atom meets its own image: cells are at least the cutoff wide)
+            # (no atom meets its own image: cells are at least the cutoff wide; a pair the list gave in one
+            # direction only can only sit at the cutoff, where φ and ∂φ/∂d vanish)
             once = i < j
-            if 2 * int(once.sum()) != i.shape[0]:
-                raise RuntimeError("the neighbour list is not symmetric: a pair (i, j) lacks its (j, i)")
             i, j, d = i[once], j[once], distances[0][once]
             unit = vectors[0][once] / d.unsqueeze(-1)
             gaussians = self._gaussians(d)  # [P, K]
