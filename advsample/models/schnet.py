@@ -335,8 +335,10 @@ class SchNetCommittee(nn.Module):
                 channels = rbf.new_zeros(M, N * S, K).index_add(1, i * S + species[j], rbf)
                 if both_directions:
                     channels = channels.index_add(1, j * S + species[i], rbf)
-                y = torch.bmm(self.embedding, self.in2f[0]).unsqueeze(1)  # [M, 1, S, F]
-                aggregated = (torch.bmm(channels, filters).view(M, N, S, F) * y).sum(2)  # [M, N, F]
+                y = torch.bmm(self.embedding, self.in2f[0])  # [M, S, F]
+                # Σ_s Σ_k Φ[n, s, k] W[k, f] y[s, f] as one product with the [M, S·K, F] element filters
+                element_filters = (y.unsqueeze(2) * filters.unsqueeze(1)).reshape(M, S * K, F)
+                aggregated = torch.bmm(channels.view(M, N, S * K), element_filters)  # [M, N, F]
             else:
                 w = torch.bmm(rbf, filters)  # [M, P, F]
                 y = torch.bmm(x, self.in2f[t])  # [M, N, F]
