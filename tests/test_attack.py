@@ -30,6 +30,15 @@ def test_energy_grows_with_kT_and_uncertainty_rises(attack_inputs, surface_2d):
     assert final_energy[0.3] < final_energy[1.0] < final_energy[5.0]
 
 
+def test_the_attack_differentiates_the_displacements_not_the_committee(attack_inputs):
+    committee, seeds, energies = attack_inputs
+    for parameter in committee.parameters():
+        parameter.grad = None
+    result = attack(committee, seeds[:5], energies, AttackConfig(kT=1.0, n_steps=5), progress=False)
+    assert result.variance[-1].mean() > result.variance[0].mean()  # δ still climbs the objective
+    assert all(parameter.grad is None for parameter in committee.parameters())  # no weight gradients paid for
+
+
 def test_fixed_coordinates_do_not_move_and_steps_are_recorded(attack_inputs, tmp_path):
     committee, seeds, energies = attack_inputs
     result = attack(committee, seeds[:5], energies, AttackConfig(kT=1.0, n_steps=10, max_displacement=0.05), progress=False)
