@@ -120,6 +120,22 @@ class _Targets:
         return loss
 
 
+def training_step(committee: Committee, targets: _Targets, config: TrainConfig, optimizer: torch.optim.Optimizer,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step on ``targets``; returns the member losses [M] (detached).
+
+    The loss is differentiated with respect to the optimizer's parameters only: the positions
+    (or fixed radial features) the forces came from are leaves too, and their gradient — a
+    second pass through the force graph — is not needed.
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    losses = targets.member_losses(committee, config, weights)
+    optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward(inputs=parameters)
+    optimizer.step()
+    return losses.detach()
+
+
 def train_committee(
     committee: Committee,
     train: Sequence[Atoms],
@@ -169,15 +185,12 @@ def train_committee(
             weights = None
             if counts is not None:
                 weights = torch.as_tensor(counts[:, index], dtype=committee.dtype, device=committee.device)
-            losses = targets.member_losses(committee, config, weights)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            epoch_loss += float(losses.detach().sum()) * len(index) / n_train
+            losses = training_step(committee, targets, config, optimizer, weights)
+            epoch_loss += float(losses.sum()) * len(index) / n_train
         if validation_targets is not None:
             member_validation = validation_targets.member_losses(committee, config, create_graph=False).detach().cpu()
         else:
-            member_validation = losses.detach().cpu()
+            member_validation = losses.cpu()
         improved = member_validation < best_loss
         if improved.any():
             best_loss = torch.where(improved, member_validation, best_loss)

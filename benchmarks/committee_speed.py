@@ -43,7 +43,7 @@ from advsample.committee import Committee  # noqa: E402
 from advsample.models import MLPCommittee, SchNetCommittee  # noqa: E402
 from advsample.models.neighbours import NeighbourCache  # noqa: E402
 from advsample.structures import labels_of  # noqa: E402
-from advsample.train import TrainConfig, _Targets, train_committee  # noqa: E402
+from advsample.train import TrainConfig, _Targets, train_committee, training_step  # noqa: E402
 
 LEFT_WELL = [(-1.5, 0.0), (-1.2, 1.2)]
 
@@ -177,7 +177,7 @@ def mace_step_ms(data, repeats: int, warmup: int) -> dict | None:
     committee.fit_normalization(energies, [len(a) for a in data])
     committee.train()
     targets = _Targets(data, committee)
-    step = training_step(committee, targets, TrainConfig(progress=False),
+    step = full_batch_step(committee, targets, TrainConfig(progress=False),
                          torch.optim.Adam(committee.model.parameters(), lr=1e-3))
     ms = interleaved_median_ms({"mace": step}, repeats, warmup)["mace"]
     return {"ms_train_step": ms, "n_members": 3, "n_structures": len(data)}
@@ -222,16 +222,9 @@ def make_committee(kind: str, n_members: int, seed: int = 0, **options) -> Commi
     return Committee(model).to(default_device())
 
 
-def training_step(committee: Committee, targets: _Targets, config: TrainConfig, optimizer):
-    """One full-batch step as in train_committee: loss per member, summed, backward, Adam."""
-
-    def step():
-        losses = targets.member_losses(committee, config)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-
-    return step
+def full_batch_step(committee: Committee, targets: _Targets, config: TrainConfig, optimizer):
+    """One full-batch step of train_committee (:func:`advsample.train.training_step`)."""
+    return lambda: training_step(committee, targets, config, optimizer)
 
 
 def compare_train_step(kind: str, data, n_members: int = 5, repeats: int = 20, warmup: int = 3, **options) -> dict:
@@ -245,9 +238,9 @@ def compare_train_step(kind: str, data, n_members: int = 5, repeats: int = 20, w
         committee.fit_normalization(energies, n_atoms)
         committee.train()
     targets = _Targets(data, batched)  # same tensors for every committee (same device/dtype)
-    batched_step = training_step(batched, targets, config, torch.optim.Adam(batched.model.parameters(), lr=1e-3))
+    batched_step = full_batch_step(batched, targets, config, torch.optim.Adam(batched.model.parameters(), lr=1e-3))
     single_steps = [
-        training_step(c, targets, config, torch.optim.Adam(c.model.parameters(), lr=1e-3)) for c in singles
+        full_batch_step(c, targets, config, torch.optim.Adam(c.model.parameters(), lr=1e-3)) for c in singles
     ]
 
     def loop_step():

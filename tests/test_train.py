@@ -55,3 +55,25 @@ def test_bad_training_input_is_rejected():
         train_committee(committee, [nan_label], None, TrainConfig(epochs=1, progress=False))
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+@pytest.mark.parametrize("reuse_geometry", [True, False])
+def test_a_training_step_gives_every_weight_its_full_gradient(reuse_geometry):
+    import torch
+
+    from advsample.models import SchNetCommittee
+    from advsample.systems.ammonia import ammonia_dataset
+    from advsample.train import _Targets, training_step
+
+    data = ammonia_dataset()[:6]
+    committee = Committee(SchNetCommittee(3, species=(1, 7), n_features=8, seed=0))
+    committee.fit_normalization(*zip(*[(a.get_potential_energy(), len(a)) for a in data]))
+    targets, config = _Targets(data, committee, reuse_geometry), TrainConfig(progress=False)
+    committee.model.zero_grad()
+    targets.member_losses(committee, config).sum().backward()  # every leaf, the geometry's included
+    expected = [p.grad.clone() for p in committee.model.parameters()]
+    optimizer = torch.optim.SGD(committee.model.parameters(), lr=0.0)  # a step that leaves the weights alone
+    training_step(committee, targets, config, optimizer)
+    for parameter, gradient in zip(committee.model.parameters(), expected):
+        assert parameter.grad is not None
+        torch.testing.assert_close(parameter.grad, gradient, rtol=1e-5, atol=1e-7)
