@@ -268,7 +268,9 @@ class Committee(nn.Module):
         """
         data = cls._read(path)
         if data["model_class"] not in MODELS:
-            raise ValueError(f"{path}: unknown model class {data['model_class']}")
+            known = ", ".join(sorted({*MODELS, *MODELS.lazy}))
+            raise ValueError(f"{path}: unknown model class {data['model_class']}; define it and register it with "
+                             f"models.register_model before loading (known: {known})")
         model_class = MODELS[data["model_class"]]
         options = {"allow_pickle": True} if allow_pickle and "allow_pickle" in signature(model_class).parameters else {}
         model = model_class(**{**data["model_config"], **options})

@@ -310,6 +310,20 @@ def test_checkpoint_of_another_architecture(tmp_path):
         Committee(MLPCommittee(2, (8,))).load_checkpoint(path)
 
 
+def test_checkpoint_of_a_model_that_is_not_registered(tmp_path):
+    from advsample.models import MODELS, register_model
+
+    @register_model
+    class MyOwnMLP(MLPCommittee):
+        pass
+
+    path = Committee(MyOwnMLP(2, (8,))).save(tmp_path / "own.pt")
+    del MODELS["MyOwnMLP"]  # a fresh kernel that has not run the cell defining the model
+    with pytest.raises(ValueError, match=r"own\.pt: unknown model class MyOwnMLP; define it and register it with "
+                                         r"models\.register_model before loading \(known: .*SchNetCommittee"):
+        Committee.load(path)
+
+
 def test_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt is not an advsample committee checkpoint"):
