@@ -264,8 +264,8 @@ def attack(
         objective = torch.where(active, score, torch.zeros_like(score)).sum()
         # the gradient of δ (and ε) only: the committee's weights are not the attack's to differentiate
         variables = [delta] if strain is None else [delta, strain]
-        for variable, gradient in zip(variables, torch.autograd.grad(-objective, variables, allow_unused=True)):
-            variable.grad = torch.zeros_like(variable) if gradient is None else gradient
+        for variable, gradient in zip(variables, torch.autograd.grad(-objective, variables)):
+            variable.grad = gradient
         with torch.no_grad():
             delta.grad *= free * active[batch.structure_index, None]
             delta.grad.nan_to_num_(0.0)

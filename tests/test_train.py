@@ -4,7 +4,7 @@ from ase.build import molecule
 
 from advsample.committee import Committee
 from advsample.models import MLPCommittee
-from advsample.structures import labeled
+from advsample.structures import labeled, labels_of
 from advsample.train import TrainConfig, split_validation, train_committee
 
 
@@ -67,7 +67,7 @@ def test_a_training_step_gives_every_weight_its_full_gradient(reuse_geometry):
 
     data = ammonia_dataset()[:6]
     committee = Committee(SchNetCommittee(3, species=(1, 7), n_features=8, seed=0))
-    committee.fit_normalization(*zip(*[(a.get_potential_energy(), len(a)) for a in data]))
+    committee.fit_normalization(labels_of(data)[0], [len(a) for a in data])
     targets, config = _Targets(data, committee, reuse_geometry), TrainConfig(progress=False)
     committee.model.zero_grad()
     targets.member_losses(committee, config).sum().backward()  # every leaf, the geometry's included
