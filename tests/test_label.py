@@ -43,9 +43,9 @@ class ToyCalc(LennardJones):
             Path(self.marker).write_text("struck")
             if behave == "interrupt":
                 raise KeyboardInterrupt("interrupted by the test")
-            os._exit(3)
+            die(3)
         if behave == "always_exit":
-            os._exit(4)
+            die(4)
         if behave == "raise":
             self._log(atoms)
             raise RuntimeError("SCF did not converge in 250 iterations")
@@ -58,6 +58,24 @@ class ToyCalc(LennardJones):
         if self.log is not None:
             with open(self.log, "a") as fh:
                 fh.write(f"{atoms.info.get('id')}\n")
+
+
+def die(code: int):
+    """``os._exit(code)`` like a worker killed partway through a calculation.
+
+    What this process already put on a ``multiprocessing`` queue is written first: Parsl's
+    workers send a finished task's result through one, and ``os._exit`` at once would drop
+    the feeder thread's buffer, so the *previous* task's result would be lost and its future
+    would never finish (a worker killed during a real calculation sent it long before).
+    """
+    import gc
+    import multiprocessing.queues
+
+    for obj in gc.get_objects():
+        if isinstance(obj, multiprocessing.queues.Queue):
+            obj.close()
+            obj.join_thread()
+    os._exit(code)
 
 
 def make_clusters(n: int, seed: int = 0, behave: dict | None = None) -> list[Atoms]:
