@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .calibration import calibration_of
 from .committee import Committee
 from .structures import Batch
 
@@ -36,13 +37,19 @@ class CommitteeCalculator(Calculator):
     σ = (1/V) ∂E/∂ε, the derivative of its energy under a homogeneous strain ε of cell and
     positions (ASE's sign convention, as in ``ase.calculators.fd``), by autograd.
 
+    A committee calibrated with :func:`advsample.calibration.calibrate` also gives
+    ``energy_std_calibrated`` and ``forces_std_calibrated`` [N] (calibrated standard deviations
+    a·σᵇ of the energy and of each force component of an atom) and ``energy_interval`` and
+    ``forces_interval`` [N] (conformal error bars: |error| ≤ interval at the calibration's stated
+    coverage, per energy and per force component of each atom); ``energy_std``/``forces_std`` stay raw.
+
     Like ASE's own calculators it returns unconstrained forces for any ASE constraint
     (``FixAtoms``, ``FixInternals``, ...): the model sees a constraint-free copy of the
     atoms, and ASE's dynamics and optimizers apply the constraints themselves.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energy_std", "forces_std", "energies", "stress", "stress_std",
-                              "stresses"]
+                              "stresses", "energy_std_calibrated", "forces_std_calibrated", "energy_interval", "forces_interval"]
 
     def __init__(self, committee: Committee, **kwargs):
         super().__init__(**kwargs)
@@ -68,6 +75,13 @@ class CommitteeCalculator(Calculator):
             "forces_std": out.force_variance_per_atom.sqrt().detach().cpu().numpy().astype(float),
             "energies": out.energies[:, 0].detach().cpu().numpy().astype(float),
         }
+        calibration = calibration_of(self.committee)
+        if calibration is not None:  # calibrated error bars; the raw energy_std / forces_std stay as they are
+            energy_std, forces_std = self.results["energy_std"], self.results["forces_std"]
+            self.results.update(energy_std_calibrated=float(calibration.energy_sigma(energy_std)),
+                                forces_std_calibrated=calibration.force_sigma(forces_std),
+                                energy_interval=float(calibration.energy_interval(energy_std)),
+                                forces_interval=calibration.force_interval(forces_std))
         if wants_stress:
             self.results.update(stress=stresses.mean(0), stress_std=stresses.std(0), stresses=stresses)
 

@@ -105,6 +105,8 @@ class Committee(nn.Module):
         self.model = model
         self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+        # plain data of advsample.calibration.Calibration (fitted on held-out labels), or None; saved in checkpoints
+        self.calibration: dict | None = None
 
     @property
     def n_members(self) -> int:
@@ -223,6 +225,7 @@ class Committee(nn.Module):
             "model_class": type(self.model).__name__,
             "model_config": plain,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "calibration": None if self.calibration is None else json.loads(json.dumps(self.calibration)),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -276,6 +279,7 @@ class Committee(nn.Module):
         model = model_class(**{**data["model_config"], **options})
         committee = cls(model)
         committee.load_state_dict(data["state_dict"])
+        committee.calibration = data.get("calibration")
         return committee.to(device or default_device())
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -289,6 +293,7 @@ class Committee(nn.Module):
                 f"this committee is {mine[0]} {mine[1]}"
             )
         self.load_state_dict(data["state_dict"])
+        self.calibration = data.get("calibration")
 
     @classmethod
     def gather(cls, committees: Sequence["Committee"]) -> "Committee":
