@@ -3,6 +3,7 @@
     advsample report [-o DIR] [--notebooks NB ...] [-p NAME VALUE]... [--params FILE.yaml]
                      [--smoke | --full] [--executor NAME] [-k KERNEL] [--timeout S] [--no-progress]
     advsample fetch-js [--dest DIR] [--force]
+    advsample run CONFIG.yaml [--dry-run] [--no-progress]
 
 Exit codes of ``report``: 0 all notebooks ran, 1 at least one failed (the report is
 still written), 2 a usage error (unknown notebook or parameter, bad params file).
@@ -41,10 +42,63 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--timeout", type=float, default=None, metavar="S", help="per-cell timeout in seconds")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    _add_run(sub)
+
     fetch = sub.add_parser("fetch-js", help="download the pinned JavaScript bundles the HTML reports inline (npm)")
     fetch.add_argument("--dest", default=None, help="folder (default: $ADVSAMPLE_JS_DIR or advsample/viz/static/npm)")
     fetch.add_argument("--force", action="store_true", help="download again even if present")
     return parser
+
+
+RUN_EPILOG = """\
+keys of CONFIG.yaml (type, default, what):
+{keys}
+
+A batch script that submits it (sbatch run.sh; run it again to resume):
+
+  #!/bin/bash
+  #SBATCH --job-name=advsample --time=24:00:00 --ntasks=1 --cpus-per-task=4
+  source ~/venvs/advsample/bin/activate
+  export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
+  advsample run --dry-run config.yaml && advsample run --no-progress config.yaml
+
+Exit codes: 0 the run finished, 1 the run stopped (a run directory of other settings or busy,
+the reference gave up), 2 the file was refused (the message names the key)."""
+
+
+def _add_run(sub) -> None:
+    from .runfile import describe_keys
+
+    run = sub.add_parser(
+        "run", help="run (or resume) active learning from a YAML file, headless",
+        description="Run active learning from a YAML file: the system, sampler, rounds, budget, executor, run "
+                    "directory and seed. Running the same command again resumes the run; a changed file is "
+                    "refused as the resume of another run, naming the keys.",
+        epilog=RUN_EPILOG.format(keys=describe_keys()), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", metavar="CONFIG.yaml", help="the run file")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything (keys, types, system, reference, sampler, executor config, run "
+                          "directory) without labeling or writing anything")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (batch logs)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import runfile
+
+    try:
+        if args.dry_run:
+            for line in runfile.dry_run(args.config):
+                print(line)
+            return 0
+        records = runfile.run(args.config, progress=not args.no_progress)
+    except runfile.RunConfigError as exc:
+        print(f"advsample run: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as exc:  # the run directory refused, busy, or the reference gave up
+        print(f"advsample run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"advsample run: {len(records) - 1} rounds done in {runfile.load_config(args.config)['run_dir']}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -93,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             return _report(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "fetch-js":
             print(fetch_js(args.dest, force=args.force))
             return 0
