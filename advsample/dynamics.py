@@ -1,0 +1,586 @@
+"""Batched NN-MD: R replicas (any cells and sizes) integrated together, one committee call per step.
+
+jax-md's shape: :func:`nve` and :func:`langevin` return ``init_fn, step_fn``; the state
+(:class:`MDState`) holds positions and momenta [N, 3], forces [N, 3], potential energies
+[B] and per-replica bookkeeping (live mask, steps, failure reasons). All live replicas are one
+:class:`~advsample.structures.Batch`, so each step costs one committee energy+forces
+evaluation (``force_fn``) of them all; a replica that fails (non-finite values, a geometry the
+model refuses, or a failure found by :func:`run_stability`'s checks) stops alone and the
+others go on. Coordinates held by ``FixAtoms`` / ``FixCartesian`` (``batch.fixed``) keep their
+positions and zero momenta; positions are not wrapped into periodic cells (as ASE).
+
+* :func:`nve`: velocity Verlet, ASE's ``VelocityVerlet`` step for step;
+* :func:`langevin`: ASE's ``Langevin`` (``fixcm=False``) step for step: replica k draws its
+  noise from its own ``numpy.random.default_rng([seed, k])`` exactly as ASE draws it, so a
+  batched run equals R single ASE runs with :class:`~advsample.calculator.CommitteeCalculator`
+  (tested, as is NVE).
+
+:func:`run_stability` is the stability evaluation (``metrics.md_stability`` uses it): the
+paper's protocol by default (Maxwell–Boltzmann at 1000 K, NVE, 0.5 fs, 4000 steps), failure
+criteria of :class:`StabilityCheck` every ``check_every`` steps plus NVE energy drift and,
+optionally, the energy against a reference calculator on a few frames; the stable fraction
+comes with its Wilson interval (:mod:`advsample.stats`).
+
+Why our own short integrator and not torch-sim (``torch-sim-atomistic``): torch-sim batches
+MD of many systems well, but its models are its own ``ModelInterface`` (a committee would need
+an adapter returning the member mean), its Langevin is not ASE's scheme (so it could not be
+tested step for step against ASE), and its runners have no per-replica stop with our failure
+criteria. The integrators here are ~20 lines each; the cost of a step is the committee call
+(``benchmarks/md_speed.py`` measures the overhead against the bare call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms, units
+
+from .geometry import GeometryError
+from .structures import Batch, held_atoms
+
+ForceFn = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+"""``force_fn(batch) -> (energies [B], forces [N, 3])``: potential energy per structure (eV) and
+the force on each atom (eV/Å), float64, for a batch of live replicas; may raise
+:class:`~advsample.geometry.GeometryError` naming the structures at fault."""
+
+
+def committee_force_fn(committee) -> ForceFn:
+    """The committee mean as a potential: energy_mean [B] and forces_mean [N, 3], as
+    :class:`~advsample.calculator.CommitteeCalculator` gives them (one call per batch)."""
+
+    def force_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        out = committee(batch, forces=True)
+        return out.energy_mean.detach().double(), out.forces_mean.detach().double()
+
+    return force_fn
+
+
+# -- replicas and state ------------------------------------------------------------------------
+@dataclass
+class Replicas:
+    """What does not change during a run: the replicas' start structures, their Batch and masses.
+
+    starts: R ``ase.Atoms`` (copies with their initial momenta); batch: their Batch (float64, on
+    ``device``); masses [N, 1] (amu); held [N, 3] bool (``batch.fixed``); owner [N] (numpy,
+    the replica of each atom); rngs: one ``numpy.random.Generator`` per replica.
+    """
+
+    starts: list[Atoms]
+    batch: Batch
+    masses: torch.Tensor
+    held: torch.Tensor
+    owner: np.ndarray
+    rngs: list[np.random.Generator]
+
+    @property
+    def n_replicas(self) -> int:
+        return len(self.starts)
+
+    def frame(self, state: "MDState", replica: int) -> Atoms:
+        """Replica ``replica`` as ``ase.Atoms`` at ``state``: its start's cell, pbc and constraints."""
+        atoms = self.starts[replica].copy()
+        mine = self.owner == replica
+        atoms.set_positions(state.positions[mine].cpu().numpy(), apply_constraint=False)
+        atoms.set_momenta(state.momenta[mine].cpu().numpy(), apply_constraint=False)
+        return atoms
+
+
+def make_replicas(starts: Sequence[Atoms] | Atoms, n_replicas: int, temperature_K: float, seed: int = 0,
+                  remove_drift: bool = True, device=None) -> Replicas:
+    """R = ``n_replicas`` replicas, replica k a copy of ``starts[k % len(starts)]`` with
+    Maxwell–Boltzmann momenta at ``temperature_K`` from ``numpy.random.default_rng([seed, k])``
+    (ASE's ``thermalize_momenta``; with ``remove_drift``, centre-of-mass motion and rotation
+    removed for unconstrained molecules, as ``md_stability`` always did)."""
+    from ase.md import velocitydistribution as velocities
+
+    if isinstance(starts, Atoms):
+        starts = [starts]
+    if len(starts) == 0:
+        raise ValueError("no start geometries: give at least one ase.Atoms")
+    if int(n_replicas) != n_replicas or n_replicas < 1:
+        raise ValueError(f"n_replicas must be a positive integer, got {n_replicas}")
+    if not np.isfinite(temperature_K) or temperature_K < 0:
+        raise ValueError(f"temperature_K must be non-negative, got {temperature_K}")
+    systems, rngs = [], []
+    for k in range(int(n_replicas)):
+        system = starts[k % len(starts)].copy()  # keeps cell, pbc, constraints
+        system.calc = None
+        rng = np.random.default_rng([seed, k])
+        velocities.thermalize_momenta(system, temperature_K=temperature_K, rng=rng)
+        if remove_drift and not system.constraints and not system.pbc.any() and len(system) > 1:
+            velocities.Stationary(system)
+            velocities.ZeroRotation(system)
+        systems.append(system)
+        rngs.append(rng)
+    batch = Batch.from_atoms(systems, dtype=torch.float64, device=device)
+    masses = torch.as_tensor(np.concatenate([s.get_masses() for s in systems])[:, None], dtype=torch.float64,
+                             device=device)
+    return Replicas(systems, batch, masses, batch.fixed, batch.structure_index.cpu().numpy(), rngs)
+
+
+@dataclass
+class MDState:
+    """State of R replicas (N atoms in all): positions, momenta, forces [N, 3] (Å, amu·Å/ASE-time,
+    eV/Å); energies [B] potential (eV); live [B] bool; steps [B] steps completed; reasons [B]
+    (None, or why the replica stopped); step: steps taken by the run."""
+
+    positions: torch.Tensor
+    momenta: torch.Tensor
+    forces: torch.Tensor
+    energies: torch.Tensor
+    live: np.ndarray
+    steps: np.ndarray
+    reasons: list = field(default_factory=list)
+    step: int = 0
+
+    def kinetic_energy(self, replicas: Replicas) -> torch.Tensor:
+        """[B] kinetic energy (eV) per replica."""
+        per_atom = 0.5 * (self.momenta**2 / replicas.masses).sum(1)
+        out = torch.zeros(len(self.live), dtype=per_atom.dtype, device=per_atom.device)
+        return out.index_add_(0, replicas.batch.structure_index, per_atom)
+
+
+def _stop(state: MDState, replicas, reason: str, at_step: int) -> None:
+    for r in replicas:
+        if state.live[r]:
+            state.live[r] = False
+            state.reasons[r] = reason
+            state.steps[r] = at_step
+
+
+def evaluate(force_fn: ForceFn, replicas: Replicas, state: MDState) -> None:
+    """Energies and forces of the live replicas at ``state.positions`` (one ``force_fn`` call);
+    a replica the model refuses (``GeometryError``) or with non-finite values stops, at the
+    last step it completed."""
+    batch = replicas.batch.with_positions(state.positions)
+    n = replicas.n_replicas
+    while state.live.any():
+        live = np.flatnonzero(state.live)
+        mask = torch.as_tensor(state.live, device=batch.positions.device)
+        sub, atoms = (batch, None) if len(live) == n else batch.select(mask)
+        try:
+            energies, forces = force_fn(sub)
+        except GeometryError as error:
+            refused = live[[s for s in error.structures if s < len(live)]]
+            if len(refused) == 0:
+                raise
+            _stop(state, refused, f"the model refused the geometry: {error}", max(state.step - 1, 0))
+            continue
+        forces = torch.where(replicas.held[atoms] if atoms is not None else replicas.held, 0.0, forces)
+        if atoms is None:
+            state.energies, state.forces = energies, forces
+        else:
+            state.energies = state.energies.clone()
+            state.energies[mask] = energies
+            state.forces = torch.zeros_like(state.positions)
+            state.forces[atoms] = forces
+        bad_atoms = (~torch.isfinite(forces).all(1)).to(forces.dtype)
+        per_replica = torch.zeros(len(live), dtype=forces.dtype, device=forces.device)
+        finite = torch.isfinite(energies) & (per_replica.index_add_(0, sub.structure_index, bad_atoms) == 0)
+        bad = live[~finite.cpu().numpy()]
+        _stop(state, bad, "non-finite committee energy or forces", state.step)
+        return
+
+
+def _initial_state(force_fn: ForceFn, replicas: Replicas) -> MDState:
+    batch = replicas.batch
+    momenta = torch.as_tensor(np.concatenate([s.get_momenta() for s in replicas.starts]), dtype=torch.float64,
+                              device=batch.positions.device)
+    n = replicas.n_replicas
+    state = MDState(positions=batch.positions.clone(), momenta=torch.where(replicas.held, 0.0, momenta),
+                    forces=torch.zeros_like(momenta), energies=torch.zeros(n, dtype=torch.float64,
+                                                                           device=momenta.device),
+                    live=np.ones(n, dtype=bool), steps=np.zeros(n, dtype=int), reasons=[None] * n)
+    evaluate(force_fn, replicas, state)
+    return state
+
+
+def _moving(replicas: Replicas, state: MDState) -> torch.Tensor:
+    """[N, 1] True on the atoms of live replicas."""
+    return torch.as_tensor(state.live[replicas.owner], device=state.positions.device)[:, None]
+
+
+def nve(force_fn: ForceFn, replicas: Replicas, timestep_fs: float):
+    """Velocity Verlet (ASE's ``VelocityVerlet``): ``init_fn() -> MDState``, ``step_fn(state) -> state``.
+
+    p ← p + ½ dt F; x ← x + dt p/m (held coordinates stay); F ← F(x); p ← p + ½ dt F (held: 0).
+    """
+    if not timestep_fs > 0:
+        raise ValueError(f"timestep_fs must be positive, got {timestep_fs}")
+    dt = timestep_fs * units.fs
+
+    def init_fn() -> MDState:
+        return _initial_state(force_fn, replicas)
+
+    def step_fn(state: MDState) -> MDState:
+        moving = _moving(replicas, state)
+        momenta = state.momenta + 0.5 * dt * state.forces
+        positions = torch.where(replicas.held, state.positions, state.positions + dt * momenta / replicas.masses)
+        state = replace(state, positions=torch.where(moving, positions, state.positions), step=state.step + 1,
+                        momenta=torch.where(moving, momenta, state.momenta))
+        _finite_positions(replicas, state)
+        evaluate(force_fn, replicas, state)
+        moving = _moving(replicas, state)
+        momenta = torch.where(replicas.held, 0.0, state.momenta + 0.5 * dt * state.forces)
+        state.momenta = torch.where(moving, momenta, state.momenta)
+        state.steps[state.live] = state.step
+        return state
+
+    return init_fn, step_fn
+
+
+def langevin(force_fn: ForceFn, replicas: Replicas, timestep_fs: float, temperature_K: float, friction: float):
+    """ASE's ``Langevin`` (``fixcm=False``; friction in inverse ASE time units) over all replicas:
+    ``init_fn() -> MDState``, ``step_fn(state) -> state``. Replica k draws ξ, η [n_k, 3] from
+    ``replicas.rngs[k]`` each step, as ASE draws them."""
+    if not timestep_fs > 0:
+        raise ValueError(f"timestep_fs must be positive, got {timestep_fs}")
+    if not friction >= 0:
+        raise ValueError(f"friction must be non-negative, got {friction}")
+    dt = timestep_fs * units.fs
+    masses = replicas.masses
+    sigma = torch.sqrt(2 * units.kB * temperature_K * friction / masses)
+    c1 = dt / 2.0 - dt * dt * friction / 8.0
+    c2 = dt * friction / 2 - dt * dt * friction * friction / 8.0
+    c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * friction * sigma / 8.0
+    c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
+    c4 = friction / 2.0 * c5
+    sizes = np.bincount(replicas.owner, minlength=replicas.n_replicas)
+
+    def init_fn() -> MDState:
+        return _initial_state(force_fn, replicas)
+
+    def noise(state: MDState) -> tuple[torch.Tensor, torch.Tensor]:
+        xi, eta = np.zeros((len(replicas.owner), 3)), np.zeros((len(replicas.owner), 3))
+        for r in np.flatnonzero(state.live):
+            mine = replicas.owner == r
+            xi[mine] = replicas.rngs[r].standard_normal(size=(sizes[r], 3))
+            eta[mine] = replicas.rngs[r].standard_normal(size=(sizes[r], 3))
+        device = state.positions.device
+        return torch.as_tensor(xi, device=device), torch.as_tensor(eta, device=device)
+
+    def step_fn(state: MDState) -> MDState:
+        moving = _moving(replicas, state)
+        xi, eta = noise(state)
+        random_position, random_velocity = c5 * eta, c3 * xi - c4 * eta
+        velocity = state.momenta / masses
+        velocity = velocity + c1 * state.forces / masses - c2 * velocity + random_velocity
+        old = state.positions
+        new = torch.where(replicas.held, old, old + dt * velocity + random_position)
+        velocity = (new - old - random_position) / dt
+        state = replace(state, positions=torch.where(moving, new, old), step=state.step + 1)
+        _finite_positions(replicas, state)
+        evaluate(force_fn, replicas, state)
+        velocity = velocity + c1 * state.forces / masses - c2 * velocity + random_velocity
+        momenta = torch.where(replicas.held, 0.0, velocity * masses)
+        state.momenta = torch.where(_moving(replicas, state), momenta, state.momenta)
+        state.steps[state.live] = state.step
+        return state
+
+    return init_fn, step_fn
+
+
+def _finite_positions(replicas: Replicas, state: MDState) -> None:
+    bad = ~torch.isfinite(state.positions).all(1).cpu().numpy()
+    if bad.any():
+        _stop(state, np.unique(replicas.owner[bad]), "non-finite positions", state.step - 1)
+
+
+# -- failure criteria ---------------------------------------------------------------------------
+def _pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """(i, j, d) of all pairs closer than ``cutoff`` Å, every periodic image (vesin; the pairs of
+    ASE's ``neighbor_list``, 10–25× faster on a 4-atom molecule and a 13-atom slab)."""
+    from vesin import NeighborList
+
+    search = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, d = search.compute(points=np.ascontiguousarray(positions, dtype=np.float64),
+                             box=np.ascontiguousarray(cell, dtype=np.float64),
+                             periodic=np.asarray(pbc, dtype=bool), quantities="ijd")
+    return i.astype(np.int64), j.astype(np.int64), d
+
+
+def _components(n_atoms: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """[N] connected-component label of each atom in the graph with edges (i, j)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n_atoms, n_atoms))
+    return connected_components(graph, directed=False)[1]
+
+
+def _nearest(atoms: Atoms, k: int) -> float:
+    """Minimum-image distance (Å) from atom ``k`` to its nearest other atom."""
+    from ase.geometry import get_distances
+
+    others = np.delete(np.arange(len(atoms)), k)
+    _, d = get_distances(atoms.positions[k], atoms.positions[others], cell=atoms.cell, pbc=atoms.pbc)
+    return float(d.min())
+
+
+class StabilityCheck:
+    """The geometric failure criteria of one run, fixed by its start geometry.
+
+    Bonds: pairs nearer than ``bond_scale`` × (r_i + r_j) (covalent radii) in the start
+    geometry. Reach: ``bond_stretch`` × ``bond_scale`` × (r_i + r_j), the farthest a bonded
+    neighbour may go. All distances are minimum image (periodic cells), every image counted.
+    """
+
+    def __init__(self, start: Atoms, bond_stretch: float = 1.5, bond_scale: float = 1.2, min_distance: float = 0.6):
+        from ase.data import chemical_symbols, covalent_radii
+
+        radii = covalent_radii[start.numbers]
+        self.start = start
+        self.symbols = [chemical_symbols[z] for z in start.numbers]
+        self.bond_radii = bond_scale * radii
+        self.reach_radii = bond_stretch * bond_scale * radii
+        self.min_distance = min_distance
+        self.free = ~held_atoms(start)
+        if len(start) > 1:
+            i, j, d = _pairs(start.positions, start.cell.array, start.pbc, 2 * self.bond_radii.max())
+            keep = (i < j) & (d < self.bond_radii[i] + self.bond_radii[j])
+            self.bond_i, self.bond_j = i[keep], j[keep]
+        else:
+            self.bond_i = self.bond_j = np.zeros(0, dtype=np.int64)
+
+    def failure(self, atoms: Atoms) -> str | None:
+        """Why ``atoms`` is unphysical (collapse, free atom isolated, fragmented, NaN), or None."""
+        return self.failure_at(atoms.positions, atoms.cell.array, atoms.pbc)
+
+    def failure_at(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> str | None:
+        """:meth:`failure` of this start's atoms at ``positions`` [n, 3] in ``cell`` [3, 3], ``pbc`` [3].
+
+        A hop (a bond to one neighbour replaced by one to another) is not a failure: a run
+        fragments only when two atoms bonded at the start are no longer joined by any chain
+        of bonds within reach. One neighbour list per call.
+        """
+        if not np.all(np.isfinite(positions)):
+            return "non-finite positions"
+        n = len(positions)
+        if n < 2:
+            return None
+        s = self.symbols
+        i, j, d = _pairs(positions, cell, pbc, max(self.min_distance, 2 * self.reach_radii.max()))
+        if self.min_distance > 0 and len(d) and d.min() < self.min_distance:
+            k = int(np.argmin(d))
+            a, b = int(i[k]), int(j[k])
+            return f"atoms collapsed: {s[a]}{a}-{s[b]}{b} {d[k]:.2f} Å < {self.min_distance} Å (minimum image)"
+        within = d < self.reach_radii[i] + self.reach_radii[j]
+        i, j = i[within], j[within]
+        has_neighbour = np.zeros(n, dtype=bool)
+        has_neighbour[i[i != j]] = True
+        isolated = np.flatnonzero(self.free & ~has_neighbour)
+        if len(isolated):
+            k = int(isolated[0])
+            atoms = Atoms(self.start.numbers, positions=positions, cell=cell, pbc=pbc)
+            return f"atom isolated: {s[k]}{k} has no neighbour within bonding range (nearest {_nearest(atoms, k):.2f} Å)"
+        if len(self.bond_i):
+            label = _components(n, i, j)
+            split = np.flatnonzero(label[self.bond_i] != label[self.bond_j])
+            if len(split):
+                a, b = int(self.bond_i[split[0]]), int(self.bond_j[split[0]])
+                return (f"fragmented: {s[a]}{a} and {s[b]}{b}, bonded at the start, are no longer joined by "
+                        f"bonds (minimum image)")
+        return None
+
+
+def reference_failure(frame: Atoms, committee_energy: float, reference, tolerance: float) -> str | None:
+    """The committee energy of ``frame`` vs the reference calculator's, or the reference's error."""
+    frame = frame.copy()  # cell, pbc and constraints kept
+    frame.calc = None
+    if hasattr(reference, "reset"):
+        reference.reset()
+    frame.calc = reference
+    try:
+        reference_energy = float(frame.get_potential_energy())
+    except Exception as error:  # an SCF that fails on a distorted geometry is itself a failure
+        return f"reference failed: {type(error).__name__}: {error}"
+    finally:
+        frame.calc = None
+    if not np.isfinite(reference_energy):
+        return "reference energy not finite"
+    if abs(committee_energy - reference_energy) > tolerance:
+        return (f"committee energy off the reference by {committee_energy - reference_energy:+.3f} eV "
+                f"(tolerance {tolerance} eV)")
+    return None
+
+
+# -- the stability evaluation -------------------------------------------------------------------
+INTEGRATORS = ("nve", "langevin")
+
+
+def _check_stability_input(starts, n_replicas, n_steps, timestep_fs, temperature_K, integrator, check_every,
+                           frames_every, max_drift_eV_per_atom) -> list[Atoms]:
+    if isinstance(starts, Atoms):
+        starts = [starts]
+    if len(starts) == 0:
+        raise ValueError("md_stability needs at least one start geometry")
+    if n_replicas < 1 or n_steps < 1:
+        raise ValueError(f"n_runs and n_steps must be >= 1, got {n_replicas} and {n_steps}")
+    if timestep_fs <= 0 or temperature_K < 0:
+        raise ValueError("timestep_fs must be positive and temperature_K non-negative")
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1 step, got {check_every}")
+    if frames_every is not None and frames_every < 1:
+        raise ValueError(f"frames_every must be >= 1 step or None, got {frames_every}")
+    if max_drift_eV_per_atom is not None and not max_drift_eV_per_atom > 0:
+        raise ValueError(f"max_drift_eV_per_atom must be positive or None, got {max_drift_eV_per_atom}")
+    return list(starts)
+
+
+class _Monitor:
+    """The failure checks of a run: geometry every ``check_every`` steps (and at every checked
+    frame and the last step), NVE drift at the same steps, the reference on ``check_steps``."""
+
+    def __init__(self, replicas: Replicas, starts, n_steps, check_every, check_steps, geometry, reference,
+                 energy_tolerance_eV, max_drift, frames_every):
+        self.replicas, self.n_steps, self.check_every = replicas, n_steps, check_every
+        self.check_steps, self.reference, self.tolerance = check_steps, reference, energy_tolerance_eV
+        self.max_drift, self.frames_every = max_drift, frames_every
+        self.checks = [StabilityCheck(start, *geometry) for start in starts]
+        self.start_of = [k % len(starts) for k in range(replicas.n_replicas)]
+        counts = np.bincount(replicas.owner, minlength=replicas.n_replicas)
+        self.first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.counts = counts
+        self.cells = replicas.batch.cells.cpu().numpy()
+        self.pbc = replicas.batch.pbc.cpu().numpy()
+        self.n_atoms = torch.as_tensor(counts, dtype=torch.float64, device=replicas.masses.device)
+        self.frames = [[] for _ in range(replicas.n_replicas)]
+        self.reference_calls = 0
+        self.total0 = None
+        self.live_before = np.ones(replicas.n_replicas, dtype=bool)
+
+    def __call__(self, state: MDState) -> None:
+        step, replicas = state.step, self.replicas
+        if self.total0 is None and self.max_drift is not None:
+            self.total0 = state.energies + state.kinetic_energy(replicas)
+        if step % self.check_every == 0 or step == self.n_steps or step in self.check_steps:
+            self._geometry(state)
+            self._drift(state)
+        if self.reference is not None and step in self.check_steps:
+            for r in np.flatnonzero(state.live):
+                self.reference_calls += 1
+                reason = reference_failure(replicas.frame(state, r), float(state.energies[r]), self.reference,
+                                           self.tolerance)
+                if reason is not None:
+                    _stop(state, [r], reason, step)
+        if self.frames_every is not None:  # replicas live before this step: a frame on schedule or where it failed
+            scheduled = step % self.frames_every == 0 or step == self.n_steps
+            for r in np.flatnonzero(self.live_before):
+                if scheduled or not state.live[r]:
+                    self.frames[r].append(replicas.frame(state, r))
+        self.live_before = state.live.copy()
+
+    def _geometry(self, state: MDState) -> None:
+        positions = state.positions.cpu().numpy()
+        for r in np.flatnonzero(state.live):
+            mine = slice(self.first[r], self.first[r] + self.counts[r])
+            reason = self.checks[self.start_of[r]].failure_at(positions[mine], self.cells[r], self.pbc[r])
+            if reason is not None:
+                _stop(state, [r], reason, state.step)
+        energies = state.energies.cpu().numpy()
+        _stop(state, np.flatnonzero(state.live & ~np.isfinite(energies)), "non-finite committee energy", state.step)
+
+    def _drift(self, state: MDState) -> None:
+        if self.max_drift is None:
+            return
+        drift = ((state.energies + state.kinetic_energy(self.replicas) - self.total0) / self.n_atoms).cpu().numpy()
+        for r in np.flatnonzero(state.live & (np.abs(drift) > self.max_drift)):
+            _stop(state, [r], f"NVE total energy drifted by {drift[r]:+.3f} eV/atom (bound {self.max_drift} eV/atom)",
+                  state.step)
+
+
+def run_stability(
+    committee, starts: Sequence[Atoms] | Atoms, n_replicas: int = 128, temperature_K: float = 1000.0,
+    n_steps: int = 4000, timestep_fs: float = 0.5, integrator: str = "nve", friction: float = 0.02,
+    reference=None, energy_tolerance_eV: float = 0.5, n_check_frames: int = 3, check_every: int = 10,
+    max_drift_eV_per_atom: float | None = 0.05, bond_stretch: float = 1.5, bond_scale: float = 1.2,
+    min_distance: float = 0.6, seed: int = 0, frames_every: int | None = None, confidence: float = 0.95,
+    progress: bool = False, force_fn: ForceFn | None = None,
+) -> dict:
+    """Batched NN-MD stability: ``n_replicas`` runs, all live ones in one committee call per step.
+
+    Replica k starts from ``starts[k % len(starts)]`` (:func:`make_replicas`); defaults are the
+    paper's protocol (1000 K Maxwell–Boltzmann, NVE velocity Verlet, 0.5 fs, 4000 steps).
+    ``integrator="langevin"``: ASE's Langevin at ``temperature_K`` with ``friction``.
+    A replica fails (and stops alone) at the first checked step where :class:`StabilityCheck`
+    finds a collapse, an isolated free atom or a fragmentation, the committee energy is not
+    finite, (NVE, ``max_drift_eV_per_atom``) the total energy per atom has drifted from its
+    start by more than the bound, or (``reference``) its energy is more than
+    ``energy_tolerance_eV`` off the reference's on one of ``n_check_frames`` frames spread over
+    the run (the last included); non-finite values and geometries the model refuses stop a
+    replica at once. Geometry and drift are checked at step 0, every ``check_every`` steps,
+    at the checked frames and the last step, so a failure time is resolved to ``check_every``
+    steps (``check_every=1``: every step, as ASE-run ``md_stability`` did).
+
+    Returns :func:`~advsample.metrics.md_stability`'s dict (``md_stable_fraction``, ``n_runs``,
+    ``n_stable``, ``failures``, ``steps_completed``, ``time_to_failure_fs``,
+    ``mean_time_to_failure_fs``, ``md_reference_calls``, ``temperature_K``, ``n_steps``,
+    ``timestep_fs``, ``frames`` with ``frames_every``) plus ``md_stable_fraction_interval``
+    (Wilson, at ``confidence``), ``md_stable_fraction_summary`` (one line), ``integrator``,
+    ``check_every``.
+    """
+    from . import stats
+
+    starts = _check_stability_input(starts, n_replicas, n_steps, timestep_fs, temperature_K, integrator,
+                                    check_every, frames_every, max_drift_eV_per_atom)
+    stats.wilson_interval(0, 1, confidence)  # a bad confidence is refused before any MD
+    device = committee.device if committee is not None else None
+    replicas = make_replicas(starts, n_replicas, temperature_K, seed, device=device)
+    force_fn = force_fn or committee_force_fn(committee)
+    if integrator == "nve":
+        init_fn, step_fn = nve(force_fn, replicas, timestep_fs)
+    else:
+        init_fn, step_fn = langevin(force_fn, replicas, timestep_fs, temperature_K, friction)
+    check_steps = set(np.linspace(n_steps, 0, max(n_check_frames, 0), endpoint=False).round().astype(int).tolist())
+    monitor = _Monitor(replicas, starts, n_steps, check_every, check_steps, (bond_stretch, bond_scale, min_distance),
+                       reference, energy_tolerance_eV, max_drift_eV_per_atom if integrator == "nve" else None,
+                       frames_every)
+    state = init_fn()
+    monitor(state)
+    steps = range(1, n_steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"NN-MD ({n_replicas} replicas)")
+    for _ in steps:
+        if not state.live.any():
+            break
+        state = step_fn(state)
+        monitor(state)
+    return _stability_result(state, replicas, len(starts), n_steps, timestep_fs, temperature_K, integrator,
+                             check_every, monitor, frames_every, confidence)
+
+
+def _stability_result(state, replicas, n_starts, n_steps, timestep_fs, temperature_K, integrator, check_every,
+                      monitor, frames_every, confidence) -> dict:
+    from . import stats
+
+    n = replicas.n_replicas
+    failed = [r for r in range(n) if state.reasons[r] is not None]
+    times = [None if state.reasons[r] is None else float(state.steps[r] * timestep_fs) for r in range(n)]
+    full = n_steps * timestep_fs
+    n_stable = n - len(failed)
+    low, high = stats.wilson_interval(n_stable, n, confidence)
+    extra = {"frames": monitor.frames} if frames_every is not None else {}
+    return {
+        "md_stable_fraction": n_stable / n,
+        "n_runs": n,
+        "n_stable": n_stable,
+        "failures": [f"run {r} (start {r % n_starts}), step {state.steps[r]}: {state.reasons[r]}" for r in failed],
+        "steps_completed": [int(s) for s in state.steps],
+        "time_to_failure_fs": times,
+        "mean_time_to_failure_fs": float(np.mean([full if t is None else t for t in times])),
+        "md_reference_calls": monitor.reference_calls,
+        "temperature_K": float(temperature_K),
+        "n_steps": int(n_steps),
+        "timestep_fs": float(timestep_fs),
+        "md_stable_fraction_interval": [low, high],
+        "md_stable_fraction_summary": stats.summary(n_stable, n, confidence),
+        "integrator": integrator,
+        "check_every": int(check_every),
+        **extra,
+    }
