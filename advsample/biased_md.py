@@ -60,11 +60,10 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import uncertainty
-from .calculator import strained, voigt_stress
 from .committee import Committee
 from .objective import Objective
-from .samplers import Proposal, ReplicaForces, UncertaintyMDSampler, choose_seeds, langevin_frames
-from .structures import Batch
+from .samplers import Proposal, ReplicaForces, UncertaintyMDSampler, choose_seeds, langevin_frames, register_sampler
+from .structures import Batch, strained, voigt_stress
 
 # UDD-AL glycine parameters (Kulichenko et al. 2023) and the temperature they were used at
 UDD_AMPLITUDE_KCAL_MOL = 15.4
@@ -376,3 +375,7 @@ class BiasedMDSampler(_BiasedLangevinSampler):
             return result.forces, result.energy_std
 
         return forces
+
+
+register_sampler("udd", UDDSampler)
+register_sampler("biased_md", BiasedMDSampler)

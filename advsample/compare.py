@@ -2,7 +2,8 @@
 
 One *method* is a sampler with the system's settings for it (``adversarial``, ``random``,
 ``random_scored``, ``md``, ``mixed``, any other name :func:`advsample.samplers.make_sampler`
-knows, and ``adversarial_kT<x>`` for the temperature sweep). Every run starts from the
+knows, and ``adversarial_kT<x>`` for the temperature sweep), built by
+:func:`advsample.samplers.make_method`. Every run starts from the
 system's initial data, is tested on its fixed test set, and spends the same budget per
 round - ``budget_unit="labels"`` (each round adds ``budget`` labels; reference calls are
 reported beside them) or ``"reference_calls"`` (each round pays exactly ``budget`` reference
@@ -36,8 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .objective import Objective
-from .samplers import SAMPLERS, MixedSampler, Sampler, make_sampler
+from .samplers import check_methods, method_name, parse_method
 from .systems import TEST_METRICS, Metric, System, get_system, resolve_factory
 
 ROW_FIELDS = [
@@ -59,61 +59,6 @@ DEFAULT_METHODS = ("adversarial", "random", "random_scored", "md", "mixed")  # a
 
 class UnequalCostError(ValueError):
     """Runs being compared did not spend the same budget (labels, or reference calls) per round."""
-
-
-# -- methods -------------------------------------------------------------------------------
-def parse_method(method: str) -> tuple[str, float | None]:
-    """"adversarial_kT0.5" -> ("adversarial", 0.5); "random" -> ("random", None)."""
-    if "_kT" in method:
-        name, value = method.split("_kT", 1)
-        try:
-            return name, float(value)
-        except ValueError:
-            raise ValueError(f"method {method!r}: the temperature after '_kT' must be a number") from None
-    return method, None
-
-
-def method_name(sampler: str, kT: float | None = None) -> str:
-    return sampler if kT is None else f"{sampler}_kT{kT:g}"
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """The methods, checked: known samplers, positive sweep temperatures, no repeats."""
-    methods = [m.strip() for m in methods if m and m.strip()]
-    if not methods:
-        raise ValueError("no methods to compare")
-    for method in methods:
-        name, kT = parse_method(method)
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown method {method!r}; samplers are {SAMPLERS}, sweeps 'adversarial_kT<x>'")
-        if kT is not None and not kT > 0:
-            raise ValueError(f"method {method!r}: kT must be positive")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"a method is listed twice: {methods}")
-    return methods
-
-
-def sampler_options(system: System, name: str) -> dict:
-    """The system's settings for a sampler: the attack's, the random step, the MD's (MD-based samplers),
-    or both (``md_attack``)."""
-    if name == "adversarial":
-        return dict(system.attack)
-    if name in ("random", "random_scored"):
-        return {"displacement": system.displacement}
-    if name == "md_attack":
-        return {**system.md, "attack": dict(system.attack)}
-    return dict(system.md)
-
-
-def make_method(system: System, method: str) -> tuple[Sampler, Objective]:
-    """(sampler, run objective) of a method on a system; the sweep changes only the objective's kT."""
-    name, kT = parse_method(check_methods([method])[0])
-    if name == "mixed":
-        sampler = MixedSampler(make_sampler("adversarial", **sampler_options(system, "adversarial")),
-                               make_sampler("random", **sampler_options(system, "random")), share=0.5)
-    else:
-        sampler = make_sampler(name, **sampler_options(system, name))
-    return sampler, system.objective(kT)
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -176,10 +121,9 @@ def run_one(system: "System | tuple[str, dict] | str", method: str, seed: int, r
     if isinstance(system, tuple):
         system = get_system(system[0], **system[1])
     system = get_system(system)
-    sampler, objective = make_method(system, method)
     settings = _settings(system, budget, epochs, selection)
-    loop = ActiveLearning.from_system(system, run_dir, sampler, seed=seed, kT=objective.kT, progress=False, **settings)
-    return [_row(system, method, objective.kT, seed, settings["selection"], record.metrics)
+    loop = ActiveLearning.from_system(system, run_dir, method, seed=seed, progress=False, **settings)
+    return [_row(system, method, loop.objective.kT, seed, settings["selection"], record.metrics)
             for record in loop.irun(rounds)]
 
 

@@ -212,21 +212,20 @@ class ActiveLearning:
         self.records: list[RoundRecord] = []
 
     @classmethod
-    def from_system(cls, system, run_dir: str | Path, sampler: Sampler, seed: int = 0, **overrides) -> "ActiveLearning":
-        """A run on a :class:`~advsample.systems.System` (or its name): its reference, data,
-        committee (``make_committee(seed)``), objective, selection, training, validation fraction
-        and metrics; keyword ``overrides`` replace any of this class's arguments."""
-        from .systems import get_system
-
-        system = get_system(system)
-        settings = dict(
-            committee=system.make_committee(seed), reference=system.reference, initial=system.initial,
-            test=system.test, selection=system.selection, train_config=system.train,
-            validation_fraction=system.validation_fraction, extra_metrics=system.evaluate,
-            kT=system.kT, uncertainty=system.uncertainty, seed=seed,
-        )
+    def from_system(cls, system, run_dir: str | Path, sampler: "str | Sampler" = "adversarial", seed: int = 0,
+                    **overrides) -> "ActiveLearning":
+        """A run on a :class:`~advsample.systems.System` (``get_system(name)`` builds one by name): its
+        reference, data, committee (``make_committee(seed)``), objective, selection, training,
+        validation fraction and metrics (``system.run_options``). ``sampler``: a method name
+        (``"adversarial"``, ``"md"``, ``"adversarial_kT0.5"`` ...), built with the system's attack / MD
+        settings, or a :class:`~advsample.samplers.Sampler` used as given; keyword ``overrides``
+        replace any of this class's arguments."""
+        if not callable(getattr(system, "run_options", None)):
+            raise TypeError(f"from_system needs a System (advsample.systems.get_system({system!r}) builds one "
+                            f"by name), got {type(system).__name__}")
+        settings = system.run_options(seed, sampler)
         settings.update(overrides)
-        return cls(run_dir, sampler=sampler, **settings)
+        return cls(run_dir, **settings)
 
     # -- ASE-dynamics-like API ---------------------------------------------------------
     def attach(self, observer: Callable[[RoundRecord], None], interval: int = 1) -> None:

@@ -12,7 +12,9 @@ shares on several samplers).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +27,9 @@ from .committee import Committee
 from .geometry import GeometryError
 from .objective import Objective
 from .structures import Batch
+
+
+BUILTIN_ORDER = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "biased_md", "md_attack")
 
 
 @dataclass
@@ -307,7 +312,15 @@ class MixedSampler(Sampler):
             raise ValueError(f"share must be in [0, 1], got {self.share}")
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
-        raise TypeError("MixedSampler proposes through parts(): each part proposes and selects on its own")
+        """Every part's proposal in one (candidates and trajectories joined, the first part's attack).
+
+        A run does not call this: it proposes and selects each part of :meth:`parts` on its own
+        (each by its own ranking, with its own share of the labels)."""
+        proposals = [sampler.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress)
+                     for sampler, _ in self.parts(10**6)]  # every part with a positive share
+        attacks = [p.attack for p in proposals if p.attack is not None]
+        return Proposal([a for p in proposals for a in p.candidates], attacks[0] if attacks else None,
+                        [t for p in proposals for t in p.trajectories])
 
 
 @dataclass
@@ -343,11 +356,35 @@ class MDAttackSampler(MixedSampler):
     name = "md_attack"
 
 
-SAMPLERS = ("adversarial", "random", "random_scored", "md", "mixed", "udd", "biased_md", "md_attack")
+# -- the sampler table ---------------------------------------------------------------------
+# Filled where samplers are defined (as ASE's I/O formats by ``define_io_format``): this module
+# registers its own below, advsample.biased_md registers ``udd`` and ``biased_md`` when imported.
+# A string is the module that registers the name: make_sampler imports it on first use, so
+# ``make_sampler("udd")`` works with only this module imported, and this module never imports
+# its clients (biased_md builds on it).
+_TABLE: dict[str, "Callable[..., Sampler] | str"] = {
+    "udd": "advsample.biased_md",
+    "biased_md": "advsample.biased_md",
+}
+
+
+def register_sampler(name: str, factory: Callable[..., Sampler]) -> None:
+    """Make ``make_sampler(name, **options)`` call ``factory(**options)`` (kT and the uncertainty
+    kind are never options: the run's objective gives them)."""
+    if not name or not isinstance(name, str) or "_kT" in name:
+        raise ValueError(f"a sampler name must be a non-empty string without '_kT' (the sweep suffix), got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"register_sampler({name!r}): factory must be callable, got {factory!r}")
+    _TABLE[name] = factory
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Every name :func:`make_sampler` knows, built-in first."""
+    return tuple(_TABLE)
 
 
 def make_sampler(name: str, **options) -> Sampler:
-    """Sampler by name (:data:`SAMPLERS`); options go to its fields (the attack's to AttackConfig;
+    """Sampler by name (:func:`sampler_names`); options go to its fields (the attack's to AttackConfig;
     ``md_attack``: the MD's, an ``attack`` dict of the attack's, and ``share``).
 
     kT and the uncertainty kind are not sampler options: the run's objective gives them.
@@ -356,24 +393,140 @@ def make_sampler(name: str, **options) -> Sampler:
         if key in options:
             raise TypeError(f"make_sampler({name!r}): {key!r} is set once per run (ActiveLearning(kT=..., "
                             "uncertainty=...) or the System), not per sampler")
-    if name == "adversarial":
-        attack_options = {k: options.pop(k) for k in list(options) if k in AttackConfig.__dataclass_fields__}
-        return AdversarialSampler(AttackConfig(**attack_options), **options)
-    if name == "random":
-        return RandomDisplacementSampler(ranking="random", **options)
-    if name == "random_scored":
-        return RandomDisplacementSampler(ranking="score", **options)
-    if name == "md":
-        return UncertaintyMDSampler(**options)
-    if name == "mixed":
-        return MixedSampler(AdversarialSampler(), RandomDisplacementSampler(), **options)
-    if name == "md_attack":
-        share = options.pop("share", 0.5)
-        attack = make_sampler("adversarial", **options.pop("attack", {}))
-        md = UncertaintyMDSampler(**options)
-        return MDAttackSampler(md, SeededAttackSampler(md, attack), share=share)
-    if name in ("udd", "biased_md"):
-        from .biased_md import BiasedMDSampler, UDDSampler  # biased_md builds on this module
+    factory = _TABLE.get(name)
+    if factory is None:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sampler_names()}")
+    if isinstance(factory, str):
+        importlib.import_module(factory)  # registers the name (see _TABLE)
+        factory = _TABLE[name]
+    return factory(**options)
 
-        return (UDDSampler if name == "udd" else BiasedMDSampler)(**options)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+def _adversarial(**options) -> AdversarialSampler:
+    attack_options = {k: options.pop(k) for k in list(options) if k in AttackConfig.__dataclass_fields__}
+    return AdversarialSampler(AttackConfig(**attack_options), **options)
+
+
+def _mixed(share: float = 0.5, attack: dict | None = None, displacement: float | None = None) -> MixedSampler:
+    random = {} if displacement is None else {"displacement": displacement}
+    return MixedSampler(_adversarial(**(attack or {})), RandomDisplacementSampler(**random), share=share)
+
+
+def _md_attack(share: float = 0.5, attack: dict | None = None, **md_options) -> MDAttackSampler:
+    md = UncertaintyMDSampler(**md_options)
+    return MDAttackSampler(md, SeededAttackSampler(md, _adversarial(**(attack or {}))), share=share)
+
+
+for _name, _factory in (
+    ("adversarial", _adversarial),
+    ("random", lambda **options: RandomDisplacementSampler(ranking="random", **options)),
+    ("random_scored", lambda **options: RandomDisplacementSampler(ranking="score", **options)),
+    ("md", UncertaintyMDSampler),
+    ("mixed", _mixed),
+    ("md_attack", _md_attack),
+):
+    register_sampler(_name, _factory)
+_TABLE = {name: _TABLE[name] for name in (*BUILTIN_ORDER, *_TABLE) if name in _TABLE}  # the documented order
+
+SAMPLERS = BUILTIN_ORDER
+"""The built-in sampler names (:func:`sampler_names` adds the registered ones)."""
+
+
+# -- a System's sampler settings, typed -------------------------------------------------------
+def attack_options(attack: AdversarialSampler) -> dict:
+    """The options that rebuild ``attack`` with ``make_sampler("adversarial", **options)``."""
+    config = {f.name: getattr(attack.config, f.name) for f in fields(AttackConfig) if f.name not in ("kT", "uncertainty")}
+    return {**config, "n_seeds": attack.n_seeds, "snapshot_every": attack.snapshot_every}
+
+
+def md_options(md: UncertaintyMDSampler) -> dict:
+    """The committee-MD fields of ``md`` (those every MD-based sampler shares)."""
+    return {f.name: getattr(md, f.name) for f in fields(UncertaintyMDSampler)}
+
+
+def _typed(value, cls: type, factory: Callable[..., Sampler], known: set[str], what: str):
+    """``value`` as ``cls``: an instance as is, a dict checked key by key and built by ``factory``."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a {cls.__name__} or a dict of its options, got {value!r}")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown option {unknown[0]!r} (value {value[unknown[0]]!r}); known: {sorted(known)}")
+    try:
+        return factory(**value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}: {error}") from None
+
+
+def attack_settings(value: "AdversarialSampler | Mapping", what: str = "attack") -> AdversarialSampler:
+    """A System's attack settings typed: an :class:`AdversarialSampler` (its AttackConfig fields,
+    ``n_seeds``, ``snapshot_every``), from a dict of those options (a bad key or value raises,
+    naming it); kT and the uncertainty kind belong to the run's objective."""
+    known = {f.name for f in fields(AttackConfig)} - {"kT", "uncertainty"} | {"n_seeds", "snapshot_every"}
+    return _typed(value, AdversarialSampler, _adversarial, known, what)
+
+
+def md_settings(value: "UncertaintyMDSampler | Mapping", what: str = "md") -> UncertaintyMDSampler:
+    """A System's committee-MD settings typed: an :class:`UncertaintyMDSampler` (temperature_K,
+    timestep_fs, n_steps, interval, friction, n_seeds; shared by ``md``, ``udd``, ``biased_md`` and
+    ``md_attack``), from a dict of those options (a bad key or value raises, naming it)."""
+    return _typed(value, UncertaintyMDSampler, UncertaintyMDSampler, {f.name for f in fields(UncertaintyMDSampler)}, what)
+
+
+# -- methods: a sampler with a System's settings and the run objective --------------------------
+def parse_method(method: str) -> tuple[str, float | None]:
+    """"adversarial_kT0.5" -> ("adversarial", 0.5); "random" -> ("random", None)."""
+    if "_kT" in method:
+        name, value = method.split("_kT", 1)
+        try:
+            return name, float(value)
+        except ValueError:
+            raise ValueError(f"method {method!r}: the temperature after '_kT' must be a number") from None
+    return method, None
+
+
+def method_name(sampler: str, kT: float | None = None) -> str:
+    return sampler if kT is None else f"{sampler}_kT{kT:g}"
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The methods, checked: known samplers, positive sweep temperatures, no repeats."""
+    methods = [m.strip() for m in methods if m and m.strip()]
+    if not methods:
+        raise ValueError("no methods to compare")
+    for method in methods:
+        name, kT = parse_method(method)
+        if name not in _TABLE:
+            raise ValueError(f"unknown method {method!r}; samplers are {sampler_names()}, sweeps 'adversarial_kT<x>'")
+        if kT is not None and not kT > 0:
+            raise ValueError(f"method {method!r}: kT must be positive")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"a method is listed twice: {methods}")
+    return methods
+
+
+def sampler_options(system, name: str) -> dict:
+    """A System's settings for the sampler ``name`` as :func:`make_sampler` options: the attack's
+    (``adversarial``), the random step (``random``, ``random_scored``), both (``mixed``), the MD's and
+    the attack's (``md_attack``), the MD's (``md``, ``udd``, ``biased_md`` and any other name).
+    ``system``: anything with ``attack``, ``md`` and ``displacement`` (a :class:`~advsample.systems.System`)."""
+    attack = attack_options(attack_settings(system.attack))
+    if name == "adversarial":
+        return attack
+    if name in ("random", "random_scored"):
+        return {"displacement": system.displacement}
+    if name == "mixed":
+        return {"attack": attack, "displacement": system.displacement}
+    md = md_options(md_settings(system.md))
+    if name == "md_attack":
+        return {**md, "attack": attack}
+    return md
+
+
+def make_method(system, method: str) -> tuple[Sampler, Objective]:
+    """(sampler, run objective) of a method (a sampler name, or ``<name>_kT<x>``) on a System: the
+    sampler with the System's settings (:func:`sampler_options`), the objective at the System's kT
+    (a sweep's ``_kT<x>`` changes only the objective's kT)."""
+    name, kT = parse_method(check_methods([method])[0])
+    return make_sampler(name, **sampler_options(system, name)), system.objective(kT)

@@ -131,6 +131,25 @@ class Batch:
         return out
 
 
+# -- the strain map (stress, the bias stress, the cell attack) ---------------------------------
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # ASE's order: xx, yy, zz, yz, xz, xy
+
+
+def strained(batch: Batch, positions: torch.Tensor) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    """A zero strain ε [B, 3, 3] requiring grad, and the batch and ``positions`` [N, 3] under it
+    (:meth:`Batch.deformed`: x → x(1 + ε), cell rows h → h(1 + ε), per structure): ∂E/∂ε of their
+    energies is the virial."""
+    strain = torch.zeros(batch.n_structures, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
+    return (strain, *batch.deformed(positions, strain))
+
+
+def voigt_stress(virial: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Stress [B, 6] (energy/Å³, ASE's Voigt order): the symmetrised ∂E/∂ε [B, 3, 3] over each cell's volume."""
+    symmetric = 0.5 * (virial + virial.transpose(1, 2))
+    volume = torch.linalg.det(cells).abs()[:, None]
+    return torch.stack([symmetric[:, a, b] for a, b in VOIGT], dim=1) / volume
+
+
 def fixed_mask(atoms: Atoms) -> np.ndarray:
     """[N, 3] bool: coordinates held fixed by ``FixAtoms`` / ``FixCartesian`` constraints."""
     mask = np.zeros((len(atoms), 3), dtype=bool)

@@ -76,14 +76,12 @@ class ToyStudy:
         """The ``ActiveLearning`` run (labels through ``executor``); it refuses a run_dir made with other settings."""
         from dataclasses import replace
 
-        from .compare import make_method
         from .label import CalculatorSpec
         from .loop import ActiveLearning
 
-        sampler, _ = make_method(self.system, self.sampler)  # the comparison's settings for this sampler
         reference = CalculatorSpec(f"advsample.surfaces:{self.surface_name}")  # worker processes build their own
         return ActiveLearning.from_system(
-            self.system, self.run_dir, sampler, seed=self.seed, reference=reference, executor=executor,
+            self.system, self.run_dir, self.sampler, seed=self.seed,  # the sampler with the system's settings reference=reference, executor=executor,
             train_config=replace(self.system.train, learning_rate=self.learning_rate), progress=False,
             retry_failures=self.retry_failures,
         )

@@ -7,7 +7,7 @@
 Initial data: 128 points of the left well below E = 0; test set: 400 points below E = 4
 over both wells (the region of interest includes the unseen right well); 5 MLPs (3 × 64).
 Each round labels ``--labels`` structures chosen by ``--sampler`` (see
-``advsample.compare.make_method``). Prints the test force MAE per round and, with
+``advsample.samplers.make_method``). Prints the test force MAE per round and, with
 ``--json``, one JSON object as the last line: labels, initial/final test force MAE,
 improvement = initial / final, rounds. Targets: 2D ≥ 18× in ≤ 7 rounds (the paper's
 figure), 1D ≥ 5× in ≤ 5 rounds.

@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, machine, set_threads  # noqa: E402
 
-from advsample import compare  # noqa: E402
+from advsample import compare, samplers  # noqa: E402
 from advsample.systems import get_system  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def run(spec, sampler: str, kappa: float, seed: int, rounds: int, out_dir: str, 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="ammonia", help="built-in name or 'module:factory'")
-    parser.add_argument("--sampler", default="adversarial", choices=compare.SAMPLERS,
+    parser.add_argument("--sampler", default="adversarial", choices=samplers.sampler_names(),
                         help="the sampler whose candidates the bound filters (default adversarial)")
     parser.add_argument("--sigmas", default="0,1,2", help="comma-separated κ of the bound Ē + κ·σ_E")
     parser.add_argument("--seeds", type=int, default=3)

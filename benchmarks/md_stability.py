@@ -46,9 +46,8 @@ from _common import emit, machine, set_threads  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from advsample import compare  # noqa: E402
 from advsample.loop import ActiveLearning  # noqa: E402
-from advsample.samplers import SAMPLERS as ALL_SAMPLERS, make_sampler  # noqa: E402
+from advsample.samplers import SAMPLERS as ALL_SAMPLERS  # noqa: E402
 from advsample.systems import get_system  # noqa: E402
 
 SYSTEMS = ("adatom", "sodalite")
@@ -62,18 +61,12 @@ def figures(system) -> dict[str, bool]:
 SAMPLERS = tuple(name for name in ALL_SAMPLERS if name != "mixed")
 
 
-def sampler_for(name: str, system):
-    """The sampler at the system's settings (:func:`advsample.compare.sampler_options`): ``md`` and the
-    biased MD from ``system.md``, ``adversarial`` from ``system.attack``, ``md_attack`` from both."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown method {name!r}: choose from {SAMPLERS}")
-    return make_sampler(name, **compare.sampler_options(system, name))
-
-
 def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> list[dict]:
     """Rows (one per round) of one method and seed."""
-    run = ActiveLearning.from_system(system, os.path.join(out_dir, f"{method}_seed{seed}"), sampler_for(method, system),
-                                     seed=seed, progress=False)
+    # the sampler by name, with the system's settings: md and the biased MD from system.md,
+    # adversarial from system.attack, md_attack from both (advsample.samplers.make_method)
+    run = ActiveLearning.from_system(system, os.path.join(out_dir, f"{method}_seed{seed}"), method, seed=seed,
+                                     progress=False)
     rows = []
     for record in run.irun(rounds):
         m = record.metrics
@@ -97,7 +90,7 @@ def build_system(name: str, options: dict, md_sampler_steps: int | None, budget_
     ``budget_unit`` what a round's budget counts: ``labels`` or ``reference_calls``)."""
     system = get_system(name, **options)
     if md_sampler_steps is not None:
-        system = replace(system, md={**system.md, "n_steps": md_sampler_steps})
+        system = replace(system, md=replace(system.md, n_steps=md_sampler_steps))
     if budget_unit is not None:
         system = replace(system, selection=replace(system.selection, budget_unit=budget_unit))
     return system

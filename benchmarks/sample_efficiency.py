@@ -41,7 +41,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, machine, set_threads  # noqa: E402
 
-from advsample import compare  # noqa: E402
+from advsample import compare, samplers  # noqa: E402
 
 
 def report(rows, out_dir: str, system=None) -> dict:
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
                         help="what --labels counts per round (default: the system's, labels)")
     parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the system's)")
     parser.add_argument("--samplers", default=",".join(compare.DEFAULT_METHODS),
-                        help=f"comma-separated, of {','.join(compare.SAMPLERS)}")
+                        help=f"comma-separated, of {','.join(samplers.sampler_names())}")
     parser.add_argument("--kT-sweep", default=None, help="extra attack temperatures (default: the system's)")
     parser.add_argument("--workers", type=int, default=compare.default_workers())
     parser.add_argument("--out", default="benchmarks/results/sample_efficiency")

@@ -7,37 +7,11 @@ state layout) is written once in :mod:`advsample.models.base` and checked by
 into one model (``MACECommittee`` in :mod:`advsample.models.mace`, with the ``mace``
 extra). :data:`MODELS` names them for checkpoints.
 """
-from .base import CommitteeModel, FixedGeometry, MemberList, ModelContractError, check_model
+from .base import MODELS, CommitteeModel, FixedGeometry, MemberList, ModelContractError, check_model, register_model
 from .mlp import MLPCommittee
 from .schnet import SchNetCommittee
 
-
-
-class _Registry(dict):
-    """Model classes by name; optional ones (their extra's import) load on first lookup."""
-
-    lazy = {"MACECommittee": "advsample.models.mace"}
-
-    def __contains__(self, name) -> bool:
-        return dict.__contains__(self, name) or name in self.lazy
-
-    def __missing__(self, name):
-        if name not in self.lazy:
-            raise KeyError(name)
-        import importlib
-
-        module = importlib.import_module(self.lazy[name])  # ImportError names the extra to install
-        self[name] = getattr(module, name)
-        return self[name]
-
-
-MODELS = _Registry(MLPCommittee=MLPCommittee, SchNetCommittee=SchNetCommittee)
-
-
-def register_model(cls):
-    """Make a model class loadable from checkpoints by its class name."""
-    MODELS[cls.__name__] = cls
-    return cls
+MODELS.update(MLPCommittee=MLPCommittee, SchNetCommittee=SchNetCommittee)
 
 
 def __getattr__(name):

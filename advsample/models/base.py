@@ -50,6 +50,34 @@ from ..structures import Batch
 INVARIANCES = frozenset({"translation", "rotation", "permutation"})
 
 
+class _Registry(dict):
+    """Model classes by name; optional ones (their extra's import) load on first lookup."""
+
+    lazy = {"MACECommittee": "advsample.models.mace"}
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self.lazy
+
+    def __missing__(self, name):
+        if name not in self.lazy:
+            raise KeyError(name)
+        import importlib
+
+        module = importlib.import_module(self.lazy[name])  # ImportError names the extra to install
+        self[name] = getattr(module, name)
+        return self[name]
+
+
+MODELS = _Registry()
+"""Model classes by class name, for checkpoints (filled by :mod:`advsample.models` and :func:`register_model`)."""
+
+
+def register_model(cls):
+    """Make a model class loadable from checkpoints by its class name."""
+    MODELS[cls.__name__] = cls
+    return cls
+
+
 @runtime_checkable
 class CommitteeModel(Protocol):
     """What :class:`~advsample.committee.Committee` needs from its model (see the module docstring)."""
@@ -185,7 +213,8 @@ def check_model(
 ) -> None:
     """Check a committee's model against the member-model contract; raises ModelContractError.
 
-    Works on a float64 copy. ``structures``: a few unlabeled ``ase.Atoms`` the model
+    ``committee``: a :class:`~advsample.committee.Committee` (used through its methods, so this
+    module, below the committee, imports nothing above it). Works on a float64 copy. ``structures``: a few unlabeled ``ase.Atoms`` the model
     accepts (same-element atoms present if it claims permutation invariance). Checks:
     shapes [M, N, 3] -> [M, B]; member m's gradient flows only through positions[m]; forces = −∇E
     by central finite differences (``step`` Å); the claimed invariances; the checkpoint
@@ -193,9 +222,6 @@ def check_model(
     gradient d(σ²_E)/dx against finite differences; a model with ``fixed_geometry``
     gives the same energies and forces through it as through ``forward``.
     """
-    from ..committee import Committee
-    from . import MODELS
-
     committee = copy.deepcopy(committee).to(torch.float64).to("cpu")
     model = committee.model
     name = type(model).__name__
@@ -289,7 +315,7 @@ def check_model(
     if name not in MODELS:
         raise ModelContractError(f"{name} is not registered in advsample.models.MODELS (use register_model)")
     data = committee.checkpoint()
-    rebuilt = Committee(MODELS[name](**data["model_config"])).to(torch.float64)
+    rebuilt = type(committee)(MODELS[name](**data["model_config"])).to(torch.float64)
     rebuilt.load_state_dict(data["state_dict"])
     if not torch.allclose(rebuilt(batch, forces=False).energies, out.energies, rtol=1e-10, atol=1e-10):
         raise ModelContractError(f"{name}: a committee rebuilt from its checkpoint predicts other energies")

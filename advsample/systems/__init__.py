@@ -36,6 +36,7 @@ from ase import Atoms
 
 from ..committee import Committee
 from ..objective import Objective
+from ..samplers import AdversarialSampler, Sampler, UncertaintyMDSampler, attack_settings, make_method, md_settings
 from ..select import SelectionConfig
 from ..structures import labels_of
 from ..train import TrainConfig
@@ -79,9 +80,12 @@ class System:
     ``initial`` / ``test``: labeled ``ase.Atoms`` (energies in ``energy_unit``, forces in
     ``energy_unit``/Å). ``make_committee(seed)`` -> an untrained :class:`Committee`.
     ``kT`` (``energy_unit``) and ``uncertainty`` define the run's :class:`~advsample.objective.Objective`.
-    ``attack``: options of the adversarial sampler (:class:`~advsample.attack.AttackConfig`
-    fields, ``n_seeds``, ``snapshot_every``); ``md``: options of the committee-MD sampler;
-    ``displacement``: the random samplers' step (Å). ``evaluate(committee) -> dict`` computes
+    ``attack``: the adversarial sampler's settings, an :class:`~advsample.samplers.AdversarialSampler`
+    (its :class:`~advsample.attack.AttackConfig`, ``n_seeds``, ``snapshot_every``); ``md``: the
+    committee-MD settings every MD-based sampler shares, an :class:`~advsample.samplers.UncertaintyMDSampler`
+    (a dict of either's options is converted and checked when the System is built: a bad key or
+    value raises, naming it); ``displacement``: the random samplers' step (Å).
+    ``evaluate(committee) -> dict`` computes
     the declared ``metrics`` (and may add notes); every declared metric becomes a column of
     comparison rows, tables and plots.
     """
@@ -96,8 +100,8 @@ class System:
     uncertainty: str = "forces"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    attack: dict = field(default_factory=dict)
-    md: dict = field(default_factory=dict)
+    attack: AdversarialSampler = field(default_factory=AdversarialSampler)
+    md: UncertaintyMDSampler = field(default_factory=UncertaintyMDSampler)
     displacement: float = 0.1
     validation_fraction: float = 0.1
     kT_sweep: tuple[float, ...] = ()
@@ -114,6 +118,8 @@ class System:
         if not callable(self.make_committee):
             raise TypeError(f"system {self.name!r}: make_committee must be callable, got {self.make_committee!r}")
         self.objective()  # kT > 0, a known uncertainty kind
+        self.attack = attack_settings(self.attack, f"system {self.name!r} attack")
+        self.md = md_settings(self.md, f"system {self.name!r} md")
         self.kT_sweep = tuple(float(v) for v in self.kT_sweep)
         names = [m.name for m in self.all_metrics()]
         if len(names) != len(set(names)):
@@ -125,6 +131,28 @@ class System:
     def objective(self, kT: float | None = None) -> Objective:
         """The run objective at the system's kT (or ``kT``) and uncertainty kind."""
         return Objective(self.kT if kT is None else kT, self.uncertainty)
+
+    def method(self, method: str) -> tuple[Sampler, Objective]:
+        """(sampler, run objective) of a method: a sampler name (``"adversarial"``, ``"md"``, ...)
+        with this system's settings, or ``<name>_kT<x>`` (the objective at kT = x);
+        :func:`advsample.samplers.make_method`."""
+        return make_method(self, method)
+
+    def run_options(self, seed: int = 0, sampler: "str | Sampler" = "adversarial") -> dict:
+        """Keyword arguments of :class:`~advsample.loop.ActiveLearning` for a run on this system:
+        reference, data, committee (``make_committee(seed)``), objective (kT, uncertainty),
+        selection, training, validation fraction, metrics and the sampler — a method name built
+        with this system's settings (:meth:`method`; a ``_kT<x>`` sweep sets kT) or a
+        :class:`~advsample.samplers.Sampler` used as given."""
+        sampler, objective = self.method(sampler) if isinstance(sampler, str) else (sampler, self.objective())
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"sampler must be a method name or a Sampler, got {sampler!r}")
+        return dict(
+            committee=self.make_committee(seed), reference=self.reference, initial=self.initial, test=self.test,
+            selection=self.selection, train_config=self.train, validation_fraction=self.validation_fraction,
+            extra_metrics=self.evaluate, kT=objective.kT, uncertainty=objective.uncertainty, seed=seed,
+            sampler=sampler,
+        )
 
     def all_metrics(self) -> list[Metric]:
         """The test errors every system reports, then the system's own metrics."""
