@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import CalculationFailed
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 from ase.optimize import BFGS
 
 from .structures import labeled
@@ -95,6 +95,128 @@ def relabel_xtb(atoms_list: Sequence[Atoms], calculator=None) -> list[Atoms]:
             raise XTBError(f"structure {i}: {error}") from error
     return out
 
+
+# -- GFN-FF reference: one fixed topology per cell ------------------------------------------
+class GFNFFError(CalculationFailed):
+    """GFN-FF could not label a structure (no set-up structure for it, or the library failed)."""
+
+
+def _minimum_image_rms(atoms: Atoms, reference: Atoms) -> float:
+    """RMS displacement (Å) of ``atoms`` from ``reference`` (same order), minimum image on periodic axes."""
+    delta = atoms.positions - reference.positions
+    if reference.pbc.any():
+        from ase.geometry import find_mic
+
+        delta, _ = find_mic(delta, reference.cell, reference.pbc)
+    return float(np.sqrt((delta**2).sum(axis=1).mean()))
+
+
+class GFNFFCells(Calculator):
+    """GFN-FF (``gfnff.GFNFF``: eV, eV/Å, stress in eV/Å³ for periodic cells) with one topology per cell.
+
+    GFN-FF derives its bond topology (bonds, angles, torsions, topological charges, hydrogen
+    bonds) once, from the geometry it is set up with (0.2–0.9 s for 40–60-atom cells), and keeps
+    it: it cannot break or form bonds, and the energy of a geometry depends on which geometry
+    the topology came from. So that a label is a function of the geometry alone, each cell's
+    topology is set up once at that cell's set-up structure and reused for every geometry of
+    the cell (same atomic numbers in the same order and pbc; the nearest set-up structure by
+    cell and minimum-image RMS displacement when several match; a strained cell keeps its
+    cell's topology). ``setup``: a file of set-up structures (any ASE format; ``setup_sha256``
+    checks its contents) — a geometry that matches none is refused (:class:`GFNFFError`);
+    without it the first geometry seen with given numbers and pbc sets the topology up.
+    ``element_energies_eV`` ({atomic number: μ_Z}): energies are reported as E − Σ_Z n_Z μ_Z, a
+    shift linear in composition (forces and stress unchanged) that puts cells of different
+    composition on one energy scale. Built topologies survive ``reset()``; pickling keeps the
+    set-up structures, not the library state.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, setup: str | None = None, setup_sha256: str | None = None, gfnff_options: dict | None = None,
+                 references: list | None = None, element_energies_eV: dict | None = None):
+        super().__init__()
+        self.setup, self.setup_sha256 = setup, setup_sha256
+        self.element_energies_eV = {int(z): float(mu) for z, mu in (element_energies_eV or {}).items()}
+        self.gfnff_options = dict(gfnff_options or {})
+        self.n_setups = 0  # topologies built by this instance
+        self._cells: dict[tuple, list] = {}  # (numbers, pbc) -> [[set-up Atoms, gfnff.GFNFF or None], ...]
+        for atoms in references if references is not None else self._read_setup():
+            self._cells.setdefault(self._key(atoms), []).append([atoms, None])
+
+    def _read_setup(self) -> list[Atoms]:
+        if self.setup is None:
+            return []
+        import hashlib
+        from pathlib import Path
+
+        from ase.io import read
+
+        path = Path(self.setup)
+        if not path.is_file():
+            raise FileNotFoundError(f"GFN-FF set-up structures: no file {str(path)!r}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if self.setup_sha256 is not None and digest != self.setup_sha256:
+            raise GFNFFError(f"GFN-FF set-up structures {str(path)!r} changed: sha256 {digest}, "
+                             f"expected {self.setup_sha256}")
+        return [atoms for atoms in read(path, ":")]
+
+    @staticmethod
+    def _key(atoms: Atoms) -> tuple:
+        return np.asarray(atoms.numbers, dtype=np.int64).tobytes(), np.asarray(atoms.pbc, dtype=bool).tobytes()
+
+    def topology_for(self, atoms: Atoms):
+        """The ``gfnff.GFNFF`` calculator holding the topology of the cell ``atoms`` belongs to."""
+        from gfnff import GFNFF
+
+        entries = self._cells.get(self._key(atoms))
+        if not entries:
+            if self.setup is not None:
+                raise GFNFFError(f"GFN-FF: no set-up structure in {self.setup!r} has the atoms of "
+                                 f"{atoms.get_chemical_formula()} ({len(atoms)} atoms, pbc {atoms.pbc.tolist()}) in this order")
+            entries = self._cells[self._key(atoms)] = [[atoms.copy(), None]]
+        mismatch = [np.abs(atoms.cell.array - ref.cell.array).max() + _minimum_image_rms(atoms, ref)
+                    for ref, _ in entries]
+        entry = entries[int(np.argmin(mismatch))]
+        if entry[1] is None:
+            reference = entry[0].copy()
+            reference.calc = entry[1] = GFNFF(**self.gfnff_options)
+            reference.get_potential_energy()  # the topology is built here, from the set-up structure
+            self.n_setups += 1
+        return entry[1]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        calculator = self.topology_for(self.atoms)
+        try:
+            calculator.calculate(self.atoms.copy(), ["energy", "forces", "stress"], all_changes)
+        except Exception as error:
+            raise GFNFFError(f"GFN-FF failed for {self.atoms.get_chemical_formula()}: {type(error).__name__}: {error}") from error
+        energy = float(calculator.results["energy"]) - sum(self.element_energies_eV.get(int(z), 0.0)
+                                                           for z in self.atoms.numbers)
+        self.results = {"energy": energy, "free_energy": energy, "forces": np.array(calculator.results["forces"])}
+        if self.atoms.pbc.all():
+            self.results["stress"] = np.array(calculator.results["stress"])
+
+    def __reduce__(self):
+        references = [ref.copy() for entries in self._cells.values() for ref, _ in entries]
+        return type(self), (self.setup, self.setup_sha256, self.gfnff_options, references, self.element_energies_eV)
+
+
+def gfnff_calculator(setup: str | None = None, setup_sha256: str | None = None,
+                     element_energies_eV: dict | None = None, **gfnff_options) -> GFNFFCells:
+    """The GFN-FF reference (:class:`GFNFFCells`), molecular or periodic; options go to ``gfnff.GFNFF``.
+
+    Use it through ``CalculatorSpec("advsample.molecules:gfnff_calculator", {...})`` (picklable:
+    process pools and Parsl workers build their own, and each builds a cell's topology once).
+    Raises ``ImportError`` saying how to install GFN-FF when the ``gfnff`` package is missing.
+    """
+    try:
+        import gfnff  # noqa: F401
+        from gfnff import GFNFF  # noqa: F401 (needs ASE; the compiled library loads here)
+    except ImportError as error:
+        raise ImportError("the GFN-FF reference needs the gfnff package: pip install 'gfnff[ase]' "
+                          f"(Python bindings of Grimme's GFN-FF library); import failed: {error}") from error
+    return GFNFFCells(setup, setup_sha256, gfnff_options, element_energies_eV=element_energies_eV)
 
 
 # -- relaxations, scans, basins, barriers (any system, any ASE calculator) -----------------

@@ -187,6 +187,7 @@ _BUILTIN = {
     "ethanol": "advsample.systems.ethanol:ethanol",
     "adatom": "advsample.systems.adatom:adatom",
     "sodalite": "advsample.systems.sodalite:sodalite",
+    "host_guest": "advsample.systems.zeolites:host_guest",
 }
 
 
