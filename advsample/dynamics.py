@@ -451,6 +451,13 @@ class _Monitor:
         self.frames = [[] for _ in range(replicas.n_replicas)]
         self.reference_calls = 0
         self.total0 = None
+        # the checks' per-atom data over the whole batch (atom numbers of the batch)
+        per_replica = [self.checks[s] for s in self.start_of]
+        self.reach_all = np.concatenate([c.reach_radii for c in per_replica])
+        self.free_all = np.concatenate([c.free for c in per_replica])
+        self.min_distance_all = np.concatenate([np.full(n, c.min_distance) for c, n in zip(per_replica, counts)])
+        self.bond_i = np.concatenate([c.bond_i + f for c, f in zip(per_replica, self.first)]).astype(np.int64)
+        self.bond_j = np.concatenate([c.bond_j + f for c, f in zip(per_replica, self.first)]).astype(np.int64)
         self.live_before = np.ones(replicas.n_replicas, dtype=bool)
 
     def __call__(self, state: MDState) -> None:
@@ -475,14 +482,51 @@ class _Monitor:
         self.live_before = state.live.copy()
 
     def _geometry(self, state: MDState) -> None:
+        """:meth:`StabilityCheck.failure_at` of every live replica at once: one neighbour list per
+        replica, then one graph of all of them (replicas never connect) for the connectivity;
+        the reason is written out only for a replica that fails."""
         positions = state.positions.cpu().numpy()
-        for r in np.flatnonzero(state.live):
+        live = np.flatnonzero(state.live)
+        if len(live) == 0:
+            return
+        bad = np.zeros(len(state.live), dtype=bool)
+        pairs = [self._pairs(positions, r) for r in live]
+        i = np.concatenate([p[0] for p in pairs])
+        j = np.concatenate([p[1] for p in pairs])
+        d = np.concatenate([p[2] for p in pairs])
+        owner = self.replicas.owner
+        collapsed = d < self.min_distance_all[i] if len(d) else np.zeros(0, dtype=bool)
+        bad[owner[i[collapsed]]] = True
+        within = d < self.reach_all[i] + self.reach_all[j]
+        i, j = i[within], j[within]
+        has_neighbour = np.zeros(len(owner), dtype=bool)
+        has_neighbour[i[i != j]] = True
+        alive_atom = np.isin(owner, live)
+        bad[owner[alive_atom & self.free_all & ~has_neighbour]] = True
+        if len(self.bond_i):
+            label = _components(len(owner), i, j)
+            split = label[self.bond_i] != label[self.bond_j]
+            bad[owner[self.bond_i[split]]] = True
+        for r in np.flatnonzero(bad & state.live):
             mine = slice(self.first[r], self.first[r] + self.counts[r])
             reason = self.checks[self.start_of[r]].failure_at(positions[mine], self.cells[r], self.pbc[r])
             if reason is not None:
                 _stop(state, [r], reason, state.step)
         energies = state.energies.cpu().numpy()
         _stop(state, np.flatnonzero(state.live & ~np.isfinite(energies)), "non-finite committee energy", state.step)
+
+    def _pairs(self, positions: np.ndarray, r: int):
+        """(i, j, d) of replica r in batch atom numbers, within its largest reach; a replica with
+        non-finite positions or fewer than two atoms gives one flagged self-pair or none."""
+        mine = slice(self.first[r], self.first[r] + self.counts[r])
+        x = positions[mine]
+        if self.counts[r] < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        if not np.all(np.isfinite(x)):  # flagged as a collapse; failure_at names it
+            return np.array([self.first[r]]), np.array([self.first[r]]), np.array([-1.0])
+        check = self.checks[self.start_of[r]]
+        i, j, d = _pairs(x, self.cells[r], self.pbc[r], max(check.min_distance, 2 * check.reach_radii.max()))
+        return i + self.first[r], j + self.first[r], d
 
     def _drift(self, state: MDState) -> None:
         if self.max_drift is None:

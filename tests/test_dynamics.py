@@ -1,0 +1,201 @@
+"""Batched NN-MD: equal to ASE's integrators replica by replica, energy conservation, replicas that stop alone."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.md import velocitydistribution as velocities
+from ase.md.langevin import Langevin
+from ase.md.verlet import VelocityVerlet
+
+from advsample.calculator import CommitteeCalculator
+from advsample.committee import Committee
+from advsample.dynamics import (committee_force_fn, langevin, make_replicas, nve, run_stability)
+from advsample.geometry import GeometryError
+from advsample.models.schnet import SchNetCommittee
+from advsample.systems.adatom import adatom_slab
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def committee():
+    torch.manual_seed(0)
+    model = SchNetCommittee(n_members=3, species=(1, 7, 8, 13, 79), n_features=8, n_interactions=1, cutoff=4.0, seed=0)
+    return Committee(model).double()
+
+
+@pytest.fixture(scope="module")
+def starts():
+    """A molecule, a periodic slab with FixAtoms (13 atoms, pbc T T F) and a second molecule of another size."""
+    return [molecule("NH3"), adatom_slab(), molecule("H2O")]
+
+
+def ase_trajectory(committee, start, k, seed, integrator, n_steps, temperature_K, timestep_fs, friction=0.02):
+    """Positions [n_steps + 1, n, 3] of one ASE run seeded as replica k of make_replicas."""
+    system = start.copy()
+    rng = np.random.default_rng([seed, k])
+    velocities.thermalize_momenta(system, temperature_K=temperature_K, rng=rng)
+    if not system.constraints and not system.pbc.any():
+        velocities.Stationary(system)
+        velocities.ZeroRotation(system)
+    system.calc = CommitteeCalculator(committee)
+    if integrator == "nve":
+        dynamics = VelocityVerlet(system, timestep=timestep_fs * units.fs)
+    else:
+        dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_K, friction=friction,
+                            fixcm=False, rng=rng)
+    frames = []
+    for _ in dynamics.irun(steps=n_steps):
+        frames.append(system.positions.copy())
+    return np.array(frames), system.get_potential_energy()
+
+
+@pytest.mark.parametrize("integrator", ["nve", "langevin"])
+def test_batched_md_equals_single_ase_runs(committee, starts, integrator):
+    n_steps, temperature_K, timestep_fs, seed = 15, 600.0, 0.5, 3
+    replicas = make_replicas(starts, 4, temperature_K, seed)  # replica 3 is another NH3 with its own seed
+    force_fn = committee_force_fn(committee)
+    if integrator == "nve":
+        init_fn, step_fn = nve(force_fn, replicas, timestep_fs)
+    else:
+        init_fn, step_fn = langevin(force_fn, replicas, timestep_fs, temperature_K, 0.02)
+    state = init_fn()
+    batched = [state.positions.numpy().copy()]
+    for _ in range(n_steps):
+        state = step_fn(state)
+        batched.append(state.positions.numpy().copy())
+    batched = np.array(batched)  # [steps + 1, N, 3]
+    assert state.live.all() and state.steps.tolist() == [n_steps] * 4
+    for k in range(4):
+        mine = replicas.owner == k
+        reference, energy = ase_trajectory(committee, starts[k % 3], k, seed, integrator, n_steps, temperature_K,
+                                           timestep_fs)
+        assert np.abs(batched[:, mine] - reference).max() < 1e-9, f"replica {k}"
+        assert float(state.energies[k]) == pytest.approx(energy, abs=1e-9)
+        assert np.abs(reference[-1] - reference[0]).max() > 1e-3  # they did move
+    slab = replicas.owner == 1
+    held = starts[1].constraints[0].index
+    assert np.array_equal(batched[-1, slab][held], starts[1].positions[held])  # FixAtoms kept
+
+
+def emt_force_fn(batch):
+    """EMT energies and forces of every structure of a batch (a real reference for energy conservation)."""
+    energies, forces = [], []
+    for atoms in batch.to_atoms():
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    return torch.tensor(energies, dtype=torch.float64), torch.as_tensor(np.concatenate(forces))
+
+
+def max_drift_per_atom(step_maker, n_steps=100):
+    cells = [bulk("Cu", cubic=True).repeat((2, 2, 1)), bulk("Al", cubic=True).repeat((1, 1, 2))]  # 16 and 8 atoms
+    replicas = make_replicas(cells, 2, temperature_K=600.0, seed=1)
+    init_fn, step_fn = step_maker(emt_force_fn, replicas, 2.0)
+    state = init_fn()
+    total0 = (state.energies + state.kinetic_energy(replicas)).numpy()
+    n_atoms = np.array([16, 8])
+    drift = 0.0
+    for _ in range(n_steps):
+        state = step_fn(state)
+        total = (state.energies + state.kinetic_energy(replicas)).numpy()
+        drift = max(drift, np.abs((total - total0) / n_atoms).max())
+    assert state.live.all()
+    return drift
+
+
+def broken_nve(force_fn, replicas, timestep_fs):
+    """Velocity Verlet with the second half kick left out: the kind of bug the drift test must catch."""
+    init_fn, step_fn = nve(force_fn, replicas, timestep_fs)
+    dt = timestep_fs * units.fs
+
+    def step(state):
+        state = step_fn(state)
+        state.momenta = state.momenta - 0.5 * dt * state.forces
+        return state
+
+    return init_fn, step
+
+
+def test_nve_conserves_the_emt_energy_of_periodic_cells():
+    # 2 fs, 100 steps, 600 K on fcc Cu and Al with EMT: the total energy stays within 2 meV/atom
+    bound = 2e-3
+    assert max_drift_per_atom(nve) < bound
+    assert max_drift_per_atom(broken_nve) > 10 * bound  # a wrong half step breaks the bound by far
+
+
+def test_nve_drift_bound_and_replicas_that_stop_alone(committee, starts):
+    # the NH3 with one H far away is isolated at step 0; the others keep going
+    far = molecule("NH3")
+    far.positions[3] += [0.0, -3.0, 0.0]
+    result = run_stability(committee, [starts[0], far, starts[1]], n_replicas=3, n_steps=20, temperature_K=300,
+                           check_every=5)
+    assert result["steps_completed"] == [20, 0, 20]
+    assert result["time_to_failure_fs"] == [None, 0.0, None]
+    assert "isolated" in result["failures"][0] and result["n_stable"] == 2
+    assert result["md_stable_fraction_summary"] == "0.67 [0.21, 0.94] (n=3)"
+    assert result["md_stable_fraction_interval"] == pytest.approx([0.2077, 0.9385], abs=1e-4)
+    tight = run_stability(committee, starts[:1], n_replicas=2, n_steps=20, temperature_K=1000,
+                          max_drift_eV_per_atom=1e-9, check_every=5)
+    assert tight["n_stable"] == 0 and all("drifted" in reason for reason in tight["failures"])
+    assert tight["steps_completed"] == [5, 5]  # found at the first checked step
+
+
+def test_a_replica_the_model_refuses_mid_run_stops_alone(committee, starts):
+    """Replica 1 (H2O, 3 atoms) is refused from its 6th evaluation on; the others equal an undisturbed run."""
+    base = committee_force_fn(committee)
+    calls = {"n": 0}
+
+    def refusing(batch):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            sizes = batch.n_atoms.tolist()
+            if 3 in sizes:
+                raise GeometryError("refused for the test", [sizes.index(3)])
+        return base(batch)
+
+    kwargs = dict(n_replicas=3, n_steps=12, temperature_K=400, integrator="langevin", frames_every=4, check_every=1)
+    water_second = [starts[0], starts[2], starts[1]]
+    disturbed = run_stability(committee, water_second, force_fn=refusing, **kwargs)
+    undisturbed = run_stability(committee, water_second, **kwargs)
+    assert disturbed["steps_completed"] == [12, 4, 12] and "refused for the test" in disturbed["failures"][0]
+    assert undisturbed["n_stable"] == 3
+    for k in (0, 2):
+        for a, b in zip(disturbed["frames"][k], undisturbed["frames"][k]):
+            assert np.allclose(a.positions, b.positions, atol=1e-12)
+    assert len(disturbed["frames"][0]) == 4 and len(disturbed["frames"][1]) == 3  # steps 0, 4 and the refused one
+
+
+def test_bad_input_is_named_before_any_md(committee, starts):
+    with pytest.raises(ValueError, match="integrator"):
+        run_stability(committee, starts, n_replicas=2, integrator="verlet")
+    with pytest.raises(ValueError, match="check_every"):
+        run_stability(committee, starts, n_replicas=2, check_every=0)
+    with pytest.raises(ValueError, match="n_runs and n_steps"):
+        run_stability(committee, starts, n_replicas=0)
+    with pytest.raises(ValueError, match="start geometry"):
+        run_stability(committee, [], n_replicas=2)
+    with pytest.raises(ValueError, match="timestep_fs"):
+        nve(committee_force_fn(committee), make_replicas(starts, 1, 300.0), 0.0)
+
+
+def test_md_speed_benchmark_quick(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_speed.py"), "--quick", "--json"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert {"machine", "systems", "replicas"} <= set(result)
+    for system in result["systems"].values():
+        for row in system["rows"]:
+            assert {"replicas", "batched_replica_steps_per_s", "bare_replica_steps_per_s", "ase_replica_steps_per_s",
+                    "speedup_vs_ase", "overhead_vs_bare", "peak_memory_MiB"} <= set(row)
+            assert row["batched_replica_steps_per_s"] > 0 and row["overhead_vs_bare"] > 0
