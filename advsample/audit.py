@@ -1,0 +1,273 @@
+"""Adversarial audit: where will MD with this committee go wrong, predicted before running it.
+
+From the user's structures (near minima), the batched attack (:func:`advsample.attack.attack`)
+ascends log L = log σ² − (Ē − E_min)/kT − log Q at each kT of a sweep: at small kT it stays
+near the minimum, at large kT it may climb to where the committee disagrees. Every
+``frames_every``-th frame of every seed is evaluated once more for its calibrated error bar
+(:mod:`advsample.calibration`: the conformal force-component interval s·σ, its largest over
+the free atoms, energy unit/Å; the raw σ if the committee was never calibrated, flagged).
+A frame is within thermal reach at kT when its energy above the minimum ΔE ≤ q·kT, with
+q the (1 − ``tail_probability``) quantile of the potential energy of n_free harmonic degrees
+of freedom in kT units (Gamma(n_free/2, 1)): MD at T = kT/k_B goes that high with probability
+about ``tail_probability`` per independent sample. Per kT the audit reports the most likely
+frames over the user's tolerance within reach (lowest ΔE first, i.e. largest Boltzmann
+weight), which atoms moved and which distances changed; and a predicted safe temperature,
+the highest T at which no frame over tolerance is within reach: min ΔE_fail / (q k_B) over
+every frame the attacks found (continuous, no interpolation needed). With no frame over
+tolerance the audit only bounds it: safe T ≥ the largest T of the sweep ("lower").
+
+E_min and log Q come from the committee's own energies of the start structures (they need
+no labels). Shapes: B seeds, T recorded steps, N atoms. Energies in the committee's unit.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.io import read, write
+from scipy import stats
+from tqdm.auto import tqdm
+
+from .attack import AttackConfig, attack
+from .calibration import calibration_of
+from .structures import Batch
+
+
+@dataclass
+class AuditConfig:
+    """Audit settings: kT in the committee's energy unit, lengths in Å, tolerance in energy unit/Å."""
+
+    kT_values: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2)
+    force_tolerance: float = 0.5  # largest calibrated force-component error bar allowed (energy unit/Å)
+    uncertainty: str = "forces"  # the attacked variance ("forces" | "energy")
+    n_replicas: int = 8  # attack seeds per start structure (different δ₀)
+    max_starts: int = 8  # the lowest-energy start structures (committee energies) used as seeds
+    n_steps: int = 60
+    learning_rate: float = 0.01
+    initial_displacement: float = 0.01
+    max_displacement: float | None = None
+    min_distance: float = 0.5
+    frames_every: int = 5  # frames evaluated for their error bar: every this many steps (and the last)
+    top_k: int = 3  # geometries over tolerance reported per kT
+    tail_probability: float = 1e-3  # thermal reach: ΔE ≤ q·kT, q the (1 − this) quantile of Gamma(n_free/2)
+    kB: float = units.kB  # energy unit per kelvin (ASE's eV/K; a toy's arbitrary unit is read as eV)
+    energy_unit: str = "eV"
+    seed: int = 0
+
+    def __post_init__(self):
+        kTs = list(self.kT_values)
+        if not kTs or not all(isinstance(k, (int, float)) and math.isfinite(k) and k > 0 for k in kTs):
+            raise ValueError(f"kT_values must be positive energies, got {self.kT_values!r}")
+        if not self.force_tolerance > 0:
+            raise ValueError(f"force_tolerance must be a positive force (energy unit/Å), got {self.force_tolerance!r}")
+        for name in ("n_replicas", "max_starts", "n_steps", "frames_every", "top_k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.tail_probability < 1:
+            raise ValueError(f"tail_probability must be in (0, 1), got {self.tail_probability!r}")
+        self.kT_values = tuple(sorted(float(k) for k in kTs))
+
+
+@dataclass
+class AuditResult:
+    """rows: the reported geometries (list of dicts); per_kT: one summary dict per kT; frames:
+    every evaluated frame as (kT, ΔE, error bar); geometries: the reported frames as Atoms."""
+
+    config: AuditConfig
+    rows: list[dict]
+    per_kT: list[dict]
+    safe_temperature_K: float
+    safe_bound: str  # "estimate" (a frame over tolerance was found) | "lower" (none: safe T ≥ the sweep's largest)
+    geometries: list[Atoms]
+    frames: dict = field(default_factory=dict)
+    reach_kT: float = 0.0  # q: a frame is within thermal reach at kT when ΔE ≤ q·kT
+    calibrated: bool = True
+    time_s: float = 0.0
+    committee_calls: int = 0
+    structure_evaluations: int = 0
+
+    def summary(self) -> dict:
+        """Plain JSON data: safe temperature, per-kT table, time and calls."""
+        return {"safe_temperature_K": self.safe_temperature_K, "safe_bound": self.safe_bound, "reach_kT": self.reach_kT,
+                "calibrated": self.calibrated, "time_s": self.time_s, "committee_calls": self.committee_calls,
+                "structure_evaluations": self.structure_evaluations, "per_kT": self.per_kT,
+                "config": {k: v for k, v in asdict(self.config).items()}}
+
+    def write(self, directory: str | Path) -> Path:
+        """audit.csv (geometries), audit_per_kT.csv, audit.json, geometries.extxyz and audit.png."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_csv(directory / "audit.csv", self.rows)
+        _write_csv(directory / "audit_per_kT.csv", self.per_kT)
+        (directory / "audit.json").write_text(json.dumps(self.summary(), indent=1, default=float))
+        write(directory / "geometries.extxyz", self.geometries or [], format="extxyz")
+        self.figure().savefig(directory / "audit.png", dpi=120)
+        return directory
+
+    def figure(self):
+        """Calibrated error bar vs energy above the minimum, one colour per kT (matplotlib Figure)."""
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(6, 4), layout="constrained")
+        axes = figure.add_subplot()
+        for kT in self.config.kT_values:
+            keep = self.frames["kT"] == kT
+            points = axes.scatter(self.frames["energy_above_min"][keep], self.frames["error"][keep], s=6, alpha=0.6,
+                                  label=f"kT = {kT:g} {self.config.energy_unit} ({kT / self.config.kB:.0f} K)")
+            axes.axvline(self.reach_kT * kT, color=points.get_facecolor()[0], ls=":", lw=1)  # thermal reach at kT
+        axes.axhline(self.config.force_tolerance, color="k", ls="--", lw=1, label="tolerance")
+        unit = self.config.energy_unit
+        axes.set_xlabel(f"committee energy above the minimum ({unit}); dotted: thermal reach per kT")
+        kind = "calibrated" if self.calibrated else "raw (uncalibrated)"
+        axes.set_ylabel(f"{kind} force error bar, max over atoms ({unit}/Å)")
+        axes.set_yscale("log")
+        axes.set_title(f"audit: predicted safe T {_bound_text(self.safe_bound)} {self.safe_temperature_K:.0f} K")
+        axes.legend(fontsize=7)
+        return figure
+
+
+def read_structures(source) -> list[Atoms]:
+    """Start structures from a :class:`~advsample.systems.System` (its initial data), extxyz
+    path(s) or a list of Atoms."""
+    if hasattr(source, "initial") and hasattr(source, "make_committee"):
+        return list(source.initial)
+    if isinstance(source, Atoms):
+        return [source]
+    if isinstance(source, (str, Path)):
+        source = [source]
+    out = []
+    for item in source:
+        out.extend(read(item, index=":") if isinstance(item, (str, Path)) else [item])
+    if not out:
+        raise ValueError("the audit needs at least one start structure, got none")
+    return out
+
+
+def audit(committee, structures, config: AuditConfig | None = None, progress: bool = True) -> AuditResult:
+    """Audit ``committee`` from ``structures`` (System, extxyz path(s) or Atoms) at every kT of ``config``."""
+    config = config or AuditConfig()
+    start_time = time.process_time()
+    calibration = calibration_of(committee)
+    starts = read_structures(structures)
+    start_energies = committee.predict(starts)["energy_mean"]
+    order = np.argsort(start_energies, kind="stable")[: config.max_starts]
+    starts = [_bare(starts[k]) for k in order]
+    e_min = float(start_energies[order[0]])
+    n_free = int((~Batch.from_atoms([starts[0]]).fixed).sum())
+    reach = float(stats.gamma.ppf(1.0 - config.tail_probability, max(n_free, 1) / 2.0))
+    seeds = [atoms for atoms in starts for _ in range(config.n_replicas)]
+    counts = {"calls": 1, "evaluations": len(start_energies)}
+    rows, per_kT, geometries, frames = [], [], [], {"kT": [], "energy_above_min": [], "error": []}
+    failing_energies = []
+    for kT in tqdm(config.kT_values, desc="audit kT", disable=not progress, leave=False):
+        result = attack(committee, seeds, start_energies[order], _attack_config(config, kT), progress=False)
+        candidates = _evaluated_frames(result, config.frames_every)
+        errors, energies, energy_bars, n_calls = _error_bars(committee, candidates, calibration)
+        counts["calls"] += config.n_steps + 1 + n_calls
+        counts["evaluations"] += len(candidates) + len(seeds) * (config.n_steps + 1)
+        delta_e = energies - e_min
+        for key, values in (("kT", [kT] * len(candidates)), ("energy_above_min", delta_e), ("error", errors)):
+            frames[key].extend(np.asarray(values, dtype=float).tolist())
+        over = errors > config.force_tolerance
+        failing_energies.extend(delta_e[over].tolist())
+        within = np.flatnonzero(over & (delta_e <= reach * kT))
+        ranked = within[np.argsort(delta_e[within], kind="stable")][: config.top_k]
+        per_kT.append({"kT": kT, "temperature_K": kT / config.kB, "n_frames": len(candidates),
+                       "n_over_tolerance": int(over.sum()), "n_over_tolerance_within_reach": int(len(within)),
+                       "max_error": float(errors.max()), "max_error_within_reach": float(
+                           errors[delta_e <= reach * kT].max(initial=0.0)),
+                       "min_energy_above_min_over_tolerance": float(delta_e[over].min()) if over.any() else None})
+        for rank, k in enumerate(ranked):
+            atoms = candidates[k]
+            row = {"kT": kT, "temperature_K": kT / config.kB, "rank": rank, "energy_above_min": float(delta_e[k]),
+                   "error": float(errors[k]), "energy_error": float(energy_bars[k]),
+                   "attack_seed": atoms.info["attack_seed"],
+                   "attack_step": atoms.info["attack_step"],
+                   **collective_motion(seeds[atoms.info["attack_seed"]], atoms)}
+            rows.append(row)
+            atoms.info.update(row)
+            geometries.append(atoms)
+    if failing_energies:
+        safe, bound = max(min(failing_energies), 0.0) / (reach * config.kB), "estimate"
+    else:
+        safe, bound = config.kT_values[-1] / config.kB, "lower"
+    frames = {key: np.asarray(value, dtype=float) for key, value in frames.items()}
+    return AuditResult(config, rows, per_kT, float(safe), bound, geometries, frames, reach, calibration is not None,
+                       time.process_time() - start_time, counts["calls"], counts["evaluations"])
+
+
+def _attack_config(config: AuditConfig, kT: float) -> AttackConfig:
+    return AttackConfig(kT=kT, n_steps=config.n_steps, learning_rate=config.learning_rate,
+                        initial_displacement=config.initial_displacement, max_displacement=config.max_displacement,
+                        min_distance=config.min_distance, uncertainty=config.uncertainty, seed=config.seed)
+
+
+def collective_motion(start: Atoms, moved: Atoms, n: int = 3) -> dict:
+    """The atoms that moved most (symbol, index, Å) and the distances that changed most (minimum image)."""
+    displacement = np.linalg.norm(moved.positions - start.positions, axis=1)
+    symbols = start.get_chemical_symbols()
+    top = np.argsort(-displacement, kind="stable")[:n]
+    out = {"moved_atoms": " ".join(f"{symbols[i]}{i}:{displacement[i]:.3f}" for i in top),
+           "max_displacement": float(displacement.max()), "changed_distances": ""}
+    if len(start) > 1:
+        before = start.get_all_distances(mic=bool(start.pbc.any()))
+        after = moved.get_all_distances(mic=bool(moved.pbc.any()))
+        i, j = np.triu_indices(len(start), 1)
+        change = (after - before)[i, j]
+        top = np.argsort(-np.abs(change), kind="stable")[:n]
+        out["changed_distances"] = " ".join(f"{symbols[i[k]]}{i[k]}-{symbols[j[k]]}{j[k]}:{change[k]:+.3f}"
+                                            for k in top)
+    return out
+
+
+def _bare(atoms: Atoms) -> Atoms:
+    copy = atoms.copy()
+    copy.calc = None
+    return copy
+
+
+def _evaluated_frames(result, every: int) -> list[Atoms]:
+    """Each seed's active frames every ``every`` steps and its last active frame (step 0 included)."""
+    out = []
+    for seed in range(len(result.seeds)):
+        steps = np.flatnonzero(result.active[:, seed])
+        if len(steps) == 0:
+            continue
+        chosen = sorted(set(steps[::every].tolist()) | {int(steps[-1])})
+        out.extend(result.frame(t, seed) for t in chosen)
+    return out
+
+
+def _error_bars(committee, frames: Sequence[Atoms], calibration, batch_size: int = 512):
+    """[B] largest calibrated force error bar over each frame's free atoms, [B] committee energies,
+    [B] their calibrated error bars (raw σ_E uncalibrated), committee calls."""
+    prediction = committee.predict(list(frames), batch_size=batch_size)
+    sigma = prediction["forces_std_per_atom"]
+    bar = calibration.force_interval(sigma) if calibration is not None else sigma
+    batch = Batch.from_atoms(list(frames))
+    free_atom = (~batch.fixed.numpy()).any(-1)
+    bar = np.where(free_atom, bar, 0.0)
+    index = batch.structure_index.numpy()
+    largest = np.zeros(batch.n_structures)
+    np.maximum.at(largest, index, bar)
+    energy_bar = prediction["energy_std"] if calibration is None else calibration.energy_interval(prediction["energy_std"])
+    return largest, prediction["energy_mean"], energy_bar, math.ceil(len(frames) / batch_size)
+
+
+def _bound_text(bound: str) -> str:
+    return "above" if bound == "lower" else "≈"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
