@@ -12,6 +12,9 @@ Run directory layout::
 ``metrics.json`` is written last: a round without it is incomplete and is redone on the
 next run (same seeds, so the same candidates, answered from the label cache).
 
+The run directory itself - its lock (one process at a time; ``wait=True`` waits), settings,
+checksums, fixed sets and round files - is :class:`advsample.rundir.RunDir`.
+
 Trust. ``settings.json`` holds everything that fixes the labels - model, sampler,
 selection, training, seed, the reference (:func:`label.reference_identity`), fingerprints
 of the initial, validation and test sets and the package version - and a run directory is
@@ -25,10 +28,6 @@ fill its budget is not written as complete (both raise, quoting the last failure
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.io import read, write
 
 from . import __version__
 from .committee import Committee
@@ -45,6 +43,7 @@ from .label import LabelCache, ReferenceGaveUp, label_until, last_reasons, refer
 from .metrics import test_errors
 from .models import MODELS
 from .objective import Objective
+from .rundir import RunDir, fingerprint  # noqa: F401  (fingerprint: part of this module's API before rundir.py)
 from .samplers import Proposal, Sampler
 from .select import SelectionConfig, select
 from .structures import labels_of
@@ -65,81 +64,6 @@ class RoundRecord:
     resumed: bool = False
 
 
-def _write_atoms(path: Path, atoms_list: Sequence[Atoms]) -> None:
-    if atoms_list:
-        write(path, list(atoms_list), format="extxyz")
-    else:
-        path.write_text("")
-
-
-def _read_atoms(path: Path) -> list[Atoms]:
-    if not path.exists() or path.stat().st_size == 0:
-        return []
-    try:
-        return read(path, index=":", format="extxyz")
-    except Exception as exc:  # ASE raises many kinds on a damaged file
-        raise ValueError(f"{path} cannot be read as extxyz (damaged or truncated?): {type(exc).__name__}: {exc}") from exc
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(temporary, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fingerprint(atoms_list: Sequence[Atoms]) -> str:
-    """Hash of a labeled set: numbers, positions, cell, pbc, energies and forces of every structure.
-
-    Floats are rounded to 1e-8 (positions, cell in Å; labels in the reference's units).
-    """
-    h = hashlib.sha256(b"advsample-set-v1")
-    h.update(str(len(atoms_list)).encode())
-    for atoms in atoms_list:
-        h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-        for array in (atoms.positions, atoms.cell.array):
-            h.update(np.round(np.asarray(array, dtype=float), 8).tobytes())
-        h.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
-        results = getattr(atoms.calc, "results", None) or {}
-        for name in ("energy", "forces"):
-            if name in results:
-                h.update(name.encode() + np.round(np.asarray(results[name], dtype=float), 8).tobytes())
-    return h.hexdigest()[:32]
-
-
-def _file_record(path: Path, frames: int | None) -> dict:
-    record = {"sha256": _sha256(path)}
-    if frames is not None:
-        record["frames"] = int(frames)
-    return record
-
-
-def _check_files(directory: Path, what: str) -> None:
-    """Compare the files of ``directory`` with its ``files.json``; ValueError naming a damaged one."""
-    manifest = directory / "files.json"
-    if not manifest.exists():
-        raise ValueError(f"{manifest} is missing: {what} cannot be checked; restore it, or delete {what} to redo it")
-    for name, record in json.loads(manifest.read_text()).items():
-        path = directory / name
-        frames = f" ({record['frames']} frames)" if "frames" in record else ""
-        if not path.exists():
-            raise ValueError(f"{path} is missing{frames}; restore it, or delete {what} to redo it")
-        if _sha256(path) != record["sha256"]:
-            found = ""
-            if "frames" in record and path.suffix == ".extxyz":
-                try:
-                    found = f"; it now reads as {len(_read_atoms(path))} of {record['frames']} frames"
-                except ValueError:
-                    found = "; it no longer reads as extxyz"
-            raise ValueError(
-                f"{path} is damaged: its checksum differs from the one recorded when it was written{frames}"
-                f"{found}; restore it, or delete {what} to redo it"
-            )
-
-
 class ActiveLearning:
     """Adversarial (or any sampler's) active learning, persisted and resumable.
 
@@ -156,6 +80,9 @@ class ActiveLearning:
     with :class:`label.ReferenceGaveUp` (None: never). ``retry_failures``: recompute
     structures whose failure is cached (after fixing the reference).
     :meth:`from_system` builds a run from a :class:`~advsample.systems.System`.
+    ``wait``: when another process runs the same ``run_dir`` (its lock, see
+    :mod:`advsample.rundir`), False refuses at once (:class:`~advsample.rundir.RunDirBusy`
+    naming the directory and the holder's pid and host), True waits for it, then resumes.
     """
 
     def __init__(
@@ -179,6 +106,7 @@ class ActiveLearning:
         uncertainty: str = "forces",
         max_consecutive_failures: int | None = 20,
         retry_failures: bool = False,
+        wait: bool = False,
     ):
         self.objective = Objective(kT, uncertainty)  # fails before anything is paid for
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
@@ -191,6 +119,8 @@ class ActiveLearning:
         reference_identity(reference)  # a clear TypeError for something that is no reference
         split_validation(initial, validation_fraction, seed)  # a clear error for a bad fraction, now
         self.run_dir = Path(run_dir)
+        self.rundir = RunDir(self.run_dir)
+        self.wait = bool(wait)
         self.template = committee
         self.reference = reference
         self.initial = list(initial)
@@ -243,6 +173,16 @@ class ActiveLearning:
         if n_rounds < 0:
             raise ValueError(f"n_rounds must be >= 0, got {n_rounds}")
         self._check_writable()
+        self.rundir.lock(wait=self.wait)  # one process per run directory, until this generator ends
+        try:
+            yield from self._rounds(n_rounds)
+        except BaseException:
+            self.rundir.discard_unpaid()  # a failed first start leaves nothing behind
+            raise
+        finally:
+            self.rundir.unlock()
+
+    def _rounds(self, n_rounds: int) -> Iterator[RoundRecord]:
         self._check_settings()
         initial_train, validation, test = self._fixed_sets()
         cache = LabelCache(self.run_dir / "labels.jsonl")
@@ -263,19 +203,7 @@ class ActiveLearning:
     # -- rounds ------------------------------------------------------------------------
     def _check_writable(self) -> None:
         """PermissionError (naming the path) unless the run directory can be created and written."""
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.run_dir):
-                pass
-            labels = self.run_dir / "labels.jsonl"
-            if labels.exists():
-                with open(labels, "ab"):
-                    pass
-        except OSError as exc:
-            raise PermissionError(
-                f"run directory {self.run_dir} is not writable ({type(exc).__name__}: {exc}); "
-                "nothing was computed: choose a writable run_dir"
-            ) from exc
+        self.rundir.check_writable()
 
     def settings(self) -> dict:
         """What fixes a run's labels and numbers: a resumed run must match them all."""
@@ -298,37 +226,14 @@ class ActiveLearning:
         }
 
     def _check_settings(self) -> None:
-        path = self.run_dir / "settings.json"
-        settings = json.loads(json.dumps(self.settings()))
-        if not path.exists():
-            _write_json(path, settings)
-            return
-        stored = json.loads(path.read_text())
-        changed = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
-        if changed:
-            shown = lambda value: (json.dumps(value) if value is not None else "nothing")[:300]  # noqa: E731
-            first = changed[0]
-            raise ValueError(
-                f"{self.run_dir} holds a run made with other settings ({', '.join(changed)} differ; "
-                f"{first}: stored {shown(stored.get(first))}, now {shown(settings.get(first))}); "
-                "use a new run_dir, or the same settings, reference and data to resume it"
-            )
+        """Store the settings on a first start; refuse a resume with other ones (see RunDir.check_settings)."""
+        self.rundir.check_settings(self.settings())
 
     def _fixed_sets(self) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
         """(initial training set, validation, test); validation and test are stored on first use."""
         train, validation = split_validation(self.initial, self.validation_fraction, self.seed)
-        validation_path, test_path = self.run_dir / "validation.extxyz", self.run_dir / "test.extxyz"
-        if (self.run_dir / "files.json").exists():
-            _check_files(self.run_dir, f"the run directory {self.run_dir}")
-        else:  # first use, or killed before files.json: the settings match, so these are the same sets
-            _write_atoms(validation_path, validation)
-            _write_atoms(test_path, self.test)
-            _write_json(self.run_dir / "files.json", {
-                "validation.extxyz": _file_record(validation_path, len(validation)),
-                "test.extxyz": _file_record(test_path, len(self.test)),
-            })
-        # always continue from what is on disk, so a resumed run sees exactly the same numbers
-        return train, _read_atoms(validation_path), _read_atoms(test_path)
+        validation, test = self.rundir.fixed_sets(validation, self.test)
+        return train, validation, test
 
     def _new_committee(self, number: int, previous: Committee | None) -> Committee:
         if self.warm_start and previous is not None:
@@ -523,49 +428,26 @@ class ActiveLearning:
 
     # -- persistence -------------------------------------------------------------------
     def _round_dir(self, number: int) -> Path:
-        return self.run_dir / f"round_{number:03d}"
+        return self.rundir.round_dir(number)
 
     def _save(self, record: RoundRecord) -> None:
-        directory = self._round_dir(record.round)
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_atoms(directory / "train.extxyz", record.train)
+        frames = {"train.extxyz": record.train}
         if record.round > 0:
-            _write_atoms(directory / "selected.extxyz", record.selected)
-            _write_atoms(directory / "candidates.extxyz", record.candidates)
             trajectories = []
             for proposal in record.proposals:
                 if proposal.attack is not None:
                     trajectories += proposal.attack.all_frames()
                 for trajectory in proposal.trajectories:
                     trajectories += trajectory
-            _write_atoms(directory / "trajectories.extxyz", trajectories)
-        record.committee.save(directory / "committee.pt")
-        frames = {"train.extxyz": len(record.train)}
-        if record.round > 0:
-            frames.update({"selected.extxyz": len(record.selected), "candidates.extxyz": len(record.candidates),
-                           "trajectories.extxyz": len(trajectories)})
-        files = {name: _file_record(directory / name, n) for name, n in frames.items()}
-        files["committee.pt"] = _file_record(directory / "committee.pt", None)
-        _write_json(directory / "files.json", files)
-        _write_json(directory / "metrics.json", record.metrics)
-        record.train = _read_atoms(directory / "train.extxyz")  # the next round starts from the disk state
+            frames.update({"selected.extxyz": record.selected, "candidates.extxyz": record.candidates,
+                           "trajectories.extxyz": trajectories})
+        # the next round starts from the disk state
+        record.train = self.rundir.save_round(record.round, record.metrics, record.committee, frames)
 
     def _load_round(self, number: int) -> RoundRecord | None:
-        directory = self._round_dir(number)
-        if not (directory / "metrics.json").exists():
-            return None
-        _check_files(directory, f"{directory} and the rounds after it")
-        metrics = json.loads((directory / "metrics.json").read_text())
         allow_pickle = bool(self.template.model.config().get("allow_pickle", False))  # as the user built it
-        committee = Committee.load(directory / "committee.pt", device=str(self.template.device),
-                                   allow_pickle=allow_pickle)
-        return RoundRecord(
-            number,
-            metrics,
-            _read_atoms(directory / "train.extxyz"),
-            committee,
-            selected=_read_atoms(directory / "selected.extxyz"),
-            candidates=_read_atoms(directory / "candidates.extxyz"),
-            resumed=True,
-        )
-
+        parts = self.rundir.load_round(number, device=str(self.template.device), allow_pickle=allow_pickle)
+        if parts is None:
+            return None
+        return RoundRecord(number, parts["metrics"], parts["train"], parts["committee"],
+                           selected=parts["selected"], candidates=parts["candidates"], resumed=True)
