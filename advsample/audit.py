@@ -271,3 +271,42 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def command_line(args) -> int:
+    """``advsample audit``: the committee checkpoint and structures from ``args``; prints the per-kT table
+    and the predicted safe temperature, writes the output folder. Returns the exit code (2: bad input)."""
+    import sys
+
+    from .committee import Committee
+
+    if not args.structures and not args.system:
+        print("advsample audit: error: give start structures (extxyz files) or --system NAME", file=sys.stderr)
+        return 2
+    try:
+        config = AuditConfig(kT_values=tuple(args.kT), force_tolerance=args.force_tolerance,
+                             uncertainty=args.uncertainty, n_replicas=args.n_replicas, max_starts=args.max_starts,
+                             n_steps=args.n_steps, learning_rate=args.learning_rate,
+                             initial_displacement=args.initial_displacement, min_distance=args.min_distance,
+                             energy_unit=args.energy_unit, seed=args.seed)
+        if args.system:
+            from .systems import get_system
+
+            structures = get_system(args.system)
+        else:
+            structures = args.structures
+        committee = Committee.load(args.committee, allow_pickle=args.allow_pickle)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"advsample audit: error: {exc}", file=sys.stderr)
+        return 2
+    result = audit(committee, structures, config, progress=not args.no_progress)
+    folder = result.write(args.output)
+    for row in result.per_kT:
+        print(f"kT {row['kT']:g} {config.energy_unit} ({row['temperature_K']:.0f} K): "
+              f"{row['n_over_tolerance_within_reach']} of {row['n_frames']} frames over tolerance within reach, "
+              f"largest error bar {row['max_error_within_reach']:.3g} {config.energy_unit}/Å")
+    word = "at least" if result.safe_bound == "lower" else "about"
+    print(f"predicted safe temperature: {word} {result.safe_temperature_K:.0f} K "
+          f"({'calibrated' if result.calibrated else 'UNCALIBRATED raw σ'}); "
+          f"{result.time_s:.1f} s CPU, {result.committee_calls} committee calls; written to {folder}")
+    return 0

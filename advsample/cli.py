@@ -3,6 +3,7 @@
     advsample report [-o DIR] [--notebooks NB ...] [-p NAME VALUE]... [--params FILE.yaml]
                      [--smoke | --full] [--executor NAME] [-k KERNEL] [--timeout S] [--no-progress]
     advsample fetch-js [--dest DIR] [--force]
+    advsample audit COMMITTEE.pt [STRUCTURES.extxyz ...] [--system NAME] --kT KT [KT ...] --force-tolerance F [-o DIR]
     advsample run CONFIG.yaml [--dry-run] [--no-progress]
 
 Exit codes of ``report``: 0 all notebooks ran, 1 at least one failed (the report is
@@ -43,11 +44,37 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     _add_run(sub)
+    _add_audit(sub)
 
     fetch = sub.add_parser("fetch-js", help="download the pinned JavaScript bundles the HTML reports inline (npm)")
     fetch.add_argument("--dest", default=None, help="folder (default: $ADVSAMPLE_JS_DIR or advsample/viz/static/npm)")
     fetch.add_argument("--force", action="store_true", help="download again even if present")
     return parser
+
+
+def _add_audit(sub) -> None:
+    audit = sub.add_parser(
+        "audit", help="predict where MD with a committee will fail, before running it (docs/audit.md)",
+        description="Attack a committee from the given structures at each kT; write audit.csv (geometries over "
+                    "tolerance), audit_per_kT.csv, audit.json (predicted safe temperature, time, calls), "
+                    "geometries.extxyz and audit.png into the output folder.")
+    audit.add_argument("committee", help="committee checkpoint (Committee.save / a run's round_NNN/committee.pt)")
+    audit.add_argument("structures", nargs="*", help="extxyz files of start structures (near minima)")
+    audit.add_argument("--system", help="take the start structures from a system's initial data (get_system name)")
+    audit.add_argument("--kT", type=float, nargs="+", required=True, help="kT values (the committee's energy unit)")
+    audit.add_argument("--force-tolerance", type=float, required=True,
+                       help="largest calibrated force error bar allowed (energy unit/Å)")
+    for name, kind, default in (("n-replicas", int, 8), ("max-starts", int, 8), ("n-steps", int, 60),
+                                ("learning-rate", float, 0.01), ("initial-displacement", float, 0.01),
+                                ("min-distance", float, 0.5), ("seed", int, 0)):
+        audit.add_argument(f"--{name}", type=kind, default=default, help=f"AuditConfig.{name.replace('-', '_')} "
+                                                                         f"(default {default})")
+    audit.add_argument("--uncertainty", choices=("forces", "energy"), default="forces", help="attacked variance")
+    audit.add_argument("--energy-unit", default="eV", help="label of the energy unit in the table and figure")
+    audit.add_argument("-o", "--output", default="audit", metavar="DIR", help="output folder (default: audit/)")
+    audit.add_argument("--allow-pickle", action="store_true",
+                       help="let the model unpickle the files its config names (a MACE committee from model files)")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 RUN_EPILOG = """\
@@ -149,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "audit":
+            from .audit import command_line
+
+            return command_line(args)
         if args.command == "fetch-js":
             print(fetch_js(args.dest, force=args.force))
             return 0

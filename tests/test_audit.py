@@ -96,3 +96,20 @@ def test_collective_motion_names_atoms_and_distances():
 def test_bad_audit_settings_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         AuditConfig(**options)
+
+
+def test_command_line_audit(committees, tmp_path, capsys):
+    from ase.io import write
+
+    from advsample.cli import main
+
+    checkpoint = committees["hole"].save(tmp_path / "committee.pt")
+    write(tmp_path / "starts.extxyz", committees["starts"][:4])
+    code = main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2.0",
+                 "--n-steps", "10", "--n-replicas", "1", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    assert "predicted safe temperature" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "audit.json").read_text())["calibrated"] is True
+    assert main(["audit", str(checkpoint), "--kT", "1.0", "--force-tolerance", "2.0"]) == 2
+    assert main(["audit", str(checkpoint), "x.extxyz", "--kT", "-1", "--force-tolerance", "2.0"]) == 2
+    assert "kT_values" in capsys.readouterr().err
