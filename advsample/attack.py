@@ -17,7 +17,7 @@ stress variance). Frames carry the deformed cell.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -146,74 +146,110 @@ def _scatter(values: torch.Tensor, keep_index: torch.Tensor | None, n_structures
     return values.new_full((n_structures,), float("nan")).index_put((keep_index,), values)
 
 
-def attack(
-    committee: Committee,
-    seeds: Sequence[Atoms],
-    train_energies: Sequence[float],
-    config: AttackConfig | None = None,
-    progress: bool = True,
-) -> AttackResult:
-    """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q."""
+@dataclass
+class AttackState:
+    """Where the attack stands between steps (:func:`attack_fns`); updated in place by ``step_fn``.
+
+    B seeds, N atoms in all. ``delta`` [N, 3] (Å) and ``strain`` [B, 3, 3] (None: cells fixed)
+    are the optimised variables, ``active`` [B] the seeds still moving, ``excluded`` [B] the
+    seeds the model refused (never evaluated again), ``last_delta`` / ``last_strain`` the values
+    of the last good step (a stopped seed returns to them), ``pairs`` the atom pairs (i, j) [P]
+    of the distance check, ``records`` the recorded frames
+    (lists over steps of positions [N, 3], variance, energy_mean, log_score, active [B], cells
+    [B, 3, 3]), ``step`` the next step to record, ``done`` True once the last frame is recorded.
+    """
+
+    seeds: list[Atoms]
+    batch: Batch
+    free: torch.Tensor
+    delta: torch.nn.Parameter
+    strain: torch.nn.Parameter | None
+    strain_mask: torch.Tensor | None
+    optimizer: torch.optim.Optimizer
+    active: torch.Tensor
+    excluded: torch.Tensor
+    last_delta: torch.Tensor
+    last_strain: torch.Tensor | None
+    stop_step: np.ndarray
+    stop_reason: list[str]
+    pairs: tuple[torch.Tensor, torch.Tensor]
+    records: dict = field(default_factory=lambda: {key: [] for key in _RECORDED})
+    step: int = 0
+    done: bool = False
+
+    def geometry(self) -> tuple[torch.Tensor, Batch]:
+        """Positions [N, 3] and the batch with its (strained) cells for the current δ and ε."""
+        if self.strain is None:
+            return self.batch.positions + self.delta, self.batch
+        strained_batch, moved = self.batch.deformed(self.batch.positions + self.delta,
+                                                    0.5 * (self.strain + self.strain.transpose(1, 2)))
+        return moved, strained_batch
+
+    def stop(self, seeds: torch.Tensor, reason: str) -> tuple[torch.Tensor, Batch]:
+        """Deactivate ``seeds`` [B] bool at this step, restore their last good δ (and ε); returns the geometry."""
+        for b in torch.nonzero(seeds).flatten().tolist():
+            self.stop_step[b], self.stop_reason[b] = self.step, reason
+        if seeds.any():
+            self.active = self.active & ~seeds
+            with torch.no_grad():
+                atoms = seeds[self.batch.structure_index]
+                self.delta[atoms] = self.last_delta[atoms]
+                if self.strain is not None:
+                    self.strain[seeds] = self.last_strain[seeds]
+        return self.geometry()
+
+
+_RECORDED = ("positions", "variance", "energy_mean", "log_score", "active", "cells")
+
+
+def attack_fns(committee: Committee, train_energies: Sequence[float], config: AttackConfig | None = None):
+    """``init_fn, step_fn`` of the batched attack (as jax-md's ``simulate`` functions).
+
+    ``init_fn(seeds) -> AttackState``: δ₀ ~ N(0, σ₀²) on the free coordinates (the config's
+    seed), Adam on δ (and on ε for periodic seeds with ``strain_learning_rate``).
+    ``step_fn(state) -> state``: records the current frame of every seed (stopping the seeds
+    whose atoms come too close, that the model refuses, or whose output is not finite) and,
+    unless that was step ``n_steps`` or no seed is left, takes one gradient-ascent step on
+    log L of the active seeds. ``train_energies`` [n] fix E_ref = min and log Q once.
+    :func:`attack` is ``init_fn`` then ``step_fn`` until ``state.done``, then :func:`attack_result`.
+    """
     config = config or AttackConfig()
-    if len(seeds) == 0:
-        raise ValueError("attack needs at least one seed structure")
     if config.kT is None:
         raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
     energy_reference = float(np.min(train_energies))
     log_q = uncertainty.log_partition(train_energies, config.kT, energy_reference)
-    batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)
-    free = (~batch.fixed).to(committee.dtype)
-    n_structures = batch.n_structures
-    generator = torch.Generator().manual_seed(config.seed)
-    delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype) * config.initial_displacement
-    delta = torch.nn.Parameter(delta0.to(committee.device) * free)
-    groups = [{"params": [delta], "lr": config.learning_rate}]
-    strain = strain_mask = None
-    if config.strain_learning_rate is not None and bool(batch.pbc.any()):
-        periodic = batch.pbc.to(committee.dtype)  # [B, 3]
-        strain_mask = periodic[:, :, None] * periodic[:, None, :]  # [B, 3, 3]: periodic directions only
-        strain = torch.nn.Parameter(torch.zeros(n_structures, 3, 3, dtype=committee.dtype, device=committee.device))
-        groups.append({"params": [strain], "lr": config.strain_learning_rate})
-    optimizer = torch.optim.Adam(groups)
-
-    def geometry() -> tuple[torch.Tensor, Batch]:
-        """Positions [N, 3] and the batch with its (strained) cells for the current δ and ε."""
-        if strain is None:
-            return batch.positions + delta, batch
-        strained_batch, moved = batch.deformed(batch.positions + delta, 0.5 * (strain + strain.transpose(1, 2)))
-        return moved, strained_batch
-
-    pair_i, pair_j = _close_pairs(batch)
-    active = torch.ones(n_structures, dtype=torch.bool, device=committee.device)
-    stop_step = np.full(n_structures, -1)
-    stop_reason = [""] * n_structures
-    records = {key: [] for key in ("positions", "variance", "energy_mean", "log_score", "active", "cells")}
-    last_good = delta.detach().clone()
-    last_strain = None if strain is None else strain.detach().clone()
-
-    def _stop(seeds: torch.Tensor, step: int, reason: str) -> tuple[torch.Tensor, Batch]:
-        """Deactivate ``seeds`` [B] bool at ``step``, restore their last good δ (and ε); returns the geometry."""
-        nonlocal active
-        for b in torch.nonzero(seeds).flatten().tolist():
-            stop_step[b], stop_reason[b] = step, reason
-        if seeds.any():
-            active = active & ~seeds
-            with torch.no_grad():
-                atoms = seeds[batch.structure_index]
-                delta[atoms] = last_good[atoms]
-                if strain is not None:
-                    strain[seeds] = last_strain[seeds]
-        return geometry()
-
-    excluded = torch.zeros_like(active)  # seeds whose geometry the model refused: never evaluated again
     need_forces_graph = config.uncertainty != "energy"  # None: forces
 
-    def _evaluate(positions: torch.Tensor, current: Batch, step: int):
+    def init_fn(seeds: Sequence[Atoms]) -> AttackState:
+        if len(seeds) == 0:
+            raise ValueError("attack needs at least one seed structure")
+        batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)
+        free = (~batch.fixed).to(committee.dtype)
+        generator = torch.Generator().manual_seed(config.seed)
+        delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype) * config.initial_displacement
+        delta = torch.nn.Parameter(delta0.to(committee.device) * free)
+        groups = [{"params": [delta], "lr": config.learning_rate}]
+        strain = strain_mask = None
+        if config.strain_learning_rate is not None and bool(batch.pbc.any()):
+            periodic = batch.pbc.to(committee.dtype)  # [B, 3]
+            strain_mask = periodic[:, :, None] * periodic[:, None, :]  # [B, 3, 3]: periodic directions only
+            strain = torch.nn.Parameter(torch.zeros(batch.n_structures, 3, 3, dtype=committee.dtype,
+                                                    device=committee.device))
+            groups.append({"params": [strain], "lr": config.strain_learning_rate})
+        active = torch.ones(batch.n_structures, dtype=torch.bool, device=committee.device)
+        committee.eval()
+        return AttackState(
+            list(seeds), batch, free, delta, strain, strain_mask, torch.optim.Adam(groups), active,
+            torch.zeros_like(active), delta.detach().clone(), None if strain is None else strain.detach().clone(),
+            np.full(batch.n_structures, -1), [""] * batch.n_structures, _close_pairs(batch),
+        )
+
+    def evaluate(state: AttackState, positions: torch.Tensor, current: Batch):
         """Committee output on the seeds not excluded; a seed the model refuses is stopped and left out."""
         while True:
-            if excluded.any():
-                sub, atoms = current.select(~excluded)
-                keep_index = torch.nonzero(~excluded).flatten()
+            if state.excluded.any():
+                sub, atoms = current.select(~state.excluded)
+                keep_index = torch.nonzero(~state.excluded).flatten()
             else:
                 sub, atoms, keep_index = current, None, None
             try:
@@ -222,80 +258,118 @@ def attack(
                                 positions=positions if atoms is None else positions[atoms])
                 return out, keep_index, positions, current
             except GeometryError as error:
-                faulty = torch.zeros_like(active)
+                faulty = torch.zeros_like(state.active)
                 if error.structures:
-                    index = torch.as_tensor(error.structures, device=active.device)
+                    index = torch.as_tensor(error.structures, device=faulty.device)
                     faulty[index if keep_index is None else keep_index[index]] = True
-                if not (faulty & ~excluded).any():
+                if not (faulty & ~state.excluded).any():
                     raise
-                positions, current = _stop(faulty & active, step, f"model refused the geometry: {error}")
-                excluded[faulty] = True
+                positions, current = state.stop(faulty & state.active, f"model refused the geometry: {error}")
+                state.excluded[faulty] = True
 
-    committee.eval()
-    for step in tqdm(range(config.n_steps + 1), desc="adversarial attack", disable=not progress, leave=False):
-        positions, current = geometry()
+    def record(state: AttackState) -> torch.Tensor:
+        """The frame at ``state.step`` of every seed; returns the score [B] (log L, NaN for excluded seeds)."""
+        positions, current = state.geometry()
         # stop seeds that bring atoms too close (minimum image in periodic cells) before the model
         # sees them; they keep their last good δ
+        pair_i, pair_j = state.pairs
         if len(pair_i):
-            distances = pair_distances(positions, pair_i, pair_j, batch.structure_index, current.cells, batch.pbc)
-            too_close = torch.zeros_like(active)
-            too_close[batch.structure_index[pair_i[distances.detach() < config.min_distance]]] = True
-            positions, current = _stop(too_close & active, step, f"atoms closer than {config.min_distance} Å")
-        out, keep_index, positions, current = _evaluate(positions, current, step)
-        sub_variance = out.force_variance if need_forces_graph else out.energy_variance
-        variance = _scatter(sub_variance, keep_index, n_structures)
+            distances = pair_distances(positions, pair_i, pair_j, state.batch.structure_index, current.cells,
+                                       state.batch.pbc)
+            too_close = torch.zeros_like(state.active)
+            too_close[state.batch.structure_index[pair_i[distances.detach() < config.min_distance]]] = True
+            positions, current = state.stop(too_close & state.active, f"atoms closer than {config.min_distance} Å")
+        out, keep_index, positions, current = evaluate(state, positions, current)
+        n_structures = state.batch.n_structures
+        variance = _scatter(out.force_variance if need_forces_graph else out.energy_variance, keep_index, n_structures)
         energy_mean = _scatter(out.energy_mean, keep_index, n_structures)
         score = uncertainty.adversarial_log_score(variance, energy_mean, config.kT, log_q, energy_reference)
         non_finite = ~torch.isfinite(score) | ~torch.isfinite(energy_mean)
-        positions, current = _stop(non_finite & active, step, "non-finite committee output")
+        positions, current = state.stop(non_finite & state.active, "non-finite committee output")
+        for key, value in zip(_RECORDED, (positions, variance, energy_mean, score, state.active, current.cells)):
+            state.records[key].append(value.detach().cpu().numpy())
+        return score
 
-        records["positions"].append(positions.detach().cpu().numpy())
-        records["variance"].append(variance.detach().cpu().numpy())
-        records["energy_mean"].append(energy_mean.detach().cpu().numpy())
-        records["log_score"].append(score.detach().cpu().numpy())
-        records["active"].append(active.cpu().numpy())
-        records["cells"].append(current.cells.detach().cpu().numpy())
-        if step == config.n_steps or not active.any():
-            break
-
-        last_good = delta.detach().clone()
+    def ascend(state: AttackState, score: torch.Tensor) -> None:
+        """One Adam step on δ (and ε) of the active seeds; fixed coordinates and stopped seeds stay put."""
+        delta, strain, active = state.delta, state.strain, state.active
+        state.last_delta = delta.detach().clone()
         if strain is not None:
-            last_strain = strain.detach().clone()
+            state.last_strain = strain.detach().clone()
         objective = torch.where(active, score, torch.zeros_like(score)).sum()
         # the gradient of δ (and ε) only: the committee's weights are not the attack's to differentiate
         variables = [delta] if strain is None else [delta, strain]
         for variable, gradient in zip(variables, torch.autograd.grad(-objective, variables)):
             variable.grad = gradient
         with torch.no_grad():
-            delta.grad *= free * active[batch.structure_index, None]
+            delta.grad *= state.free * active[state.batch.structure_index, None]
             delta.grad.nan_to_num_(0.0)
             if strain is not None:
-                strain.grad = (strain.grad * strain_mask * active[:, None, None]).nan_to_num_(0.0)
-        optimizer.step()
+                strain.grad = (strain.grad * state.strain_mask * active[:, None, None]).nan_to_num_(0.0)
+        state.optimizer.step()
         with torch.no_grad():
-            frozen = ~active[batch.structure_index]
-            delta[frozen] = last_good[frozen]
+            frozen = ~active[state.batch.structure_index]
+            delta[frozen] = state.last_delta[frozen]
             if strain is not None:
-                strain[~active] = last_strain[~active]
-                strain.copy_((strain * strain_mask).clamp(-config.max_strain, config.max_strain))
-            delta *= free
+                strain[~active] = state.last_strain[~active]
+                strain.copy_((strain * state.strain_mask).clamp(-config.max_strain, config.max_strain))
+            delta *= state.free
             if config.max_displacement is not None:
                 norm = delta.norm(dim=-1, keepdim=True).clamp(min=1e-12)
                 delta *= norm.clamp(max=config.max_displacement) / norm
 
+    def step_fn(state: AttackState) -> AttackState:
+        if state.done:
+            raise ValueError(f"the attack state is done (step {state.step} of {config.n_steps}, "
+                             f"{int(state.active.sum())} seeds active): start again with init_fn")
+        score = record(state)
+        if state.step == config.n_steps or not state.active.any():
+            state.done = True
+            return state
+        ascend(state, score)
+        state.step += 1
+        return state
+
+    return init_fn, step_fn
+
+
+def attack_result(state: AttackState, train_energies: Sequence[float], config: AttackConfig) -> AttackResult:
+    """The :class:`AttackResult` of a finished (or stopped) attack state: every recorded step."""
     # a seed's variance at a stopped step is not a valid frame: active marks the valid ones
-    stacked = {key: np.stack(value) for key, value in records.items()}
+    stacked = {key: np.stack(value) for key, value in state.records.items()}
     return AttackResult(
-        seeds=list(seeds),
-        structure_index=batch.structure_index.cpu().numpy(),
+        seeds=list(state.seeds),
+        structure_index=state.batch.structure_index.cpu().numpy(),
         positions=stacked["positions"],
         variance=stacked["variance"],
         energy_mean=stacked["energy_mean"],
         log_score=stacked["log_score"],
         active=stacked["active"],
-        stop_step=stop_step,
-        stop_reason=stop_reason,
+        stop_step=state.stop_step,
+        stop_reason=state.stop_reason,
         kT=config.kT,
-        energy_reference=energy_reference,
-        cells=stacked["cells"] if strain is not None else None,
+        energy_reference=float(np.min(train_energies)),
+        cells=stacked["cells"] if state.strain is not None else None,
     )
+
+
+def attack(
+    committee: Committee,
+    seeds: Sequence[Atoms],
+    train_energies: Sequence[float],
+    config: AttackConfig | None = None,
+    progress: bool = True,
+) -> AttackResult:
+    """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q.
+
+    ``init_fn`` and ``step_fn`` of :func:`attack_fns` until the state is done (a progress bar over steps)."""
+    config = config or AttackConfig()
+    if len(seeds) == 0:
+        raise ValueError("attack needs at least one seed structure")
+    init_fn, step_fn = attack_fns(committee, train_energies, config)
+    state = init_fn(seeds)
+    with tqdm(total=config.n_steps + 1, desc="adversarial attack", disable=not progress, leave=False) as bar:
+        while not state.done:
+            state = step_fn(state)
+            bar.update()
+    return attack_result(state, train_energies, config)

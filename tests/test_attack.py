@@ -165,3 +165,83 @@ def test_the_cell_attack_strains_periodic_cells_uphill_in_the_objective():
     assert plain.cells is None and np.allclose(plain.final()[0].cell, crystal.cell)
     with pytest.raises(ValueError, match="strain_learning_rate"):
         AttackConfig(strain_learning_rate=0.0)
+
+
+# -- the attack as an init/step pair ----------------------------------------------------------
+def test_init_and_step_functions_driven_by_hand_give_the_attack():
+    from advsample.attack import attack_fns, attack_result
+
+    slab = Atoms("H2", positions=[[1.0, 1.0, 1.0], [1.9, 1.0, 1.0]], cell=[4.0] * 3, pbc=True)
+    seeds = [molecule("H2"), slab, _periodic_pair(1.0, 1.2), _periodic_pair(0.5, 1.5)]
+    committee = _schnet(0.3)  # refuses the third seed (0.2 Å apart) at step 0
+    config = AttackConfig(kT=0.5, n_steps=12, learning_rate=0.05, min_distance=0.0, max_displacement=0.3,
+                          strain_learning_rate=0.01, max_strain=0.03, seed=3)
+    energies = [0.0, 0.4, 1.0]
+    result = attack(committee, seeds, energies, config, progress=False)
+
+    init_fn, step_fn = attack_fns(committee, energies, config)
+    state, steps = init_fn(seeds), 0
+    while not state.done:
+        state = step_fn(state)
+        steps += 1
+    by_hand = attack_result(state, energies, config)
+    assert steps == config.n_steps + 1 and state.step == config.n_steps
+    for key in ("positions", "variance", "energy_mean", "log_score", "active", "cells", "stop_step"):
+        assert np.array_equal(getattr(by_hand, key), getattr(result, key), equal_nan=True), key
+    assert by_hand.stop_reason == result.stop_reason and "model refused" in result.stop_reason[2]
+    assert result.active[-1].tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="done"):
+        step_fn(state)
+
+
+def _default_objective(committee, seeds, positions, energies, kT):
+    """log σ²_F − (Ē − E_min)/kT − log Q [B], written out here from the committee's outputs (float64);
+    Q = (1/n) Σ exp(−(E_i − E_min)/kT) over the training energies (advsample.uncertainty.log_partition)."""
+    from advsample.structures import Batch
+
+    out = committee(Batch.from_atoms(seeds).to(committee.device, committee.dtype), forces=True,
+                    positions=torch.as_tensor(positions, dtype=committee.dtype))
+    e_min = min(energies)
+    log_q = np.log(np.mean(np.exp(-(np.asarray(energies) - e_min) / kT)))
+    return (np.log(out.force_variance.detach().numpy()) - (out.energy_mean.detach().numpy() - e_min) / kT - log_q)
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "periodic_cell"])
+def test_the_attack_step_follows_the_finite_difference_gradient_of_the_default_objective(periodic):
+    from ase.build import bulk
+
+    from advsample.attack import attack_fns
+
+    if periodic:
+        seeds = [bulk("Al", "fcc", a=4.05, cubic=True)]  # 4 atoms; cutoff 3.5 Å reaches the images
+        seeds[0].rattle(0.05, seed=2)
+        species = (13,)
+    else:
+        seeds = [molecule("NH3")]
+        species = (1, 7)
+    committee = Committee(SchNetCommittee(n_members=4, species=species, n_features=8, n_interactions=2, cutoff=3.5,
+                                          seed=1)).double()
+    energies, kT = [-0.2, 0.1, 0.5], 0.3
+    config = AttackConfig(kT=kT, n_steps=3, initial_displacement=0.02, min_distance=0.1, seed=5)
+    init_fn, step_fn = attack_fns(committee, energies, config)
+    state = init_fn(seeds)
+    # plain gradient ascent with step 1: the attack's step is then exactly its gradient ∂ log L/∂δ
+    state.optimizer = torch.optim.SGD([state.delta], lr=1.0)
+    delta0 = state.delta.detach().clone()
+    step_fn(state)
+    gradient = (state.delta.detach() - delta0).numpy()
+
+    x0 = np.concatenate([a.positions for a in seeds]) + delta0.numpy()
+    numeric = np.zeros_like(x0)
+    h = 1e-5
+    for atom in range(len(x0)):
+        for axis in range(3):
+            shift = np.zeros_like(x0)
+            shift[atom, axis] = h
+            up = _default_objective(committee, seeds, x0 + shift, energies, kT).sum()
+            down = _default_objective(committee, seeds, x0 - shift, energies, kT).sum()
+            numeric[atom, axis] = (up - down) / (2 * h)
+    assert np.abs(numeric).max() > 1e-3  # a gradient worth checking
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-6 * np.abs(numeric).max())
+    # and the score the attack recorded is the objective written out above
+    assert np.allclose(state.records["log_score"][0], _default_objective(committee, seeds, x0, energies, kT))
