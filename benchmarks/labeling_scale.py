@@ -1,23 +1,31 @@
-"""Labeling throughput: in-process vs two local Parsl workers vs a 2-process pool.
+"""Labeling throughput: in-process vs two local Parsl workers vs a 2-process pool vs Slurm jobs.
 
-    python benchmarks/labeling_scale.py [--n 64] [--carbons 8] [--json]
+    python benchmarks/labeling_scale.py [--n 64] [--carbons 8] [--slurm-config FILE] [--no-slurm] [--quick] [--json]
 
 Labels ``n`` randomly displaced copies (seeded) of n-octane (C8H18, 26 atoms) with GFN2-xTB
 (tblite), with each executor in turn, best of ``--repeat`` passes, after a warm-up that starts the workers and builds
 their calculators (worker start-up is reported separately). Prints the speed-up of two
 workers over in-process (goal >= 1.7x on 2 cores), Parsl's overhead per task (wall time
 beyond the ideal split of the measured compute, and the round trip of a no-op task), and
-checks that all executors give identical labels. With ``--json`` the last line printed is
-one JSON object.
+checks that all executors give identical labels. Where a Slurm runs (``sinfo`` shows an
+idle node; ``sudo tests/slurm/start.sh`` starts a one-node one), a last row labels the same
+structures through Parsl ``SlurmProvider`` jobs (``--slurm-config``, default
+tests/slurm/slurm_config.py: two one-core blocks); its start-up column is the time from
+loading the config to the first labels back (job submission, start, worker start). Without
+Slurm the row is skipped with a note. With ``--json`` the last line printed is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker; before numpy/tblite load
 
@@ -29,6 +37,20 @@ from advsample.label import CalculatorSpec, label_structures
 from advsample.structures import labels_of
 
 SPEC = CalculatorSpec("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0})
+SLURM_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "slurm" / "slurm_config.py"
+
+
+def slurm_missing() -> str | None:
+    """Why no Slurm row can run here, or None (an idle node answers ``sinfo``)."""
+    if shutil.which("sinfo") is None:
+        return "no Slurm here (sinfo not installed; sudo tests/slurm/start.sh starts a one-node one)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "Slurm does not answer (sinfo timed out)"
+    if out.returncode != 0 or not re.search(r"\b(idle|mixed)\b", out.stdout):
+        return f"no idle Slurm node ({(out.stderr or out.stdout).strip()[:120] or 'no nodes'})"
+    return None
 
 
 def alkane(n_carbons: int = 8) -> Atoms:
@@ -121,8 +143,13 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per executor (best counts)")
+    parser.add_argument("--slurm-config", default=str(SLURM_CONFIG), help="Parsl config file of the Slurm row")
+    parser.add_argument("--no-slurm", action="store_true", help="leave out the Slurm row")
+    parser.add_argument("--quick", action="store_true", help="16 structures, one timed pass (tests)")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.repeat = 16, 1
 
     atoms = structures(args.n, args.carbons, args.seed)
     warm = structures(args.workers, args.carbons, args.seed + 1)
@@ -139,14 +166,26 @@ def main(argv=None) -> int:
         runs[-1]["warmup_s"] += started
     with make_executor("processes", max_workers=args.workers) as ex:
         runs.append(run(f"process pool {args.workers}", ex, atoms, warm, args.repeat))
+    slurm_note = "left out (--no-slurm)" if args.no_slurm else slurm_missing()
+    if slurm_note is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ.setdefault("ADVSAMPLE_PARSL_RUN_DIR", os.path.join(tmp, "runinfo"))
+            t0 = time.perf_counter()
+            with parsl_executor(args.slurm_config) as ex:
+                started = time.perf_counter() - t0
+                runs.append(run("parsl slurm jobs", ex, atoms, warm, args.repeat))
+            runs[-1]["warmup_s"] += started
 
     ceiling = cpu_ceiling(args.workers)
     ref_e, ref_f = runs[0]["labels"]
     identical = all(np.array_equal(r["labels"][0], ref_e) and np.array_equal(r["labels"][1], ref_f) for r in runs)
     base = runs[0]["wall_s"]
-    print(f"{'executor':<20} {'wall s':>8} {'s/label':>8} {'speed-up':>9} {'start-up s':>11}")
+    print(f"{'executor':<20} {'wall s':>8} {'s/label':>8} {'labels/s':>9} {'speed-up':>9} {'start-up s':>11}")
     for r in runs:
-        print(f"{r['name']:<20} {r['wall_s']:8.2f} {r['wall_s'] / args.n:8.3f} {base / r['wall_s']:8.2f}x {r['warmup_s']:11.2f}")
+        print(f"{r['name']:<20} {r['wall_s']:8.2f} {r['wall_s'] / args.n:8.3f} {args.n / r['wall_s']:9.1f} "
+              f"{base / r['wall_s']:8.2f}x {r['warmup_s']:11.2f}")
+    if slurm_note is not None:
+        print(f"{'parsl slurm jobs':<20} skipped: {slurm_note}")
     parsl = runs[1]
     overhead = (parsl["wall_s"] - parsl["compute_s"] / args.workers) / args.n
     print(f"Parsl overhead per task: {overhead * 1e3:.1f} ms beyond ideal split of {parsl['compute_s']:.2f} s compute; "
@@ -159,6 +198,9 @@ def main(argv=None) -> int:
         "startup_s": {r["name"]: round(r["warmup_s"], 3) for r in runs},
         "speedup_parsl": round(base / runs[1]["wall_s"], 3),
         "speedup_processes": round(base / runs[2]["wall_s"], 3),
+        "labels_per_s": {r["name"]: round(args.n / r["wall_s"], 2) for r in runs},
+        "speedup_slurm": round(base / runs[3]["wall_s"], 3) if len(runs) > 3 else None,
+        "slurm_skipped": slurm_note,
         "parsl_overhead_ms_per_task": round(overhead * 1e3, 2),
         "parsl_noop_round_trip_ms": round(round_trip * 1e3, 2),
         "identical_labels": bool(identical),
