@@ -347,9 +347,14 @@ def window_frames(cell: Atoms, calculator, n_frames: int, seed: int, shift_A: tu
 
 def _fingerprint(cells: Sequence[Atoms], settings: dict) -> str:
     """sha256 (first 16 hex) of the cells' geometries and the settings that make the data."""
-    import gfnff
+    from importlib.metadata import PackageNotFoundError, version
 
-    h = hashlib.sha256(json.dumps({**settings, "version": CACHE_VERSION, "gfnff": gfnff.__version__},
+    try:
+        gfnff_version = version("gfnff")
+    except PackageNotFoundError:
+        raise ImportError("the host-guest systems label with GFN-FF: pip install 'gfnff[ase]' "
+                          "(or pip install -e \".[gfnff]\")") from None
+    h = hashlib.sha256(json.dumps({**settings, "version": CACHE_VERSION, "gfnff": gfnff_version},
                                   sort_keys=True).encode())
     for atoms in cells:
         h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
@@ -464,7 +469,7 @@ def host_guest(
     energy_ceiling_eV: float | None = 10.0,
     kT: float = 0.2,
     data_seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> System:
     """Guests in pure-silica zeolites, GFN-FF labels, any number of cells of different sizes in one System.
 
