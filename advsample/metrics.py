@@ -18,6 +18,9 @@ def test_errors(committee: Committee, test: Sequence[Atoms]) -> dict[str, float]
     energy_mae/rmse (energy unit), force_mae/rmse over free coordinates (energy unit/Å),
     force_spearman: rank correlation of per-structure force σ with per-structure force error,
     force_miscalibration_area: Gaussian coverage mismatch of per-coordinate errors vs σ.
+    A calibrated committee (:func:`advsample.calibration.calibrate`) adds force_coverage (the
+    fraction of force-component errors inside its conformal interval; stated level in
+    force_coverage_stated) and force_miscalibration_area_calibrated (with σ_cal = a·σᵇ).
     """
     energies, forces = labels_of(test)
     prediction = committee.predict(test)
@@ -28,7 +31,17 @@ def test_errors(committee: Committee, test: Sequence[Atoms]) -> dict[str, float]
     index = np.concatenate([np.full(len(a), i) for i, a in enumerate(test)])
     per_structure_error = np.bincount(index, weights=per_atom_error) / np.bincount(index)
     sigma_per_coordinate = np.broadcast_to(prediction["forces_std_per_atom"][:, None], forces.shape)[free]
+    calibrated = {}
+    if getattr(committee, "calibration", None) is not None:
+        from .calibration import calibration_of, coverage
+
+        calibration = calibration_of(committee)
+        calibrated = {"force_coverage": coverage(calibration.force_interval(sigma_per_coordinate), force_error),
+                      "force_coverage_stated": calibration.coverage,
+                      "force_miscalibration_area_calibrated": uncertainty.miscalibration_area(
+                          calibration.force_sigma(sigma_per_coordinate), force_error)}
     return {
+        **calibrated,
         "energy_mae": float(np.abs(energy_error).mean()),
         "energy_rmse": float(np.sqrt((energy_error**2).mean())),
         "force_mae": float(np.abs(force_error).mean()),

@@ -101,3 +101,16 @@ def test_calibrated_force_intervals_cover_a_test_set(trained):
     report = calibration_report(calibration, committee, test)
     assert report["force_coverage_conformal"] == pytest.approx(0.9, abs=0.07)
     assert report["force_miscalibration_area_calibrated"] < report["force_miscalibration_area_raw"]
+
+
+def test_test_errors_report_coverage_beside_miscalibration_area(trained):
+    from advsample.metrics import test_errors
+
+    committee, held_out, test = trained
+    committee.calibration = None
+    assert "force_coverage" not in test_errors(committee, test)
+    calibration = calibrate(committee, held_out, coverage=0.9)
+    errors = test_errors(committee, test)
+    report = calibration_report(calibration, committee, test)
+    assert errors["force_coverage"] == pytest.approx(report["force_coverage_conformal"])
+    assert errors["force_coverage_stated"] == 0.9 and "force_miscalibration_area" in errors
