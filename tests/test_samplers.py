@@ -313,3 +313,106 @@ def test_batched_replicas_of_a_periodic_cell_equal_ase_langevin(name):
     frames = [a for t in proposal.trajectories for a in t]
     assert len(frames) == 12 and all(a.pbc.all() and np.array_equal(a.cell, seeds[0].cell) for a in frames)
     assert any((a.get_scaled_positions(wrap=False) < 0).any() for a in frames)  # outside the cell: not wrapped
+
+
+# -- the sampler table, methods and a System's typed settings ------------------------------------------
+def test_make_sampler_finds_the_biased_samplers_with_only_the_samplers_module_imported():
+    """udd / biased_md register themselves in advsample.biased_md; the table names that module, so
+    make_sampler imports it on first use (samplers itself never imports its clients)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from advsample.samplers import make_sampler; "
+            "assert 'advsample.biased_md' not in sys.modules; "
+            "s = make_sampler('udd', n_steps=7); b = make_sampler('biased_md', tau=0.5); "
+            "print(type(s).__name__, s.n_steps, type(b).__name__, b.tau)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["UDDSampler", "7", "BiasedMDSampler", "0.5"]
+
+
+def test_a_registered_sampler_is_a_method(monkeypatch):
+    from dataclasses import dataclass
+
+    from advsample import samplers
+    from advsample.samplers import RandomDisplacementSampler, check_methods, register_sampler, sampler_names
+
+    monkeypatch.setattr(samplers, "_TABLE", dict(samplers._TABLE))  # the table as it was after this test
+
+    @dataclass
+    class Jitter(RandomDisplacementSampler):
+        name = "jitter_test"
+
+    register_sampler("jitter_test", Jitter)
+    assert "jitter_test" in sampler_names() and check_methods(["jitter_test"]) == ["jitter_test"]
+    assert isinstance(make_sampler("jitter_test", displacement=0.2), Jitter)
+    with pytest.raises(ValueError, match="_kT"):
+        register_sampler("jitter_kT1", Jitter)
+
+
+def test_mixed_sampler_proposes_every_part(trained_committee):
+    committee, train, _ = trained_committee
+    energies, _ = labels_of(train)
+    mixed = make_sampler("mixed", share=0.5, attack={"n_steps": 10}, displacement=0.05)
+    objective = Objective(kT=1.0)
+    proposal = mixed.propose(committee, train[:4], energies, objective, seed=2, progress=False)
+    parts = [s.propose(committee, train[:4], energies, objective, seed=2, progress=False) for s, _ in mixed.parts(10)]
+    assert len(proposal.candidates) == sum(len(p.candidates) for p in parts) > len(parts[0].candidates) > 0
+    assert proposal.attack is not None and proposal.attack.n_steps == 10
+    np.testing.assert_allclose([a.positions for a in proposal.candidates],
+                               [a.positions for p in parts for a in p.candidates])
+
+
+@pytest.fixture(scope="module")
+def toy_system():
+    from advsample.systems import get_system
+
+    return get_system("double_well_2d", smoke=True)
+
+
+def test_a_systems_attack_and_md_settings_are_typed_and_checked(toy_system):
+    from dataclasses import replace
+
+    from advsample.samplers import AdversarialSampler, UncertaintyMDSampler
+
+    system = replace(toy_system, attack={"n_steps": 13, "learning_rate": 0.03, "snapshot_every": 2},
+                     md={"temperature_K": 500.0, "n_steps": 11})
+    assert isinstance(system.attack, AdversarialSampler) and isinstance(system.md, UncertaintyMDSampler)
+    assert (system.attack.config.n_steps, system.attack.config.learning_rate, system.attack.snapshot_every) == (13, 0.03, 2)
+    assert (system.md.temperature_K, system.md.n_steps, system.md.interval) == (500.0, 11, 5)  # the rest: defaults
+    with pytest.raises(ValueError, match="attack: unknown option 'n_step'"):
+        replace(toy_system, attack={"n_step": 13})
+    with pytest.raises(ValueError, match="md: unknown option 'temperature'"):
+        replace(toy_system, md={"temperature": 300.0})
+    with pytest.raises(ValueError, match="system 'double_well_2d' attack: n_steps must be >= 1"):
+        replace(toy_system, attack={"n_steps": 0})
+    with pytest.raises(ValueError, match="unknown option 'kT'"):  # the objective's, not the attack's
+        replace(toy_system, attack={"kT": 1.0})
+
+
+@pytest.mark.parametrize("method", ["adversarial", "md", "udd", "biased_md", "md_attack", "mixed", "random_scored"])
+def test_a_method_name_builds_the_sampler_with_the_systems_settings(toy_system, method, tmp_path):
+    from dataclasses import replace
+
+    from advsample.loop import ActiveLearning
+
+    system = replace(toy_system, attack={"n_steps": 17, "n_seeds": 3}, md={"temperature_K": 432.0, "n_steps": 9},
+                     displacement=0.07)
+    run = ActiveLearning.from_system(system, tmp_path / method, method, progress=False)
+    parts = [s for s, _ in run.sampler.parts(100)]
+    for part in parts:
+        attack = getattr(part, "attack", part)  # SeededAttackSampler holds the attack
+        if hasattr(attack, "config"):
+            assert (attack.config.n_steps, attack.n_seeds) == (17, 3)
+        if hasattr(part, "temperature_K"):
+            assert (part.temperature_K, part.n_steps) == (432.0, 9)
+        if hasattr(part, "displacement"):
+            assert part.displacement == 0.07
+    assert type(run.sampler).__name__ == type(make_sampler(method)).__name__
+    assert run.objective.kT == system.kT
+    sweep = ActiveLearning.from_system(system, tmp_path / "sweep", "adversarial_kT0.37", progress=False)
+    assert sweep.objective.kT == 0.37 and sweep.sampler.config.n_steps == 17
+    given = make_sampler("adversarial", n_steps=2)  # a Sampler instance is used as given
+    assert ActiveLearning.from_system(system, tmp_path / "given", given, progress=False).sampler is given
+    with pytest.raises(TypeError, match="needs a System"):
+        ActiveLearning.from_system("double_well_2d", tmp_path / "name", "adversarial")
