@@ -458,6 +458,8 @@ class _Monitor:
         self.min_distance_all = np.concatenate([np.full(n, c.min_distance) for c, n in zip(per_replica, counts)])
         self.bond_i = np.concatenate([c.bond_i + f for c, f in zip(per_replica, self.first)]).astype(np.int64)
         self.bond_j = np.concatenate([c.bond_j + f for c, f in zip(per_replica, self.first)]).astype(np.int64)
+        self.molecule = ~self.pbc.any(1)  # [R] replicas without periodic directions
+        self.cutoff = np.array([max(c.min_distance, 2 * c.reach_radii.max(initial=0.0)) for c in per_replica])
         self.live_before = np.ones(replicas.n_replicas, dtype=bool)
 
     def __call__(self, state: MDState) -> None:
@@ -490,7 +492,10 @@ class _Monitor:
         if len(live) == 0:
             return
         bad = np.zeros(len(state.live), dtype=bool)
-        pairs = [self._pairs(positions, r) for r in live]
+        molecules = live[self.molecule[live]]
+        pairs = [self._pairs(positions, r) for r in live[~self.molecule[live]]]
+        for n in np.unique(self.counts[molecules]):  # molecules of one size: dense distances, all at once
+            pairs.append(self._molecule_pairs(positions, molecules[self.counts[molecules] == n], int(n)))
         i = np.concatenate([p[0] for p in pairs])
         j = np.concatenate([p[1] for p in pairs])
         d = np.concatenate([p[2] for p in pairs])
@@ -514,6 +519,22 @@ class _Monitor:
                 _stop(state, [r], reason, state.step)
         energies = state.energies.cpu().numpy()
         _stop(state, np.flatnonzero(state.live & ~np.isfinite(energies)), "non-finite committee energy", state.step)
+
+    def _molecule_pairs(self, positions: np.ndarray, group: np.ndarray, n: int):
+        """(i, j, d) of non-periodic replicas ``group`` [G] of n atoms each (batch atom numbers),
+        within each one's largest reach, from their [G, n, n] distance matrices (no neighbour
+        list: these are small molecules); a replica with non-finite positions gets a flagged self-pair."""
+        if n < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        index = self.first[group][:, None] + np.arange(n)  # [G, n]
+        x = positions[index]  # [G, n, 3]
+        d = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1)  # [G, n, n]
+        within = (d < self.cutoff[group][:, None, None]) & ~np.eye(n, dtype=bool)
+        g, a, b = np.nonzero(within)
+        broken = ~np.isfinite(x).all(axis=(1, 2))
+        flagged = self.first[group[broken]]
+        return (np.concatenate([index[g, a], flagged]), np.concatenate([index[g, b], flagged]),
+                np.concatenate([d[g, a, b], np.full(len(flagged), -1.0)]))
 
     def _pairs(self, positions: np.ndarray, r: int):
         """(i, j, d) of replica r in batch atom numbers, within its largest reach; a replica with

@@ -1,19 +1,21 @@
 """Batched NN-MD speed: replica-steps per second, batched vs one replica at a time (ASE) vs the bare committee.
 
-    python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 40] [--threads N] [--quick] [--json]
+    python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 10] [--repeats 5] [--systems NH3,slab,4x16] [--threads N] [--quick] [--json]
 
-For each system and each R in ``--replicas``, side by side in one process:
+For each system and each R in ``--replicas``, timed in alternation in one process (median of
+``--repeats`` blocks of ``--steps`` steps, every block from the same start, so no replica
+drifts off even with an untrained committee):
 
-* ``batched``: :func:`advsample.dynamics.run_stability` (NVE velocity Verlet, 300 K,
-  0.5 fs, ``--steps`` steps, failure checks every 10 steps, NVE drift) of R replicas,
-  set-up included — replica-steps per second counted from the steps the replicas completed
-  (an untrained committee may let some fail; ``live_fraction`` says how many ran to the end);
-* ``bare``: one committee energy+forces evaluation (:class:`~advsample.committee.Committee`
-  call, ``forces=True``) of the same R structures as one batch, median of ``--repeats``:
-  the limit a batched integrator can reach;
+* ``batched``: :mod:`advsample.dynamics` NVE velocity Verlet of R replicas (300 K, 0.5 fs) with
+  the failure checks as :func:`~advsample.dynamics.run_stability` runs them (geometry and NVE
+  drift every 10 steps: one check per 10-step block); its set-up (replicas, checks, first
+  evaluation) is reported apart (``setup_s``, paid once per run of thousands of steps);
+* ``bare``: the committee energy+forces call (:class:`~advsample.committee.Committee`,
+  ``forces=True``) of the same R structures as one batch, each call at new positions (so the
+  model's neighbour lists are rebuilt, as in MD): the limit a batched integrator can reach;
 * ``ase``: one replica at a time, ASE's ``VelocityVerlet`` with
   :class:`~advsample.calculator.CommitteeCalculator` and no failure checks (so the baseline
-  is, if anything, flattered), ``--steps`` steps, measured once per system.
+  is, if anything, flattered).
 
 Systems: NH3 (4 × 32 SchNet, 2 interactions, 5 Å), the Au/Al(100) adatom slab (13 atoms,
 8 fixed, pbc T T F; 4 × 32 SchNet, 2 interactions, 5 Å) and a host–guest cell (methylamine in
@@ -21,7 +23,7 @@ pure-silica sodalite, 43 atoms, from :mod:`advsample.systems.zeolites`; or water
 with the 4 × 32 network and a small 4 × 16, 1 interaction, 4 Å one. Reported per R:
 ``speedup_vs_ase`` (batched rate / ASE rate; goal ≥ 10× at R = 64 on NH3 and the slab, ≥ 20×
 stretch goal) and ``overhead_vs_bare`` (bare rate / batched rate; goal ≤ 1.2 at R = 64) and
-the peak resident memory during the batched run (sampled from /proc every 2 ms; CUDA: the
+the peak resident memory during a short ``run_stability`` of R replicas (sampled from /proc every 2 ms; CUDA: the
 peak allocated GPU memory). The committees are untrained (the cost of a step does not depend
 on the weights). ``--device cuda`` (default when visible) runs all three on the GPU.
 With ``--json`` the last line is one JSON object.
@@ -35,7 +37,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, machine, median_ms, set_threads, synchronize  # noqa: E402
+from _common import emit, interleaved_median_ms, machine, set_threads  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -106,8 +108,9 @@ def systems(quick: bool) -> dict:
     return out
 
 
-def ase_rate(committee, start, n_steps: int, timestep_fs: float) -> float:
-    """Replica-steps per second of one ASE VelocityVerlet run with the committee as its calculator."""
+def ase_block(committee, start, n_steps: int, timestep_fs: float):
+    """A closure: ``n_steps`` of one ASE VelocityVerlet run with the committee as its calculator,
+    from the same start each time (positions and momenta reset)."""
     from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
@@ -115,57 +118,99 @@ def ase_rate(committee, start, n_steps: int, timestep_fs: float) -> float:
 
     system = start.copy()
     thermalize_momenta(system, temperature_K=300.0, rng=np.random.default_rng(0))
+    positions, momenta = system.get_positions(), system.get_momenta()
     system.calc = CommitteeCalculator(committee)
     dynamics = VelocityVerlet(system, timestep=timestep_fs * units.fs)
-    system.get_forces()
+
+    def run():
+        system.set_positions(positions, apply_constraint=False)
+        system.set_momenta(momenta, apply_constraint=False)
+        dynamics.run(n_steps)
+
+    return run
+
+
+def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float):
+    """A closure: ``n_steps`` batched NVE steps of R replicas with the failure checks (every 10
+    steps, drift included) as :func:`~advsample.dynamics.run_stability` runs them, from the same
+    initial state each time; and the set-up time (replicas, checks, first evaluation) in s."""
+    from dataclasses import replace
+
+    from advsample.dynamics import _Monitor, committee_force_fn, make_replicas, nve
+
     begin = time.perf_counter()
-    dynamics.run(n_steps)
-    synchronize()
-    return n_steps / (time.perf_counter() - begin)
+    replicas = make_replicas([start], r, 300.0, seed=0, device=committee.device)
+    init_fn, step_fn = nve(committee_force_fn(committee), replicas, timestep_fs)
+    monitor = _Monitor(replicas, [start], 10**9, 10, set(), (1.5, 1.2, 0.6), None, 0.5, 0.05, None)
+    first = init_fn()
+    monitor(first)
+    setup_s = time.perf_counter() - begin
+
+    def run():
+        state = replace(first, live=first.live.copy(), steps=first.steps.copy(), reasons=list(first.reasons))
+        for _ in range(n_steps):
+            state = step_fn(state)
+            monitor(state)
+        run.live = state.live.mean()
+
+    return run, setup_s
+
+
+def bare_block(committee, start, r: int, n_steps: int):
+    """A closure: ``n_steps`` committee energy+forces calls on R structures, each call at new
+    positions (as in MD: the model's neighbour lists are not reused)."""
+    from advsample.structures import Batch
+
+    batch = Batch.from_atoms([start] * r)
+    rng = np.random.default_rng(0)
+    batches = [batch.with_positions(batch.positions + torch.as_tensor(rng.normal(0, 0.01, batch.positions.shape)))
+               for _ in range(n_steps)]
+
+    def run():
+        for moved in batches:
+            committee(moved, forces=True)
+
+    return run
 
 
 def measure(name, start, make_committee, replicas, n_steps, repeats, device) -> dict:
     from advsample.dynamics import run_stability
-    from advsample.structures import Batch
 
     committee = make_committee().to(device)
-    ase = ase_rate(committee, start, max(n_steps // 2, 2), 0.5)
+    ase = ase_block(committee, start, n_steps, 0.5)
     rows = []
     for r in replicas:
-        batch = Batch.from_atoms([start] * r)
-        bare_ms = median_ms(lambda: committee(batch, forces=True), repeats=repeats, warmup=1)
-        run_stability(committee, [start], n_replicas=r, n_steps=2, temperature_K=300.0)  # warm-up
+        batched, setup_s = batched_block(committee, start, r, n_steps, 0.5)
+        times = interleaved_median_ms({"batched": batched, "bare": bare_block(committee, start, r, n_steps),
+                                       "ase": ase}, repeats=repeats, warmup=1)
         with PeakMemory() as memory:
-            begin = time.perf_counter()
-            result = run_stability(committee, [start], n_replicas=r, n_steps=n_steps, temperature_K=300.0,
-                                   check_every=10)
-            synchronize()
-            wall = time.perf_counter() - begin
-        replica_steps = sum(result["steps_completed"]) + r  # + the initial evaluation of every replica
-        batched = replica_steps / wall
-        bare = 1000.0 * r / bare_ms
+            run_stability(committee, [start], n_replicas=r, n_steps=n_steps, temperature_K=300.0, check_every=10)
+        per = {key: value / n_steps for key, value in times.items()}  # ms per step
         rows.append({
-            "replicas": r, "batched_replica_steps_per_s": batched, "bare_replica_steps_per_s": bare,
-            "ase_replica_steps_per_s": ase, "speedup_vs_ase": batched / ase, "overhead_vs_bare": bare / batched,
-            "batched_ms_per_replica_step": 1000.0 / batched, "bare_ms_per_replica_step": bare_ms / r,
-            "ase_ms_per_replica_step": 1000.0 / ase, "live_fraction": result["n_stable"] / r,
+            "replicas": r, "batched_replica_steps_per_s": 1000.0 * r / per["batched"],
+            "bare_replica_steps_per_s": 1000.0 * r / per["bare"], "ase_replica_steps_per_s": 1000.0 / per["ase"],
+            "speedup_vs_ase": per["ase"] * r / per["batched"], "overhead_vs_bare": per["batched"] / per["bare"],
+            "batched_ms_per_replica_step": per["batched"] / r, "bare_ms_per_replica_step": per["bare"] / r,
+            "ase_ms_per_replica_step": per["ase"], "setup_s": setup_s, "live_fraction": float(batched.live),
             "peak_memory_MiB": memory.peak, "cuda_peak_memory_MiB": memory.cuda_peak,
         })
         row = rows[-1]
-        print(f"{name:45s} R={r:4d}  batched {row['batched_ms_per_replica_step']:.3f} ms  bare "
+        print(f"{name:42s} R={r:4d}  batched {row['batched_ms_per_replica_step']:.3f} ms  bare "
               f"{row['bare_ms_per_replica_step']:.3f} ms  ASE {row['ase_ms_per_replica_step']:.3f} ms per replica-step"
               f"  -> {row['speedup_vs_ase']:.1f}x ASE, {row['overhead_vs_bare']:.2f}x bare  "
-              f"(live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB)", flush=True)
+              f"(set-up {setup_s:.2f} s, live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB)", flush=True)
     return {"n_atoms": len(start), "rows": rows}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", default="1,8,64,256", help="comma-separated R values")
-    parser.add_argument("--steps", type=int, default=40, help="MD steps per batched run")
-    parser.add_argument("--repeats", type=int, default=5, help="bare evaluations (median)")
+    parser.add_argument("--steps", type=int, default=10, help="MD steps per timed block (one failure check)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per method, alternated (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
+    parser.add_argument("--systems", default=None,
+                        help="comma-separated words; only systems whose name contains one (e.g. NH3,slab,4x16)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -174,10 +219,12 @@ def main(argv=None) -> dict:
 
     device = args.device or default_device()
     replicas = [2, 4] if args.quick else [int(r) for r in args.replicas.split(",")]
-    n_steps = 4 if args.quick else args.steps
+    n_steps = args.steps
     repeats = 2 if args.quick else args.repeats
     result = {"machine": machine(), "replicas": replicas, "steps": n_steps, "device": device, "systems": {}}
     for name, (start, make_committee) in systems(args.quick).items():
+        if args.systems and not any(word.lower() in name.lower() for word in args.systems.split(",")):
+            continue
         result["systems"][name] = measure(name, start, make_committee, replicas, n_steps, repeats, device)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     emit(result, args.json)
