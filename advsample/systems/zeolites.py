@@ -23,6 +23,7 @@ them. Every cell carries ``info["cell_name"]`` (its name), ``host``, ``guest`` a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -105,11 +106,11 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def empty_spheres(host: Atoms, spacing_A: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """Grid points [K, 3] (Å) of the cell sorted by their clearance [K] (Å, minimum image to any atom), largest first."""
+    from scipy.spatial import cKDTree
+
     n = np.maximum(np.ceil(host.cell.lengths() / spacing_A).astype(int), 2)
     grid = np.stack(np.meshgrid(*[np.arange(k) / k for k in n], indexing="ij"), -1).reshape(-1, 3)
     points = grid @ host.cell.array
-    from scipy.spatial import cKDTree
-
     shifts = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3) @ host.cell.array
     images = (host.get_scaled_positions() @ host.cell.array)[None] + shifts[:, None]  # [27, N, 3]
     clearance = cKDTree(images.reshape(-1, 3)).query(points)[0]
@@ -128,8 +129,8 @@ def place_guests(host: Atoms, guests: Sequence[str], seed: int = 0, min_distance
                  n_tries: int = 200) -> Atoms:
     """``host`` with each guest at a pore centre (largest empty sphere not taken), randomly rotated.
 
-    A guest is tried at up to ``n_tries`` rotations (and, after a third of them, shifts up to
-    1 Å) until every atom is ``min_distance_A`` from the framework and the guests placed before
+    A guest is tried at up to ``n_tries`` random rotations (after a third of them with Gaussian
+    shifts, 0.3 Å per axis) until every atom is ``min_distance_A`` from the framework and the guests placed before
     (minimum image); otherwise :class:`HostGuestError` names the guest and the closest contact.
     The guests are appended after the framework atoms, in order.
     """
@@ -427,6 +428,28 @@ def build_data(cells: Sequence[Atoms], cache_dir, settings: dict, progress: bool
 
 
 # -- the System -------------------------------------------------------------------------------
+def schnet_committee(seed: int, species: tuple, n_members: int = 4, n_features: int = 32, n_interactions: int = 2,
+                     cutoff: float = 4.5) -> Committee:
+    """An untrained SchNet committee (M = ``n_members``) for the host–guest cells, on the default device."""
+    from ..models.schnet import SchNetCommittee
+
+    model = SchNetCommittee(n_members=n_members, species=species, n_features=n_features,
+                            n_interactions=n_interactions, cutoff=cutoff, seed=seed)
+    return Committee(model).to(default_device())
+
+
+def evaluate_host_guest(committee: Committee, starts: list[Atoms], window: list[Atoms], reference: CalculatorSpec,
+                        md: dict) -> dict:
+    """The system's metrics: committee-MD stability from ``starts`` (``md``: :func:`~advsample.metrics.md_stability`
+    options, energies checked against ``reference``) and the force MAE on the ``window`` frames."""
+    from ..metrics import md_stability, stability_metrics
+
+    out = stability_metrics(md_stability(committee, starts, reference=reference.build(), **md))
+    _, window_forces = labels_of(window)
+    out["window_force_mae"] = float(np.abs(committee.predict(window)["forces_mean"] - window_forces).mean())
+    return out
+
+
 def host_guest_cells(cells: Sequence[str] | None = None, source: str = "builtin", max_atoms: int | None = 60,
                      hosts: Sequence[str] | None = None, guests: Sequence[str] | None = None, seed: int = 0,
                      min_distance_A: float = 2.0, smoke: bool = False) -> list[Atoms]:
@@ -509,26 +532,13 @@ def host_guest(
     stability_starts = [next(a for a in initial if a.info.get("cell_name") == name).copy() for name in names]
     window = [a for a in test if a.info.get("subset") == "window"]
 
-    def make_committee(seed: int) -> Committee:
-        from ..models.schnet import SchNetCommittee
-
-        model = SchNetCommittee(n_members=n_members, species=species, n_features=n_features,
-                                n_interactions=n_interactions, cutoff=cutoff, seed=seed)
-        return Committee(model).to(default_device())
-
-    def evaluate(committee: Committee) -> dict:
-        from ..metrics import md_stability, stability_metrics
-
-        stability = md_stability(
-            committee, stability_starts, temperature_K=stability_temperature_K, n_runs=stability_runs,
-            n_steps=stability_steps, timestep_fs=stability_timestep_fs, reference=reference.build(),
-            energy_tolerance_eV=energy_tolerance_eV, n_check_frames=1 if smoke else 3, seed=data_seed,
-        )
-        out = stability_metrics(stability)
-        _, window_forces = labels_of(window)
-        out["window_force_mae"] = float(np.abs(committee.predict(window)["forces_mean"] - window_forces).mean())
-        return out
-
+    make_committee = functools.partial(schnet_committee, species=species, n_members=n_members,
+                                       n_features=n_features, n_interactions=n_interactions, cutoff=cutoff)
+    evaluate = functools.partial(
+        evaluate_host_guest, starts=stability_starts, window=window, reference=reference,
+        md={"temperature_K": stability_temperature_K, "n_runs": stability_runs, "n_steps": stability_steps,
+            "timestep_fs": stability_timestep_fs, "energy_tolerance_eV": energy_tolerance_eV,
+            "n_check_frames": 1 if smoke else 3, "seed": data_seed})
     return System(
         name="host_guest",
         reference=reference,
