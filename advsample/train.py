@@ -7,7 +7,7 @@ each member its own multiset of training structures.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +29,8 @@ class TrainConfig:
     energy_weight: float = 1.0  # weight of the energy MSE
     forces_weight: float = 1.0  # weight of the force MSE (per free coordinate)
     batch_size: int | None = None  # structures per step; None = the whole set
-    patience: int = 300  # stop when no member improved on validation for this many epochs
+    patience: int = 300  # stop when no member improved on validation (by min_improvement) for this many epochs
+    min_improvement: float = 1e-3  # relative drop of a member's validation loss that counts as progress for `patience`
     lr_factor: float = 0.5  # learning-rate decay on a validation plateau
     lr_patience: int = 100  # epochs without improvement before decaying the learning rate
     min_learning_rate: float = 1e-5
@@ -37,6 +38,10 @@ class TrainConfig:
     reuse_geometry: bool = True  # pairs and radial features once per batch (models that offer it), not every step
     seed: int = 0
     progress: bool = True  # tqdm bar
+    # continued training (a round that starts from the previous round's weights, `continued()`):
+    continue_epochs: int | None = None  # maximum epochs of a continued round; None: a tenth of `epochs`
+    continue_learning_rate: float | None = None  # its initial Adam step; None: a fifth of `learning_rate`
+    continue_patience: int | None = None  # its early-stopping patience; None: a sixth of `patience` (plateau decay: half)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -45,6 +50,27 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
             raise ValueError("energy_weight and forces_weight must be >= 0 and not both 0")
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement must be in [0, 1), got {self.min_improvement}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        for name in ("continue_epochs", "continue_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.continue_learning_rate is not None and not self.continue_learning_rate > 0:
+            raise ValueError(f"continue_learning_rate must be positive or None, got {self.continue_learning_rate}")
+
+    def continued(self) -> "TrainConfig":
+        """The schedule of a continued round: ``continue_epochs`` at ``continue_learning_rate``,
+        patience ``continue_patience`` (plateau decay after half of it), never longer than a full
+        round (``epochs``, ``patience``); everything else as here."""
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        epochs = min(pick(self.continue_epochs, max(self.epochs // 10, 1)), self.epochs)
+        patience = min(pick(self.continue_patience, max(self.patience // 6, 1)), self.patience)
+        learning_rate = pick(self.continue_learning_rate, self.learning_rate / 5)
+        return replace(self, epochs=epochs, learning_rate=learning_rate, patience=patience,
+                       lr_patience=min(self.lr_patience, max(patience // 2, 1)),
+                       min_learning_rate=min(self.min_learning_rate, learning_rate))
 
 
 @dataclass
@@ -56,6 +82,8 @@ class TrainHistory:
     validation_loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
     best_validation_loss: list[float] = field(default_factory=list)  # [M]
+    start_validation_loss: list[float] | None = None  # [M], a continued run's starting weights
+    best_epoch: list[int] = field(default_factory=list)  # [M], -1: the starting weights stayed best
     stopped_early: bool = False
 
     def to_dict(self) -> dict:
@@ -136,21 +164,62 @@ def training_step(committee: Committee, targets: _Targets, config: TrainConfig, 
     return losses.detach()
 
 
+class _EarlyStopping:
+    """Per-member best weights and patience on the validation loss.
+
+    Each member's best weights follow every improvement; its patience counter restarts only
+    when its loss falls below ``(1 − min_improvement)`` × its loss at the last restart, so a
+    loss that creeps down by noise-sized steps (e.g. the training loss standing in for
+    validation) does not keep training alive for ever. Training stops when every member has
+    waited ``patience`` epochs. ``start`` [M] (continued training): the starting weights'
+    losses are the first best, so no member ends worse on validation than it began.
+    """
+
+    def __init__(self, committee: Committee, config: TrainConfig, start: torch.Tensor | None = None):
+        n_members = committee.n_members
+        self.best = torch.full((n_members,), float("inf")) if start is None else start.clone()
+        self.anchor = self.best.clone()
+        self.waited = torch.zeros(n_members, dtype=torch.long)
+        self.best_epoch = torch.full((n_members,), -1, dtype=torch.long)
+        self.state = member_state(committee.model)
+        self.config = config
+
+    def update(self, committee: Committee, losses: torch.Tensor, epoch: int) -> bool:
+        """Record epoch ``epoch``'s member losses [M]; True when training should stop."""
+        improved = losses < self.best
+        if improved.any():
+            self.best = torch.where(improved, losses, self.best)
+            self.best_epoch = torch.where(improved, torch.full_like(self.best_epoch, epoch), self.best_epoch)
+            update_members(committee.model, self.state, improved)
+        progress = losses < self.anchor * (1 - self.config.min_improvement)
+        progress |= ~torch.isfinite(self.anchor) & torch.isfinite(losses)
+        self.anchor = torch.where(progress, losses, self.anchor)
+        self.waited = torch.where(progress, torch.zeros_like(self.waited), self.waited + 1)
+        return bool((self.waited >= self.config.patience).all())
+
+
 def train_committee(
     committee: Committee,
     train: Sequence[Atoms],
     validation: Sequence[Atoms] | None = None,
     config: TrainConfig | None = None,
-    fit_normalization: bool = True,
+    fit_normalization: bool | None = None,
+    warm_start: bool = False,
 ) -> TrainHistory:
     """Train all members in place; returns the history. Each member ends at its best validation weights.
 
     ``validation`` empty or None: the training loss stands in for early stopping.
-    ``fit_normalization``: set the energy shift/scale from ``train`` (turn off for warm starts).
+    ``warm_start``: continue from the committee's current weights: the energy shift/scale are
+    kept, and the starting weights' validation losses are each member's first best (a member
+    never ends worse on validation than it started). Give it a continued schedule
+    (``config.continued()``): converged weights take small steps.
+    ``fit_normalization``: set the energy shift/scale from ``train`` (default: unless ``warm_start``).
     """
     config = config or TrainConfig()
     if len(train) == 0:
         raise ValueError("empty training set: give at least one labeled structure")
+    if fit_normalization is None:
+        fit_normalization = not warm_start
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     energies, _ = labels_of(train)
@@ -170,34 +239,32 @@ def train_committee(
         optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
     )
     train_targets = _Targets(train, committee, config.reuse_geometry)  # minibatches are cut from it
-    best_loss = torch.full((n_members,), float("inf"))
-    best_state = member_state(committee.model)
+    weights_all = None if counts is None else torch.as_tensor(counts, dtype=committee.dtype, device=committee.device)
     history = TrainHistory()
-    since_best = 0
+    start = None
+    if warm_start:
+        committee.eval()
+        scoring = validation_targets or train_targets
+        start = scoring.member_losses(committee, config, None if validation_targets else weights_all,
+                                      create_graph=False).detach().cpu()
+        history.start_validation_loss = start.tolist()
+    stopping = _EarlyStopping(committee, config, start)
     bar = tqdm(range(config.epochs), desc="training committee", disable=not config.progress, leave=False)
     committee.train()
     for epoch in bar:
         order = rng.permutation(n_train) if batch_size < n_train else np.arange(n_train)
         epoch_loss = 0.0
-        for start in range(0, n_train, batch_size):
-            index = np.sort(order[start : start + batch_size])
+        for first in range(0, n_train, batch_size):
+            index = np.sort(order[first : first + batch_size])
             targets = train_targets if batch_size == n_train else train_targets.subset(index)
-            weights = None
-            if counts is not None:
-                weights = torch.as_tensor(counts[:, index], dtype=committee.dtype, device=committee.device)
+            weights = None if counts is None else weights_all[:, torch.as_tensor(index, device=weights_all.device)]
             losses = training_step(committee, targets, config, optimizer, weights)
             epoch_loss += float(losses.sum()) * len(index) / n_train
         if validation_targets is not None:
             member_validation = validation_targets.member_losses(committee, config, create_graph=False).detach().cpu()
         else:
             member_validation = losses.cpu()
-        improved = member_validation < best_loss
-        if improved.any():
-            best_loss = torch.where(improved, member_validation, best_loss)
-            update_members(committee.model, best_state, improved)
-            since_best = 0
-        else:
-            since_best += 1
+        stop = stopping.update(committee, member_validation, epoch)
         validation_total = float(member_validation.sum())
         scheduler.step(validation_total)
         history.epoch.append(epoch)
@@ -206,11 +273,48 @@ def train_committee(
         history.learning_rate.append(optimizer.param_groups[0]["lr"])
         if epoch % 50 == 0:
             bar.set_postfix(train=f"{epoch_loss:.3g}", validation=f"{validation_total:.3g}")
-        if since_best >= config.patience:
+        if stop:
             history.stopped_early = True
             break
     bar.close()
-    committee.model.load_state_dict(best_state)
+    committee.model.load_state_dict(stopping.state)
     committee.eval()
-    history.best_validation_loss = best_loss.tolist()
+    history.best_validation_loss = stopping.best.tolist()
+    history.best_epoch = stopping.best_epoch.tolist()
     return history
+
+
+def member_errors(committee: Committee, atoms_list: Sequence[Atoms]) -> dict[str, list[float]]:
+    """Each member's errors on labeled structures: ``energy_mae`` per atom and ``force_mae``
+    (free coordinates only, as in training), lists of length M, in the labels' units (not the
+    committee's normalisation, so two committees normalised apart compare)."""
+    energies, forces = labels_of(atoms_list)
+    predicted = committee.predict(atoms_list)
+    n_atoms = np.array([len(a) for a in atoms_list], dtype=float)
+    energy_mae = (np.abs(predicted["energies"] - energies[None]) / n_atoms[None]).mean(1)
+    free = ~Batch.from_atoms(atoms_list).fixed.numpy()  # [N, 3]
+    force_error = np.abs(predicted["forces"] - forces[None])[:, free]  # [M, free coordinates]
+    force_mae = force_error.mean(1) if force_error.shape[1] else np.zeros(committee.n_members)
+    return {"energy_mae": energy_mae.tolist(), "force_mae": force_mae.tolist()}
+
+
+def regression_check(previous: Committee, committee: Committee, atoms_list: Sequence[Atoms]) -> dict:
+    """Is ``committee`` worse than ``previous`` on the fixed validation structures ``atoms_list``?
+
+    For the force MAE and the per-atom energy MAE, the members' mean of each committee is
+    compared: a rise beyond the previous members' spread (their standard deviation, or 1 % of
+    the mean if larger: members that agree exactly leave no spread) is a regression. Returns
+    {"flagged", "worse" (the figures that regressed), "previous"/"now": {figure: member mean},
+    "spread": {figure: the allowed rise}, "n_structures"}.
+    """
+    before, after = member_errors(previous, atoms_list), member_errors(committee, atoms_list)
+    result = {"previous": {}, "now": {}, "spread": {}, "worse": [], "n_structures": len(atoms_list)}
+    for figure in ("force_mae", "energy_mae"):
+        old, new = np.asarray(before[figure]), np.asarray(after[figure])
+        allowed = max(float(old.std()), 0.01 * float(old.mean()))
+        result["previous"][figure], result["now"][figure] = float(old.mean()), float(new.mean())
+        result["spread"][figure] = allowed
+        if not np.isfinite(new.mean()) or new.mean() - old.mean() > allowed:
+            result["worse"].append(figure)
+    result["flagged"] = bool(result["worse"])
+    return result

@@ -1,0 +1,163 @@
+"""Rounds: continued training (warm start) and the check that a round never makes the committee worse unnoticed.
+
+* continued training starts from the given weights, keeps the normalisation, stops early when
+  the validation loss stalls, and keeps the members distinct (σ > 0 on held-out structures);
+* early stopping stops on a loss that only creeps down (the old rule never stopped);
+* the loop: a continued round starts from the previous members' weights; a round that makes the
+  committee worse on the fixed validation set (a small periodic EMT cell) is flagged in its
+  record and, by default, the better committee is carried forward;
+* benchmarks/round_speed.py --quick --json runs and reports both modes side by side.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from advsample.committee import Committee
+from advsample.models import MLPCommittee
+from advsample.structures import labeled, labels_of
+from advsample.train import TrainConfig, _EarlyStopping, _Targets, regression_check, train_committee
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clone(committee: Committee) -> Committee:
+    return copy.deepcopy(committee)
+
+
+@pytest.fixture(scope="module")
+def converged(left_well_data):
+    """An MLP committee trained from scratch on 60 left-well points (20 for validation)."""
+    committee = Committee(MLPCommittee(4, (16, 16), seed=0))
+    train_committee(committee, left_well_data[:60], left_well_data[60:80],
+                    TrainConfig(epochs=200, patience=100, progress=False, seed=1))
+    return committee
+
+
+def test_continued_schedule_is_short_and_bounded():
+    full = TrainConfig(epochs=3000, patience=300, learning_rate=5e-3, lr_patience=100)
+    short = full.continued()
+    assert (short.epochs, short.patience, short.learning_rate) == (300, 50, pytest.approx(1e-3))
+    assert short.lr_patience == 25 and short.min_learning_rate <= short.learning_rate
+    own = TrainConfig(epochs=20, patience=10, continue_epochs=500, continue_patience=400, continue_learning_rate=2e-4)
+    assert (own.continued().epochs, own.continued().patience) == (20, 10)  # never longer than a full round
+    assert own.continued().learning_rate == 2e-4
+    for bad in (dict(continue_epochs=0), dict(continue_learning_rate=0.0), dict(min_improvement=1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad)
+
+
+def test_continued_training_starts_from_the_given_weights(converged, left_well_data):
+    train, validation = left_well_data[:70], left_well_data[70:80]
+    committee = clone(converged)
+    shift, scale = float(committee.energy_shift), float(committee.energy_scale)
+    config = TrainConfig(epochs=200, patience=100, progress=False, seed=2).continued()
+    expected = _Targets(validation, committee).member_losses(committee, config, create_graph=False).detach()
+    history = train_committee(committee, train, validation, config, warm_start=True)
+    np.testing.assert_allclose(history.start_validation_loss, expected.numpy(), rtol=1e-6)
+    # normalisation kept; no member ends worse on validation than it started
+    assert (float(committee.energy_shift), float(committee.energy_scale)) == (shift, scale)
+    assert np.all(np.array(history.best_validation_loss) <= np.array(history.start_validation_loss))
+    # from fresh weights the first epochs are far worse: the start really was the trained committee
+    fresh = Committee(MLPCommittee(4, (16, 16), seed=0))
+    fresh_history = train_committee(fresh, train, validation, config)
+    assert fresh_history.validation_loss[0] > 5 * sum(history.start_validation_loss)
+
+
+def test_continued_training_stops_when_validation_stalls(converged, left_well_data):
+    """Validation labels that training cannot reach (each point carries another point's labels):
+    the loss stalls, and a continued round stops after its patience, not at its epoch limit."""
+    points = left_well_data[60:80]
+    energies, forces = labels_of(points)
+    order = np.roll(np.arange(len(points)), 7)
+    stalled = [labeled(a, energies[j], forces[j:j + 1]) for a, j in zip(points, order)]
+    committee = clone(converged)
+    config = TrainConfig(epochs=2000, patience=300, progress=False, seed=3).continued()  # 200 epochs, patience 50
+    history = train_committee(committee, left_well_data[:60], stalled, config, warm_start=True)
+    assert history.stopped_early and len(history.epoch) < config.epochs
+    # with the old rule (any improvement, however small, restarts the patience) it runs longer or to the limit
+    old_rule = train_committee(clone(converged), left_well_data[:60], stalled,
+                               replace(config, min_improvement=0.0), warm_start=True)
+    assert len(old_rule.epoch) >= len(history.epoch)
+
+
+def test_early_stopping_stops_on_a_creeping_loss():
+    """A loss that falls by 1e-5 (relative) per epoch, every epoch: the old rule (any improvement resets
+    patience) never stops; with min_improvement=1e-3 a member waits `patience` epochs, then stops."""
+    committee = Committee(MLPCommittee(2, (4,), seed=0))
+    stopping = _EarlyStopping(committee, TrainConfig(patience=20, min_improvement=1e-3))
+    epoch = 0
+    while not stopping.update(committee, torch.full((2,), (1 - 1e-5) ** epoch), epoch):
+        epoch += 1
+    assert epoch == 20  # epoch 0 sets the anchor, 20 epochs without 0.1 % progress follow
+    assert stopping.best_epoch.tolist() == [20, 20]  # best weights still follow every improvement
+    stopping = _EarlyStopping(committee, TrainConfig(patience=20, min_improvement=1e-3))
+    falling = [stopping.update(committee, torch.full((2,), 0.99 ** epoch), epoch) for epoch in range(200)]
+    assert not any(falling)  # 1 % per epoch is progress
+
+
+def test_continued_members_keep_distinct_predictions(converged, left_well_data, surface_2d):
+    held_out = surface_2d.sample(40, seed=11, max_energy=2.0)
+    scratch = Committee(MLPCommittee(4, (16, 16), seed=5))
+    train_committee(scratch, left_well_data[:70], left_well_data[70:80],
+                    TrainConfig(epochs=200, patience=100, progress=False, seed=5))
+    continued = clone(converged)
+    for step in range(3):  # three continued rounds on the same data: the members must not collapse
+        train_committee(continued, left_well_data[:70], left_well_data[70:80],
+                        TrainConfig(epochs=200, patience=100, progress=False, seed=6 + step).continued(),
+                        warm_start=True)
+    sigma_continued = continued.predict(held_out)["forces_std"]
+    sigma_scratch = scratch.predict(held_out)["forces_std"]
+    assert np.all(sigma_continued > 0)
+    assert np.median(sigma_continued) > 0.3 * np.median(sigma_scratch)
+
+
+def test_regression_check_flags_a_worse_committee(converged, left_well_data):
+    validation = left_well_data[60:80]
+    same = regression_check(converged, clone(converged), validation)
+    assert not same["flagged"] and same["worse"] == []
+    worse = clone(converged)
+    with torch.no_grad():
+        for parameter in worse.model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    check = regression_check(converged, worse, validation)
+    assert check["flagged"] and "force_mae" in check["worse"]
+    assert check["now"]["force_mae"] - check["previous"]["force_mae"] > check["spread"]["force_mae"] > 0
+    assert not regression_check(worse, converged, validation)["flagged"]  # better is never flagged
+
+
+def test_round_speed_benchmark_quick(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "round_speed.py"), "--quick", "--json", "--systems", "adatom",
+         "--seeds", "2", "--rounds", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    slab = result["systems"]["adatom"]
+    assert result["benchmark"] == "round_speed" and result["machine"]["torch_threads"] == 1
+    assert slab["rare_event_metric"] == "barrier_error_eV"
+    for mode in ("scratch", "continued"):
+        runs = slab["per_seed"][mode]
+        assert len(runs) == 2 and all(len(run) == 3 for run in runs)  # rounds 0..2 per seed
+        for run in runs:
+            assert [row["round"] for row in run] == [0, 1, 2]
+            assert run[1]["labels_used"] == 2 and run[2]["labels_used"] == 4  # the same labels in both modes
+            for row in run[1:]:
+                assert set(row["phases_s"]) >= {"sample_s", "select_s", "label_s", "train_s", "metrics_s"}
+                assert row["wall_s"] > 0 and np.isfinite(row["test_force_mae"])
+        assert np.isfinite(slab[mode]["final_test_force_mae"]["mean"])
+    # round 0 is trained once and shared: both modes start from the same committee
+    assert [run[0]["test_force_mae"] for run in slab["per_seed"]["scratch"]] == \
+        [run[0]["test_force_mae"] for run in slab["per_seed"]["continued"]]
+    assert slab["speedup_later_rounds"] > 0
