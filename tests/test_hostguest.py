@@ -190,13 +190,21 @@ def test_one_round_over_two_cells_of_different_sizes(tmp_path):
 
     from advsample.loop import ActiveLearning
     from advsample.samplers import make_sampler
+    from advsample.systems import get_system
 
     system = host_guest(cells=["SOD:water", "CHA:methylamine"], smoke=True, cache_dir=str(tmp_path / "cache"))
     sizes = {a.info["cell_name"]: len(a) for a in system.initial}
     assert sizes == {"SOD:water": 39, "CHA:methylamine": 43}
     assert set(system.subsets) == {"thermal:SOD:water", "thermal:CHA:methylamine", "window"}
-    again = host_guest(cells=["SOD:water", "CHA:methylamine"], smoke=True, cache_dir=str(tmp_path / "cache"))
-    assert np.allclose(again.initial[0].get_forces(), system.initial[0].get_forces())  # from the cache
+    again = get_system("host_guest", cells=["SOD:water", "CHA:methylamine"], smoke=True,
+                       cache_dir=str(tmp_path / "cache"))  # by name, as workers rebuild it: from the cache
+    assert again.spec[0] == "host_guest" and np.allclose(again.initial[0].get_forces(), system.initial[0].get_forces())
+    setup = {a.info["cell_name"]: a for a in read(system.reference.kwargs["setup"], ":")}
+    for frame in system.subset("window"):  # one guest moved rigidly 1-2 Å from its site, the framework as set up
+        start = setup[frame.info["cell_name"]]
+        moved = np.linalg.norm(frame.positions - start.positions, axis=1)
+        guest = ~framework_mask(start)
+        assert np.allclose(moved[~guest], 0.0) and 1.0 - 1e-6 <= moved[guest].max() <= 2.0 + 1e-6
     run = ActiveLearning.from_system(system, tmp_path / "run", make_sampler("adversarial", n_steps=5), progress=False)
     records = run.run(1)
     last = records[-1].metrics
