@@ -503,7 +503,9 @@ def host_guest(
     ``md_temperature_K`` (one every ``md_interval`` 0.5 fs steps), test subsets
     ``thermal:<cell>`` (``n_thermal`` frames at ``test_temperature_K``) and ``window``
     (``n_window`` frames, a guest pushed towards a window), cached under ``cache_dir`` (default
-    :func:`default_cache_dir`) by a hash of the cells and these settings. Energies are
+    :func:`default_cache_dir`) by a hash of the cells and these settings (``progress``: a tqdm
+    bar over the cells while the data are made; ~1–3 min per cell at the full settings on one
+    busy core, 0.2 s from the cache). Energies are
     GFN-FF − Σ_Z n_Z μ_Z (μ fitted to the cells as set up) so that cells share one energy
     scale for the objective and the ``energy_ceiling_eV`` window. Metrics: committee-MD
     stability at ``stability_temperature_K`` from every cell (energies checked against GFN-FF
