@@ -226,7 +226,8 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
         batch = Batch.from_atoms(seeds).to(committee.device, committee.dtype)
         free = (~batch.fixed).to(committee.dtype)
         generator = torch.Generator().manual_seed(config.seed)
-        delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype) * config.initial_displacement
+        delta0 = torch.randn(batch.positions.shape, generator=generator, dtype=committee.dtype)
+        delta0 = delta0 * config.initial_displacement
         delta = torch.nn.Parameter(delta0.to(committee.device) * free)
         groups = [{"params": [delta], "lr": config.learning_rate}]
         strain = strain_mask = None

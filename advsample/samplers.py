@@ -435,7 +435,8 @@ SAMPLERS = BUILTIN_ORDER
 # -- a System's sampler settings, typed -------------------------------------------------------
 def attack_options(attack: AdversarialSampler) -> dict:
     """The options that rebuild ``attack`` with ``make_sampler("adversarial", **options)``."""
-    config = {f.name: getattr(attack.config, f.name) for f in fields(AttackConfig) if f.name not in ("kT", "uncertainty")}
+    config = {f.name: getattr(attack.config, f.name) for f in fields(AttackConfig)
+              if f.name not in ("kT", "uncertainty")}
     return {**config, "n_seeds": attack.n_seeds, "snapshot_every": attack.snapshot_every}
 
 
@@ -471,7 +472,8 @@ def md_settings(value: "UncertaintyMDSampler | Mapping", what: str = "md") -> Un
     """A System's committee-MD settings typed: an :class:`UncertaintyMDSampler` (temperature_K,
     timestep_fs, n_steps, interval, friction, n_seeds; shared by ``md``, ``udd``, ``biased_md`` and
     ``md_attack``), from a dict of those options (a bad key or value raises, naming it)."""
-    return _typed(value, UncertaintyMDSampler, UncertaintyMDSampler, {f.name for f in fields(UncertaintyMDSampler)}, what)
+    known = {f.name for f in fields(UncertaintyMDSampler)}
+    return _typed(value, UncertaintyMDSampler, UncertaintyMDSampler, known, what)
 
 
 # -- methods: a sampler with a System's settings and the run objective --------------------------

@@ -44,7 +44,8 @@ def test_committee_md_conserves_energy(system):
     if system == "ethanol":  # a molecule: 9 atoms, 0.25 fs
         atoms, species, timestep_fs, bound_eV = molecule("CH3CH2OH"), (1, 6, 8), 0.25, 1e-3
     else:  # a periodic cell: 32 Al atoms (fcc, 8.1 Å cube), 0.5 fs
-        atoms, species, timestep_fs, bound_eV = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2)), (13,), 0.5, 2e-4
+        atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
+        species, timestep_fs, bound_eV = (13,), 0.5, 2e-4
     energies = _nve(atoms, species, timestep_fs, 100)
     total, kinetic = energies[:, 0], energies[:, 1]
     exchanged = np.ptp(kinetic)

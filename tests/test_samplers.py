@@ -378,7 +378,8 @@ def test_a_systems_attack_and_md_settings_are_typed_and_checked(toy_system):
     system = replace(toy_system, attack={"n_steps": 13, "learning_rate": 0.03, "snapshot_every": 2},
                      md={"temperature_K": 500.0, "n_steps": 11})
     assert isinstance(system.attack, AdversarialSampler) and isinstance(system.md, UncertaintyMDSampler)
-    assert (system.attack.config.n_steps, system.attack.config.learning_rate, system.attack.snapshot_every) == (13, 0.03, 2)
+    attack = system.attack
+    assert (attack.config.n_steps, attack.config.learning_rate, attack.snapshot_every) == (13, 0.03, 2)
     assert (system.md.temperature_K, system.md.n_steps, system.md.interval) == (500.0, 11, 5)  # the rest: defaults
     with pytest.raises(ValueError, match="attack: unknown option 'n_step'"):
         replace(toy_system, attack={"n_step": 13})
