@@ -30,7 +30,7 @@ criteria. The integrators here are ~20 lines each; the cost of a step is the com
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -176,11 +176,12 @@ def evaluate(force_fn: ForceFn, replicas: Replicas, state: MDState) -> None:
             state.energies[mask] = energies
             state.forces = torch.zeros_like(state.positions)
             state.forces[atoms] = forces
+        if bool(torch.isfinite(energies).all() & torch.isfinite(forces).all()):  # one sync in the common case
+            return
         bad_atoms = (~torch.isfinite(forces).all(1)).to(forces.dtype)
         per_replica = torch.zeros(len(live), dtype=forces.dtype, device=forces.device)
         finite = torch.isfinite(energies) & (per_replica.index_add_(0, sub.structure_index, bad_atoms) == 0)
-        bad = live[~finite.cpu().numpy()]
-        _stop(state, bad, "non-finite committee energy or forces", state.step)
+        _stop(state, live[~finite.cpu().numpy()], "non-finite committee energy or forces", state.step)
         return
 
 
@@ -203,7 +204,8 @@ def _moving(replicas: Replicas, state: MDState) -> torch.Tensor:
 
 
 def nve(force_fn: ForceFn, replicas: Replicas, timestep_fs: float):
-    """Velocity Verlet (ASE's ``VelocityVerlet``): ``init_fn() -> MDState``, ``step_fn(state) -> state``.
+    """Velocity Verlet (ASE's ``VelocityVerlet``): ``init_fn() -> MDState``, ``step_fn(state) -> state``
+    (the state object is updated and returned; its tensors are replaced, never written in place).
 
     p ← p + ½ dt F; x ← x + dt p/m (held coordinates stay); F ← F(x); p ← p + ½ dt F (held: 0).
     """
@@ -215,16 +217,19 @@ def nve(force_fn: ForceFn, replicas: Replicas, timestep_fs: float):
         return _initial_state(force_fn, replicas)
 
     def step_fn(state: MDState) -> MDState:
-        moving = _moving(replicas, state)
-        momenta = state.momenta + 0.5 * dt * state.forces
-        positions = torch.where(replicas.held, state.positions, state.positions + dt * momenta / replicas.masses)
-        state = replace(state, positions=torch.where(moving, positions, state.positions), step=state.step + 1,
-                        momenta=torch.where(moving, momenta, state.momenta))
+        # held coordinates have zero momenta and zero forces, so they stay put with no mask
+        everyone = state.live.all()
+        moving = None if everyone else _moving(replicas, state)
+        momenta = state.momenta + (0.5 * dt) * state.forces
+        positions = state.positions + dt * momenta / replicas.masses
+        if not everyone:  # stopped replicas stay as they were
+            momenta = torch.where(moving, momenta, state.momenta)
+            positions = torch.where(moving, positions, state.positions)
+        state.momenta, state.positions, state.step = momenta, positions, state.step + 1
         _finite_positions(replicas, state)
         evaluate(force_fn, replicas, state)
-        moving = _moving(replicas, state)
-        momenta = torch.where(replicas.held, 0.0, state.momenta + 0.5 * dt * state.forces)
-        state.momenta = torch.where(moving, momenta, state.momenta)
+        momenta = state.momenta + (0.5 * dt) * state.forces
+        state.momenta = momenta if state.live.all() else torch.where(_moving(replicas, state), momenta, state.momenta)
         state.steps[state.live] = state.step
         return state
 
@@ -270,7 +275,7 @@ def langevin(force_fn: ForceFn, replicas: Replicas, timestep_fs: float, temperat
         old = state.positions
         new = torch.where(replicas.held, old, old + dt * velocity + random_position)
         velocity = (new - old - random_position) / dt
-        state = replace(state, positions=torch.where(moving, new, old), step=state.step + 1)
+        state.positions, state.step = torch.where(moving, new, old), state.step + 1
         _finite_positions(replicas, state)
         evaluate(force_fn, replicas, state)
         velocity = velocity + c1 * state.forces / masses - c2 * velocity + random_velocity
@@ -283,6 +288,8 @@ def langevin(force_fn: ForceFn, replicas: Replicas, timestep_fs: float, temperat
 
 
 def _finite_positions(replicas: Replicas, state: MDState) -> None:
+    if bool(torch.isfinite(state.positions).all()):
+        return
     bad = ~torch.isfinite(state.positions).all(1).cpu().numpy()
     if bad.any():
         _stop(state, np.unique(replicas.owner[bad]), "non-finite positions", state.step - 1)
@@ -508,7 +515,9 @@ class _Monitor:
         has_neighbour[i[i != j]] = True
         alive_atom = np.isin(owner, live)
         bad[owner[alive_atom & self.free_all & ~has_neighbour]] = True
-        if len(self.bond_i):
+        size = np.int64(len(owner))
+        if len(self.bond_i) and not np.isin(self.bond_i * size + self.bond_j, i * size + j).all():
+            # some bond of the start is no longer within reach: are its atoms still joined by a chain?
             label = _components(len(owner), i, j)
             split = label[self.bond_i] != label[self.bond_j]
             bad[owner[self.bond_i[split]]] = True

@@ -1,6 +1,7 @@
 """Batched NN-MD speed: replica-steps per second, batched vs one replica at a time (ASE) vs the bare committee.
 
-    python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 10] [--repeats 5] [--systems NH3,slab,4x16] [--threads N] [--quick] [--json]
+    python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 10] [--repeats 5] [--systems NH3,slab,4x16]
+                                  [--host-guest SOD:methylamine [--stability-steps 200] [--epochs 200]] [--threads N] [--quick] [--json]
 
 For each system and each R in ``--replicas``, timed in alternation in one process (median of
 ``--repeats`` blocks of ``--steps`` steps, every block from the same start, so no replica
@@ -24,7 +25,10 @@ with the 4 × 32 network and a small 4 × 16, 1 interaction, 4 Å one. Reported 
 ``speedup_vs_ase`` (batched rate / ASE rate; goal ≥ 10× at R = 64 on NH3 and the slab, ≥ 20×
 stretch goal) and ``overhead_vs_bare`` (bare rate / batched rate; goal ≤ 1.2 at R = 64) and
 the peak resident memory during a short ``run_stability`` of R replicas (sampled from /proc every 2 ms; CUDA: the
-peak allocated GPU memory). The committees are untrained (the cost of a step does not depend
+peak allocated GPU memory). ``--host-guest CELL``: the network chosen by measurement (:func:`host_guest_study`): three
+SchNet sizes trained on GFN-FF frames of the cell, test force error against cost, and the time
+of a stability evaluation of 128 trajectories with the smallest (4000 steps extrapolated from
+``--stability-steps``). Elsewhere the committees are untrained (the cost of a step does not depend
 on the weights). ``--device cuda`` (default when visible) runs all three on the GPU.
 With ``--json`` the last line is one JSON object.
 """
@@ -202,6 +206,59 @@ def measure(name, start, make_committee, replicas, n_steps, repeats, device) -> 
     return {"n_atoms": len(start), "rows": rows}
 
 
+NETWORKS = {"4x16, 1 int., 4 A": (16, 1, 4.0), "4x32, 1 int., 4.5 A": (32, 1, 4.5), "4x32, 2 int., 5 A": (32, 2, 5.0)}
+
+
+def host_guest_study(cell: str, n_replicas: int, n_steps: int, epochs: int, repeats: int) -> dict:
+    """The host–guest network chosen by measurement: for each size in :data:`NETWORKS`, a
+    committee trained on GFN-FF MD frames of ``cell`` (advsample.systems.zeolites, cached), its
+    test errors and its bare cost per replica-step at R = ``n_replicas``; then a stability
+    evaluation of ``n_replicas`` trajectories × ``n_steps`` steps (1000 K, NVE, 0.5 fs) with the
+    smallest, timed, and the time of 4000 steps extrapolated from it (every replica kept: an upper bound)."""
+    from advsample.dynamics import run_stability
+    from advsample.metrics import test_errors
+    from advsample.systems import get_system
+    from advsample.systems.zeolites import schnet_committee
+    from advsample.train import TrainConfig, split_validation, train_committee
+
+    system = get_system("host_guest", cells=[cell], n_initial=60, n_thermal=20, n_window=4, md_interval=10)
+    train, validation = split_validation(system.initial, 0.15, seed=0)
+    species = tuple(sorted({int(z) for a in system.initial for z in a.numbers}))
+    start = system.initial[0]
+    out = {"cell": cell, "n_atoms": len(start), "n_train": len(train), "n_test": len(system.test), "networks": {}}
+    trained = {}
+    for name, (features, interactions, cutoff) in NETWORKS.items():
+        committee = schnet_committee(0, species, n_members=4, n_features=features, n_interactions=interactions,
+                                     cutoff=cutoff)
+        begin = time.perf_counter()
+        train_committee(committee, train, validation, TrainConfig(epochs=epochs, batch_size=8, progress=False))
+        train_s = time.perf_counter() - begin
+        errors = test_errors(committee, system.test)
+        bare = interleaved_median_ms({"bare": bare_block(committee, start, n_replicas, 1)}, repeats=repeats)["bare"]
+        out["networks"][name] = {"force_mae_eV_A": errors["force_mae"], "energy_mae_eV": errors["energy_mae"],
+                                 "bare_ms_per_replica_step": bare / n_replicas, "train_s": train_s}
+        trained[name] = committee
+        print(f"{cell} SchNet {name}: test force MAE {errors['force_mae']:.3f} eV/A, energy MAE "
+              f"{errors['energy_mae']:.3f} eV, {bare / n_replicas:.2f} ms per replica-step at R={n_replicas} "
+              f"(trained {train_s:.0f} s)", flush=True)
+    small = next(iter(NETWORKS))
+    begin = time.perf_counter()
+    result = run_stability(trained[small], [start], n_replicas=n_replicas, n_steps=n_steps, temperature_K=1000.0,
+                           timestep_fs=0.5, progress=True)
+    wall = time.perf_counter() - begin
+    replica_steps = sum(result["steps_completed"]) + n_replicas
+    per = wall / replica_steps
+    out["stability"] = {"network": small, "n_replicas": n_replicas, "n_steps": n_steps, "wall_s": wall,
+                        "replica_steps": replica_steps, "ms_per_replica_step": 1000 * per,
+                        "extrapolated_4000_steps_s": per * n_replicas * 4001,
+                        "md_stable_fraction_summary": result["md_stable_fraction_summary"],
+                        "load_average_1min": os.getloadavg()[0]}
+    print(f"stability: {n_replicas} x {n_steps} steps in {wall:.0f} s ({1000 * per:.2f} ms per replica-step, "
+          f"{result['md_stable_fraction_summary']} stable); {n_replicas} x 4000 steps: "
+          f"{per * n_replicas * 4001 / 60:.1f} min if every replica lives (upper bound)", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", default="1,8,64,256", help="comma-separated R values")
@@ -211,6 +268,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when visible)")
     parser.add_argument("--systems", default=None,
                         help="comma-separated words; only systems whose name contains one (e.g. NH3,slab,4x16)")
+    parser.add_argument("--host-guest", default=None, metavar="CELL",
+                        help="also the host-guest study on this built-in cell (e.g. SOD:methylamine): accuracy vs "
+                             "cost of the SchNet sizes, and the time of a 128-trajectory stability evaluation")
+    parser.add_argument("--stability-replicas", type=int, default=128)
+    parser.add_argument("--stability-steps", type=int, default=200, help="steps timed (4000 extrapolated)")
+    parser.add_argument("--epochs", type=int, default=200, help="training epochs per network (host-guest study)")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -226,6 +289,9 @@ def main(argv=None) -> dict:
         if args.systems and not any(word.lower() in name.lower() for word in args.systems.split(",")):
             continue
         result["systems"][name] = measure(name, start, make_committee, replicas, n_steps, repeats, device)
+    if args.host_guest:
+        result["host_guest"] = host_guest_study(args.host_guest, args.stability_replicas, args.stability_steps,
+                                                args.epochs, repeats)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     emit(result, args.json)
     return result
