@@ -1,7 +1,6 @@
 """The committee as an ASE calculator, for ASE MD, optimizers, NEB and cell relaxation."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 

@@ -81,7 +81,8 @@ class ToyStudy:
 
         reference = CalculatorSpec(f"advsample.surfaces:{self.surface_name}")  # worker processes build their own
         return ActiveLearning.from_system(
-            self.system, self.run_dir, self.sampler, seed=self.seed,  # the sampler with the system's settings reference=reference, executor=executor,
+            # the sampler by name: built with the system's settings for it
+            self.system, self.run_dir, self.sampler, seed=self.seed, reference=reference, executor=executor,
             train_config=replace(self.system.train, learning_rate=self.learning_rate), progress=False,
             retry_failures=self.retry_failures,
         )
