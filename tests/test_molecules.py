@@ -101,7 +101,7 @@ def test_ammonia_splits_fixed_and_disjoint():
     train, test = ammonia_splits(seed=0, n_test=20, n_path=3)
     assert len(train) == 118 and len(test) == 23
     ids_train = {a.info["geom_id"] for a in train}
-    ids_test = {a.info["geom_id"] for a in test if a.info["subset"] == "dft_geometry"}
+    ids_test = {a.info["geom_id"] for a in test if a.info["subset"] == "pyramidal_md"}
     assert len(ids_test) == 20 and not ids_train & ids_test
     assert [a.info["subset"] for a in test[-3:]] == ["inversion_path"] * 3
     labels_of(train + test)  # every structure labeled

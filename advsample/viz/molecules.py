@@ -9,6 +9,8 @@
   atom's largest σ over the trajectory.
 * :func:`attack_strip` (PNG: a matplotlib figure of a few frames) and :func:`attack_slider`
   (every frame, pre-rendered, switched in the browser) — the static fallbacks, coloured per frame.
+  Frames are captioned with the attack step; ``caption`` (e.g. :func:`cv_caption` of a
+  collective variable the caller gives) says more.
 
 Side views: each frame is centred and projected on the first and last principal axes of the
 first frame (for NH3: in-plane and umbrella axis), so a pyramid that flips is seen flipping.
@@ -21,7 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 from ase import Atoms
 
-__all__ = ["attack_trajectories", "per_atom_sigma", "attack_ngl", "attack_strip", "attack_slider", "show_attack"]
+__all__ = ["attack_trajectories", "per_atom_sigma", "attack_ngl", "attack_strip", "attack_slider", "show_attack",
+           "cv_caption"]
 
 
 def attack_trajectories(source, seeds: Sequence[int] | int | None = None, every: int = 1) -> list[list[Atoms]]:
@@ -133,14 +136,18 @@ def _draw(ax, atoms: Atoms, sigma: np.ndarray, axes: np.ndarray, norm, cmap, ext
 
 
 def _caption(atoms: Atoms) -> str:
-    parts = []
-    if "attack_step" in atoms.info:
-        parts.append(f"step {atoms.info['attack_step']}")
-    if atoms.get_chemical_formula() == "H3N":
-        from ..systems.ammonia import umbrella_height
+    return f"step {atoms.info['attack_step']}" if "attack_step" in atoms.info else ""
 
-        parts.append(f"h = {umbrella_height(atoms):+.2f} Å")
-    return ", ".join(parts)
+
+def cv_caption(collective_variable: Callable[[Atoms], float], name: str = "h", unit: str = "Å",
+               fmt: str = "+.2f") -> Callable[[Atoms], str]:
+    """A frame caption: the attack step and ``name = value unit`` of ``collective_variable(atoms)``,
+    e.g. ``cv_caption(umbrella_height)`` -> "step 4, h = +0.21 Å"."""
+    def caption(atoms: Atoms) -> str:
+        value = f"{name} = {format(float(collective_variable(atoms)), fmt)}{' ' + unit if unit else ''}"
+        return ", ".join(part for part in (_caption(atoms), value) if part)
+
+    return caption
 
 
 def _frame_setup(frames, sigma):
@@ -195,9 +202,10 @@ def attack_slider(frames: Sequence[Atoms], sigma: np.ndarray, caption: Callable[
 
 
 def show_attack(source, committee=None, seed: int = 0, every: int = 2, live: bool = True,
-                n_panels: int = 5, title: str | None = None):
+                n_panels: int = 5, title: str | None = None, caption: Callable[[Atoms], str] | None = None):
     """Display one attack trajectory: nglview animation (``live`` and nglview importable),
-    a browser-side frame slider and a PNG strip (the fallbacks for saved notebooks and reports).
+    a browser-side frame slider and a PNG strip (the fallbacks for saved notebooks and reports),
+    frames captioned by ``caption(atoms)`` (default: the attack step).
 
     Returns (frames, sigma [T, N] eV/Å).
     """
@@ -210,8 +218,8 @@ def show_attack(source, committee=None, seed: int = 0, every: int = 2, live: boo
             display(attack_ngl(frames, sigma))
         except ImportError:
             pass
-    display(attack_slider(frames, sigma, title=title))
+    display(attack_slider(frames, sigma, caption=caption, title=title))
     from . import show
 
-    show(attack_strip(frames, sigma, n_panels=n_panels, title=title))  # closed after: shown once
+    show(attack_strip(frames, sigma, n_panels=n_panels, caption=caption, title=title))  # closed after: shown once
     return frames, sigma
