@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import time
@@ -46,6 +47,8 @@ __all__ = [
     "CalculatorSpec",
     "LabelCache",
     "LabelResult",
+    "BadReferenceResult",
+    "ReferenceSpecError",
     "ReferenceGaveUp",
     "geometry_key",
     "label_structures",
@@ -98,6 +101,55 @@ class CalculatorSpec:
     def build(self):
         """A fresh calculator instance."""
         return self.resolve()(**self.kwargs)
+
+    def check(self, build: bool = False) -> None:
+        """Import the factory and bind ``kwargs`` to its signature; ``build``: also build it
+        (in this process, kept for labeling here).
+
+        ``ReferenceSpecError`` (a ValueError) naming the spec and what is wrong: a module
+        that cannot be imported, a missing attribute, something not callable, a keyword
+        the factory does not take, a build that fails. Runs (``ActiveLearning``) call it
+        before anything is paid (building when they label in this process: a remote
+        worker's environment may differ from this one's).
+        """
+        try:
+            factory = self.resolve()
+        except ImportError as exc:
+            raise ReferenceSpecError(f"reference {self.name!r}: module cannot be imported ({type(exc).__name__}: {exc}); "
+                                     "check the 'module:attr' path and that the package is installed") from exc
+        except AttributeError as exc:
+            raise ReferenceSpecError(f"reference {self.name!r}: {exc}; check the attribute after ':'") from exc
+        if not callable(factory):
+            raise ReferenceSpecError(f"reference {self.name!r} is a {type(factory).__name__}, not a class or function")
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+            return
+        try:
+            signature.bind(**self.kwargs)
+        except TypeError as exc:
+            raise ReferenceSpecError(f"reference {self.name!r} does not take the keywords {sorted(self.kwargs)}: {exc}") from exc
+        if build:
+            try:
+                _worker_calculator(self)
+            except Exception as exc:
+                raise ReferenceSpecError(f"could not build the reference {self.name!r} with {self.kwargs}: "
+                                         f"{type(exc).__name__}: {exc}; no reference call was made") from exc
+
+
+class ReferenceSpecError(ValueError):
+    """A reference (``CalculatorSpec``) that cannot be imported or called as given."""
+
+
+class BadReferenceResult(RuntimeError):
+    """The reference's first result is unusable (shape, type or a non-finite value): nothing more is paid.
+
+    ``reason``: what was wrong; ``formula``: the structure. Exactly one call was paid (and recorded as a failure).
+    """
+
+    def __init__(self, message: str, reason: str, formula: str):
+        super().__init__(message)
+        self.reason, self.formula = reason, formula
 
 
 def _is_live_calculator(obj) -> bool:
@@ -192,17 +244,18 @@ def _compute(atoms: Atoms, calc) -> dict:
     finally:
         work.calc = None
     seconds = time.perf_counter() - t0
+    invalid = {"ok": False, "invalid": True, "seconds": seconds}  # a result, but no label
     try:
         energy = float(np.asarray(energy).reshape(()))
     except (TypeError, ValueError):
-        return {"ok": False, "reason": f"energy is not a scalar: {energy!r}", "seconds": seconds}
+        return {**invalid, "reason": f"energy is not a scalar: {energy!r}"}
     if forces.shape != (len(atoms), 3):
-        return {"ok": False, "reason": f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)", "seconds": seconds}
+        return {**invalid, "reason": f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)"}
     if not np.isfinite(energy):
-        return {"ok": False, "reason": f"non-finite energy ({energy})", "seconds": seconds}
+        return {**invalid, "reason": f"non-finite energy ({energy})"}
     if not np.all(np.isfinite(forces)):
         bad = int(np.count_nonzero(~np.isfinite(forces)))
-        return {"ok": False, "reason": f"non-finite forces ({bad} components)", "seconds": seconds}
+        return {**invalid, "reason": f"non-finite forces ({bad} components)"}
     return {"ok": True, "energy": energy, "forces": forces, "seconds": seconds}
 
 
@@ -236,7 +289,10 @@ class LabelCache:
     Each record is one line ``{"key", "ok", "energy", "forces", "source", ...}`` or
     ``{"key", "ok": false, "reason", ...}``, written with a single ``write`` and fsynced.
     A process killed mid-write leaves at most one truncated last line, which loading skips
-    (``n_corrupt``). The last record of a key wins. Only the labeling process writes.
+    (``n_corrupt``). The last record of a key wins. Several processes may share the file:
+    each appends whole lines with one ``O_APPEND`` write, and :meth:`refresh` reads what the
+    others appended since (labeling re-reads before each wave and before each inline call,
+    so a key already present is not paid again).
     ``n_calls`` / ``n_failed_calls``: records in the file (every calculation paid, a retried
     failure counted again), so they stay right across any number of interrupted runs.
     """
@@ -250,17 +306,25 @@ class LabelCache:
         self.n_calls = 0  # records in the file: one per reference calculation paid (retries included)
         self.n_failed_calls = 0  # of which failures
         self._needs_newline = False
+        self._offset = 0  # bytes of the file read so far (whole lines)
+        self._own: list[bytes] = []  # lines this process appended since the last read
         self.reload()
 
     def reload(self) -> None:
         """(Re)read the file."""
         self._records.clear()
         self.n_corrupt = self.n_calls = self.n_failed_calls = 0
+        self._offset, self._own = 0, []
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         self._needs_newline = bool(data) and not data.endswith(b"\n")
-        for line in data.split(b"\n"):
+        self._offset = len(data)
+        self._parse(data.split(b"\n"))
+
+    def _parse(self, lines) -> set[str]:
+        keys = set()
+        for line in lines:
             if not line.strip():
                 continue
             try:
@@ -271,6 +335,32 @@ class LabelCache:
                 continue
             self._records[key] = record
             self._count(record)
+            keys.add(key)
+        return keys
+
+    def refresh(self) -> set[str]:
+        """Read the records other processes appended since the last read; returns their keys."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return set()
+        end = data.rfind(b"\n") + 1  # whole lines only: a line being written is read next time
+        if end == 0:
+            return set()
+        self._offset += end
+        lines = data[:end].split(b"\n")
+        own = list(self._own)
+        self._own = []
+        foreign = []
+        for line in lines:
+            if line in own:  # appended (and counted) by this process
+                own.remove(line)
+            else:
+                foreign.append(line)
+        self._own = own
+        return self._parse(foreign)
 
     def _count(self, record: dict) -> None:
         self.n_calls += 1
@@ -306,6 +396,7 @@ class LabelCache:
         finally:
             os.close(fd)
         self._needs_newline = False
+        self._own.append(line.rstrip("\n").encode())
         self._records[record["key"]] = record
         self._count(record)
 
@@ -368,8 +459,10 @@ def _progress_bar(total: int, enabled: bool, desc: str = "labeling"):
 
 
 def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelCache | None,
-                bar, retry_failed: bool, offset: int = 0) -> LabelResult:
-    """Core of label_structures; indices are shifted by ``offset``."""
+                bar, retry_failed: bool, offset: int = 0, check_first: bool = False) -> LabelResult:
+    """Core of label_structures; indices are shifted by ``offset``. ``check_first``: an
+    unusable result (shape, non-finite) while the cache holds no label yet raises
+    :class:`BadReferenceResult` at once (the call is recorded), so nothing more is paid."""
     t0 = time.perf_counter()
     spec = as_spec(calculator)
     inline = is_inline(executor)
@@ -429,22 +522,43 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
                                   formula=atoms_list[indices[0]].get_chemical_formula(), retries=retries)
             for i in indices:
                 fail(i, key, out["reason"], retries, kind=kind)
+            if check_first and out.get("invalid") and not slots and (cache is None or cache.n_labels == 0):
+                formula = atoms_list[indices[0]].get_chemical_formula()
+                raise BadReferenceResult(
+                    f"the reference {source}'s first result is unusable: {out['reason']} (structure {formula}, "
+                    f"{len(atoms_list[indices[0]])} atoms); nothing more was paid. Fix the reference (it must return "
+                    "a finite scalar energy and finite forces of shape (n_atoms, 3)), then rerun with retry_failures=True",
+                    out["reason"], formula,
+                )
         bar.update(len(indices))
+
+    def finish_cached(key: str):
+        record = cache.get(key)
+        for i in groups[key]:
+            result.n_cached += 1
+            if record.get("ok"):
+                accept(i, key, record["energy"], record["forces"])
+            else:
+                fail(i, key, record.get("reason", "failed"), record.get("retries", 0), cached=True)
+        bar.update(len(groups[key]))
 
     if inline:
         calc = None
         for key, indices in groups.items():
+            if cache is not None and key in cache.refresh():
+                finish_cached(key)  # another process paid for it meanwhile
+                continue
             if spec is None:
                 out = _compute(atoms_list[indices[0]], calculator)
             else:
                 if calc is None:
                     try:
                         calc = _worker_calculator(spec)
-                    except Exception as exc:
-                        out = {"ok": False, "reason": f"could not build {spec.name}: {type(exc).__name__}: {exc}",
-                               "cacheable": False}
-                        finish(key, out)
-                        continue
+                    except Exception as exc:  # nothing was paid: no failure to count, stop now
+                        raise ReferenceSpecError(
+                            f"could not build the reference {spec.name}: {type(exc).__name__}: {exc}; "
+                            "no reference call was made"
+                        ) from exc
                 out = _compute(atoms_list[indices[0]], calc)
             finish(key, out)
     elif groups:
@@ -527,7 +641,7 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
                 cache: LabelCache | str | os.PathLike | None = None, progress: bool = True,
                 retry_failed: bool = False, min_wave: int | None = None,
                 max_consecutive_failures: int | None = None, consecutive_failures: int = 0,
-                unit: str = "labels") -> LabelResult:
+                unit: str = "labels", check_first: bool = False) -> LabelResult:
     """Label ranked ``candidates`` (best first) until ``k`` labels succeed (``unit="labels"``)
     or until ``k`` reference calls have been paid (``unit="calls"``: every success of those
     calls is returned; answers from the cache cost nothing, also those right after the last
@@ -546,6 +660,11 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     count) raise :class:`ReferenceGaveUp` quoting the last reasons. ``consecutive_failures``
     carries a count over from an earlier call; the count at the end is
     ``result.consecutive_failures``.
+
+    Shared cache: before each wave the cache file is re-read for what other processes
+    appended (:meth:`LabelCache.refresh`), so a key already present is never paid again.
+    ``check_first``: the first result while the cache holds no label is checked (shape,
+    finite values); an unusable one raises :class:`BadReferenceResult` after that one call.
     """
     candidates = list(candidates)
     k = int(k)
@@ -580,7 +699,10 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
             if max_consecutive_failures is not None:  # never run far past the give-up
                 size = min(size, max(1, max_consecutive_failures - streak))
             wave = candidates[position:position + size]
-            r = _label_into(wave, calculator, executor, cache, _WaveBar(bar), retry_failed, offset=position)
+            if cache is not None:
+                cache.refresh()  # what other processes paid for since: answered from the cache
+            r = _label_into(wave, calculator, executor, cache, _WaveBar(bar), retry_failed, offset=position,
+                            check_first=check_first)
             successes.extend(zip(r.indices, r.labeled))
             total.failures.extend(r.failures)
             total.n_calls += r.n_calls

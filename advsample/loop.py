@@ -39,11 +39,13 @@ from ase import Atoms
 
 from . import __version__
 from .committee import Committee
+from .executors import InlineExecutor
 from .label import LabelCache, ReferenceGaveUp, label_until, last_reasons, reference_identity
 from .metrics import test_errors
 from .models import MODELS
 from .objective import Objective
-from .rundir import RunDir, fingerprint  # noqa: F401  (fingerprint: part of this module's API before rundir.py)
+from .parameters import as_number
+from .rundir import RunDir, check_run_inputs, deduplicate, fingerprint  # noqa: F401  (fingerprint: this module's API before)
 from .samplers import Proposal, Sampler
 from .select import SelectionConfig, select
 from .structures import labels_of
@@ -108,16 +110,23 @@ class ActiveLearning:
         retry_failures: bool = False,
         wait: bool = False,
     ):
+        kT, oversample, seed = as_number(kT, "kT"), as_number(oversample, "oversample", int), as_number(seed, "seed", int)
+        validation_fraction = as_number(validation_fraction, "validation_fraction")
+        if max_consecutive_failures is not None:
+            max_consecutive_failures = as_number(max_consecutive_failures, "max_consecutive_failures", int)
         self.objective = Objective(kT, uncertainty)  # fails before anything is paid for
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
         if test:
             labels_of(test)
+        initial = deduplicate(initial, "initial set")
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
             raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
         reference_identity(reference)  # a clear TypeError for something that is no reference
-        split_validation(initial, validation_fraction, seed)  # a clear error for a bad fraction, now
+        # a clear error for a bad fraction, a bad reference, cell or element - before anything is written or paid
+        check_run_inputs(committee.model, reference, *split_validation(initial, validation_fraction, seed), test or [],
+                         build=executor is None or isinstance(executor, InlineExecutor))
         self.run_dir = Path(run_dir)
         self.rundir = RunDir(self.run_dir)
         self.wait = bool(wait)
@@ -382,7 +391,7 @@ class ActiveLearning:
                 result = label_until(
                     remaining, budget - spent(), self.reference, self.executor, cache, progress=self.progress,
                     retry_failed=self.retry_failures, max_consecutive_failures=self.max_consecutive_failures,
-                    consecutive_failures=streak, unit="calls" if by_calls else "labels",
+                    consecutive_failures=streak, unit="calls" if by_calls else "labels", check_first=True,
                 )
             except ReferenceGaveUp as exc:
                 raise ReferenceGaveUp(
@@ -409,6 +418,7 @@ class ActiveLearning:
     def _call_counts(previous: dict | None, cache: LabelCache, outside_window: int) -> dict:
         """Reference calls so far, counted from the label cache (right after any resume), and this round's."""
         before = previous or {}
+        cache.refresh()  # calls paid by other processes on this cache count too (never the same key twice)
         total, failed = cache.n_calls, cache.n_failed_calls
         outside_total = before.get("reference_calls_outside_window", 0) + outside_window
         this_round = total - before.get("reference_calls", 0)

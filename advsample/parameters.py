@@ -23,7 +23,7 @@ import types
 import typing
 from typing import Any, Callable, Mapping
 
-__all__ = ["ParameterError", "check_parameters", "check_type", "check_declared_type"]
+__all__ = ["ParameterError", "NumberError", "as_number", "check_parameters", "check_type", "check_declared_type"]
 
 _BOUNDS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _TYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None), "NoneType": type(None)}
@@ -31,6 +31,55 @@ _TYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "None": typ
 
 class ParameterError(ValueError):
     """A parameter has the wrong type or breaks a rule; the message names it and the value given."""
+
+
+class NumberError(ParameterError, TypeError):
+    """A value that is no number where one is expected (a ``ParameterError`` and a ``TypeError``)."""
+
+
+def _plain_number(value: Any):
+    """``value`` as a Python int or float when it is a real number of any kind (Python, numpy
+    scalar or 0-d array, 0-d torch tensor ...), else None. Booleans and strings are not numbers."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)  # numpy scalars and 0-d arrays, 0-d torch tensors
+    shape = getattr(value, "shape", None)
+    if item is None or (shape is not None and tuple(shape) != ()):
+        return None
+    try:
+        value = item()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def as_number(value: Any, name: str, kind: type = float, rule: str | None = None) -> int | float:
+    """``value`` as a Python ``kind`` (float or int) when it is a number of any library.
+
+    Accepted: Python numbers, numpy scalars and 0-d arrays (``np.float32(1.0)``,
+    ``np.int64(1)``), 0-d torch tensors; for ``kind=int`` only integral values. Refused with
+    :class:`NumberError` naming ``name`` and the value: strings (``"1.0"``), booleans, arrays,
+    NaN. ``rule``: a bound like ``"> 0"`` (:class:`ParameterError` when broken).
+    """
+    number = _plain_number(value)
+    if number is None:
+        hint = " (a string: pass the number itself, e.g. 1.0 not '1.0')" if isinstance(value, str) else ""
+        raise NumberError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r} "
+                          f"({type(value).__name__}){hint}")
+    if kind is int:
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise NumberError(f"{name} must be an integer, got {value!r}")
+            number = int(number)
+    else:
+        number = float(number)
+        if number != number:
+            raise NumberError(f"{name} must be a number, got NaN")
+    if rule is not None:
+        _check_rule(name, number, rule)
+    return number
 
 
 def _members(expected) -> tuple:
@@ -52,9 +101,9 @@ def _matches(value: Any, kind: type) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:  # an integer is a fine float (-p kT 1)
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(_plain_number(value), int)
+    if kind is float:  # an integer is a fine float (-p kT 1); numpy and torch numbers too
+        return _plain_number(value) is not None
     return isinstance(value, kind)
 
 
@@ -67,8 +116,12 @@ def check_type(name: str, value: Any, expected) -> Any:
     if not any(_matches(value, kind) for kind in allowed):
         raise ParameterError(f"parameter {name!r}: expected {_type_label(allowed)}, "
                              f"got {value!r} ({type(value).__name__})")
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool) and int not in allowed:
-        return float(value)
+    number = _plain_number(value)
+    if number is not None and not isinstance(value, bool):
+        if float in allowed and int not in allowed:
+            return float(number)  # an int, np.float32 or 0-d tensor becomes a Python float
+        if int in allowed and isinstance(number, int):
+            return number
     return value
 
 

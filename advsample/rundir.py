@@ -406,3 +406,85 @@ class RunDir:
             "selected": read_atoms(directory / "selected.extxyz"),
             "candidates": read_atoms(directory / "candidates.extxyz"),
         }
+
+
+# --------------------------------------------------------------------------- a run's inputs, checked before anything is written
+def check_cells(atoms_list: Sequence[Atoms], what: str) -> None:
+    """ValueError naming ``what`` and the structure when a periodic direction has a zero or
+    degenerate cell (its periodic cell vectors not linearly independent)."""
+    for index, atoms in enumerate(atoms_list):
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if not pbc.any():
+            continue
+        cell = np.asarray(atoms.cell.array, dtype=float)
+        vectors = cell[pbc]
+        lengths = np.linalg.norm(vectors, axis=1)
+        singular = np.linalg.svd(vectors, compute_uv=False)
+        if lengths.min() < 1e-8 or singular.min() < 1e-6 * max(lengths.max(), 1.0):
+            axes = "".join("xyz"[i] for i in np.flatnonzero(pbc))
+            raise ValueError(
+                f"{what} structure {index} ({atoms.get_chemical_formula()}) has pbc={pbc.tolist()} but a "
+                f"{'zero' if lengths.min() < 1e-8 else 'degenerate'} cell along its periodic directions ({axes}): "
+                f"cell vectors {np.round(vectors, 6).tolist()} Å. Set the cell (atoms.cell = ...) or pbc=False"
+            )
+
+
+def deduplicate(atoms_list: Sequence[Atoms], what: str) -> list[Atoms]:
+    """``atoms_list`` without repeated geometries (the first kept), warning with their indices."""
+    from .label import geometry_key
+
+    seen: dict[str, int] = {}
+    kept, repeats = [], []
+    for index, atoms in enumerate(atoms_list):
+        key = geometry_key(atoms)
+        if key in seen:
+            repeats.append(f"{index} (= {seen[key]})")
+        else:
+            seen[key] = index
+            kept.append(atoms)
+    if repeats:
+        shown = ", ".join(repeats[:10]) + (" ..." if len(repeats) > 10 else "")
+        warnings.warn(f"{what}: {len(repeats)} duplicate structure(s) removed (the same geometry twice would sit in "
+                      f"training and validation at once): {shown}", RuntimeWarning, stacklevel=3)
+    return kept
+
+
+def _symbols(numbers) -> str:
+    from ase.data import chemical_symbols
+
+    return ", ".join(chemical_symbols[z] for z in sorted(numbers))
+
+
+def check_elements(atoms_list: Sequence[Atoms], what: str, known: set[int], known_what: str) -> None:
+    """ValueError naming ``what``, the first structure and the elements missing from ``known``."""
+    for index, atoms in enumerate(atoms_list):
+        missing = set(int(z) for z in atoms.numbers) - known
+        if missing:
+            raise ValueError(
+                f"{what} structure {index} ({atoms.get_chemical_formula()}) holds element(s) {_symbols(missing)} that "
+                f"{known_what} lacks ({_symbols(known) or 'none'}): its errors would be meaningless. Add such "
+                f"structures to the initial set, or remove them from the {what}"
+            )
+
+
+def check_run_inputs(model, reference, train: Sequence[Atoms], validation: Sequence[Atoms],
+                     test: Sequence[Atoms], build: bool = False) -> None:
+    """Everything about a run's inputs that can be checked before anything is written or paid:
+    the reference is importable and takes its keywords (``build``: and builds), periodic cells are sound, and the
+    validation and test sets hold only elements of the training set and of the model's
+    ``species`` (when it declares them)."""
+    from .label import as_spec
+
+    spec = as_spec(reference)
+    if spec is not None:
+        spec.check(build=build)
+    for what, atoms_list in (("initial set", train), ("validation set", validation), ("test set", test)):
+        check_cells(atoms_list, what)
+    species = getattr(model, "species", None)
+    if species is not None:
+        known = {int(z) for z in species}
+        for what, atoms_list in (("initial set", train), ("validation set", validation), ("test set", test)):
+            check_elements(atoms_list, what, known, f"the model (species {sorted(known)})")
+    elements = {int(z) for atoms in train for z in atoms.numbers}
+    for what, atoms_list in (("validation set", validation), ("test set", test)):
+        check_elements(atoms_list, what, elements, "the training set")

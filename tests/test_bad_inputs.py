@@ -415,3 +415,232 @@ def test_report_usage_errors_run_nothing(tmp_path, capsys, monkeypatch, argv, me
     assert main(["report", "-o", str(tmp_path / "report"), *argv]) == 2  # a usage error
     assert re.search(message, capsys.readouterr().err, re.S)
     assert not (tmp_path / "report").exists()  # no notebook was started
+
+
+# == issue 34: every mistake caught before the first paid call ===============================
+from advsample.label import BadReferenceResult, ReferenceSpecError, geometry_key  # noqa: E402
+from advsample.parameters import NumberError, as_number  # noqa: E402
+from advsample.rundir import RunDir, RunDirBusy, RunDirWriteError  # noqa: E402
+
+
+def _with_pbc(atoms_list, index, cell, pbc=True):
+    atoms_list = list(atoms_list)
+    atoms = atoms_list[index].copy()
+    atoms.calc = atoms_list[index].calc
+    atoms.cell, atoms.pbc = cell, pbc
+    atoms_list[index] = atoms
+    return atoms_list
+
+
+def _as_element(atoms_list, indices, symbol):
+    atoms_list = list(atoms_list)
+    for i in indices:
+        atoms = atoms_list[i].copy()
+        atoms.calc = atoms_list[i].calc
+        atoms.symbols = symbol * len(atoms)
+        atoms_list[i] = atoms
+    return atoms_list
+
+
+def _validation_indices(n=40, fraction=0.1, seed=0):
+    order = np.random.default_rng(seed).permutation(n)
+    n_validation = max(int(round(fraction * n)), 1)
+    return sorted(order[:n_validation])
+
+
+def _schnet(species):
+    return Committee(SchNetCommittee(n_members=2, species=species, n_features=8, n_interactions=1, cutoff=3.0))
+
+
+# (id, ActiveLearning keyword arguments, exception, message): each refused at ActiveLearning(...)
+BAD_RUNS = [
+    # a reference that cannot be imported or called as given: refused before anything is trained or paid
+    ("spec-no-module", dict(reference=CalculatorSpec("nosuch_module:Calc")), ReferenceSpecError, r"nosuch_module"),
+    ("spec-no-attr", dict(reference=CalculatorSpec("ase.calculators.emt:NoSuchCalc")), ReferenceSpecError,
+     r"NoSuchCalc"),
+    ("spec-bad-kwarg", dict(reference=CalculatorSpec("advsample.surfaces:double_well_1d", {"bogus": 1})),
+     ReferenceSpecError, r"double_well_1d' does not take the keywords \['bogus'\]"),
+    ("spec-build-fails", dict(reference=CalculatorSpec("advsample.surfaces:get_surface", {"name": "nosuch_surface"})),
+     ReferenceSpecError, r"could not build the reference 'advsample\.surfaces:get_surface'.*nosuch_surface"),
+    ("spec-not-callable", dict(reference=CalculatorSpec("math:pi")), ReferenceSpecError, r"math:pi' is a float"),
+    ("spec-no-submodule", dict(reference=CalculatorSpec("advsample.nosuch:Calc")), ReferenceSpecError,
+     r"advsample\.nosuch"),
+    ("spec-string", dict(reference="nosuch_module:Calc"), ReferenceSpecError, r"nosuch_module"),
+    ("reference-number", dict(reference=3.5), TypeError, r"expected a CalculatorSpec.*got 3\.5"),
+    # numbers: any library's number is fine, anything else is named
+    ("kT-string", dict(kT="1.0"), NumberError, r"kT must be a number, got '1\.0' \(str\).*not '1\.0'"),
+    ("kT-None", dict(kT=None), NumberError, r"kT must be a number, got None"),
+    ("kT-array", dict(kT=np.array([1.0, 2.0])), NumberError, r"kT must be a number, got array"),
+    ("kT-bool", dict(kT=True), NumberError, r"kT must be a number, got True \(bool\)"),
+    ("kT-nan", dict(kT=float("nan")), NumberError, r"kT must be a number, got NaN"),
+    ("kT-nan-numpy", dict(kT=np.float32("nan")), NumberError, r"kT must be a number, got NaN"),
+    ("kT-negative", dict(kT=-1.0), ValueError, r"kT must be a positive energy.*-1\.0"),
+    ("kT-zero", dict(kT=np.float64(0.0)), ValueError, r"kT must be a positive energy.*0\.0"),
+    ("kT-inf", dict(kT=float("inf")), ValueError, r"kT must be a positive energy.*inf"),
+    ("kT-tensor-vector", dict(kT=torch.ones(2)), NumberError, r"kT must be a number, got tensor"),
+    ("seed-string", dict(seed="0"), NumberError, r"seed must be an integer, got '0'"),
+    ("seed-fraction", dict(seed=1.5), NumberError, r"seed must be an integer, got 1\.5"),
+    ("oversample-string", dict(oversample="2"), NumberError, r"oversample must be an integer, got '2'"),
+    ("oversample-zero", dict(oversample=np.int64(0)), ValueError, r"oversample must be >= 1, got 0"),
+    ("give-up-string", dict(max_consecutive_failures="20"), NumberError,
+     r"max_consecutive_failures must be an integer, got '20'"),
+    ("give-up-zero", dict(max_consecutive_failures=np.int32(0)), ValueError, r"max_consecutive_failures must be >= 1"),
+    ("fraction-string", dict(validation_fraction="0.1"), NumberError, r"validation_fraction must be a number, got '0\.1'"),
+    ("fraction-negative", dict(validation_fraction=-0.1), ValueError, r"validation fraction must be in \[0, 1\).*-0\.1"),
+    ("uncertainty-unknown", dict(uncertainty="stress"), ValueError, r"stress"),
+    # periodic structures without a cell
+    ("pbc-zero-cell-initial", dict(initial=_with_pbc(_data(), 3, np.zeros((3, 3)))), ValueError,
+     r"initial set structure 3 \(H\) has pbc=\[True, True, True\] but a zero cell"),
+    ("pbc-zero-cell-test", dict(test=_with_pbc(double_well_1d().sample(20, seed=1, max_energy=3.0), 5, np.zeros((3, 3)))),
+     ValueError, r"test set structure 5 \(H\) .* zero cell"),
+    ("pbc-x-zero-vector", dict(initial=_with_pbc(_data(), 0, [[0, 0, 0], [0, 5, 0], [0, 0, 5]], [True, False, False])),
+     ValueError, r"initial set structure 0 .* zero cell along its periodic directions \(x\)"),
+    ("pbc-degenerate", dict(initial=_with_pbc(_data(), 1, [[5, 0, 0], [5, 0, 0], [0, 0, 5]])), ValueError,
+     r"initial set structure 1 .* degenerate cell"),
+    ("pbc-flat-cell", dict(initial=_with_pbc(_data(), 2, [[5, 0, 0], [0, 5, 0], [3, 3, 0]])), ValueError,
+     r"initial set structure 2 .* degenerate cell"),
+    # elements the training set (or the model) does not know
+    ("test-new-element", dict(test=_as_element(double_well_1d().sample(20, seed=1, max_energy=3.0), [4], "He")),
+     ValueError, r"test set structure 4 \(He\) holds element\(s\) He that the training set lacks \(H\)"),
+    ("validation-new-element", dict(initial=_as_element(_data(), _validation_indices(), "Li")), ValueError,
+     r"validation set structure 0 \(Li\) holds element\(s\) Li that the training set lacks"),
+    ("model-species-initial", dict(committee=_schnet((7,))), ValueError,
+     r"initial set structure 0 \(H\) holds element\(s\) H that the model \(species \[7\]\) lacks"),
+    ("model-species-test", dict(committee=_schnet((1,)),
+                                test=_as_element(double_well_1d().sample(20, seed=1, max_energy=3.0), [2], "O")),
+     ValueError, r"test set structure 2 \(O\) holds element\(s\) O that the model"),
+    # sets that are not labeled structures
+    ("initial-empty", dict(initial=[]), ValueError, r"empty training set"),
+    ("test-unlabeled", dict(test=[Atoms("H", positions=[[0.0, 0, 0]])]), ValueError, r"no energy/forces label"),
+    ("initial-nan-energy", dict(initial=[labeled(a, float("nan"), a.get_forces()) if i == 2 else a
+                                         for i, a in enumerate(_data())]), ValueError, r"structure 2: NaN"),
+]
+
+
+@pytest.mark.parametrize("options, exception, message", [case[1:] for case in BAD_RUNS],
+                         ids=[case[0] for case in BAD_RUNS])
+def test_bad_run_inputs_are_refused_before_anything_is_written_or_paid(finished_run, tmp_path, options, exception,
+                                                                     message):
+    """Refused at ActiveLearning(...), naming the problem: a new run directory is not created, an
+    existing one is byte-identical, and no reference call was made."""
+    reference = Counting()
+    options = {"reference": reference, **options}
+    existing = tmp_path / "existing"
+    shutil.copytree(finished_run, existing)
+    before = tree_digest(existing)
+    for run_dir in (tmp_path / "new" / "run", existing):
+        with pytest.raises(exception, match=message):
+            make_loop(run_dir, **options)
+    assert not (tmp_path / "new").exists()
+    assert tree_digest(existing) == before
+    assert reference._calls == 0
+
+
+def test_numbers_of_any_library_are_accepted_where_a_python_number_is(tmp_path):
+    for kT in (np.float32(1.0), np.float64(1.0), np.int64(1), torch.tensor(1.0), np.array(1.0)):
+        loop = make_loop(tmp_path / "run", kT=kT, seed=np.int64(0), oversample=np.int32(1),
+                         validation_fraction=np.float32(0.1), max_consecutive_failures=torch.tensor(3))
+        assert loop.objective.kT == 1.0 and type(loop.objective.kT) is float and loop.seed == 0
+    assert as_number(np.int64(3), "budget", int) == 3 and type(as_number(np.int64(3), "budget", int)) is int
+    assert not (tmp_path / "run").exists()  # constructing writes nothing
+
+
+def test_duplicate_structures_in_the_initial_set_are_removed_with_a_warning(tmp_path):
+    data = _data()
+    initial = data + [data[0], data[5], data[5]]
+    with pytest.warns(RuntimeWarning, match=r"initial set: 3 duplicate structure\(s\) removed.*40 \(= 0\), 41 \(= 5\)"):
+        loop = make_loop(tmp_path / "run", initial=initial)
+    assert len(loop.initial) == 40
+    _, validation = split_validation(loop.initial, 0.1, 0)
+    train_keys = {geometry_key(a) for a in split_validation(loop.initial, 0.1, 0)[0]}
+    assert not any(geometry_key(a) in train_keys for a in validation)
+
+
+class BadResult(Calculator):
+    """The 1D double well with one flaw in every result (``flaw``); counts its calls."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, flaw):
+        super().__init__()
+        self.surface, self.flaw, self._calls = double_well_1d(), flaw, 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self._calls += 1
+        self.surface.calculate(self.atoms, properties, system_changes)
+        energy, forces = self.surface.results["energy"], self.surface.results["forces"]
+        flawed = {
+            "forces-too-many-atoms": (energy, np.zeros((3, 3))),
+            "forces-two-columns": (energy, forces[:, :2]),
+            "energy-nan": (float("nan"), forces),
+            "energy-inf": (float("inf"), forces),
+            "forces-nan": (energy, forces * np.nan),
+            "energy-vector": (np.array([energy, energy]), forces),
+        }[self.flaw]
+        self.results = {"energy": flawed[0], "forces": flawed[1]}
+
+
+@pytest.mark.parametrize("flaw, message", [
+    ("forces-too-many-atoms", r"forces have shape \(3, 3\), expected \(1, 3\)"),
+    ("forces-two-columns", r"forces have shape \(1, 2\), expected \(1, 3\)"),
+    ("energy-nan", r"non-finite energy \(nan\)"),
+    ("energy-inf", r"non-finite energy \(inf\)"),
+    ("forces-nan", r"non-finite forces \(3 components\)"),
+    ("energy-vector", r"energy is not a scalar"),
+])
+def test_an_unusable_first_reference_result_stops_the_run_after_one_call(tmp_path, flaw, message):
+    reference = BadResult(flaw)
+    loop = make_loop(tmp_path / "run", reference=reference)
+    with pytest.raises(BadReferenceResult, match=r"first result is unusable: " + message + r".*nothing more was paid"):
+        loop.run(1)
+    assert reference._calls == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and not records[0]["ok"]  # the paid call is recorded, never a label
+    assert not (tmp_path / "run" / "round_001").exists()
+
+
+def test_a_run_directory_held_by_another_process_is_refused_byte_identical(run_dir):
+    holder = RunDir(run_dir)
+    holder.lock()  # as another process would (a second open file description conflicts the same way)
+    try:
+        refused_unchanged(run_dir, make_loop(run_dir), RunDirBusy,
+                          rf"run directory {re.escape(str(run_dir))} is in use by process {os.getpid()} on host")
+    finally:
+        holder.unlock()
+
+
+def test_a_failed_first_start_leaves_no_directory_and_a_rerun_is_not_refused(tmp_path):
+    def broken_metric(committee):
+        raise RuntimeError("metric failed")
+
+    run_dir = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError, match="metric failed"):
+        make_loop(run_dir, extra_metrics=broken_metric).run(0)
+    assert not run_dir.exists()
+    # a first start that left files behind (an older version, or a killed process) and paid nothing:
+    # the corrected run takes the directory instead of refusing its "other settings"
+    run_dir.mkdir(parents=True)
+    (run_dir / "settings.json").write_text(json.dumps({"seed": 99}))
+    make_loop(run_dir).run(0)
+    assert json.loads((run_dir / "settings.json").read_text())["seed"] == 0
+
+
+def test_a_full_disk_names_the_file_and_the_run_directory(tmp_path, monkeypatch):
+    import errno
+
+    import advsample.rundir as rundir
+
+    def full(path, atoms_list):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rundir, "write_atoms", full)
+    run_dir = tmp_path / "run"
+    reference = Counting()
+    with pytest.raises(RunDirWriteError) as info:
+        make_loop(run_dir, reference=reference).run(1)
+    message = str(info.value)
+    assert "No space left on device" in message and f"run directory {run_dir}" in message
+    assert re.search(r"could not write \S+/(validation|test)\.extxyz", message)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert reference._calls == 0 and not run_dir.exists()

@@ -36,9 +36,12 @@ def calls(log) -> list[str]:
     return Path(log).read_text().splitlines() if Path(log).exists() else []
 
 
-def wait_for(predicate, timeout_s=120.0):
+def wait_for(predicate, process, timeout_s=240.0):
+    """Until ``predicate()``; fails with the process's stderr if it ends first."""
     start_time = time.monotonic()
     while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"process ended ({process.returncode}) first: {process.communicate()[1][-3000:]}")
         if time.monotonic() - start_time > timeout_s:
             raise TimeoutError("condition not reached")
         time.sleep(0.05)
@@ -109,12 +112,12 @@ def test_two_processes_started_together_one_runs_the_other_is_refused(tmp_path):
 def test_a_process_started_mid_round_is_refused_or_waits_then_resumes_without_paying(tmp_path):
     run_dir, log, gate = tmp_path / "run", tmp_path / "calls.log", tmp_path / "gate"
     holder = start(run_dir, log, gate=gate)  # its first call of round 1 waits at the gate
-    wait_for(lambda: len(calls(log)) >= 1)
+    wait_for(lambda: len(calls(log)) >= 1, holder)
     refused = start(run_dir, log)
     waiting = start(run_dir, log, wait=True, barrier=(tmp_path / "ready", 1))
     _, refused_err = refused.communicate(timeout=300)
     assert refused.returncode == 3 and f"process {holder.pid} on host" in refused_err and str(run_dir) in refused_err
-    wait_for(lambda: (tmp_path / "ready").exists() and any((tmp_path / "ready").iterdir()))
+    wait_for(lambda: (tmp_path / "ready").exists() and any((tmp_path / "ready").iterdir()), waiting)
     time.sleep(1.0)  # the waiter is at the lock now
     gate.touch()
     for p in (holder, waiting):
@@ -128,7 +131,7 @@ def test_a_process_started_mid_round_is_refused_or_waits_then_resumes_without_pa
 def test_a_killed_holder_leaves_a_directory_the_next_process_takes_at_once(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "calls.log"
     holder = start(run_dir, log, gate=tmp_path / "gate")  # never opened: it stops mid-round
-    wait_for(lambda: len(calls(log)) >= 1)
+    wait_for(lambda: len(calls(log)) >= 1, holder)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=30)
     paid_by_holder = len(calls(log))
