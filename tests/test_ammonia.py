@@ -184,3 +184,54 @@ def test_energy_uncertainty_attack_moves_seeds(tiny_committee):
                     AttackConfig(kT=0.1, uncertainty="energy", n_steps=3, learning_rate=0.01), progress=False)
     assert result.positions.shape == (4, 8, 3)
     assert np.abs(result.positions[-1] - result.positions[0]).max() > 0.005
+
+
+def test_generated_data_are_pyramidal_seeded_and_labeled():
+    """The package's own NH3 data: GFN2-xTB MD kept at |h| >= 0.2 Å, the same frames for a seed, new ones for another."""
+    from advsample.structures import labels_of
+    from advsample.systems.ammonia import _md_frames, ammonia_dataset, umbrella_heights
+
+    data = ammonia_dataset(12, seed=3)
+    heights = umbrella_heights(data)
+    assert len(data) == 12 and np.abs(heights).min() >= MIN_HEIGHT_A
+    assert len(set(np.sign(heights))) == 1  # one side of the inversion: a crossing restarts the trajectory
+    energies, forces = labels_of(data)
+    assert np.all(energies < -100) and forces.shape == (48, 3)  # absolute xTB eV
+    positions = np.stack([a.positions for a in data])
+    data[0].positions += 1.0  # a fresh copy each call: the cache is not changed through it
+    np.testing.assert_array_equal(np.stack([a.positions for a in ammonia_dataset(12, seed=3)]), positions)
+    _md_frames.cache_clear()  # computed again, not cached: the same frames
+    np.testing.assert_allclose(np.stack([a.positions for a in ammonia_dataset(12, seed=3)]), positions, atol=1e-10)
+    other = ammonia_dataset(12, seed=4)
+    assert not np.allclose(np.stack([a.positions for a in other]), positions)
+
+
+def test_read_ammonia_from_a_file_the_user_gives(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from advsample.systems.ammonia import read_ammonia
+
+    frames = []
+    for k, h in enumerate((0.3, -0.25)):
+        atoms = nh3()
+        atoms.positions[0, 2] = h
+        atoms.calc = SinglePointCalculator(atoms, energy=0.01 * k, forces=np.full((4, 3), 0.1 * k))
+        frames.append(atoms)
+    path = tmp_path / "ammonia.extxyz"
+    write(path, frames)
+    read_back = read_ammonia(path)
+    assert [a.info["umbrella_height"] for a in read_back] == pytest.approx([0.3, -0.25])
+    assert read_back[1].get_potential_energy() == pytest.approx(0.01)
+    np.testing.assert_allclose(read_back[1].get_forces(), 0.1)
+    assert read_back[0].info["source"] == str(path)
+    with pytest.raises(FileNotFoundError, match="no file"):
+        read_ammonia(tmp_path / "missing.extxyz")
+    methane = Atoms("CH4", positions=np.eye(5, 3))
+    methane.calc = SinglePointCalculator(methane, energy=0.0, forces=np.zeros((5, 3)))
+    write(tmp_path / "mixed.extxyz", [frames[0], methane])
+    with pytest.raises(ValueError, match="structure 1 of .*mixed.extxyz.* is CH4, not NH3"):
+        read_ammonia(tmp_path / "mixed.extxyz")
+    write(tmp_path / "bare.xyz", [nh3()])
+    with pytest.raises(ValueError, match="structure 0 of .*bare.xyz.*no energy/forces label"):
+        read_ammonia(tmp_path / "bare.xyz")

@@ -10,7 +10,8 @@
 * :func:`ammonia_dataset`, :func:`umbrella_heights`, :func:`inversion_path`,
   :func:`ammonia_splits`, :func:`inversion_barrier` — the NH3 pieces; :func:`committee_metrics`
   the system's per-round rare-event and thermal figures; :func:`round_row` / :func:`summary`
-  one round / one run in numbers (with the umbrella heights of the attack's candidates).
+  one round / one run in numbers (with the umbrella heights of the attack's candidates);
+  :func:`read_ammonia` labeled NH3 from a file the user gives (e.g. the paper's published data).
 
 The data are generated here, not shipped: 1000 K GFN2-xTB Langevin MD from the relaxed
 pyramid, a frame kept only while the umbrella height |h| ≥ 0.2 Å (a trajectory that crosses
@@ -20,6 +21,7 @@ test set adds a relaxed xTB scan through it. Energies in eV (absolute xTB), leng
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,7 +37,7 @@ from ..metrics import md_stability, test_errors
 from ..models.schnet import SchNetCommittee
 from ..molecules import KCAL_PER_MOL, basin_frames, relabel_xtb, relax, xtb_calculator
 from ..select import SelectionConfig
-from ..structures import labeled
+from ..structures import labeled, labels_of
 from ..train import TrainConfig
 from . import Metric, System
 
@@ -78,6 +80,36 @@ def _md_frames(n: int, seed: int, temperature_K: float) -> tuple[Atoms, ...]:
     for k, atoms in enumerate(data):
         atoms.info.update(geom_id=k, umbrella_height=umbrella_height(atoms))
     return tuple(data)
+
+
+def read_ammonia(path: str | Path, index: str = ":") -> list[Atoms]:
+    """Labeled NH3 structures from a file the user gives (any format ``ase.io.read`` knows, e.g. the
+    adversarial-sampling paper's published NH3 data converted to extended XYZ; nothing is downloaded).
+
+    Every structure must be NH3 (any atom order) with an energy and forces; ``info["umbrella_height"]``
+    (Å) and ``info["source"]`` (the path) are set. The labels keep the file's level of theory (DFT
+    in the paper's data): relabel with :func:`advsample.molecules.relabel_xtb` before mixing them
+    with GFN2-xTB data. Raises ``FileNotFoundError`` or ``ValueError`` naming the file and structure.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"read_ammonia: no file {str(path)!r}")
+    structures = read(path, index=index)
+    structures = [structures] if isinstance(structures, Atoms) else list(structures)
+    if not structures:
+        raise ValueError(f"read_ammonia: {str(path)!r} holds no structures")
+    out = []
+    for i, atoms in enumerate(structures):
+        if sorted(atoms.get_chemical_symbols()) != ["H", "H", "H", "N"]:
+            raise ValueError(f"read_ammonia: structure {i} of {str(path)!r} is {atoms.get_chemical_formula()}, not NH3")
+        try:
+            energies, forces = labels_of([atoms])
+        except ValueError as error:
+            raise ValueError(f"read_ammonia: structure {i} of {str(path)!r}: {error}") from None
+        out.append(labeled(atoms, energies[0], forces, umbrella_height=umbrella_height(atoms), source=str(path)))
+    return out
 
 
 # -- the inversion coordinate ----------------------------------------------------------
