@@ -281,8 +281,8 @@ def main(argv=None) -> dict:
     from advsample.committee import default_device
 
     device = args.device or default_device()
-    replicas = [2, 4] if args.quick else [int(r) for r in args.replicas.split(",")]
-    n_steps = args.steps
+    replicas = [2] if args.quick else [int(r) for r in args.replicas.split(",")]
+    n_steps = 3 if args.quick else args.steps
     repeats = 2 if args.quick else args.repeats
     result = {"machine": machine(), "replicas": replicas, "steps": n_steps, "device": device, "systems": {}}
     for name, (start, make_committee) in systems(args.quick).items():

@@ -174,6 +174,33 @@ def test_a_replica_the_model_refuses_mid_run_stops_alone(committee, starts):
     assert len(disturbed["frames"][0]) == 4 and len(disturbed["frames"][1]) == 3  # steps 0, 4 and the refused one
 
 
+def test_batched_checks_agree_with_one_check_per_replica(starts):
+    """The checks of all replicas at once (dense distances for molecules, one graph for all) give
+    each replica the reason its own StabilityCheck gives, on geometries rattled from intact to broken."""
+    from advsample.dynamics import MDState, StabilityCheck, _Monitor
+
+    chain = Atoms("H4", positions=[[0, 0, 0], [0.7, 0, 0], [1.4, 0.1, 0], [2.1, 0, 0]])  # bonds < 1.2 x 0.62 Å
+    shapes = [*starts, chain]
+    replicas = make_replicas(shapes, 48, 300.0)
+    rng = np.random.default_rng(4)
+    scale = np.repeat(np.linspace(0.0, 1.2, 48), np.bincount(replicas.owner))[:, None]
+    positions = replicas.batch.positions.numpy() + scale * rng.normal(size=replicas.batch.positions.shape)
+    positions[replicas.owner == 3] += np.array([[0, 0, 0], [0, 0, 0], [3.0, 0, 0], [3.0, 0, 0]])  # two H2: split
+    n = replicas.n_replicas
+    state = MDState(positions=torch.as_tensor(positions), momenta=torch.zeros(len(positions), 3),
+                    forces=torch.zeros(len(positions), 3), energies=torch.zeros(n, dtype=torch.float64),
+                    live=np.ones(n, dtype=bool), steps=np.zeros(n, dtype=int), reasons=[None] * n, step=1)
+    _Monitor(replicas, shapes, 10, 1, set(), (1.5, 1.2, 0.6), None, 0.5, None, None)._geometry(state)
+    expected = []
+    for k in range(n):
+        frame = shapes[k % 4].copy()
+        frame.positions = positions[replicas.owner == k]
+        expected.append(StabilityCheck(shapes[k % 4]).failure(frame))
+    assert state.reasons == expected
+    kinds = {reason.split(":")[0] for reason in expected if reason}
+    assert {"atoms collapsed", "atom isolated", "fragmented"} <= kinds and expected.count(None) >= 4
+
+
 def test_bad_input_is_named_before_any_md(committee, starts):
     with pytest.raises(ValueError, match="integrator"):
         run_stability(committee, starts, n_replicas=2, integrator="verlet")
