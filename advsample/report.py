@@ -236,6 +236,7 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
                 check_declared_type(name, value, d[name].get("inferred_type_name"))
             except ParameterError as exc:
                 problems.append(f"{exc} for {nb.stem}")
+        problems += _never_ignored(nb.stem, merged, {k: v for k, v in cli_params.items() if k in d})
         plan[nb.stem] = merged
     if problems:
         raise ReportError("\n".join(problems))
@@ -243,6 +244,42 @@ def plan_parameters(notebooks: Sequence[Path], global_params: Mapping[str, Any] 
         warnings.warn("--executor given but no selected notebook declares an 'executor' parameter; ignored",
                       stacklevel=2)
     return plan
+
+
+# A parameter that, when set, makes its notebook load results instead of computing them: the
+# notebook then ignores every other parameter it declares.
+LOADS_INSTEAD = ("csv_path",)
+
+
+def _never_ignored(stem: str, merged: dict, cli: Mapping[str, Any]) -> list[str]:
+    """Problems with parameters a notebook would ignore; ``merged`` is changed in place.
+
+    A command-line parameter beside a ``LOADS_INSTEAD`` parameter from the defaults or a params
+    file is honoured: the loading parameter is dropped (with a warning). Both on the command line
+    is refused. A ``system`` that cannot be resolved (``module:factory`` not importable, an
+    unknown name) is refused before any kernel starts.
+    """
+    problems = []
+    for loader in LOADS_INSTEAD:
+        others = sorted(k for k in cli if k not in (loader, "executor"))
+        if not merged.get(loader) or not others:
+            continue
+        if loader in cli:
+            problems.append(f"{stem}: -p {loader} loads results, so -p {', '.join(others)} would be ignored; "
+                            f"give one or the other")
+        else:
+            warnings.warn(f"{stem}: {loader}={merged[loader]!r} from the defaults dropped, so that -p "
+                          f"{', '.join(others)} is honoured (the notebook computes instead of loading)", stacklevel=3)
+            merged[loader] = ""
+    system = merged.get("system")
+    if isinstance(system, str) and system:
+        from .systems import resolve_factory
+
+        try:
+            resolve_factory(system)  # imports it (also a module:factory in the current directory), builds nothing
+        except (ValueError, TypeError, ImportError) as exc:
+            problems.append(f"{stem}: parameter 'system' = {system!r} cannot be used: {exc}")
+    return problems
 
 
 def _unknown(name: str, origin: str, declared: Mapping[str, Mapping]) -> str:

@@ -407,6 +407,13 @@ def test_attack_settings_and_seeds():
     (["--notebooks", "99_nothing"], r"notebook '99_nothing' not found"),
     (["--notebooks", "01_double_well_1d", "-p", "n_roundz", "2"], r"unknown parameter 'n_roundz'.*declares: n_rounds"),
     (["--params", "missing.yaml"], r"parameters file missing\.yaml not found"),
+    (["--notebooks", "04_sampler_comparison", "-p", "system", "nosuch:factory"],
+     r"parameter 'system' = 'nosuch:factory' cannot be used: .*cannot import module 'nosuch'"),
+    (["--notebooks", "04_sampler_comparison", "-p", "system", "advsample.systems.toy:nosuch_factory"],
+     r"module 'advsample\.systems\.toy' has no 'nosuch_factory'"),
+    (["--notebooks", "04_sampler_comparison", "-p", "system", "no_such_system"], r"unknown system 'no_such_system'"),
+    (["--notebooks", "04_sampler_comparison", "-p", "system", "double_well_1d", "-p", "csv_path", "rows.csv"],
+     r"-p csv_path loads results, so -p system would be ignored"),
 ])
 def test_report_usage_errors_run_nothing(tmp_path, capsys, monkeypatch, argv, message):
     from advsample.cli import main
@@ -644,3 +651,19 @@ def test_a_full_disk_names_the_file_and_the_run_directory(tmp_path, monkeypatch)
     assert re.search(r"could not write \S+/(validation|test)\.extxyz", message)
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert reference._calls == 0 and not run_dir.exists()
+
+
+def test_a_report_parameter_is_honoured_over_the_embedded_csv_path():
+    """``-p system X`` on the comparison notebook: the embedded defaults' ``csv_path`` would make the
+    notebook load the 2D results and ignore ``system``; it is dropped instead, with a warning."""
+    from advsample import report
+
+    notebooks = report.resolve_notebooks(["04_sampler_comparison"])
+    _, sections = report.load_params_file(report.EMBEDDED_DEFAULTS, {nb.stem for nb in notebooks})
+    assert sections["04_sampler_comparison"]["csv_path"]  # what the defaults embed
+    with pytest.warns(UserWarning, match=r"csv_path=.* from the defaults dropped, so that -p system is honoured"):
+        plan = report.plan_parameters(notebooks, {}, sections, {"system": "double_well_1d"})
+    assert plan["04_sampler_comparison"]["system"] == "double_well_1d"
+    assert plan["04_sampler_comparison"]["csv_path"] == ""
+    plan = report.plan_parameters(notebooks, {}, sections, {})  # no -p: the defaults load the measured rows
+    assert plan["04_sampler_comparison"]["csv_path"] == sections["04_sampler_comparison"]["csv_path"]
