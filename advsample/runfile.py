@@ -309,6 +309,22 @@ def check_resume(config: dict, run_dir: Path, source: str = "the run file") -> s
     return f"{run_dir}: resumes after round {done[-1]}" if done else f"{run_dir}: resumes (no round complete)"
 
 
+def check_run_settings(prepared: "Prepared") -> None:
+    """Read-only: :class:`RunConfigError` when the run directory holds paid work made with other
+    run settings (``settings.json``: reference, data, model, sampler, ...) than this file's."""
+    path = prepared.run_dir / "settings.json"
+    labels = prepared.run_dir / "labels.jsonl"
+    paid = complete_rounds(prepared.run_dir) or (labels.exists() and labels.stat().st_size > 0)
+    if not (path.is_file() and paid):
+        return
+    stored = json.loads(path.read_text())
+    now = json.loads(json.dumps(prepared.loop().settings(), default=repr))
+    changed = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
+    if changed:
+        raise RunConfigError(f"{prepared.run_dir} holds a run made with other settings ({', '.join(changed)} "
+                             "differ in its settings.json); use a new run_dir, or this run's settings to resume it")
+
+
 def complete_rounds(run_dir: Path) -> list[int]:
     """Rounds whose ``metrics.json`` exists (written last: the round is complete)."""
     return sorted(int(p.parent.name.split("_")[1]) for p in Path(run_dir).glob("round_*/metrics.json"))
@@ -331,6 +347,7 @@ def dry_run(path: str | os.PathLike) -> list[str]:
     config = load_config(path)
     prepared = prepare(config)
     state = check_resume(config, prepared.run_dir, str(path))
+    check_run_settings(prepared)
     system, selection = prepared.system, prepared.loop_options["selection"]
     return [
         f"system {system.name}: {len(system.initial)} initial, {len(system.test)} test structures, "

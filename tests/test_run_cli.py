@@ -46,7 +46,7 @@ def train_of(run_dir: Path, number: int):
     return np.array([a.positions for a in frames]), np.array([a.get_potential_energy() for a in frames])
 
 
-def test_run_is_resumed_by_the_same_command_after_kill_9(tmp_path):
+def test_run_is_resumed_by_the_same_command_after_kill_9(tmp_path, monkeypatch, capsys):
     """Killed with SIGKILL after round 0, the same command finishes the run: the same training sets
     as an uninterrupted run, every label in the cache once, reference calls = labels paid."""
     reference = write(tmp_path / "straight.yaml", **SMALL, run_dir=str(tmp_path / "straight"))
@@ -81,15 +81,29 @@ def test_run_is_resumed_by_the_same_command_after_kill_9(tmp_path):
     metrics = json.loads((run_dir / "round_002" / "metrics.json").read_text())
     assert metrics["reference_calls"] == 8
 
-    # the same file again: nothing left to do, nothing paid
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("loaded from disk") == 3
+    # the same command again (here in-process): nothing left to do, nothing paid
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--no-progress", str(config)]) == 0
+    assert capsys.readouterr().out.count("loaded from disk") == 3
+    assert len((run_dir / "labels.jsonl").read_text().splitlines()) == 8
     # a changed file is not a resume of this run: refused naming the keys, exit status 2
     write(config, **{**SMALL, "seed": 4, "labels_per_round": 3}, run_dir="run", executor="processes")
-    changed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert changed.returncode == 2
-    assert "labels_per_round, seed differ" in changed.stderr and "seed: was 3, now 4" in changed.stderr
-    assert "executor" not in changed.stderr.split("differ")[0]  # the executor may change on resume
+    assert main(["run", "--no-progress", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "labels_per_round, seed differ" in err and "seed: was 3, now 4" in err
+    assert "executor" not in err.split("differ")[0]  # the executor may change on resume
+
+    # the dry run says how the run directory stands, and writes nothing
+    write(config, **{**SMALL, "n_rounds": 3}, run_dir="run")  # more rounds: a resume
+    before = listing(tmp_path)
+    assert main(["run", "--dry-run", str(config)]) == 0
+    assert "run: resumes after round 2" in capsys.readouterr().out
+    (run_dir / "run.yaml").unlink()  # as if started from Python: the run's settings.json decides
+    write(config, **{**SMALL, "seed": 4}, run_dir="run")
+    assert main(["run", "--dry-run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run made with other settings" in err and "seed" in err and "settings.json" in err
+    assert listing(tmp_path) == [p for p in before if p != "run/run.yaml"]
 
 
 @pytest.mark.parametrize("change, message", [
