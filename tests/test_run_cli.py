@@ -149,3 +149,19 @@ def test_help_shows_the_keys_and_a_batch_script(capsys):
     assert "#SBATCH" in out and "advsample run --no-progress config.yaml" in out
     for key in runfile.KEYS:
         assert f"  {key} " in out
+
+
+def test_the_run_file_and_batch_script_of_the_docs_are_valid(capsys):
+    """docs/cluster.md's config.yaml has only known keys of the right types, and its sbatch script
+    is the one ``advsample run --help`` shows."""
+    import re
+
+    text = (TESTS.parent / "docs" / "cluster.md").read_text()
+    config = runfile.check_config(yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1)))
+    assert config["system"] == "ethanol" and config["executor"] == "parsl:slurm_config.py"
+    script = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "#SBATCH" in b)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    shown = capsys.readouterr().out
+    for line in script.strip().splitlines():
+        assert line.strip() in shown
