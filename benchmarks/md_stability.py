@@ -26,7 +26,9 @@ labels used and reference calls (``metrics["reference_calls"]`` of each round: e
 call paid for training labels, failed ones included); and the labels and reference calls
 each method needs to reach classic MD-AL's final mean stable fraction and barrier error
 (null where not reached; the ratio adversarial/md labels is null also when md's final
-figure is no better than round 0's, reached with 0 labels). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
+figure is no better than round 0's, reached with 0 labels); the last round's stable fraction per method
+(runs of all seeds pooled) with its Wilson 95 % interval, the log-rank test between md and the attack
+and the trajectories per arm their fractions would need (:mod:`advsample.stats`). Writes DIR/rows.json and DIR/summary.json; with ``--json`` the
 last line is one JSON object. ``--reuse DIR`` takes the (method, seed) runs an earlier output DIR finished at the same
 settings (system, rounds, budget and its unit, options; other settings are refused) and runs only the rest, e.g. one
 more seed; the summary names the reused runs.
@@ -123,6 +125,40 @@ def summarize(rows: list[dict], keys) -> dict:
             lines.append(line)
         summary[method] = lines
     return summary
+
+
+def final_statistics(rows: list[dict]) -> dict:
+    """The last round's stability runs of each method, pooled over seeds: the stable fraction with
+    its Wilson 95 % interval, and between two methods the log-rank test of their times to failure
+    and the trajectories per arm a two-proportion test would need to tell their fractions apart
+    (α = 0.05, power 0.8). Stable runs are censored after every failure (the run's full length)."""
+    from advsample import stats
+
+    last = max(r["round"] for r in rows)
+    pooled = {}
+    for method in sorted({r["method"] for r in rows}):
+        times = [t for r in rows if r["method"] == method and r["round"] == last for t in r.get("time_to_failure_fs", [])]
+        if times:
+            pooled[method] = times
+    if not pooled:
+        return {}
+    horizon = 1.0 + max([t for times in pooled.values() for t in times if t is not None], default=0.0)
+    out = {"round": last, "methods": {}}
+    for method, times in pooled.items():
+        stable = sum(t is None for t in times)
+        out["methods"][method] = {"n_runs": len(times), "n_stable": stable,
+                                  "interval": stats.wilson_interval(stable, len(times)),
+                                  "summary": stats.summary(stable, len(times))}
+    names = [m for m in ("md", "adversarial") if m in pooled] if {"md", "adversarial"} <= set(pooled) else list(pooled)[:2]
+    if len(names) == 2:
+        arms = [(np.array([horizon if t is None else t for t in pooled[m]]), np.array([t is not None for t in pooled[m]]))
+                for m in names]
+        test = stats.logrank(*arms[0], *arms[1])
+        fractions = [out["methods"][m]["n_stable"] / out["methods"][m]["n_runs"] for m in names]
+        out["comparison"] = {"arms": names, "logrank_chi2": test.statistic, "logrank_p": test.p_value,
+                             "trajectories_needed_per_arm": (stats.trajectories_needed(*fractions)
+                                                             if fractions[0] != fractions[1] else None)}
+    return out
 
 
 def figure(summary: dict, system):
@@ -272,6 +308,7 @@ def main(argv=None) -> dict:
         "targets_md_final": targets,
         "cost_to_reach_md_final": reach,
         "label_ratio_adversarial_over_md": ratios,
+        "final_round_stability": final_statistics(rows),
         "reused": {"from": args.reuse, "jobs": reused_jobs} if reused_jobs else None,
         "workers": args.workers,
         "wall_s": elapsed,
@@ -289,6 +326,13 @@ def main(argv=None) -> dict:
             print(f"{method:12s} round {line['round']} labels {line['labels']:3d} calls {line['reference_calls']:5.0f}  "
                   + "  ".join(f"{k} {line[k]['mean']}" for k in keys))
     print(f"labels (adversarial / md) to reach md's final figures: {ratios}")
+    final = output["final_round_stability"]
+    for method, line in final.get("methods", {}).items():
+        print(f"{method:12s} final round: stable {line['summary']} (Wilson 95 %, runs of all seeds pooled)")
+    if "comparison" in final:
+        c = final["comparison"]
+        print(f"log-rank {c['arms'][0]} vs {c['arms'][1]}: chi2 {c['logrank_chi2']:.2f}, p {c['logrank_p']:.3g}; "
+              f"trajectories per arm to tell these fractions apart (alpha 0.05, power 0.8): {c['trajectories_needed_per_arm']}")
     emit(output, args.json)
     return output
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advsample.metrics import survival_curve
+from advsample.metrics import stability_metrics, survival_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,24 @@ def test_survival_curve_steps_down_at_each_failure():
     assert fraction.tolist() == [1.0, 0.75, 0.5, 0.25, 0.25]
     stable = survival_curve({**result, "time_to_failure_fs": [None] * 4})
     assert stable[0].tolist() == [0.0, 200.0] and stable[1].tolist() == [1.0, 1.0]
+
+
+def test_stability_metrics_carry_the_interval_and_nve_runs_report_it():
+    from ase.build import molecule
+
+    from advsample.committee import Committee
+    from advsample.metrics import md_stability
+    from advsample.models.schnet import SchNetCommittee
+
+    committee = Committee(SchNetCommittee(n_members=2, n_features=8, n_interactions=1, seed=0))
+    result = md_stability(committee, [molecule("NH3")], temperature_K=300, n_runs=4, n_steps=10, integrator="nve")
+    assert result["integrator"] == "nve" and result["n_runs"] == 4
+    low, high = result["md_stable_fraction_interval"]
+    assert 0 <= low <= result["md_stable_fraction"] <= high <= 1
+    metrics = stability_metrics(result)
+    assert metrics["stability"]["md_stable_fraction_summary"] == result["md_stable_fraction_summary"]
+    times, fraction = survival_curve(metrics["stability"])
+    assert times[-1] == 10 * 0.5 and fraction[0] == 1.0
 
 
 def test_md_stability_benchmark_quick(tmp_path):
@@ -41,6 +59,11 @@ def test_md_stability_benchmark_quick(tmp_path):
     assert set(result["cost_to_reach_md_final"]) == {"md_stable_fraction", "mean_time_to_failure_fs",
                                                      "barrier_error_eV"}  # every declared figure
     assert (tmp_path / "md_stability.png").stat().st_size > 0 and result["workers"] == 2
+    final = result["final_round_stability"]  # pooled over seeds, with its interval and the log-rank test
+    for line in final["methods"].values():
+        low, high = line["interval"]
+        assert low <= line["n_stable"] / line["n_runs"] <= high and f"(n={line['n_runs']})" in line["summary"]
+    assert final["comparison"]["arms"] == ["md", "adversarial"] and 0 <= final["comparison"]["logrank_p"] <= 1
 
 
 def test_md_stability_benchmark_at_equal_reference_calls_with_other_samplers(tmp_path):
