@@ -212,6 +212,8 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     unless that was step ``n_steps`` or no seed is left, takes one gradient-ascent step on
     log L of the active seeds. ``train_energies`` [n] fix E_ref = min and log Q once.
     :func:`attack` is ``init_fn`` then ``step_fn`` until ``state.done``, then :func:`attack_result`.
+    (Over 80 lines only as the container of five closures of under 45 lines each, bound to one
+    committee, objective constants and config, as jax-md's ``simulate`` functions are.)
     """
     config = config or AttackConfig()
     if config.kT is None:
