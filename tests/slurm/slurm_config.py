@@ -44,8 +44,8 @@ def executor(label: str, max_blocks: int) -> HighThroughputExecutor:
         address="127.0.0.1",       # on a real cluster: address_by_interface("ib0")
         max_workers_per_node=1,
         cores_per_worker=1,
-        heartbeat_period=2,        # a lost job's tasks fail (and are retried) after ~8 s
-        heartbeat_threshold=8,
+        heartbeat_period=2,        # a lost job's tasks fail (and are retried) after ~12 s
+        heartbeat_threshold=12,    # (a loaded node may delay a heartbeat by seconds: not much lower)
         encrypted=False,
         provider=provider(max_blocks),
     )
