@@ -151,6 +151,27 @@ def check_files(directory: Path, what: str) -> None:
             )
 
 
+def first_difference(stored, now, where: str = "") -> str:
+    """Where two JSON values first differ and how (``model[1].model_sha256[0]: stored 'ab…', now 'cd…'``);
+    a differing checksum of a list of files names the file beside it (``model_paths``)."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        for key in sorted(stored.keys() | now.keys()):
+            if stored.get(key) != now.get(key):
+                text = first_difference(stored.get(key), now.get(key), f"{where}.{key}" if where else key)
+                if key == "model_sha256" and isinstance(now.get("model_paths"), list):
+                    for index, (a, b) in enumerate(zip(stored.get(key) or [], now.get(key) or [])):
+                        if a != b and index < len(now["model_paths"]):
+                            text += f" - the contents of the file {now['model_paths'][index]} changed"
+                            break
+                return text
+    if isinstance(stored, list) and isinstance(now, list) and len(stored) == len(now):
+        for index, (a, b) in enumerate(zip(stored, now)):
+            if a != b:
+                return first_difference(a, b, f"{where}[{index}]")
+    shown = lambda value: (json.dumps(value) if value is not None else "nothing")[:300]  # noqa: E731
+    return f"{where}: stored {shown(stored)}, now {shown(now)}"
+
+
 def changed_settings(stored: dict, settings: dict) -> list[str]:
     """Keys whose values differ between two settings dicts (JSON data), sorted."""
     return sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
@@ -325,11 +346,10 @@ class RunDir:
             if not changed:
                 return
             if self.holds_paid_work():
-                shown = lambda value: (json.dumps(value) if value is not None else "nothing")[:300]  # noqa: E731
                 first = changed[0]
                 raise ValueError(
                     f"{self.path} holds a run made with other settings ({', '.join(changed)} differ; "
-                    f"{first}: stored {shown(stored.get(first))}, now {shown(settings.get(first))}); "
+                    f"{first_difference(stored.get(first), settings.get(first), first)}); "
                     "use a new run_dir, or the same settings, reference and data to resume it"
                 )
             for name in ("files.json", "validation.extxyz", "test.extxyz"):  # unpaid: start over

@@ -667,3 +667,57 @@ def test_a_report_parameter_is_honoured_over_the_embedded_csv_path():
     assert plan["04_sampler_comparison"]["csv_path"] == ""
     plan = report.plan_parameters(notebooks, {}, sections, {})  # no -p: the defaults load the measured rows
     assert plan["04_sampler_comparison"]["csv_path"] == sections["04_sampler_comparison"]["csv_path"]
+
+
+# -- MACE model files are data: checksums, resolved paths, members that must agree -----------------
+def _mace_file(path, species=(1, 7), hidden="8x0e + 8x1o", dtype=torch.float64, seed=10):
+    from advsample.models.mace import build_mace
+
+    model = build_mace(species=species, r_max=4.0, hidden_irreps=hidden, max_ell=2, num_interactions=1,
+                       correlation=2, avg_num_neighbors=3.0, seed=seed).to(dtype)
+    torch.save(model, path)
+    return str(path)
+
+
+@pytest.fixture
+def mace_files(tmp_path):
+    pytest.importorskip("mace", reason="mace extra not installed")
+    return [_mace_file(tmp_path / "member0.model"), _mace_file(tmp_path / "member1.model", seed=11)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(species=(1, 8)), r"member1\.model has species \[1, 8\], but .*member0\.model has \[1, 7\]"),
+    (dict(dtype=torch.float32), r"member1\.model has precision float32, but .*member0\.model has float64"),
+    (dict(hidden="16x0e + 16x1o"), r"member1\.model has another architecture than .*member0\.model"),
+])
+def test_mace_members_that_disagree_are_refused_naming_the_file(mace_files, tmp_path, change, message):
+    from advsample.models.mace import MACECommittee
+
+    _mace_file(tmp_path / "member1.model", **change)
+    with pytest.raises(ValueError, match=message):
+        MACECommittee.from_files(mace_files, allow_pickle=True)
+
+
+def test_a_changed_mace_file_is_refused_on_resume_naming_it_and_another_path_to_it_is_the_same(
+        mace_files, tmp_path, monkeypatch):
+    from advsample.models.mace import MACECommittee
+
+    committee = Committee(MACECommittee.from_files(mace_files, allow_pickle=True))
+    settings = lambda c: {"model": [type(c.model).__name__, c.model.config()]}  # noqa: E731  (as the loop's settings)
+    run = RunDir(tmp_path / "run")
+    run.check_writable()
+    run.check_settings(settings(committee))
+    (tmp_path / "run" / "labels.jsonl").write_text('{"key": "k", "ok": false, "reason": "paid"}\n')  # paid work
+    checkpoint = committee.save(tmp_path / "committee.pt")
+    monkeypatch.chdir(tmp_path)  # the same files by relative paths: the same model
+    relative = Committee(MACECommittee.from_files(["member0.model", "./member1.model"], allow_pickle=True))
+    run.check_settings(settings(relative))
+    _mace_file(tmp_path / "member1.model", hidden="16x0e + 16x1o")  # overwritten: another architecture
+    with pytest.raises(ValueError, match=r"MACE model file .*member1\.model changed since this committee was made"):
+        Committee.load(checkpoint, allow_pickle=True)  # not a raw load_state_dict error
+    _mace_file(tmp_path / "member1.model", seed=12)  # overwritten: same architecture, other weights
+    before = tree_digest(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"model differ.*model_sha256\[1\].*the contents of the file .*member1\.model "
+                                         r"changed"):
+        run.check_settings(settings(Committee(MACECommittee.from_files(mace_files, allow_pickle=True))))
+    assert tree_digest(tmp_path / "run") == before

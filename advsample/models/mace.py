@@ -154,6 +154,39 @@ def load_mace(path: str | Path, allow_pickle: bool = False) -> nn.Module:
     return model
 
 
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _member_signature(model: nn.Module) -> dict:
+    """What members of one committee must share: species, precision, cutoff and architecture
+    (parameter names and shapes)."""
+    return {
+        "species": [int(z) for z in model.atomic_numbers.tolist()],
+        "precision": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "r_max": float(model.r_max),
+        "architecture": {name: tuple(p.shape) for name, p in model.state_dict().items()},
+    }
+
+
+def check_members(paths: Sequence[str], models: Sequence[nn.Module]) -> None:
+    """ValueError naming the file whose species, precision, cutoff or architecture differ from the first's."""
+    first = _member_signature(models[0])
+    for path, model in zip(paths[1:], models[1:]):
+        other = _member_signature(model)
+        for key in ("species", "precision", "r_max"):
+            if other[key] != first[key]:
+                raise ValueError(f"MACE model file {path} has {key} {other[key]}, but {paths[0]} has {first[key]}: "
+                                 "the members of one committee must share species, precision and architecture")
+        if other["architecture"] != first["architecture"]:
+            differ = sorted(set(other["architecture"].items()) ^ set(first["architecture"].items()))[:3]
+            raise ValueError(f"MACE model file {path} has another architecture than {paths[0]} (parameters differ: "
+                             f"{', '.join(f'{n} {tuple(s)}' for n, s in differ)}): the members of one committee "
+                             "must share species, precision and architecture")
+
+
 @register_model
 class MACECommittee(MemberList):
     """M independent MACE models as one committee model; raw energies [M, B].
@@ -163,7 +196,11 @@ class MACECommittee(MemberList):
         max_ell, num_interactions, correlation, avg_num_neighbors, seed (member m: seed + m).
     From files: ``model_paths`` (one trained MACE model per member) and
     ``allow_pickle=True`` (the files are pickles, see the module); the other architecture
-    arguments are then ignored and energies are the models' own (eV).
+    arguments are then ignored and energies are the models' own (eV). The files are data:
+    :meth:`config` records each one's resolved path and ``model_sha256`` checksum, so a
+    checkpoint or a resumed run refuses a file whose contents changed (naming it), and the
+    same file reached by another (relative) path is the same model. Members must share
+    species, precision and architecture (refused at load, naming the file).
     """
 
     invariances = frozenset({"translation", "rotation", "permutation"})
@@ -181,13 +218,25 @@ class MACECommittee(MemberList):
         seed: int = 0,
         model_paths: Sequence[str] | None = None,
         allow_pickle: bool = False,
+        model_sha256: Sequence[str] | None = None,
     ):
         if model_paths is not None:
-            paths = [str(p) for p in model_paths]
+            paths = [str(Path(p).resolve()) for p in model_paths]
+            checksums = [file_sha256(p) if Path(p).is_file() else None for p in paths]
+            if model_sha256 is not None:  # a checkpoint or run made with these files: same contents?
+                if len(model_sha256) != len(paths):
+                    raise ValueError(f"model_sha256 has {len(model_sha256)} checksums for {len(paths)} MACE model files")
+                for path, recorded, now in zip(paths, model_sha256, checksums):
+                    if now is not None and recorded != now:
+                        raise ValueError(
+                            f"MACE model file {path} changed since this committee was made (sha256 recorded "
+                            f"{recorded[:16]}..., now {now[:16]}...): restore the file, or start a new run with it"
+                        )
             models = [load_mace(p, allow_pickle) for p in paths]
-            dtype = next(models[0].parameters()).dtype
-            members = [MACEMember(m.to(dtype)) for m in models]
+            check_members(paths, models)
+            members = [MACEMember(m) for m in models]
             architecture = {}
+            self_sha256 = checksums
         else:
             if n_members < 1:
                 raise ValueError(f"n_members must be >= 1, got {n_members}")
@@ -202,11 +251,18 @@ class MACECommittee(MemberList):
                 "avg_num_neighbors": float(avg_num_neighbors),
             }
             members = [MACEMember(build_mace(**architecture, seed=int(seed) + m)) for m in range(int(n_members))]
+            self_sha256 = None
         super().__init__(members)
+        self.model_sha256 = self_sha256
         self.seed = int(seed)
         self.model_paths = paths
         self.allow_pickle = bool(allow_pickle) and paths is not None
         self._architecture = architecture
+
+    @property
+    def species(self) -> list[int]:
+        """Atomic numbers the members know (checked against a run's data before anything is paid)."""
+        return list(self.members[0].species)
 
     @property
     def normalized(self) -> bool:
@@ -228,7 +284,10 @@ class MACECommittee(MemberList):
         if all(from_files):
             paths = [p for c in configs for p in c["model_paths"]]
             allow = all(c.get("allow_pickle", False) for c in configs)
-            return {"n_members": len(paths), "model_paths": paths, "seed": configs[0]["seed"], "allow_pickle": allow}
+            gathered = {"n_members": len(paths), "model_paths": paths, "seed": configs[0]["seed"], "allow_pickle": allow}
+            if all(c.get("model_sha256") is not None for c in configs):
+                gathered["model_sha256"] = [h for c in configs for h in c["model_sha256"]]
+            return gathered
         if any(from_files):
             raise ValueError("gather cannot join MACE committees from files with committees built from code")
         for other in configs[1:]:
@@ -238,6 +297,6 @@ class MACECommittee(MemberList):
 
     def config(self) -> dict:
         if self.model_paths is not None:  # allow_pickle: for rebuilds in this process; checkpoints drop it
-            return {"n_members": self.n_members, "model_paths": list(self.model_paths), "seed": self.seed,
-                    "allow_pickle": self.allow_pickle}
+            return {"n_members": self.n_members, "model_paths": list(self.model_paths),
+                    "model_sha256": list(self.model_sha256), "seed": self.seed, "allow_pickle": self.allow_pickle}
         return {"n_members": self.n_members, **self._architecture, "seed": self.seed}
