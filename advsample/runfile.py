@@ -175,19 +175,18 @@ def _system(config: dict):
 
 
 def _sampler(config: dict, system):
-    from . import samplers
+    """The method name (``from_system`` builds it with the system's settings), or with
+    ``sampler_options`` the sampler built from the system's settings with those replaced."""
+    from .samplers import make_sampler, sampler_names, sampler_options
 
-    sampler_names = getattr(samplers, "sampler_names", lambda: samplers.SAMPLERS)
-    sampler_options = getattr(samplers, "sampler_options", None)
-    if sampler_options is None:  # pragma: no cover - before samplers.sampler_options existed
-        from .compare import sampler_options
-    make_sampler = samplers.make_sampler
     name = config["sampler"]
     if name not in sampler_names():
         close = difflib.get_close_matches(name, sampler_names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RunConfigError(f"key 'sampler': unknown sampler {name!r}{hint}; choose one of {', '.join(sampler_names())}")
     own = config["sampler_options"]
+    if not own:
+        return name
     try:
         return make_sampler(name, **{**sampler_options(system, name), **own})
     except (TypeError, ValueError) as error:
@@ -353,7 +352,7 @@ def dry_run(path: str | os.PathLike) -> list[str]:
         f"system {system.name}: {len(system.initial)} initial, {len(system.test)} test structures, "
         f"energies in {system.energy_unit}",
         f"reference {prepared.loop_options['reference']!r}: importable",
-        f"sampler {prepared.sampler!r}",
+        f"sampler {prepared.loop().sampler!r}",
         f"{config['n_rounds']} rounds of {selection.budget} {selection.budget_unit}, "
         f"kT {prepared.loop_options['kT']:g}, uncertainty {prepared.loop_options['uncertainty']}, "
         f"seed {config['seed']}",
