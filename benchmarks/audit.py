@@ -42,8 +42,8 @@ def double_well_stages(quick: bool):
     from advsample.surfaces import double_well_2d
 
     surface = double_well_2d()
-    pool = surface.sample(100 if quick else 200, seed=0, max_energy=1.0)
-    validation = surface.sample(60 if quick else 100, seed=1, max_energy=1.0)
+    pool = surface.sample(60 if quick else 200, seed=0, max_energy=1.0)
+    validation = surface.sample(40 if quick else 100, seed=1, max_energy=1.0)
     test = surface.sample(200, seed=2, max_energy=1.0)
     cuts = (0.0, 0.5, 1.5) if quick else (-0.2, 0.0, 0.3, 0.5, 0.7, 1.5)  # training data at x < cut
     stages = [(f"x<{cut}", [a for a in pool if a.positions[0, 0] < cut],
@@ -67,10 +67,10 @@ def ammonia_stages(quick: bool):
 
 SETTINGS = {
     "double_well_2d": dict(
-        stages=double_well_stages, model=lambda system: _mlp(), epochs=(400, 800), energy_unit="arb. units",
+        stages=double_well_stages, model=lambda system: _mlp(), epochs=(150, 800), energy_unit="arb. units",
         audit=dict(kT_values=(0.3, 1.0, 3.0), force_tolerance=2.0, n_replicas=2, max_starts=32, n_steps=80,
                    learning_rate=0.02, initial_displacement=0.2, frames_every=2),
-        md_kT=(0.5, 0.75, 1.0, 1.25), md_steps=(400, 1000),
+        md_kT=(0.5, 0.75, 1.0, 1.25), md_steps=(100, 1000),
         md=dict(timestep_fs=1.0, n_check_frames=20, energy_tolerance_eV=0.5, check_every=10),
         md_reference=True),
     "ammonia": dict(
@@ -94,7 +94,8 @@ def run_system(name: str, quick: bool) -> dict:
     stages, test, starts, reference = settings["stages"](quick)
     half = len(test) // 2
     rows = []
-    audit_config = AuditConfig(**settings["audit"], energy_unit=settings["energy_unit"])
+    audit_settings = {**settings["audit"], **({"n_steps": 30, "n_replicas": 1} if quick else {})}
+    audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"])
     n_runs = 16 if quick else 64
     for stage, train, validation in stages:
         committee = settings["model"](reference)

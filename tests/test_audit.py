@@ -113,3 +113,23 @@ def test_command_line_audit(committees, tmp_path, capsys):
     assert main(["audit", str(checkpoint), "--kT", "1.0", "--force-tolerance", "2.0"]) == 2
     assert main(["audit", str(checkpoint), "x.extxyz", "--kT", "-1", "--force-tolerance", "2.0"]) == 2
     assert "kT_values" in capsys.readouterr().err
+
+
+def test_benchmark_quick_json(tmp_path):
+    """benchmarks/audit.py --quick --json: one JSON object last, its measures present (no timing assertions)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "audit.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    toy = result["systems"]["double_well_2d"]
+    rho = toy["spearman_safe_T_vs_md_stable"]  # NaN when the quick committees tie
+    assert len(toy["committees"]) == 3 and (rho != rho or -1 <= rho <= 1)
+    assert toy["audit_cpu_s"] > 0 and toy["md_cpu_s"] > 0
+    for row in toy["committees"]:
+        assert 0 <= row["md_stable_fraction_mean"] <= 1 and 0 <= row["force_coverage_conformal"] <= 1
