@@ -47,7 +47,7 @@ from .objective import Objective
 from .parameters import as_number
 from .rundir import RunDir, check_run_inputs, deduplicate, fingerprint  # noqa: F401  (fingerprint: this module's API before)
 from .samplers import Proposal, Sampler
-from .select import SelectionConfig, select
+from .select import SelectionConfig, check_energy_window, select
 from .structures import labels_of
 from .train import TrainConfig, split_validation, train_committee
 
@@ -136,6 +136,7 @@ class ActiveLearning:
         self.sampler = sampler
         self.test = list(test) if test else []
         self.selection = selection or SelectionConfig()
+        self._check_energy_window()
         train_config = train_config or TrainConfig()
         self.train_config = replace(train_config, progress=progress and train_config.progress)
         self.validation_fraction = validation_fraction
@@ -213,6 +214,17 @@ class ActiveLearning:
     def _check_writable(self) -> None:
         """PermissionError (naming the path) unless the run directory can be created and written."""
         self.rundir.check_writable()
+
+    def _check_energy_window(self) -> None:
+        """Warn before anything is paid when a thermal sampler's frames would mostly sit above the energy window."""
+        from ase import units
+
+        parts = self.sampler.parts(self.selection.budget) if hasattr(self.sampler, "parts") else []
+        for part, _ in parts:
+            if hasattr(part, "temperature_K"):  # committee MD and the biased MD samplers
+                kT = units.kB * part.temperature_K if part.temperature_K is not None else self.objective.kT
+                check_energy_window(self.selection.energy_ceiling, self.initial[0], kT,
+                                    f"the {getattr(part, 'name', 'thermal')} sampler", stacklevel=4)
 
     def settings(self) -> dict:
         """What fixes a run's labels and numbers: a resumed run must match them all."""

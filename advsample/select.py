@@ -52,6 +52,43 @@ class SelectionConfig:
             raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
 
 
+class EnergyWindowWarning(RuntimeWarning):
+    """The energy window leaves out most candidates (before anything is paid for them)."""
+
+
+def free_atoms(atoms: Atoms) -> int:
+    """Atoms not held by ``FixAtoms`` (the ones that carry thermal energy)."""
+    from ase.constraints import FixAtoms
+
+    held = {int(i) for c in atoms.constraints if isinstance(c, FixAtoms) for i in c.index}
+    return len(atoms) - len(held)
+
+
+def thermal_energy(atoms: Atoms, kT: float) -> float:
+    """≈ (3N/2)·kT: the mean potential energy above the minimum of N free atoms at k_B T = kT
+    (equipartition, harmonic basin; the reference's energy unit). Thermal frames sit about
+    this far up, with a spread of about √(3N/2)·kT: an energy window must grow with N and T."""
+    return 1.5 * free_atoms(atoms) * float(kT)
+
+
+def check_energy_window(energy_ceiling: float | None, atoms: Atoms, kT: float, sampler: str = "a thermal sampler",
+                        stacklevel: int = 2) -> None:
+    """Warn (:class:`EnergyWindowWarning`) when ``energy_ceiling`` is below the thermal energy of
+    ``atoms`` at ``kT`` (:func:`thermal_energy`): most of the sampler's frames would fall outside it."""
+    if energy_ceiling is None:
+        return
+    thermal = thermal_energy(atoms, kT)
+    if energy_ceiling < thermal:
+        import warnings
+
+        warnings.warn(
+            f"energy window: energy_ceiling={energy_ceiling:g} above the training minimum is below the thermal energy "
+            f"of {sampler}'s frames, ≈ (3N/2)·kT = 1.5 x {free_atoms(atoms)} free atoms x {kT:g} = {thermal:.3g}: "
+            "most of its candidates would be left out (or paid for outside the window). The window must grow with "
+            f"the number of atoms and the temperature: use energy_ceiling > {thermal:.3g} plus the barriers to "
+            "sample, or None", EnergyWindowWarning, stacklevel=stacklevel)
+
+
 def descriptor(atoms: Atoms) -> np.ndarray:
     """Invariant fingerprint (Å): a single particle's position, or all pair distances / √n_pairs.
 
@@ -123,6 +160,16 @@ def select(
     if config.energy_ceiling is not None:
         above = energy > config.energy_ceiling
         report["dropped_energy_ceiling"] = int((above & keep).sum())
+        if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
+            import warnings
+
+            n = int(np.median([free_atoms(a) for a in candidates]))
+            warnings.warn(
+                f"energy window: {report['dropped_energy_ceiling']} of {int(keep.sum())} candidates have a committee "
+                f"energy above energy_ceiling={config.energy_ceiling:g} (above the training minimum) and are not labeled. "
+                f"Thermal frames of {n} free atoms sit ≈ (3N/2)·kT = {1.5 * n * objective.kT:.3g} up at the run's "
+                f"kT={objective.kT:g}: the window must grow with the number of atoms and the temperature",
+                EnergyWindowWarning, stacklevel=2)
         keep &= ~above
         if config.window_sigmas > 0:
             missing = [k for k, a in enumerate(candidates) if "committee_energy_std" not in a.info]

@@ -105,12 +105,22 @@ class ToySurface(Calculator):
         rng = np.random.default_rng(seed)
         low, high = np.array([r[0] for r in region]), np.array([r[1] for r in region])
         points = np.empty((0, self.n_dims))
+        undefined = drawn = 0
         for _ in range(1000):
             q = rng.uniform(low, high, size=(max(4 * n, 64), self.n_dims))
-            if max_energy is not None:
-                q = q[self.energy(q) < max_energy]
-            points = np.concatenate([points, q])
+            energy = self.energy(q)
+            finite = np.isfinite(energy)  # NaN or inf: the surface is undefined there, never a label
+            keep = finite if max_energy is None else finite & (np.where(finite, energy, np.inf) < max_energy)
+            undefined += int(np.count_nonzero(~finite))
+            drawn += len(q)
+            points = np.concatenate([points, q[keep]])
             if len(points) >= n:
+                if undefined:
+                    import warnings
+
+                    warnings.warn(f"{self.surface_name}: {undefined} of {drawn} points drawn in {region} had a non-finite "
+                                  "energy (NaN or inf) and were left out of the sample: the surface is undefined there",
+                                  RuntimeWarning, stacklevel=2)
                 return self.labeled_points(points[:n])
         raise ValueError(f"{self.surface_name}: could not find {n} points below energy {max_energy} in {region}")
 

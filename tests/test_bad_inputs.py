@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -721,3 +722,83 @@ def test_a_changed_mace_file_is_refused_on_resume_naming_it_and_another_path_to_
                                          r"changed"):
         run.check_settings(settings(Committee(MACECommittee.from_files(mace_files, allow_pickle=True))))
     assert tree_digest(tmp_path / "run") == before
+
+
+# -- numbers of toy systems, undefined surfaces, the energy window ------------------------------------
+@pytest.mark.parametrize("options, exception, message", [
+    (dict(kT="1.0"), NumberError, r"kT must be a number, got '1\.0' \(str\)"),
+    (dict(kT=None), NumberError, r"kT must be a number, got None"),
+    (dict(kT=-0.5), ValueError, r"parameter 'kT' must be > 0, got -0\.5"),
+    (dict(budget="4"), NumberError, r"budget must be an integer, got '4'"),
+    (dict(budget=2.5), NumberError, r"budget must be an integer, got 2\.5"),
+    (dict(n_members=0), ValueError, r"parameter 'n_members' must be > 0, got 0"),
+    (dict(epochs=np.float64(10.5)), NumberError, r"epochs must be an integer"),
+    (dict(kT_sweep=("0.3", 3.0)), NumberError, r"kT_sweep must be a number, got '0\.3'"),
+])
+def test_bad_toy_system_numbers_are_named(options, exception, message):
+    from advsample.systems.toy import double_well_1d as toy
+
+    with pytest.raises(exception, match=message):
+        toy(smoke=True, **options)
+
+
+def test_toy_systems_take_numbers_of_any_library():
+    from advsample.systems.toy import double_well_1d as toy
+
+    system = toy(smoke=True, kT=np.float32(2.0), budget=np.int64(3), epochs=torch.tensor(5), data_seed=np.int32(0))
+    assert system.kT == 2.0 and type(system.kT) is float and system.selection.budget == 3
+
+
+def test_an_undefined_surface_region_is_never_a_label_and_is_reported(tmp_path):
+    from advsample.surfaces import ToySurface
+
+    def half_defined(q):  # NaN for x > 0
+        x = q[..., 0]
+        return torch.where(x > 0, torch.full_like(x, float("nan")), (x + 0.5) ** 2)
+
+    surface = ToySurface(half_defined, 1, [(-1.0, 1.0)], name="half")
+    with pytest.warns(RuntimeWarning, match=r"half: \d+ of \d+ points drawn .* non-finite energy .* left out"):
+        sample = surface.sample(20, seed=0, max_energy=None)
+    assert all(np.isfinite(a.get_potential_energy()) and a.positions[0, 0] <= 0 for a in sample)
+    undefined = [sample[0].copy()]
+    undefined[0].positions[0, 0] = 0.5  # where the surface is NaN
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    result = label_structures(undefined, surface, cache=cache, progress=False)
+    assert result.n_labeled == 0 and result.n_calls == 1 and "non-finite energy" in result.failures[0]["reason"]
+    assert cache.n_calls == 1 and cache.n_failed_calls == 1 and cache.n_labels == 0  # recorded, paid once, no label
+
+
+def test_an_energy_window_too_narrow_for_thermal_frames_is_warned_before_paying(tmp_path):
+    from ase import units
+    from ase.build import bulk
+
+    from advsample.select import EnergyWindowWarning, check_energy_window, thermal_energy
+
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))[:31]  # the user's 31-atom Cu cell
+    kT = units.kB * 450
+    assert thermal_energy(cell, kT) == pytest.approx(1.5 * 31 * kT)  # 1.80 eV
+    with pytest.warns(EnergyWindowWarning, match=r"energy_ceiling=1\.5 .* 1\.5 x 31 free atoms .* = 1\.8.*must grow with "
+                                                 r"the number of atoms and the temperature"):
+        check_energy_window(1.5, cell, kT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWindowWarning)
+        check_energy_window(3.0, cell, kT)  # wide enough: silent
+        check_energy_window(None, cell, kT)
+    reference = Counting()
+    with pytest.warns(EnergyWindowWarning, match=r"the md sampler's frames"):
+        make_loop(tmp_path / "run", reference=reference, sampler=make_sampler("md", n_steps=5),
+                  selection=SelectionConfig(budget=2, energy_ceiling=0.5), kT=1.0)
+    assert reference._calls == 0 and not (tmp_path / "run").exists()
+
+
+def test_selection_warns_when_most_candidates_fall_outside_the_window():
+    from advsample.objective import Objective
+    from advsample.select import EnergyWindowWarning, select
+
+    candidates = _data(10)
+    for k, atoms in enumerate(candidates):
+        atoms.info.update(committee_energy=float(k), committee_variance=1.0, log_score=0.0)
+    config = SelectionConfig(budget=2, energy_ceiling=2.5, ranking="random")
+    with pytest.warns(EnergyWindowWarning, match=r"7 of 10 candidates have a committee energy above energy_ceiling=2\.5"):
+        ranked, report = select(candidates, [], config, Objective(1.0, "forces"), 0.0)
+    assert report["dropped_energy_ceiling"] == 7 and len(ranked) == 3

@@ -15,6 +15,7 @@ from ase import units
 
 from ..committee import Committee, default_device
 from ..models import MLPCommittee
+from ..parameters import as_number
 from ..select import SelectionConfig
 from ..surfaces import ToySurface, get_surface
 from ..train import TrainConfig
@@ -37,6 +38,13 @@ def toy_system(surface: ToySurface, region: Sequence[Sequence[float]] | None = N
     (the toy's energy unit read as eV, as ASE MD does). ``data_seed``: initial data drawn
     with it, the test set with ``data_seed + 5``.
     """
+    kT, displacement = as_number(kT, "kT", rule="> 0"), as_number(displacement, "displacement", rule="> 0")
+    n_initial, n_test, epochs, budget, n_members, attack_steps, md_steps, data_seed = (
+        as_number(value, name, int, rule) for value, name, rule in (
+            (n_initial, "n_initial", "> 0"), (n_test, "n_test", ">= 0"), (epochs, "epochs", "> 0"),
+            (budget, "budget", "> 0"), (n_members, "n_members", "> 0"), (attack_steps, "attack_steps", "> 0"),
+            (md_steps, "md_steps", "> 0"), (data_seed, "data_seed", None)))
+    kT_sweep = tuple(as_number(value, "kT_sweep", rule="> 0") for value in kT_sweep)
     if smoke:
         n_initial, n_test, attack_steps, md_steps = (SMOKE["n_initial"], SMOKE["n_test"], SMOKE["attack_steps"],
                                                      SMOKE["md_steps"])
