@@ -48,6 +48,11 @@ fi
 munge -n | unmunge >/dev/null || { log "munge does not work (munge -n | unmunge)"; exit 1; }
 
 # slurm.conf: this machine's node line, one partition, no cgroups, no accounting daemon.
+# Never overwrite a slurm.conf this script did not write (a real cluster's).
+if [ -s /etc/slurm/slurm.conf ] && ! grep -q "written by tests/slurm/start.sh" /etc/slurm/slurm.conf; then
+    log "/etc/slurm/slurm.conf exists and was not written by this script: start that Slurm yourself; not touched"
+    exit 1
+fi
 HOST=$(hostname -s)
 NODE_LINE=$(slurmd -C | head -1)
 case "$NODE_LINE" in NodeName=*) ;; *) log "slurmd -C gave no node line: $NODE_LINE"; exit 1;; esac
