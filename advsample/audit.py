@@ -123,10 +123,11 @@ class AuditResult:
                                   label=f"kT = {kT:g} {self.config.energy_unit} ({kT / self.config.kB:.0f} K)")
             axes.axvline(self.reach_kT * kT, color=points.get_facecolor()[0], ls=":", lw=1)  # thermal reach at kT
         axes.axhline(self.config.force_tolerance, color="k", ls="--", lw=1, label="tolerance")
+        axes.plot([], [], color="gray", ls=":", lw=1, label="thermal reach q·kT")
         unit = self.config.energy_unit
-        axes.set_xlabel(f"committee energy above the minimum ({unit}); dotted: thermal reach per kT")
+        axes.set_xlabel(f"committee energy above the minimum ({unit})")
         kind = "calibrated" if self.calibrated else "raw (uncalibrated)"
-        axes.set_ylabel(f"{kind} force error bar, max over atoms ({unit}/Å)")
+        axes.set_ylabel(f"{kind} force error bar ({unit}/Å)")
         axes.set_yscale("log")
         axes.set_title(f"audit: predicted safe T {_bound_text(self.safe_bound)} {self.safe_temperature_K:.0f} K")
         axes.legend(fontsize=7)
