@@ -89,14 +89,14 @@ def _mlp():
     return Committee(MLPCommittee(4, (32, 32), input_axes=(0, 1), seed=0))
 
 
-def run_system(name: str, quick: bool) -> dict:
+def run_system(name: str, quick: bool, md_runs: int | None = None) -> dict:
     settings = SETTINGS[name]
     stages, test, starts, reference = settings["stages"](quick)
     half = len(test) // 2
     rows = []
     audit_settings = {**settings["audit"], **({"n_steps": 30, "n_replicas": 1} if quick else {})}
     audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"])
-    n_runs = 16 if quick else 64
+    n_runs = md_runs or (16 if quick else 64)
     for stage, train, validation in stages:
         committee = settings["model"](reference)
         started = time.perf_counter()
@@ -139,6 +139,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--systems", default=None, help="comma-separated (default: double_well_2d,ammonia; "
                                                         "--quick: double_well_2d)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--md-runs", type=int, default=None, help="NN-MD runs per temperature (default 64; quick 16)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     names = (args.systems or ("double_well_2d" if args.quick else "double_well_2d,ammonia")).split(",")
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
     started = time.perf_counter()
-    out = {"benchmark": "audit", "quick": args.quick, "systems": {n: run_system(n, args.quick) for n in names},
+    out = {"benchmark": "audit", "quick": args.quick, "systems": {n: run_system(n, args.quick, args.md_runs) for n in names},
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for n, result in out["systems"].items():
         print(f"{n}: Spearman(safe T, NN-MD stable fraction) = {result['spearman_safe_T_vs_md_stable']:.2f} "
