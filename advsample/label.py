@@ -387,14 +387,19 @@ class LabelCache:
     def _append(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
         data = (("\n" if self._needs_newline else "") + line).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a full disk, a lost mount: name the file (the result is lost, the call was paid)
+            raise OSError(exc.errno, f"could not append to the label cache {self.path}: {exc.strerror or exc}; "
+                          "free space or fix the file system and rerun: every earlier label is kept", str(self.path)
+                          ) from exc
         self._needs_newline = False
         self._own.append(line.rstrip("\n").encode())
         self._records[record["key"]] = record
@@ -475,6 +480,7 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
     result = LabelResult()
     slots: dict[int, Atoms] = {}
     groups: dict[str, list[int]] = {}  # key -> input indices still to compute (identical geometries once)
+    seen: dict[str, dict | None] = {}  # key -> its cache record when grouped (None, or a failure to retry)
 
     def fail(i: int, key: str, reason: str, retries: int = 0, cached: bool = False, kind: str = "calculation"):
         atoms = atoms_list[i]
@@ -503,6 +509,7 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
             bar.update(1)
         else:
             groups.setdefault(key, []).append(i)
+            seen[key] = record
 
     def finish(key: str, out: dict, retries: int = 0, kind: str = "calculation"):
         result.n_calls += 1
@@ -532,6 +539,10 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
                 )
         bar.update(len(indices))
 
+    def answered_since(key: str) -> bool:  # a record for ``key`` arrived after the grouping above
+        record = cache.get(key)
+        return record is not None and record is not seen.get(key)
+
     def finish_cached(key: str):
         record = cache.get(key)
         for i in groups[key]:
@@ -545,9 +556,11 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
     if inline:
         calc = None
         for key, indices in groups.items():
-            if cache is not None and key in cache.refresh():
-                finish_cached(key)  # another process paid for it meanwhile
-                continue
+            if cache is not None:
+                cache.refresh()
+                if answered_since(key):
+                    finish_cached(key)  # another process paid for it meanwhile
+                    continue
             if spec is None:
                 out = _compute(atoms_list[indices[0]], calculator)
             else:

@@ -312,3 +312,71 @@ def test_import_does_not_import_parsl():
     code = "import sys, advsample.label, advsample.executors; assert 'parsl' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+# -- issue 34: a shared cache, checks before paying ---------------------------------------------
+def test_a_cache_shared_by_two_processes_never_pays_a_key_another_one_paid(tmp_path):
+    """Two LabelCache objects on one file (as two processes hold them): what one appended is
+    read by the other before it pays (refresh before each wave and each inline call), and
+    each counts every call in the file exactly once."""
+    path = tmp_path / "labels.jsonl"
+    first, second = LabelCache(path), LabelCache(path)
+    clusters = make_clusters(6)
+    label_structures(clusters[:4], spec(tmp_path), cache=first, progress=False)
+    result = label_until(clusters, 6, spec(tmp_path), cache=second, progress=False)
+    assert result.n_labeled == 6 and result.n_cached == 4 and result.n_calls == 2
+    assert set(calls(tmp_path).values()) == {1}  # every structure paid once
+    second_only = label_structures(clusters[4:], spec(tmp_path), cache=first, progress=False)
+    assert second_only.n_calls == 0 and second_only.n_cached == 2  # inline: re-read before each call
+    first.refresh()
+    assert first.n_calls == second.n_calls == 6 == len(path.read_text().splitlines())
+    assert LabelCache(path).n_calls == 6
+
+
+def test_refresh_reads_only_whole_lines_and_counts_its_own_appends_once(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    cache = LabelCache(path)
+    cache.put_failure("a", "boom")
+    with open(path, "ab") as f:  # another process, halfway through its line
+        f.write(b'{"key": "b", "ok": false, "rea')
+    assert cache.refresh() == set() and cache.n_calls == 1
+    with open(path, "ab") as f:
+        f.write(b'son": "x"}\n')
+    assert cache.refresh() == {"b"} and cache.n_calls == 2 and "b" in cache
+
+
+def test_a_spec_is_checked_without_labeling_anything(tmp_path):
+    from advsample.label import ReferenceSpecError
+
+    spec(tmp_path).check(build=True)
+    with pytest.raises(ReferenceSpecError, match=r"'nosuch_module:Calc': module cannot be imported"):
+        CalculatorSpec("nosuch_module:Calc").check()
+    with pytest.raises(ReferenceSpecError, match=r"does not take the keywords \['nonsense'\]"):
+        CalculatorSpec(f"{__name__}:make_clusters", {"nonsense": 1}).check()
+    assert calls(tmp_path) == Counter()
+
+
+def test_an_unusable_first_result_stops_after_one_call_but_a_later_one_is_a_recorded_failure(tmp_path):
+    from advsample.label import BadReferenceResult
+
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    clusters = make_clusters(4, behave={0: "nan", 2: "nan"})
+    with pytest.raises(BadReferenceResult, match=r"first result is unusable: non-finite energy \(nan\).*Ar4"):
+        label_until(clusters, 3, spec(tmp_path), cache=cache, progress=False, check_first=True)
+    assert sum(calls(tmp_path).values()) == 1 and cache.n_failed_calls == 1
+    result = label_until(clusters[1:], 2, spec(tmp_path), cache=cache, progress=False, check_first=True)
+    assert result.n_labeled == 2 and result.n_failed == 1  # after a label, a NaN is a recorded failure
+    assert cache.n_labels == 2 and cache.n_failed_calls == 2
+
+
+def test_a_cache_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
+    import errno
+
+    cache = LabelCache(tmp_path / "labels.jsonl")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match=rf"could not append to the label cache {tmp_path / 'labels.jsonl'}: No space"):
+        cache.put_failure("k", "reason")
