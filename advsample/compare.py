@@ -87,7 +87,9 @@ def _row(system: System, method: str, kT: float, seed: int, selection, metrics: 
         "selected_energy_max": float(energies.max()) if energies.size else math.nan,
         "selected_energy_median": float(np.median(energies)) if energies.size else math.nan,
         **{m.name: float(extra.get(m.name, math.nan)) for m in system.metrics},
-        **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s")},
+        **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s", "metrics_s",
+                                                       "round_s", "cpu_s")},
+        "regression_flagged": bool(metrics.get("regression", {}).get("flagged", False)),
     }
     if metrics["round"] == 0:
         row["train_s"] = metrics.get("training", {}).get("train_s", math.nan)

@@ -29,6 +29,7 @@ fill its budget is not written as complete (both raise, quoting the last failure
 from __future__ import annotations
 
 import time
+import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
+from tqdm.auto import tqdm
 
 from . import __version__
 from .committee import Committee
@@ -47,9 +49,15 @@ from .objective import Objective
 from .parameters import as_number
 from .rundir import RunDir, check_run_inputs, deduplicate, fingerprint  # noqa: F401  (fingerprint: this module's API before)
 from .samplers import Proposal, Sampler
-from .select import SelectionConfig, check_energy_window, select
+from .select import SelectionConfig, check_energy_window, outside_window, select
 from .structures import labels_of
-from .train import TrainConfig, split_validation, train_committee
+from .train import TrainConfig, regression_check, split_validation, train_committee
+
+ON_REGRESSION = ("keep", "continue", "accept")
+
+
+class RoundRegressionWarning(UserWarning):
+    """A round's committee came out worse than the last on the fixed validation set."""
 
 
 @dataclass
@@ -69,8 +77,19 @@ class RoundRecord:
 class ActiveLearning:
     """Adversarial (or any sampler's) active learning, persisted and resumable.
 
-    committee: an untrained committee that fixes the architecture; each round trains a
-    fresh copy (seed + round) or, with ``warm_start``, continues from the previous weights.
+    committee: an untrained committee that fixes the architecture. Round 0 trains a fresh copy
+    with ``train_config``'s full schedule and fits the energy normalisation, once: later rounds
+    keep it. ``warm_start=False`` (the default): each round >= 1 trains a fresh copy (seed + round)
+    with the full schedule; True: rounds >= 1 continue from the previous round's members with the
+    short schedule :meth:`TrainConfig.continued`, replaying the whole training set (cheaper, but
+    it did not hold the errors on every system measured: docs/design.md).
+    ``on_regression``: what a round does when its committee is worse than the last on the fixed
+    validation set (beyond the members' spread; :func:`~advsample.train.regression_check`; without
+    a validation set, on the last round's training set): ``"keep"`` (default) carries the last
+    committee forward (its new labels stay in the training set, so the next round trains on them);
+    ``"continue"`` trains the last committee on the new set instead (continued schedule; the start
+    stays each member's best); ``"accept"`` takes the worse one. Always flagged in the round's
+    ``metrics.json`` (``regression``) and the progress output.
     reference: the labeling calculator (ASE calculator or ``label.CalculatorSpec``).
     initial / test: labeled structures; ``validation_fraction`` of ``initial`` becomes the
     fixed validation set. ``oversample``: new points count this many times in training.
@@ -109,6 +128,7 @@ class ActiveLearning:
         max_consecutive_failures: int | None = 20,
         retry_failures: bool = False,
         wait: bool = False,
+        on_regression: str = "keep",
     ):
         kT, oversample, seed = as_number(kT, "kT"), as_number(oversample, "oversample", int), as_number(seed, "seed", int)
         validation_fraction = as_number(validation_fraction, "validation_fraction")
@@ -121,6 +141,8 @@ class ActiveLearning:
         initial = deduplicate(initial, "initial set")
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
+        if on_regression not in ON_REGRESSION:
+            raise ValueError(f"on_regression must be one of {ON_REGRESSION}, got {on_regression!r}")
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
             raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
         reference_identity(reference)  # a clear TypeError for something that is no reference
@@ -140,7 +162,8 @@ class ActiveLearning:
         train_config = train_config or TrainConfig()
         self.train_config = replace(train_config, progress=progress and train_config.progress)
         self.validation_fraction = validation_fraction
-        self.warm_start = warm_start
+        self.warm_start = bool(warm_start)
+        self.on_regression = on_regression
         self.oversample = int(oversample)
         self.executor = executor
         self.seed = int(seed)
@@ -242,6 +265,7 @@ class ActiveLearning:
             "train_config": repr(replace(self.train_config, progress=False)),
             "validation_fraction": self.validation_fraction,
             "warm_start": self.warm_start,
+            "on_regression": self.on_regression,
             "oversample": self.oversample,
             "seed": self.seed,
         }
@@ -256,28 +280,86 @@ class ActiveLearning:
         validation, test = self.rundir.fixed_sets(validation, self.test)
         return train, validation, test
 
-    def _new_committee(self, number: int, previous: Committee | None) -> Committee:
-        if self.warm_start and previous is not None:
+    def _new_committee(self, number: int, previous: Committee | None, warm: bool | None = None) -> Committee:
+        """Round ``number``'s starting committee: a copy of ``previous`` (warm start) or fresh weights
+        (seed + number) with ``previous``'s energy normalisation (fitted once, on round 0)."""
+        warm = self.warm_start if warm is None else warm
+        if warm and previous is not None:
             committee = Committee(MODELS[type(previous.model).__name__](**previous.model.config()))
             committee.load_state_dict(previous.state_dict())
             return committee.to(previous.device)
         config = {**self.template.model.config(), "seed": self.template.model.config()["seed"] + number}
-        return Committee(MODELS[type(self.template.model).__name__](**config)).to(self.template.device)
+        committee = Committee(MODELS[type(self.template.model).__name__](**config)).to(self.template.device)
+        if previous is not None:  # a refit on a set holding adversarial picks blew the scale up 4x (docs/design.md)
+            committee.energy_shift.copy_(previous.energy_shift)
+            committee.energy_scale.copy_(previous.energy_scale)
+        return committee
 
-    def _train(self, committee: Committee, train: list[Atoms], validation: list[Atoms], number: int) -> dict:
+    def _train(self, committee: Committee, train: list[Atoms], validation: list[Atoms], number: int,
+               warm: bool | None = None) -> dict:
+        """Train in place: round 0 (or ``warm=False``) with the full schedule, a warm start with the
+        continued one; every round replays the whole training set (new labels ``oversample`` times)."""
+        warm = (self.warm_start if warm is None else warm) and number > 0
         fresh = [a for a in train if a.info.get("round_added") == number]
         weighted = train + fresh * (self.oversample - 1)
-        config = replace(self.train_config, seed=self.seed + number)
+        config = replace(self.train_config.continued() if warm else self.train_config, seed=self.seed + number)
         start = time.perf_counter()
-        history = train_committee(
-            committee, weighted, validation, config, fit_normalization=not (self.warm_start and number > 0)
-        )
+        history = train_committee(committee, weighted, validation, config, fit_normalization=number == 0,
+                                  warm_start=warm)
         return {
             "train_s": time.perf_counter() - start,
+            "continued": warm,
             "epochs": len(history.epoch),
+            "max_epochs": config.epochs,
+            "learning_rate": config.learning_rate,
             "stopped_early": history.stopped_early,
             "best_validation_loss": history.best_validation_loss,
+            "start_validation_loss": history.start_validation_loss,
+            "best_epoch": history.best_epoch,
         }
+
+    def _train_round(self, number: int, previous: RoundRecord, train: list[Atoms], validation: list[Atoms]):
+        """(committee carried forward, training record): round ``number`` trained, checked against the
+        last committee on the validation set (else the last training set), ``on_regression`` applied."""
+        committee = self._new_committee(number, previous.committee)
+        training = self._train(committee, train, validation, number)
+        check = regression_check(previous.committee, committee, validation or previous.train)
+        check["checked_on"] = "validation" if validation else "previous_train"
+        check["action"] = "none"
+        if check["flagged"]:
+            worse = ", ".join(f"{k} {check['previous'][k]:.4g} -> {check['now'][k]:.4g}" for k in check["worse"])
+            check["action"] = self.on_regression
+            if self.on_regression == "continue":
+                retrained = self._new_committee(number, previous.committee, warm=True)
+                training["retrained"] = self._train(retrained, train, validation, number, warm=True)
+                training["train_s"] += training["retrained"]["train_s"]
+                committee = retrained
+                check["after_continue"] = regression_check(previous.committee, committee, validation or previous.train)
+            elif self.on_regression == "keep":
+                committee = previous.committee
+            message = (f"round {number}: the retrained committee is worse than round {number - 1}'s on the "
+                       f"{check['checked_on'].replace('_', ' ')} set beyond the members' spread ({worse}); "
+                       f"on_regression={self.on_regression!r}: " + {
+                           "keep": f"round {number - 1}'s committee is carried forward",
+                           "continue": f"round {number - 1}'s committee was trained on instead",
+                           "accept": "the worse committee is carried forward"}[self.on_regression])
+            if self.progress:
+                tqdm.write(message)
+            else:
+                warnings.warn(message, RoundRegressionWarning, stacklevel=4)
+        return committee, training, check
+
+    def _timed_evaluate(self, committee: Committee, test: list[Atoms], timings: dict) -> dict:
+        start = time.perf_counter()
+        metrics = self._evaluate(committee, test)
+        timings["metrics_s"] = time.perf_counter() - start
+        return metrics
+
+    @staticmethod
+    def _round_time(timings: dict, wall: float, cpu: float) -> dict:
+        """The phases plus the whole round's wall and CPU seconds (this process; labels on an
+        executor's workers show in ``label_s``, not in ``cpu_s``)."""
+        return {**timings, "round_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
     def _evaluate(self, committee: Committee, test: list[Atoms]) -> dict:
         metrics = {"test": test_errors(committee, test) if test else {}}
@@ -286,18 +368,22 @@ class ActiveLearning:
         return metrics
 
     def _round_zero(self, train, validation, test, cache: LabelCache) -> RoundRecord:
+        wall, cpu = time.perf_counter(), time.process_time()
         for atoms in train:
             atoms.info["round_added"] = 0
         committee = self._new_committee(0, None)
         training = self._train(committee, train, validation, 0)
+        timings = {"train_s": training["train_s"]}
+        evaluation = self._timed_evaluate(committee, test, timings)
         metrics = {
             "round": 0,
             "n_train": len(train),
             "labels_used": 0,
             "new_labels": 0,
             **self._call_counts(None, cache, 0),
+            "timings": self._round_time(timings, wall, cpu),
             "training": training,
-            **self._evaluate(committee, test),
+            **evaluation,
         }
         record = RoundRecord(0, metrics, train, committee)
         self._save(record)
@@ -305,11 +391,12 @@ class ActiveLearning:
 
     def _round(self, number, previous: RoundRecord, validation, test, cache: LabelCache) -> RoundRecord:
         timings = {"sample_s": 0.0, "select_s": 0.0, "label_s": 0.0}
+        wall, cpu = time.perf_counter(), time.process_time()
         train_energies, _ = labels_of(previous.train)
-        reference_energy = float(np.min(train_energies))
-        train_scored = self.objective.score(previous.committee, previous.train, train_energies)
-        train_variance = np.array([a.info["committee_variance"] for a in train_scored])
-        accepted, proposals, candidates = [], [], []
+        objective = self.objective.bind(train_energies)  # the round's E_min and log Q, once
+        reference_energy = objective.energy_reference
+        train_variance = objective.score(previous.committee, previous.train).variance
+        accepted, proposals, candidates, committee_energies = [], [], [], []
         failures, outside_window, streak = [], [], 0
         # calls an interrupted attempt at this round already paid (in the cache, in no finished round):
         # the replay answers them from the cache, and a call budget counts them as spent
@@ -317,31 +404,29 @@ class ActiveLearning:
         for part, (sampler, budget) in enumerate(self.sampler.parts(self.selection.budget)):
             start = time.perf_counter()
             proposal = sampler.propose(
-                previous.committee, previous.train, train_energies, self.objective, seed=self._seed(number, part),
+                previous.committee, previous.train, train_energies, objective, seed=self._seed(number, part),
                 progress=self.progress,
             )
             timings["sample_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            if self.selection.window_sigmas > 0 and proposal.candidates:  # the energy window's upper confidence bound
-                spread = previous.committee.predict(proposal.candidates)["energy_std"]
-                for atoms, std in zip(proposal.candidates, spread):
-                    atoms.info["committee_energy_std"] = float(std)
+            # the window's σ_E comes with the sampler's scoring (proposal.candidates.energy_std): no second call
             config = replace(self.selection, ranking=sampler.ranking)
             ranked, report = select(
-                proposal.candidates, previous.train + accepted, config, self.objective, reference_energy, train_variance,
+                proposal.candidates, previous.train + accepted, config, objective, reference_energy, train_variance,
                 seed=self._seed(number, part),
             )
             timings["select_s"] += time.perf_counter() - start
             start = time.perf_counter()
             part_prepaid = min(prepaid, budget) if self.selection.budget_unit == "reference_calls" else 0
             prepaid -= part_prepaid
-            labeled, part_failures, part_outside, streak, spent = self._label_budget(
+            labeled, part_failures, part_outside, streak, spent, part_energies = self._label_budget(
                 ranked, budget, cache, reference_energy, number, streak, part_prepaid
             )
             timings["label_s"] += time.perf_counter() - start
             for atoms in labeled:
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
             accepted += labeled
+            committee_energies += part_energies
             failures += part_failures
             outside_window += part_outside
             if spent < budget:
@@ -354,10 +439,11 @@ class ActiveLearning:
                     "window; retry_failures=True tries cached failures again"
                 )
             proposals.append(proposal)
-            candidates += proposal.candidates
+            candidates += proposal.candidates.annotated()  # labels on the stored structures (candidates.extxyz)
         train = previous.train + accepted
-        committee = self._new_committee(number, previous.committee)
-        training = self._train(committee, train, validation, number)
+        committee, training, regression = self._train_round(number, previous, train, validation)
+        timings["train_s"] = training["train_s"]
+        evaluation = self._timed_evaluate(committee, test, timings)
         energies = [a.get_potential_energy() - reference_energy for a in accepted]
         metrics = {
             "round": number,
@@ -370,12 +456,13 @@ class ActiveLearning:
             "n_candidates": len(candidates),
             "selection": report,
             "selected_reference_energies": energies,
-            "selected_committee_energies": [a.info["committee_energy"] - reference_energy for a in accepted],
+            "selected_committee_energies": [energy - reference_energy for energy in committee_energies],
             "failures": failures,
             "outside_energy_window": outside_window,
-            "timings": {**timings, "train_s": training["train_s"]},
+            "timings": self._round_time(timings, wall, cpu),
             "training": training,
-            **self._evaluate(committee, test),
+            "regression": regression,
+            **evaluation,
         }
         record = RoundRecord(number, metrics, train, committee, accepted, candidates, proposals)
         self._save(record)
@@ -387,21 +474,25 @@ class ActiveLearning:
         of them by an interrupted attempt (answered from the cache now); successes outside the
         window are recorded, paid for and not trained on either way.
 
-        Returns (accepted, failures, outside the window, consecutive failures at the end, budget spent).
+        ``ranked``: the selected :class:`~advsample.candidates.Candidates` in order; each accepted label
+        gets its candidate's values as ``info`` labels for the stored files (train/selected.extxyz),
+        never read back during the round.
+
+        Returns (accepted, failures, outside the window, consecutive failures at the end, budget spent,
+        the accepted ones' committee energies Ē).
         """
-        accepted, failures, outside = [], [], []
-        remaining = list(ranked)
-        ceiling = self.selection.energy_ceiling
+        accepted, failures, outside, energies = [], [], [], []
+        offset = 0  # ranked[offset:] are still to be labeled
         by_calls = self.selection.budget_unit == "reference_calls"
         calls = prepaid
 
         def spent() -> int:
             return calls if by_calls else len(accepted)
 
-        while remaining and (by_calls or len(accepted) < budget):  # a call budget: one pass of label_until
+        while offset < len(ranked) and (by_calls or len(accepted) < budget):  # a call budget: one pass of label_until
             try:
                 result = label_until(
-                    remaining, budget - spent(), self.reference, self.executor, cache, progress=self.progress,
+                    ranked.structures[offset:], budget - spent(), self.reference, self.executor, cache, progress=self.progress,
                     retry_failed=self.retry_failures, max_consecutive_failures=self.max_consecutive_failures,
                     consecutive_failures=streak, unit="calls" if by_calls else "labels", check_first=True,
                 )
@@ -414,17 +505,21 @@ class ActiveLearning:
             streak = result.consecutive_failures
             calls += result.n_calls
             failures += [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
-            for atoms in result.labeled:
+            for index, atoms in zip(result.indices, result.labeled):
+                pick = offset + index
                 energy = atoms.get_potential_energy() - reference_energy
-                if ceiling is not None and energy > ceiling:
-                    outside.append({"reference_energy": energy, "committee_energy": atoms.info["committee_energy"] - reference_energy})
+                committee_energy = float(ranked.energy_mean[pick])
+                if outside_window(energy, self.selection):
+                    outside.append({"reference_energy": energy, "committee_energy": committee_energy - reference_energy})
                 else:
+                    atoms.info.update(ranked.labels(pick))  # labels of the stored structure, for the files
                     accepted.append(atoms)
+                    energies.append(committee_energy)
             consumed = [*result.indices, *(f["index"] for f in result.failures)]
             if by_calls or not consumed:
                 break
-            remaining = remaining[max(consumed) + 1 :]
-        return accepted, failures, outside, streak, spent()
+            offset += max(consumed) + 1
+        return accepted, failures, outside, streak, spent(), energies
 
     @staticmethod
     def _call_counts(previous: dict | None, cache: LabelCache, outside_window: int) -> dict:

@@ -34,14 +34,17 @@ class TrainConfig:
     lr_factor: float = 0.5  # learning-rate decay on a validation plateau
     lr_patience: int = 100  # epochs without improvement before decaying the learning rate
     min_learning_rate: float = 1e-5
+    warmup_epochs: int = 0  # learning rate ramped linearly from ~0 over these epochs (Adam's first steps are ~lr each)
+    stop_on: str = "validation"  # early stopping and best weights on "validation" or "validation+train" (their sum)
     bootstrap: bool = False  # resample the training set per member
     reuse_geometry: bool = True  # pairs and radial features once per batch (models that offer it), not every step
     seed: int = 0
     progress: bool = True  # tqdm bar
     # continued training (a round that starts from the previous round's weights, `continued()`):
-    continue_epochs: int | None = None  # maximum epochs of a continued round; None: a tenth of `epochs`
+    continue_epochs: int | None = None  # maximum epochs of a continued round; None: a quarter of `epochs`
     continue_learning_rate: float | None = None  # its initial Adam step; None: a fifth of `learning_rate`
-    continue_patience: int | None = None  # its early-stopping patience; None: a sixth of `patience` (plateau decay: half)
+    continue_patience: int | None = None  # its early-stopping patience; None: a quarter of `patience` (plateau decay: half)
+    continue_warmup_epochs: int | None = None  # its warmup; None: a tenth of its epochs
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -57,20 +60,29 @@ class TrainConfig:
         for name in ("continue_epochs", "continue_patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.stop_on not in ("validation", "validation+train"):
+            raise ValueError(f"stop_on must be 'validation' or 'validation+train', got {self.stop_on!r}")
+        if self.warmup_epochs < 0 or (self.continue_warmup_epochs or 0) < 0:
+            raise ValueError(f"warmup epochs must be >= 0, got {self.warmup_epochs}, {self.continue_warmup_epochs}")
         if self.continue_learning_rate is not None and not self.continue_learning_rate > 0:
             raise ValueError(f"continue_learning_rate must be positive or None, got {self.continue_learning_rate}")
 
     def continued(self) -> "TrainConfig":
         """The schedule of a continued round: ``continue_epochs`` at ``continue_learning_rate``,
         patience ``continue_patience`` (plateau decay after half of it), never longer than a full
-        round (``epochs``, ``patience``); everything else as here."""
+        round (``epochs``, ``patience``), the learning rate warmed up over ``continue_warmup_epochs``
+        (a fresh Adam's first steps move every weight by ~lr: at 5e-3 that threw a converged NH3
+        committee's training loss from 0.007 to 126), best weights and stopping on the validation
+        plus the training loss (``stop_on="validation+train"``: the new labels must count, or the
+        fixed validation set of the initial region rewards not learning them); else as here."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
-        epochs = min(pick(self.continue_epochs, max(self.epochs // 10, 1)), self.epochs)
-        patience = min(pick(self.continue_patience, max(self.patience // 6, 1)), self.patience)
+        epochs = min(pick(self.continue_epochs, max(self.epochs // 4, 1)), self.epochs)
+        patience = min(pick(self.continue_patience, max(self.patience // 4, 1)), self.patience)
         learning_rate = pick(self.continue_learning_rate, self.learning_rate / 5)
+        warmup = min(pick(self.continue_warmup_epochs, max(epochs // 10, 1)), epochs)
         return replace(self, epochs=epochs, learning_rate=learning_rate, patience=patience,
-                       lr_patience=min(self.lr_patience, max(patience // 2, 1)),
-                       min_learning_rate=min(self.min_learning_rate, learning_rate))
+                       lr_patience=min(self.lr_patience, max(patience // 2, 1)), warmup_epochs=warmup,
+                       min_learning_rate=min(self.min_learning_rate, learning_rate), stop_on="validation+train")
 
 
 @dataclass
@@ -210,9 +222,9 @@ def train_committee(
 
     ``validation`` empty or None: the training loss stands in for early stopping.
     ``warm_start``: continue from the committee's current weights: the energy shift/scale are
-    kept, and the starting weights' validation losses are each member's first best (a member
-    never ends worse on validation than it started). Give it a continued schedule
-    (``config.continued()``): converged weights take small steps.
+    kept, and the starting weights' losses (``config.stop_on``) are each member's first best (a
+    member never ends worse on that criterion than it started). Give it a continued schedule
+    (``config.continued()``): converged weights take small, warmed-up steps.
     ``fit_normalization``: set the energy shift/scale from ``train`` (default: unless ``warm_start``).
     """
     config = config or TrainConfig()
@@ -241,32 +253,44 @@ def train_committee(
     train_targets = _Targets(train, committee, config.reuse_geometry)  # minibatches are cut from it
     weights_all = None if counts is None else torch.as_tensor(counts, dtype=committee.dtype, device=committee.device)
     history = TrainHistory()
+    both = config.stop_on == "validation+train" and validation_targets is not None
     start = None
     if warm_start:
         committee.eval()
-        scoring = validation_targets or train_targets
-        start = scoring.member_losses(committee, config, None if validation_targets else weights_all,
-                                      create_graph=False).detach().cpu()
+        start = train_targets.member_losses(committee, config, weights_all, create_graph=False).detach().cpu()
+        if validation_targets is not None:
+            start_validation = validation_targets.member_losses(committee, config, create_graph=False).detach().cpu()
+            start = start + start_validation if both else start_validation
         history.start_validation_loss = start.tolist()
+    steps_per_epoch = -(-n_train // batch_size)
+    warmup_steps, step = config.warmup_epochs * steps_per_epoch, 0
     stopping = _EarlyStopping(committee, config, start)
     bar = tqdm(range(config.epochs), desc="training committee", disable=not config.progress, leave=False)
     committee.train()
     for epoch in bar:
         order = rng.permutation(n_train) if batch_size < n_train else np.arange(n_train)
-        epoch_loss = 0.0
+        epoch_loss, member_train = 0.0, torch.zeros(n_members)
         for first in range(0, n_train, batch_size):
+            if step < warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate * (step + 1) / (warmup_steps + 1)
+            step += 1
             index = np.sort(order[first : first + batch_size])
             targets = train_targets if batch_size == n_train else train_targets.subset(index)
             weights = None if counts is None else weights_all[:, torch.as_tensor(index, device=weights_all.device)]
             losses = training_step(committee, targets, config, optimizer, weights)
             epoch_loss += float(losses.sum()) * len(index) / n_train
+            member_train += losses.cpu() * len(index) / n_train
         if validation_targets is not None:
             member_validation = validation_targets.member_losses(committee, config, create_graph=False).detach().cpu()
+            if both:  # this epoch's training loss (before its steps) joins the validation loss
+                member_validation = member_validation + member_train
         else:
-            member_validation = losses.cpu()
+            member_validation = member_train
         stop = stopping.update(committee, member_validation, epoch)
         validation_total = float(member_validation.sum())
-        scheduler.step(validation_total)
+        if step >= warmup_steps:
+            scheduler.step(validation_total)
         history.epoch.append(epoch)
         history.train_loss.append(epoch_loss)
         history.validation_loss.append(validation_total)
@@ -284,10 +308,11 @@ def train_committee(
     return history
 
 
-def member_errors(committee: Committee, atoms_list: Sequence[Atoms]) -> dict[str, list[float]]:
+def member_errors(committee: Committee, atoms_list: Sequence[Atoms]) -> dict:
     """Each member's errors on labeled structures: ``energy_mae`` per atom and ``force_mae``
     (free coordinates only, as in training), lists of length M, in the labels' units (not the
-    committee's normalisation, so two committees normalised apart compare)."""
+    committee's normalisation, so two committees normalised apart compare); and the members'
+    spread there: ``energy_sigma`` (per atom) and ``force_sigma`` (per free component), means."""
     energies, forces = labels_of(atoms_list)
     predicted = committee.predict(atoms_list)
     n_atoms = np.array([len(a) for a in atoms_list], dtype=float)
@@ -295,15 +320,21 @@ def member_errors(committee: Committee, atoms_list: Sequence[Atoms]) -> dict[str
     free = ~Batch.from_atoms(atoms_list).fixed.numpy()  # [N, 3]
     force_error = np.abs(predicted["forces"] - forces[None])[:, free]  # [M, free coordinates]
     force_mae = force_error.mean(1) if force_error.shape[1] else np.zeros(committee.n_members)
-    return {"energy_mae": energy_mae.tolist(), "force_mae": force_mae.tolist()}
+    force_sigma = predicted["forces"].std(0)[free]
+    return {"energy_mae": energy_mae.tolist(), "force_mae": force_mae.tolist(),
+            "energy_sigma": float((predicted["energies"].std(0) / n_atoms).mean()),
+            "force_sigma": float(force_sigma.mean()) if force_sigma.size else 0.0}
 
 
 def regression_check(previous: Committee, committee: Committee, atoms_list: Sequence[Atoms]) -> dict:
     """Is ``committee`` worse than ``previous`` on the fixed validation structures ``atoms_list``?
 
     For the force MAE and the per-atom energy MAE, the members' mean of each committee is
-    compared: a rise beyond the previous members' spread (their standard deviation, or 1 % of
-    the mean if larger: members that agree exactly leave no spread) is a regression. Returns
+    compared: a rise beyond the previous members' spread is a regression. The spread is the
+    previous committee's own σ there (the members' disagreement: force σ per component, energy σ
+    per atom), or the standard deviation of its members' errors, or 1 % of their mean, whichever
+    is largest (learning a new region may cost the old one a little; not more than the committee
+    claims to be unsure by). Returns
     {"flagged", "worse" (the figures that regressed), "previous"/"now": {figure: member mean},
     "spread": {figure: the allowed rise}, "n_structures"}.
     """
@@ -311,7 +342,8 @@ def regression_check(previous: Committee, committee: Committee, atoms_list: Sequ
     result = {"previous": {}, "now": {}, "spread": {}, "worse": [], "n_structures": len(atoms_list)}
     for figure in ("force_mae", "energy_mae"):
         old, new = np.asarray(before[figure]), np.asarray(after[figure])
-        allowed = max(float(old.std()), 0.01 * float(old.mean()))
+        sigma = before[figure.replace("_mae", "_sigma")]
+        allowed = max(sigma, float(old.std()), 0.01 * float(old.mean()))
         result["previous"][figure], result["now"][figure] = float(old.mean()), float(new.mean())
         result["spread"][figure] = allowed
         if not np.isfinite(new.mean()) or new.mean() - old.mean() > allowed:

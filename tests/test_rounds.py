@@ -46,8 +46,9 @@ def converged(left_well_data):
 def test_continued_schedule_is_short_and_bounded():
     full = TrainConfig(epochs=3000, patience=300, learning_rate=5e-3, lr_patience=100)
     short = full.continued()
-    assert (short.epochs, short.patience, short.learning_rate) == (300, 50, pytest.approx(1e-3))
-    assert short.lr_patience == 25 and short.min_learning_rate <= short.learning_rate
+    assert (short.epochs, short.patience, short.learning_rate) == (750, 75, pytest.approx(1e-3))
+    assert short.lr_patience == 37 and short.min_learning_rate <= short.learning_rate
+    assert short.warmup_epochs == 75 and short.stop_on == "validation+train" and full.warmup_epochs == 0
     own = TrainConfig(epochs=20, patience=10, continue_epochs=500, continue_patience=400, continue_learning_rate=2e-4)
     assert (own.continued().epochs, own.continued().patience) == (20, 10)  # never longer than a full round
     assert own.continued().learning_rate == 2e-4
@@ -61,10 +62,12 @@ def test_continued_training_starts_from_the_given_weights(converged, left_well_d
     committee = clone(converged)
     shift, scale = float(committee.energy_shift), float(committee.energy_scale)
     config = TrainConfig(epochs=200, patience=100, progress=False, seed=2).continued()
-    expected = _Targets(validation, committee).member_losses(committee, config, create_graph=False).detach()
+    assert config.stop_on == "validation+train" and config.warmup_epochs == 5
+    expected = sum(_Targets(part, committee).member_losses(committee, config, create_graph=False).detach()
+                   for part in (train, validation))  # the start's validation + training loss
     history = train_committee(committee, train, validation, config, warm_start=True)
     np.testing.assert_allclose(history.start_validation_loss, expected.numpy(), rtol=1e-6)
-    # normalisation kept; no member ends worse on validation than it started
+    # normalisation kept; no member ends worse (validation + training loss) than it started
     assert (float(committee.energy_shift), float(committee.energy_scale)) == (shift, scale)
     assert np.all(np.array(history.best_validation_loss) <= np.array(history.start_validation_loss))
     # from fresh weights the first epochs are far worse: the start really was the trained committee
@@ -81,7 +84,7 @@ def test_continued_training_stops_when_validation_stalls(converged, left_well_da
     order = np.roll(np.arange(len(points)), 7)
     stalled = [labeled(a, energies[j], forces[j:j + 1]) for a, j in zip(points, order)]
     committee = clone(converged)
-    config = TrainConfig(epochs=2000, patience=300, progress=False, seed=3).continued()  # 200 epochs, patience 50
+    config = TrainConfig(epochs=800, patience=200, progress=False, seed=3).continued()  # 200 epochs, patience 50
     history = train_committee(committee, left_well_data[:60], stalled, config, warm_start=True)
     assert history.stopped_early and len(history.epoch) < config.epochs
     # with the old rule (any improvement, however small, restarts the patience) it runs longer or to the limit
@@ -161,3 +164,115 @@ def test_round_speed_benchmark_quick(tmp_path):
     assert [run[0]["test_force_mae"] for run in slab["per_seed"]["scratch"]] == \
         [run[0]["test_force_mae"] for run in slab["per_seed"]["continued"]]
     assert slab["speedup_later_rounds"] > 0
+
+
+# -- the loop ----------------------------------------------------------------------------
+PHASES = {"sample_s", "select_s", "label_s", "train_s", "metrics_s", "round_s", "cpu_s"}
+
+
+def test_a_continued_round_starts_from_the_last_members(tmp_path, monkeypatch):
+    from advsample import loop
+    from advsample.loop import ActiveLearning
+    from advsample.samplers import make_sampler
+    from advsample.select import SelectionConfig
+    from advsample.surfaces import double_well_1d
+
+    started = []
+    original = loop.train_committee
+
+    def spy(committee, *args, **kwargs):
+        started.append(({k: v.clone() for k, v in committee.state_dict().items()}, kwargs.get("warm_start")))
+        return original(committee, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_committee", spy)
+    surface = double_well_1d()
+    run = ActiveLearning(
+        tmp_path / "run", Committee(MLPCommittee(3, (16,), input_axes=(0,), seed=0)), surface,
+        surface.sample(30, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)]),
+        make_sampler("adversarial", n_steps=10, learning_rate=0.03), test=surface.sample(30, seed=1, max_energy=3.0),
+        selection=SelectionConfig(budget=3, min_distance=0.02), kT=1.0, progress=False,
+        train_config=TrainConfig(epochs=100, patience=60), warm_start=True,
+    )
+    records = run.run(2)
+    assert [warm for _, warm in started] == [False, True, True]
+    for number in (1, 2):  # each continued round began from the last round's members
+        before = records[number - 1].committee.state_dict()
+        assert all(torch.equal(started[number][0][k], before[k]) for k in before)
+        training = records[number].metrics["training"]
+        assert training["continued"] and training["max_epochs"] == 25 and training["epochs"] <= 25
+        assert set(records[number].metrics["timings"]) >= PHASES
+        assert all(records[number].metrics["timings"][k] >= 0 for k in PHASES)
+    assert {"train_s", "metrics_s", "round_s", "cpu_s"} <= set(records[0].metrics["timings"])
+    saved = json.loads((tmp_path / "run" / "round_002" / "metrics.json").read_text())
+    assert set(saved["timings"]) >= PHASES and "flagged" in saved["regression"]
+
+
+class PoisonedEMT:
+    """A broken reference (as a wrong setting would make one): EMT energies +3 eV and forces
+    reversed. New labels from it contradict the initial ones, so training on them makes the
+    committee worse on the initial region."""
+
+    def __new__(cls):
+        from ase.calculators.calculator import Calculator, all_changes
+        from ase.calculators.emt import EMT
+
+        class _Poisoned(Calculator):
+            implemented_properties = ["energy", "forces"]
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                emt = EMT()
+                copy_ = self.atoms.copy()
+                copy_.calc = emt
+                self.results = {"energy": copy_.get_potential_energy() + 3.0, "forces": -copy_.get_forces()}
+
+        return _Poisoned()
+
+
+def vacancy_cell_data(n: int, seed: int):
+    """Rattled frames of a periodic Cu cell (2×2×1 cubic, 15 atoms: one vacancy) with EMT labels."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
+        del atoms[0]
+        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
+        atoms.calc = EMT()
+        frames.append(labeled(atoms, atoms.get_potential_energy(), atoms.get_forces()))
+    return frames
+
+
+@pytest.mark.parametrize("on_regression", ["keep", "accept"])
+def test_a_worse_round_is_flagged_and_not_carried_forward(tmp_path, on_regression):
+    """A Cu-vacancy cell (periodic, EMT): a round whose labels make the committee worse on the fixed
+    validation set is flagged in its record and warned about; by default the better (last)
+    committee is carried forward."""
+    from advsample.loop import ActiveLearning, RoundRegressionWarning
+    from advsample.models.schnet import SchNetCommittee
+    from advsample.samplers import make_sampler
+    from advsample.select import SelectionConfig
+
+    initial, test = vacancy_cell_data(14, seed=0), vacancy_cell_data(6, seed=1)
+    committee = Committee(SchNetCommittee(n_members=3, species=(29,), n_features=8, cutoff=3.5, n_rbf=8, seed=0))
+    run = ActiveLearning(
+        tmp_path / "run", committee, PoisonedEMT(), initial, make_sampler("random", n_per_seed=2, displacement=0.05),
+        test=test, selection=SelectionConfig(budget=6, min_distance=0.0), kT=0.5, progress=False,
+        train_config=TrainConfig(epochs=60, patience=60, learning_rate=1e-2), validation_fraction=0.3,
+        warm_start=False, oversample=3, on_regression=on_regression,
+    )
+    with pytest.warns(RoundRegressionWarning, match="worse than round 0"):
+        records = run.run(1)
+    check = records[1].metrics["regression"]
+    assert check["flagged"] and check["checked_on"] == "validation" and check["action"] == on_regression
+    assert check["now"]["force_mae"] > check["previous"]["force_mae"] + check["spread"]["force_mae"]
+    validation = run._fixed_sets()[1]
+    before, after = records[0].committee.predict(validation), records[1].committee.predict(validation)
+    if on_regression == "keep":  # round 0's committee carried forward, and it is what round 1 reports
+        np.testing.assert_allclose(after["energies"], before["energies"])
+        assert records[1].metrics["test"]["force_mae"] == pytest.approx(records[0].metrics["test"]["force_mae"])
+    else:
+        assert not np.allclose(after["energies"], before["energies"])
+    assert len(records[1].train) == len(records[0].train) + 6  # the labels are kept either way

@@ -1,0 +1,191 @@
+"""Round speed: continued training (warm start) vs retraining from scratch, rounds 1–3 at the same labels.
+
+    python benchmarks/round_speed.py [--systems ammonia,ethanol,adatom] [--seeds 3] [--rounds 3]
+                                     [--threads N] [--quick] [--json]
+
+For each system and seed, one adversarial run retrains every round from scratch (the
+system's full ``TrainConfig``: seed + round) and one continues each round from the previous
+round's members (``warm_start=True``: ``TrainConfig.continued()``, the short schedule, the
+normalisation kept, the whole training set replayed). Both start from the same round 0 (trained
+once, copied), label the same budget per round, and are run one after the other in this process.
+Reported per system:
+
+* time per round by phase (sampling, selection, labels, training, metrics; wall and CPU
+  seconds of the whole round), the speedup of rounds 2..R (wall time, mean over seeds);
+* final (round R) test force MAE and the system's rare-event metric (its first declared metric
+  of kind "rare-event"), mean and spread (min–max, std) over seeds, and whether the continued
+  mean lies within the from-scratch seeds' range;
+* the committee's force σ on the held-out test structures (mean over structures): members
+  that collapsed onto each other would show σ → 0.
+
+Goal: continued rounds 2–3 ≥ 3× faster (≥ 5× goal) with final errors within the from-scratch
+spread. ``--quick``: smoke-sized systems, 2 seeds, 2 rounds (seconds; for tests).
+With ``--json`` the last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, machine, set_threads  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from advsample.loop import ActiveLearning  # noqa: E402
+from advsample.systems import get_system  # noqa: E402
+
+MODES = ("scratch", "continued")
+PHASES = ("sample_s", "select_s", "label_s", "train_s", "metrics_s")
+
+
+def rare_event_metric(system) -> str | None:
+    """The system's first declared metric of kind "rare-event" (None if it declares none)."""
+    return next((m.name for m in system.metrics if m.kind == "rare-event"), None)
+
+
+def _copy_round_zero(source: Path, target: Path) -> None:
+    """The run directory's fixed sets and round 0, not its settings or label cache (a new run's own)."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name not in ("settings.json", "labels.jsonl"):
+            shutil.copy2(path, target / path.name)
+    shutil.copytree(source / "round_000", target / "round_000")
+
+
+def run_mode(system, seed: int, rounds: int, mode: str, run_dir: Path) -> list[dict]:
+    """One run of ``rounds`` rounds after round 0; per round: phase times, wall/CPU seconds, errors."""
+    run = ActiveLearning.from_system(system, run_dir, "adversarial", seed=seed, progress=False,
+                                     warm_start=mode == "continued")
+    metric = rare_event_metric(system)
+    out = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    for record in run.irun(rounds):
+        now_wall, now_cpu = time.perf_counter(), time.process_time()
+        metrics = record.metrics
+        timings = dict(metrics.get("timings", {}))
+        timings.setdefault("train_s", metrics.get("training", {}).get("train_s", math.nan))
+        predicted = record.committee.predict(system.test) if system.test else None
+        out.append({
+            "round": record.round,
+            "resumed": record.resumed,
+            "wall_s": now_wall - wall,
+            "cpu_s": now_cpu - cpu,
+            "phases_s": {k: float(timings[k]) for k in PHASES if k in timings},
+            "epochs": metrics.get("training", {}).get("epochs"),
+            "stopped_early": metrics.get("training", {}).get("stopped_early"),
+            "regression": metrics.get("regression", {}).get("flagged") if isinstance(metrics.get("regression"), dict)
+            else None,
+            "labels_used": metrics["labels_used"],
+            "test_force_mae": metrics.get("test", {}).get("force_mae", math.nan),
+            "rare_event": metrics.get("extra", {}).get(metric, math.nan) if metric else math.nan,
+            "test_force_sigma": float(np.mean(predicted["forces_std"])) if predicted is not None else math.nan,
+        })
+        wall, cpu = time.perf_counter(), time.process_time()
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": math.nan, "min": math.nan, "max": math.nan, "std": math.nan, "values": values}
+    return {"mean": statistics.fmean(finite), "min": min(finite), "max": max(finite),
+            "std": statistics.pstdev(finite) if len(finite) > 1 else 0.0, "values": values}
+
+
+def summarize(per_seed: dict[str, list[list[dict]]], rounds: int) -> dict:
+    """Speedups of rounds 2..R and final errors, the continued mean against the from-scratch range."""
+    later = range(2, rounds + 1) if rounds >= 2 else range(1, rounds + 1)
+    summary = {"rounds_timed": list(later)}
+    for mode, runs in per_seed.items():
+        per_round = {r: _spread([run[r]["wall_s"] for run in runs]) for r in range(1, rounds + 1)}
+        train = {r: _spread([run[r]["phases_s"].get("train_s", math.nan) for run in runs]) for r in range(1, rounds + 1)}
+        summary[mode] = {
+            "round_wall_s": {r: v["mean"] for r, v in per_round.items()},
+            "round_train_s": {r: v["mean"] for r, v in train.items()},
+            "phases_s": {r: {k: statistics.fmean(run[r]["phases_s"].get(k, 0.0) for run in runs) for k in PHASES}
+                         for r in range(1, rounds + 1)},
+            "later_rounds_wall_s": statistics.fmean(sum(run[r]["wall_s"] for r in later) for run in runs),
+            "epochs": {r: [run[r]["epochs"] for run in runs] for r in range(rounds + 1)},
+            "final_test_force_mae": _spread([run[rounds]["test_force_mae"] for run in runs]),
+            "final_rare_event": _spread([run[rounds]["rare_event"] for run in runs]),
+            "final_test_force_sigma": _spread([run[rounds]["test_force_sigma"] for run in runs]),
+        }
+    scratch, continued = summary["scratch"], summary["continued"]
+    summary["speedup_later_rounds"] = scratch["later_rounds_wall_s"] / continued["later_rounds_wall_s"]
+    for key in ("final_test_force_mae", "final_rare_event"):
+        low, high, mean = scratch[key]["min"], scratch[key]["max"], continued[key]["mean"]
+        # within the from-scratch seeds' range, or better than all of them
+        summary[f"{key}_within_scratch_spread"] = bool(math.isfinite(mean) and mean <= high) if math.isfinite(high) \
+            else None
+        summary[f"{key}_ratio"] = mean / scratch[key]["mean"] if scratch[key]["mean"] else math.nan
+        del low
+    return summary
+
+
+def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path) -> dict:
+    system = get_system(name, smoke=quick)
+    per_seed = {mode: [] for mode in MODES}
+    for seed in range(seeds):
+        base = workdir / f"{name}_seed{seed}"
+        for mode in MODES:
+            run_dir = base / mode
+            if mode != MODES[0]:
+                _copy_round_zero(base / MODES[0], run_dir)  # the same round 0, trained once
+            start = time.perf_counter()
+            rows = run_mode(system, seed, rounds, mode, run_dir)
+            per_seed[mode].append(rows)
+            walls = ", ".join(f"{r['wall_s']:.1f}" for r in rows[1:])
+            trains = ", ".join(f"{r['phases_s'].get('train_s', math.nan):.1f}" for r in rows[1:])
+            last = rows[-1]
+            print(f"{name} seed {seed} {mode:9s}: rounds 1..{rounds} wall {walls} s (train {trains} s, epochs "
+                  f"{[r['epochs'] for r in rows]}); final test force MAE {last['test_force_mae']:.4f}, rare-event "
+                  f"{last['rare_event']:.4g}, force sigma {last['test_force_sigma']:.4f} "
+                  f"[{time.perf_counter() - start:.0f} s]", flush=True)
+    summary = summarize(per_seed, rounds)
+    print(f"{name}: rounds {summary['rounds_timed']} {summary['speedup_later_rounds']:.2f}x faster continued; final "
+          f"test force MAE scratch {summary['scratch']['final_test_force_mae']['mean']:.4f} "
+          f"[{summary['scratch']['final_test_force_mae']['min']:.4f}-{summary['scratch']['final_test_force_mae']['max']:.4f}]"
+          f" vs continued {summary['continued']['final_test_force_mae']['mean']:.4f}; "
+          f"{rare_event_metric(system)} scratch {summary['scratch']['final_rare_event']['mean']:.4g} "
+          f"[{summary['scratch']['final_rare_event']['min']:.4g}-{summary['scratch']['final_rare_event']['max']:.4g}]"
+          f" vs continued {summary['continued']['final_rare_event']['mean']:.4g}", flush=True)
+    return {"rare_event_metric": rare_event_metric(system), "per_seed": per_seed, **summary}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default="ammonia,ethanol,adatom")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per system (default 3; --quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds after round 0 (default 3; --quick 2)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--workdir", default=None, help="run directories (default: a temporary one, removed)")
+    parser.add_argument("--quick", action="store_true", help="smoke-sized systems, 2 seeds, 2 rounds")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 3)
+    if seeds < 1 or rounds < 1:
+        parser.error(f"--seeds and --rounds must be >= 1, got {seeds}, {rounds}")
+    set_threads(args.threads)
+    result = {"benchmark": "round_speed", "quick": args.quick, "seeds": seeds, "rounds": rounds,
+              "machine": machine(), "systems": {}}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        for name in [s for s in args.systems.split(",") if s]:
+            result["systems"][name] = bench_system(name, seeds, rounds, args.quick, Path(workdir))
+    result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    result["total_s"] = time.perf_counter() - start
+    emit(result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
