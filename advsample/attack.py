@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,13 @@ from ase.io import write
 from tqdm.auto import tqdm
 
 from . import uncertainty
+from .candidates import Candidates
 from .committee import Committee
 from .geometry import GeometryError, pair_distances
 from .structures import Batch
+
+if TYPE_CHECKING:
+    from .objective import BoundObjective
 
 
 @dataclass
@@ -67,7 +71,8 @@ class AttackResult:
 
     positions [T, N, 3] (Å); variance, energy_mean, log_score, active [T, B];
     stop_step [B] (-1 = ran to the end); stop_reason [B]; seeds: the B seed structures;
-    cells [T, B, 3, 3] (Å) when the cell attack ran, else None.
+    cells [T, B, 3, 3] (Å) when the cell attack ran, else None; energy_variance [T, B] σ²_E
+    (from the same committee calls; None for a result built without it).
     """
 
     seeds: list[Atoms]
@@ -82,21 +87,27 @@ class AttackResult:
     kT: float
     energy_reference: float
     cells: np.ndarray | None = None
+    energy_variance: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
         return self.positions.shape[0] - 1
 
-    def frame(self, step: int, seed: int) -> Atoms:
-        """The geometry of ``seed`` at ``step`` with its committee values in ``info``."""
+    def geometry(self, step: int, seed: int) -> Atoms:
+        """The geometry of ``seed`` at ``step`` (its seed and step as ``info`` provenance labels)."""
         atoms = self.seeds[seed].copy()
         atoms.calc = None
         if self.cells is not None:
             atoms.set_cell(self.cells[step, seed], scale_atoms=False)
         atoms.set_positions(self.positions[step, self.structure_index == seed], apply_constraint=False)
+        atoms.info.update(attack_seed=int(seed), attack_step=int(step))
+        return atoms
+
+    def frame(self, step: int, seed: int) -> Atoms:
+        """The geometry of ``seed`` at ``step`` with its committee values as ``info`` labels (for the
+        trajectory files and notebooks; a round reads :meth:`candidates`, typed arrays)."""
+        atoms = self.geometry(step, seed)
         atoms.info.update(
-            attack_seed=int(seed),
-            attack_step=int(step),
             committee_energy=float(self.energy_mean[step, seed]),
             committee_variance=float(self.variance[step, seed]),
             log_score=float(self.log_score[step, seed]),
@@ -107,14 +118,28 @@ class AttackResult:
         """Frames of one seed while it was active."""
         return [self.frame(t, seed) for t in range(self.n_steps + 1) if self.active[t, seed]]
 
-    def snapshots(self, every: int = 5) -> list[Atoms]:
-        """Candidates: each active seed every ``every`` steps and at its last active step."""
+    def snapshot_steps(self, every: int = 5) -> list[tuple[int, int]]:
+        """(step, seed) of each active seed every ``every`` steps and at its last active step (step 0 left out)."""
         out = []
         for seed in range(len(self.seeds)):
             steps = np.flatnonzero(self.active[:, seed])
             chosen = sorted(set(steps[every::every].tolist()) | {int(steps[-1])}) if len(steps) > 1 else []
-            out.extend(self.frame(t, seed) for t in chosen if t > 0)
+            out.extend((t, seed) for t in chosen if t > 0)
         return out
+
+    def snapshots(self, every: int = 5) -> list[Atoms]:
+        """The :meth:`snapshot_steps` frames with their committee values as ``info`` labels."""
+        return [self.frame(t, seed) for t, seed in self.snapshot_steps(every)]
+
+    def candidates(self, every: int = 5, source: str = "adversarial", uncertainty: str = "forces") -> Candidates:
+        """The :meth:`snapshot_steps` frames as typed :class:`~advsample.candidates.Candidates`:
+        Ē, σ², log L and σ_E as recorded by the attack (no second committee call)."""
+        pairs = self.snapshot_steps(every)
+        steps, seeds = (np.array([p[i] for p in pairs], dtype=int) for i in (0, 1))
+        energy_std = None if self.energy_variance is None else np.sqrt(self.energy_variance[steps, seeds])
+        return Candidates([self.geometry(t, b) for t, b in pairs], self.energy_mean[steps, seeds],
+                          self.variance[steps, seeds], self.log_score[steps, seeds], energy_std,
+                          source=source, uncertainty=uncertainty)
 
     def final(self) -> list[Atoms]:
         """The last active frame of each seed."""
@@ -199,10 +224,11 @@ class AttackState:
         return self.geometry()
 
 
-_RECORDED = ("positions", "variance", "energy_mean", "log_score", "active", "cells")
+_RECORDED = ("positions", "variance", "energy_mean", "log_score", "active", "cells", "energy_variance")
 
 
-def attack_fns(committee: Committee, train_energies: Sequence[float], config: AttackConfig | None = None):
+def attack_fns(committee: Committee, train_energies: Sequence[float], config: AttackConfig | None = None,
+               objective: "BoundObjective | None" = None):
     """``init_fn, step_fn`` of the batched attack (as jax-md's ``simulate`` functions).
 
     ``init_fn(seeds) -> AttackState``: δ₀ ~ N(0, σ₀²) on the free coordinates (the config's
@@ -210,7 +236,8 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     ``step_fn(state) -> state``: records the current frame of every seed (stopping the seeds
     whose atoms come too close, that the model refuses, or whose output is not finite) and,
     unless that was step ``n_steps`` or no seed is left, takes one gradient-ascent step on
-    log L of the active seeds. ``train_energies`` [n] fix E_ref = min and log Q once.
+    log L of the active seeds. ``train_energies`` [n] fix E_ref = min and log Q once, or the round's
+    ``objective`` (:meth:`~advsample.objective.Objective.bind`) gives them as bound.
     :func:`attack` is ``init_fn`` then ``step_fn`` until ``state.done``, then :func:`attack_result`.
     (Over 80 lines only as the container of five closures of under 45 lines each, bound to one
     committee, objective constants and config, as jax-md's ``simulate`` functions are.)
@@ -218,8 +245,7 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     config = config or AttackConfig()
     if config.kT is None:
         raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
-    energy_reference = float(np.min(train_energies))
-    log_q = uncertainty.log_partition(train_energies, config.kT, energy_reference)
+    energy_reference, log_q = _constants(train_energies, config, objective)
     need_forces_graph = config.uncertainty != "energy"  # None: forces
 
     def init_fn(seeds: Sequence[Atoms]) -> AttackState:
@@ -286,10 +312,12 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
         n_structures = state.batch.n_structures
         variance = _scatter(out.force_variance if need_forces_graph else out.energy_variance, keep_index, n_structures)
         energy_mean = _scatter(out.energy_mean, keep_index, n_structures)
+        energy_variance = _scatter(out.energy_variance, keep_index, n_structures)
         score = uncertainty.adversarial_log_score(variance, energy_mean, config.kT, log_q, energy_reference)
         non_finite = ~torch.isfinite(score) | ~torch.isfinite(energy_mean)
         positions, current = state.stop(non_finite & state.active, "non-finite committee output")
-        for key, value in zip(_RECORDED, (positions, variance, energy_mean, score, state.active, current.cells)):
+        for key, value in zip(_RECORDED, (positions, variance, energy_mean, score, state.active, current.cells,
+                                          energy_variance)):
             state.records[key].append(value.detach().cpu().numpy())
         return score
 
@@ -336,7 +364,18 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     return init_fn, step_fn
 
 
-def attack_result(state: AttackState, train_energies: Sequence[float], config: AttackConfig) -> AttackResult:
+def _constants(train_energies: Sequence[float], config: AttackConfig, objective) -> tuple[float, float]:
+    """(E_ref, log Q): the bound objective's, else from ``train_energies`` at the config's kT."""
+    if objective is not None:
+        if objective.kT != config.kT:
+            raise ValueError(f"attack: the bound objective's kT={objective.kT!r} differs from AttackConfig.kT={config.kT!r}")
+        return objective.energy_reference, objective.log_q
+    energy_reference = float(np.min(train_energies))
+    return energy_reference, uncertainty.log_partition(train_energies, config.kT, energy_reference)
+
+
+def attack_result(state: AttackState, train_energies: Sequence[float], config: AttackConfig,
+                  objective: "BoundObjective | None" = None) -> AttackResult:
     """The :class:`AttackResult` of a finished (or stopped) attack state: every recorded step."""
     # a seed's variance at a stopped step is not a valid frame: active marks the valid ones
     stacked = {key: np.stack(value) for key, value in state.records.items()}
@@ -351,8 +390,9 @@ def attack_result(state: AttackState, train_energies: Sequence[float], config: A
         stop_step=state.stop_step,
         stop_reason=state.stop_reason,
         kT=config.kT,
-        energy_reference=float(np.min(train_energies)),
+        energy_reference=_constants(train_energies, config, objective)[0],
         cells=stacked["cells"] if state.strain is not None else None,
+        energy_variance=stacked["energy_variance"],
     )
 
 
@@ -362,17 +402,19 @@ def attack(
     train_energies: Sequence[float],
     config: AttackConfig | None = None,
     progress: bool = True,
+    objective: "BoundObjective | None" = None,
 ) -> AttackResult:
-    """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q.
+    """Run the batched attack from ``seeds``; ``train_energies`` [n] set E_ref = min and log Q
+    (or the round's bound ``objective`` gives them, computed once per round).
 
     ``init_fn`` and ``step_fn`` of :func:`attack_fns` until the state is done (a progress bar over steps)."""
     config = config or AttackConfig()
     if len(seeds) == 0:
         raise ValueError("attack needs at least one seed structure")
-    init_fn, step_fn = attack_fns(committee, train_energies, config)
+    init_fn, step_fn = attack_fns(committee, train_energies, config, objective)
     state = init_fn(seeds)
     with tqdm(total=config.n_steps + 1, desc="adversarial attack", disable=not progress, leave=False) as bar:
         while not state.done:
             state = step_fn(state)
             bar.update()
-    return attack_result(state, train_energies, config)
+    return attack_result(state, train_energies, config, objective)

@@ -309,7 +309,7 @@ class _BiasedLangevinSampler(UncertaintyMDSampler):
             self.stop_energy_std(committee, seeds),
         )
         frames = [f for trajectory in trajectories for f in trajectory]
-        return Proposal(objective.score(committee, frames, train_energies), trajectories=trajectories)
+        return Proposal(objective.bind(train_energies).score(committee, frames, self.name), trajectories=trajectories)
 
 
 @dataclass

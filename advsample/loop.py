@@ -49,7 +49,7 @@ from .objective import Objective
 from .parameters import as_number
 from .rundir import RunDir, check_run_inputs, deduplicate, fingerprint  # noqa: F401  (fingerprint: this module's API before)
 from .samplers import Proposal, Sampler
-from .select import SelectionConfig, check_energy_window, outside_window, select
+from .select import SelectionConfig, check_energy_window, outside_window as outside_energy_window, select
 from .structures import labels_of
 from .train import TrainConfig, regression_check, split_validation, train_committee
 
@@ -509,7 +509,7 @@ class ActiveLearning:
                 pick = offset + index
                 energy = atoms.get_potential_energy() - reference_energy
                 committee_energy = float(ranked.energy_mean[pick])
-                if outside_window(energy, self.selection):
+                if outside_energy_window(energy, self.selection):
                     outside.append({"reference_energy": energy, "committee_energy": committee_energy - reference_energy})
                 else:
                     atoms.info.update(ranked.labels(pick))  # labels of the stored structure, for the files

@@ -1,12 +1,12 @@
 """Ways to propose candidate geometries, one interface.
 
 ``sampler.propose(committee, seeds, train_energies, objective, seed, progress)`` returns a
-:class:`Proposal`: candidates (``ase.Atoms`` with ``committee_energy``,
-``committee_variance`` and ``log_score`` in ``info``, all from the run's
-:class:`~advsample.objective.Objective`) and, for the attack and MD, the trajectories.
-Samplers carry no kT and no uncertainty kind: the run's objective gives both.
-``sampler.ranking`` says how selection orders the candidates (``"score"``: by the
-objective's ``log_score``; ``"sigma"``: by σ² alone; ``"random"``: plain random, no σ
+:class:`Proposal`: typed :class:`~advsample.candidates.Candidates` (the structures with Ē, σ²,
+log L and σ_E as arrays, all from the run's :class:`~advsample.objective.Objective`, which a
+round binds once to its training energies: :meth:`~advsample.objective.Objective.bind`) and,
+for the attack and MD, the trajectories. Samplers carry no kT and no uncertainty kind: the
+run's objective gives both. ``sampler.ranking`` says how selection orders the candidates
+(``"score"``: by the objective's log L; ``"sigma"``: by σ² alone; ``"random"``: plain random, no σ
 filter); ``sampler.parts(budget)`` splits a round's label budget (a mixed sampler spends
 shares on several samplers).
 """
@@ -23,6 +23,7 @@ from ase import Atoms, units
 from ase.md.velocitydistribution import thermalize_momenta
 
 from .attack import AttackConfig, AttackResult, attack
+from .candidates import Candidates
 from .committee import Committee
 from .geometry import GeometryError
 from .objective import Objective
@@ -34,9 +35,10 @@ BUILTIN_ORDER = ("adversarial", "random", "random_scored", "md", "mixed", "udd",
 
 @dataclass
 class Proposal:
-    """What a sampler proposes in one round."""
+    """What a sampler proposes in one round: typed candidates (a plain list of structures is
+    scored on the way in only if it carries the stored-file labels, see Candidates.from_annotated)."""
 
-    candidates: list[Atoms]
+    candidates: Candidates
     attack: AttackResult | None = None
     trajectories: list[list[Atoms]] = field(default_factory=list)
 
@@ -92,9 +94,10 @@ class AdversarialSampler(Sampler):
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         chosen = choose_seeds(seeds, self.n_seeds, seed)
-        config = replace(self.config, kT=objective.kT, uncertainty=objective.uncertainty, seed=seed)
-        result = attack(committee, chosen, train_energies, config, progress=progress)
-        return Proposal(result.snapshots(self.snapshot_every), attack=result)
+        bound = objective.bind(train_energies)  # the round's E_min and log Q (once: a bound objective is kept)
+        config = replace(self.config, kT=bound.kT, uncertainty=bound.uncertainty, seed=seed)
+        result = attack(committee, chosen, train_energies, config, progress=progress, objective=bound)
+        return Proposal(result.candidates(self.snapshot_every, self.name, bound.uncertainty), attack=result)
 
 
 @dataclass
@@ -131,7 +134,7 @@ class RandomDisplacementSampler(Sampler):
                 step = rng.normal(0.0, self.displacement, size=(len(atoms), 3)) * free
                 copy.set_positions(atoms.positions + step, apply_constraint=False)
                 candidates.append(copy)
-        return Proposal(objective.score(committee, candidates, train_energies))
+        return Proposal(objective.bind(train_energies).score(committee, candidates, self.name))
 
 
 ReplicaForces = Callable[[Batch, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -288,7 +291,7 @@ class UncertaintyMDSampler(Sampler):
                                        temperature_K, self.timestep_fs, self.n_steps, self.interval, self.friction,
                                        seed=seed)
         frames = [f for trajectory in trajectories for f in trajectory]
-        return Proposal(objective.score(committee, frames, train_energies), trajectories=trajectories)
+        return Proposal(objective.bind(train_energies).score(committee, frames, self.name), trajectories=trajectories)
 
 
 @dataclass
@@ -319,7 +322,7 @@ class MixedSampler(Sampler):
         proposals = [sampler.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress)
                      for sampler, _ in self.parts(10**6)]  # every part with a positive share
         attacks = [p.attack for p in proposals if p.attack is not None]
-        return Proposal([a for p in proposals for a in p.candidates], attacks[0] if attacks else None,
+        return Proposal(Candidates.concat([p.candidates for p in proposals]), attacks[0] if attacks else None,
                         [t for p in proposals for t in p.trajectories])
 
 
@@ -339,7 +342,7 @@ class SeededAttackSampler(Sampler):
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
         proposal = self.source.propose(committee, seeds, train_energies, objective, seed=seed, progress=progress)
-        frames = proposal.candidates
+        frames = proposal.candidates.structures
         n_seeds = len(seeds) if self.attack.n_seeds is None else self.attack.n_seeds
         chosen = choose_seeds(frames if frames else list(seeds), n_seeds, seed)
         return self.attack.propose(committee, chosen, train_energies, objective, seed=seed, progress=progress)

@@ -1,7 +1,10 @@
 """Choose which candidates to label: rank, filter by uncertainty, energy window and distance.
 
-Candidates carry the committee's view in ``atoms.info``: ``committee_energy`` (Ē),
-``committee_variance`` (σ², the run objective's uncertainty) and ``log_score``. Ranking
+Selection reads typed :class:`~advsample.candidates.Candidates` (Ē, σ² of the run objective's
+uncertainty, log L and σ_E as arrays, from the sampler's one scoring; structures that carry
+the stored-file labels are read with :meth:`~advsample.candidates.Candidates.from_annotated`).
+The energy window is decided here only (:func:`outside_window`: candidates by Ē before labels,
+labels by their reference energy after). Ranking
 ``"score"`` orders by the run's :class:`~advsample.objective.Objective` (log σ² − (Ē − E_min)/kT,
 the score the samplers use; never σ alone: σ grows without bound away from the data);
 ``"sigma"`` by σ² alone; ``"random"`` is plain random: no σ filter, no ordering. The result
@@ -16,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .candidates import Candidates
 from .geometry import pair_distances_numpy
 from .objective import Objective
 
@@ -89,6 +93,23 @@ def check_energy_window(energy_ceiling: float | None, atoms: Atoms, kT: float, s
             "sample, or None", EnergyWindowWarning, stacklevel=stacklevel)
 
 
+def outside_window(energy_above_min, config: SelectionConfig, energy_std=None) -> np.ndarray:
+    """[B] bool: energies above the training minimum [B] (Ē of candidates, or reference energies of
+    labels) above ``config.energy_ceiling``; with ``energy_std`` [B] (σ_E) the upper bound
+    E + window_sigmas·σ_E is tested instead. The run's one energy-window test."""
+    energy = np.asarray(energy_above_min, dtype=float)
+    if config.energy_ceiling is None:
+        return np.zeros(energy.shape, dtype=bool)
+    if energy_std is not None:
+        energy = energy + config.window_sigmas * np.asarray(energy_std, dtype=float)
+    return energy > config.energy_ceiling
+
+
+def as_candidates(candidates: "Candidates | Sequence[Atoms]") -> Candidates:
+    """Typed candidates as they are; a sequence of structures read from their stored-file labels."""
+    return candidates if isinstance(candidates, Candidates) else Candidates.from_annotated(candidates)
+
+
 def descriptor(atoms: Atoms) -> np.ndarray:
     """Invariant fingerprint (Å): a single particle's position, or all pair distances / √n_pairs.
 
@@ -117,11 +138,11 @@ def _descriptors(atoms_list: Sequence[Atoms]) -> dict[int, tuple[list[int], np.n
     return {n: (idx, np.stack([descriptor(atoms_list[i]) for i in idx])) for n, idx in groups.items()}
 
 
-def rank(candidates: Sequence[Atoms], config: SelectionConfig, objective: Objective, energy_reference: float,
-         seed: int = 0) -> np.ndarray:
+def rank(candidates: "Candidates | Sequence[Atoms]", config: SelectionConfig, objective: Objective,
+         energy_reference: float, seed: int = 0) -> np.ndarray:
     """Candidate indices, best first, by the configured ranking (``"score"``: the objective's)."""
-    energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float)
-    variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
+    candidates = as_candidates(candidates)
+    energy, variance = candidates.energy_mean, candidates.variance
     if config.ranking == "random":
         return np.random.default_rng(seed).permutation(len(candidates))
     if config.ranking == "sigma":
@@ -133,15 +154,19 @@ def rank(candidates: Sequence[Atoms], config: SelectionConfig, objective: Object
 
 
 def select(
-    candidates: Sequence[Atoms],
+    candidates: "Candidates | Sequence[Atoms]",
     train: Sequence[Atoms],
     config: SelectionConfig,
     objective: Objective,
     energy_reference: float,
     train_variance: np.ndarray | None = None,
     seed: int = 0,
-) -> tuple[list[Atoms], dict]:
+) -> tuple[Candidates, dict]:
     """Ordered candidates to label (best first, longer than the budget when possible) and a report.
+
+    ``candidates``: typed :class:`~advsample.candidates.Candidates` (or structures with the
+    stored-file labels); the result is the same record reordered (its ``[i]`` and iteration give
+    the structures), so the values of each pick travel with it.
 
     Order: for the score and σ rankings, candidates passing the uncertainty threshold first,
     then the rest (the fallback when too few pass); within each, by ranking (random: no threshold). Candidates above the energy ceiling are
@@ -149,16 +174,17 @@ def select(
     others (likely to be paid for outside the window); those closer than ``min_distance`` to training data or an earlier pick go to
     the very end (used only when nothing else is left, so the budget is still filled).
     """
+    candidates = as_candidates(candidates)
     report = {"n_candidates": len(candidates), "dropped_energy_ceiling": 0, "dropped_distance": 0, "threshold": None}
     if len(candidates) == 0:
-        return [], report
+        return candidates, report
     order = rank(candidates, config, objective, energy_reference, seed)
-    energy = np.array([a.info["committee_energy"] for a in candidates], dtype=float) - energy_reference
-    variance = np.array([a.info["committee_variance"] for a in candidates], dtype=float)
+    energy = candidates.energy_mean - energy_reference
+    variance = candidates.variance
     keep = np.isfinite(energy) & np.isfinite(variance)
     unsure = np.zeros(len(candidates), dtype=bool)  # Ē inside the window, its upper confidence bound not
     if config.energy_ceiling is not None:
-        above = energy > config.energy_ceiling
+        above = outside_window(energy, config)
         report["dropped_energy_ceiling"] = int((above & keep).sum())
         if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
             import warnings
@@ -172,12 +198,12 @@ def select(
                 EnergyWindowWarning, stacklevel=2)
         keep &= ~above
         if config.window_sigmas > 0:
-            missing = [k for k, a in enumerate(candidates) if "committee_energy_std" not in a.info]
-            if missing:
-                raise ValueError(f"window_sigmas={config.window_sigmas:g} needs info['committee_energy_std'] on every "
-                                 f"candidate; candidate {missing[0]} has none (ActiveLearning adds it)")
-            spread = np.array([a.info["committee_energy_std"] for a in candidates], dtype=float)
-            unsure = keep & (energy + config.window_sigmas * spread > config.energy_ceiling)
+            missing = np.flatnonzero(~np.isfinite(candidates.energy_std))
+            if len(missing):
+                raise ValueError(f"window_sigmas={config.window_sigmas:g} needs σ_E (Candidates.energy_std; the stored "
+                                 f"label 'committee_energy_std') of every candidate; candidate {missing[0]} has none "
+                                 "(a sampler's scoring gives it)")
+            unsure = keep & outside_window(energy, config, candidates.energy_std)
             report["deferred_energy_bound"] = int(unsure.sum())
     passes = np.ones(len(candidates), dtype=bool)
     if (config.ranking != "random" and config.uncertainty_percentile is not None and train_variance is not None
@@ -210,4 +236,4 @@ def select(
     else:
         chosen = order
     report["n_ranked"] = len(chosen)
-    return [candidates[i] for i in chosen], report
+    return candidates.take(chosen), report

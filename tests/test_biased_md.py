@@ -156,8 +156,10 @@ def test_biased_samplers_propose_scored_candidates_on_the_double_well(name, trai
     sampler = make_sampler(name, n_seeds=2, n_steps=20)
     proposal = sampler.propose(committee, train[:10], energies, Objective(1.0), seed=1, progress=False)
     assert sampler.ranking == "sigma" and len(proposal.candidates) == 2 * 20 // 5
+    assert proposal.candidates.source == name
+    assert all(np.isfinite(getattr(proposal.candidates, key)).all()
+               for key in ("energy_mean", "variance", "score", "energy_std"))  # typed, scored once
     for atoms in proposal.candidates:
-        assert {"committee_energy", "committee_variance", "log_score"} <= set(atoms.info)
         assert atoms.positions[0, 2] == 0.0  # the toy's constraint holds under the bias
     again = sampler.propose(committee, train[:10], energies, Objective(1.0), seed=1, progress=False)
     np.testing.assert_allclose([a.positions for a in proposal.candidates], [a.positions for a in again.candidates])
@@ -171,10 +173,9 @@ def test_biased_samplers_run_on_a_periodic_cell(name):
     sampler = make_sampler(name, n_seeds=1, n_steps=10, interval=5, temperature_K=300.0, burn_in_steps=0) \
         if name == "biased_md" else make_sampler(name, n_seeds=1, n_steps=10, interval=5, temperature_K=300.0)
     proposal = sampler.propose(committee, seeds, np.array([-13.0]), Objective(0.1), seed=0, progress=False)
-    assert len(proposal.candidates) == 2
+    assert len(proposal.candidates) == 2 and np.isfinite(proposal.candidates.score).all()
     for atoms in proposal.candidates:
         assert atoms.pbc.all() and np.allclose(atoms.cell, seeds[0].cell)
-        assert np.isfinite(atoms.info["log_score"])
         assert not np.allclose(atoms.positions, seeds[0].positions)
 
 
@@ -189,7 +190,7 @@ def test_the_bias_reaches_higher_uncertainty_than_plain_md_at_equal_steps(name, 
     plain = make_sampler("md", **options).propose(committee, train[:10], energies, objective, seed=3, progress=False)
     biased = make_sampler(name, stop_factor=None, **options).propose(
         committee, train[:10], energies, objective, seed=3, progress=False)
-    variance = {key: np.mean([a.info["committee_variance"] for a in p.candidates])
+    variance = {key: np.mean(p.candidates.variance)
                 for key, p in (("md", plain), (name, biased))}
     assert variance[name] > 3 * variance["md"], variance
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from advsample.candidates import Candidates
 from advsample.objective import Objective
 from advsample.samplers import MixedSampler, make_sampler
 from advsample.structures import labels_of
@@ -16,10 +17,15 @@ def test_every_sampler_proposes_scored_candidates(name, trained_committee):
     sampler = make_sampler(name, **options)
     objective = Objective(kT=1.0)
     proposal = sampler.propose(committee, train[:10], energies, objective, seed=1, progress=False)
-    assert len(proposal.candidates) > 0
-    for atoms in proposal.candidates:
-        assert {"committee_energy", "committee_variance", "log_score"} <= set(atoms.info)
+    candidates = proposal.candidates
+    assert isinstance(candidates, Candidates) and len(candidates) > 0 and candidates.source == sampler.name
+    for atoms in candidates:
+        assert not {"committee_energy", "committee_variance", "log_score"} & set(atoms.info)  # arrays, not info
         assert atoms.positions[0, 2] == 0.0  # constraint respected
+    # scored once, by the sampler: its arrays are what the committee gives on the structures now
+    fresh = objective.bind(energies).score(committee, candidates.structures)
+    for key in ("energy_mean", "variance", "score", "energy_std"):
+        np.testing.assert_allclose(getattr(candidates, key), getattr(fresh, key), rtol=1e-4, atol=1e-6, err_msg=key)
     again = sampler.propose(committee, train[:10], energies, objective, seed=1, progress=False)
     np.testing.assert_allclose(
         [a.positions for a in proposal.candidates], [a.positions for a in again.candidates]

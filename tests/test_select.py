@@ -73,3 +73,22 @@ def test_random_ranking_is_plain_random_without_sigma_filter():
     by_score, _ = select(candidates, [], SelectionConfig(budget=100), OBJECTIVE, 0.0,
                          train_variance=np.array([1.0, 1.0]))
     assert all(a.info["committee_variance"] > 1 for a in by_score[:100])  # the score ranking prefers high σ
+
+
+def test_selection_reads_typed_candidates_and_returns_them_reordered_with_their_values():
+    from advsample.candidates import Candidates
+    from advsample.select import outside_window
+
+    structures = [Atoms("H", positions=[[x, 0, 0]]) for x in range(4)]
+    typed = Candidates(structures, energy_mean=[0.0, 100.0, 1.0, 6.0], variance=[1.0, 1e6, 10.0, 50.0],
+                       score=[0.0] * 4, energy_std=[0.1, 0.1, 0.1, 0.1], source="test")
+    config = SelectionConfig(budget=1, energy_ceiling=5.0, uncertainty_percentile=None)
+    ranked, report = select(typed, [], config, OBJECTIVE, 0.0)
+    assert isinstance(ranked, Candidates) and [a.positions[0, 0] for a in ranked] == [2, 0]
+    assert ranked.energy_mean.tolist() == [1.0, 0.0] and ranked.variance.tolist() == [10.0, 1.0]
+    assert report["dropped_energy_ceiling"] == 2 and not any(a.info for a in ranked)  # nothing by info keys
+    # the same window decides candidates (Ē, with σ_E) and labels (reference energies)
+    assert outside_window([4.95, 5.05], config).tolist() == [False, True]
+    ucb = SelectionConfig(budget=1, energy_ceiling=5.0, window_sigmas=1.0)
+    assert outside_window([4.95], ucb, energy_std=[0.1]).tolist() == [True]
+    assert not outside_window([1e9], SelectionConfig(budget=1)).any()  # no ceiling: no window
