@@ -21,7 +21,7 @@ from advsample.rundir import RunDir, RunDirBusy
 WORKER = Path(__file__).with_name("rundir_worker.py")
 
 
-def start(run_dir, log, rounds=2, wait=False, sleep_s=0.0, barrier=(), gate=None):
+def start(run_dir, log, rounds=1, wait=False, sleep_s=0.0, barrier=(), gate=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     if gate is not None:
         env["RUNDIR_GATE"] = str(gate)
@@ -106,7 +106,7 @@ def test_two_processes_started_together_one_runs_the_other_is_refused(tmp_path):
     winner = (a, b)[[a.returncode, b.returncode].index(0)]
     assert str(run_dir) in refused and f"process {winner.pid} on host {socket.gethostname()}" in refused
     assert {line.split()[0] for line in calls(log)} == {str(winner.pid)}
-    check_accounting(run_dir, log, rounds=2)
+    check_accounting(run_dir, log, rounds=1)
 
 
 def test_a_process_started_mid_round_is_refused_or_waits_then_resumes_without_paying(tmp_path):
@@ -125,7 +125,7 @@ def test_a_process_started_mid_round_is_refused_or_waits_then_resumes_without_pa
         assert p.returncode == 0, err
     assert "waiting for it" in err
     assert {line.split()[0] for line in calls(log)} == {str(holder.pid)}  # the waiter resumed, paying nothing
-    check_accounting(run_dir, log, rounds=2)
+    check_accounting(run_dir, log, rounds=1)
 
 
 def test_a_killed_holder_leaves_a_directory_the_next_process_takes_at_once(tmp_path):
@@ -140,4 +140,4 @@ def test_a_killed_holder_leaves_a_directory_the_next_process_takes_at_once(tmp_p
     out, err = successor.communicate(timeout=300)
     assert successor.returncode == 0, err
     assert len(calls(log)) > paid_by_holder  # it went on (and answered the holder's calls from the cache)
-    check_accounting(run_dir, log, rounds=2, lost=1)  # at most the call in flight at the kill
+    check_accounting(run_dir, log, rounds=1, lost=1)  # at most the call in flight at the kill
