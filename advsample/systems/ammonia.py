@@ -55,7 +55,7 @@ def ammonia_dataset(n: int = N_STRUCTURES, seed: int = 0, temperature_K: float =
     (``temperature_K``, 1 fs steps, 100 steps of equilibration, a frame every 10 steps), a
     frame kept only while |h| ≥ 0.2 Å on the starting pyramid's side; a trajectory that
     crosses h = 0 restarts with fresh velocities. Deterministic per ``seed``; computed once
-    per process and options (about 1,500 xTB calls, a few seconds) and returned as fresh
+    per process and options (about 1,900 xTB calls: 15 s measured on 2 busy cores) and returned as fresh
     copies. Energies in eV (absolute xTB, about −120.4 for NH3), forces in eV/Å;
     ``info``: ``geom_id`` (frame index), ``umbrella_height`` (Å), ``reference``.
     """
