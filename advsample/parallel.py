@@ -138,6 +138,7 @@ def train_members_parallel(
     fits the energy shift/scale from the same ``train``, so they must agree; a mismatch
     or a failed task raises ``RuntimeError`` naming the task. Progress bars are off in
     the tasks. Seeds: see the module docstring (:data:`SEED_STRIDE`).
+    (Over 80 lines with this docstring: the body submits the tasks and checks their results, in that order.)
     """
     config = config or TrainConfig()
     if model_class_name not in MODELS:

@@ -183,6 +183,9 @@ def langevin_frames(
     structures at fault are dropped, the others re-evaluated; that frame is not kept), and, with
     ``stop_energy_std`` (energy unit), at the first step (0 included) whose σ_E exceeds it: that
     frame ends the trajectory.
+    (Over 80 lines as one integrator: ASE's Langevin update vectorised in place over the replicas, with two
+    small closures for the guarded force call and the recording; split, the arrays it updates would travel
+    through every piece.)
     """
     rngs = [np.random.default_rng([seed, index]) for index in range(len(seeds))]
     systems = []

@@ -181,30 +181,7 @@ def select(
     order = rank(candidates, config, objective, energy_reference, seed)
     energy = candidates.energy_mean - energy_reference
     variance = candidates.variance
-    keep = np.isfinite(energy) & np.isfinite(variance)
-    unsure = np.zeros(len(candidates), dtype=bool)  # Ē inside the window, its upper confidence bound not
-    if config.energy_ceiling is not None:
-        above = outside_window(energy, config)
-        report["dropped_energy_ceiling"] = int((above & keep).sum())
-        if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
-            import warnings
-
-            n = int(np.median([free_atoms(a) for a in candidates]))
-            warnings.warn(
-                f"energy window: {report['dropped_energy_ceiling']} of {int(keep.sum())} candidates have a committee "
-                f"energy above energy_ceiling={config.energy_ceiling:g} (above the training minimum) and are not labeled. "
-                f"Thermal frames of {n} free atoms sit ≈ (3N/2)·kT = {1.5 * n * objective.kT:.3g} up at the run's "
-                f"kT={objective.kT:g}: the window must grow with the number of atoms and the temperature",
-                EnergyWindowWarning, stacklevel=2)
-        keep &= ~above
-        if config.window_sigmas > 0:
-            missing = np.flatnonzero(~np.isfinite(candidates.energy_std))
-            if len(missing):
-                raise ValueError(f"window_sigmas={config.window_sigmas:g} needs σ_E (Candidates.energy_std; the stored "
-                                 f"label 'committee_energy_std') of every candidate; candidate {missing[0]} has none "
-                                 "(a sampler's scoring gives it)")
-            unsure = keep & outside_window(energy, config, candidates.energy_std)
-            report["deferred_energy_bound"] = int(unsure.sum())
+    keep, unsure = _window(candidates, energy, np.isfinite(energy) & np.isfinite(variance), config, objective, report)
     passes = np.ones(len(candidates), dtype=bool)
     if (config.ranking != "random" and config.uncertainty_percentile is not None and train_variance is not None
             and len(train_variance)):
@@ -214,26 +191,60 @@ def select(
     order = ([i for i in order if keep[i] and passes[i] and not unsure[i]]
              + [i for i in order if keep[i] and not passes[i] and not unsure[i]] + [i for i in order if unsure[i]])
     report["n_above_threshold"] = int((keep & passes).sum())
-
-    chosen: list[int] = []
-    if config.min_distance > 0:
-        reference_groups = _descriptors(train) if len(train) else {}
-        picked: dict[int, list[np.ndarray]] = {}
-        crowded: list[int] = []
-        for i in order:
-            d = descriptor(candidates[i])[None, :]
-            n = len(candidates[i])
-            near_train = n in reference_groups and structure_distance(d, reference_groups[n][1]).min() < config.min_distance
-            near_pick = bool(picked.get(n)) and structure_distance(d, np.stack(picked[n])).min() < config.min_distance
-            if near_train or near_pick:
-                crowded.append(i)
-                continue
-            chosen.append(i)
-            picked.setdefault(n, []).append(d[0])
-        report["dropped_distance"] = len(crowded)
-        # last resort, so the budget can still be filled: the crowded ones, in rank order
-        chosen += crowded
-    else:
-        chosen = order
+    chosen = _spread_out(candidates, order, train, config.min_distance, report) if config.min_distance > 0 else order
     report["n_ranked"] = len(chosen)
     return candidates.take(chosen), report
+
+
+def _window(candidates: Candidates, energy: np.ndarray, keep: np.ndarray, config: SelectionConfig,
+            objective: Objective, report: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(keep [B], unsure [B]): ``keep`` without the candidates whose Ē − E_min [B] (``energy``) is above
+    the ceiling; ``unsure`` those kept whose Ē + κ·σ_E is above it (``window_sigmas`` κ > 0). Warns
+    when most are left out; counts go to ``report``."""
+    unsure = np.zeros(len(candidates), dtype=bool)  # Ē inside the window, its upper confidence bound not
+    if config.energy_ceiling is None:
+        return keep, unsure
+    above = outside_window(energy, config)
+    report["dropped_energy_ceiling"] = int((above & keep).sum())
+    if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
+        import warnings
+
+        n = int(np.median([free_atoms(a) for a in candidates]))
+        warnings.warn(
+            f"energy window: {report['dropped_energy_ceiling']} of {int(keep.sum())} candidates have a committee "
+            f"energy above energy_ceiling={config.energy_ceiling:g} (above the training minimum) and are not labeled. "
+            f"Thermal frames of {n} free atoms sit ≈ (3N/2)·kT = {1.5 * n * objective.kT:.3g} up at the run's "
+            f"kT={objective.kT:g}: the window must grow with the number of atoms and the temperature",
+            EnergyWindowWarning, stacklevel=3)
+    keep = keep & ~above
+    if config.window_sigmas > 0:
+        missing = np.flatnonzero(~np.isfinite(candidates.energy_std))
+        if len(missing):
+            raise ValueError(f"window_sigmas={config.window_sigmas:g} needs σ_E (Candidates.energy_std; the stored "
+                             f"label 'committee_energy_std') of every candidate; candidate {missing[0]} has none "
+                             "(a sampler's scoring gives it)")
+        unsure = keep & outside_window(energy, config, candidates.energy_std)
+        report["deferred_energy_bound"] = int(unsure.sum())
+    return keep, unsure
+
+
+def _spread_out(candidates: Candidates, order: list[int], train: Sequence[Atoms], min_distance: float,
+                report: dict) -> list[int]:
+    """``order`` with the candidates closer than ``min_distance`` (Å) to training data or an earlier
+    pick moved to the end (a last resort, so the budget can still be filled), in rank order."""
+    reference_groups = _descriptors(train) if len(train) else {}
+    picked: dict[int, list[np.ndarray]] = {}
+    chosen: list[int] = []
+    crowded: list[int] = []
+    for i in order:
+        d = descriptor(candidates[i])[None, :]
+        n = len(candidates[i])
+        near_train = n in reference_groups and structure_distance(d, reference_groups[n][1]).min() < min_distance
+        near_pick = bool(picked.get(n)) and structure_distance(d, np.stack(picked[n])).min() < min_distance
+        if near_train or near_pick:
+            crowded.append(i)
+            continue
+        chosen.append(i)
+        picked.setdefault(n, []).append(d[0])
+    report["dropped_distance"] = len(crowded)
+    return chosen + crowded

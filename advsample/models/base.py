@@ -221,6 +221,8 @@ def check_model(
     round trip (rebuild from class name + ``config()``, load the state); the attack's
     gradient d(σ²_E)/dx against finite differences; a model with ``fixed_geometry``
     gives the same energies and forces through it as through ``forward``.
+    (Over 80 lines as one checklist of the member contract, each check a short block in the order above, all
+    on one float64 copy and one batch.)
     """
     committee = copy.deepcopy(committee).to(torch.float64).to("cpu")
     model = committee.model

@@ -124,6 +124,7 @@ def sodalite(
     ``kT`` (eV) of the objective; ``energy_ceiling_eV``: the selection window above the
     training minimum (at 600 K the 117 coordinates of the cell hold ~3 eV of potential energy
     on average, equipartition: a 3 eV window rejected most MD frames).
+    (Over 80 lines with this docstring: the body is one System's settings, a line each.)
     """
     pick = lambda value, full, small: value if value is not None else (small if smoke else full)  # noqa: E731
     n_initial = pick(n_initial, 24, 6)
