@@ -265,7 +265,7 @@ def _label_task(atoms: Atoms, spec: CalculatorSpec) -> dict:
         calc = _worker_calculator(spec)
     except Exception as exc:
         return {"ok": False, "reason": f"could not build {spec.name}: {type(exc).__name__}: {exc}",
-                "cacheable": False, "seconds": 0.0}
+                "cacheable": False, "build_failed": True, "seconds": 0.0}
     out = _compute(atoms, calc)
     out["pid"] = os.getpid()
     return out
@@ -587,6 +587,9 @@ def _label_into(atoms_list: Sequence[Atoms], calculator, executor, cache: LabelC
                     finish(key, {"ok": False, "reason": f"executor: {type(exc).__name__}: {exc}{note}"},
                            retries, kind="executor")
                 else:
+                    if out.get("build_failed"):  # no calculation ran: nothing paid, nothing to count
+                        raise ReferenceSpecError(f"{out['reason']} (on a worker, pid {out.get('pid', '?')}); no "
+                                                 "reference call was made: fix the reference or the workers' environment")
                     finish(key, out, retries)
         finally:  # after an interrupt: drop what has not started (Parsl cannot cancel)
             for future in futures:

@@ -380,3 +380,16 @@ def test_a_cache_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(OSError, match=rf"could not append to the label cache {tmp_path / 'labels.jsonl'}: No space"):
         cache.put_failure("k", "reason")
+
+
+def test_a_reference_that_cannot_be_built_on_a_worker_stops_without_counting_calls(tmp_path):
+    from advsample.label import ReferenceSpecError
+
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    broken = CalculatorSpec("advsample.surfaces:get_surface", {"name": "nosuch_surface"})
+    with make_executor("processes", max_workers=1) as pool:
+        with pytest.raises(ReferenceSpecError, match=r"could not build advsample\.surfaces:get_surface.*nosuch_surface"
+                                                     r".*on a worker.*no reference call was made"):
+            label_until(make_clusters(3), 2, broken, executor=pool, cache=cache, progress=False,
+                        max_consecutive_failures=20)
+    assert cache.n_calls == 0 and not (tmp_path / "labels.jsonl").exists()
