@@ -358,24 +358,33 @@ def profile_barrier(energies: Sequence[float], end: int | None = None) -> float:
 
 
 def neb_barrier(initial: Atoms, final: Atoms, calculator, n_images: int = 3, fmax: float = 0.05,
-                steps: int = 300, climb: bool = True) -> tuple[float, list[Atoms]]:
+                steps: int = 300, climb: bool = True, unconverged: str = "raise") -> tuple[float, list[Atoms]]:
     """Forward barrier (energy unit of ``calculator``) from an ASE NEB between two minima.
 
     ``n_images`` interior images, interpolated linearly (IDPP for molecules), relaxed with
     BFGS to ``fmax`` with a climbing image; works with the reference and with a
-    ``CommitteeCalculator``. Returns (E_max − E_initial, the images with ``info["energy"]``).
-    Raises ``RuntimeError`` when the band does not converge.
+    ``CommitteeCalculator``. Returns (E_max − E_initial, the images with ``info["energy"]``
+    and ``info["neb_converged"]``). A band that does not converge in ``steps``: with
+    ``unconverged="raise"`` a ``RuntimeError``; with ``"flag"`` the barrier of the last band
+    is returned all the same, its images marked ``info["neb_converged"] = False`` (committee
+    NEBs often do not converge; their unconverged barrier is still a result).
     """
     from ase.mep import NEB
+
+    if unconverged not in ("raise", "flag"):
+        raise ValueError(f"unconverged must be 'raise' or 'flag', got {unconverged!r}")
 
     images = [initial.copy() for _ in range(n_images + 1)] + [final.copy()]
     for image in images:
         image.calc = calculator
     band = NEB(images, climb=climb, allow_shared_calculator=True, method="improvedtangent")
     band.interpolate("idpp" if not initial.pbc.any() else "linear", apply_constraint=True)
-    if not BFGS(band, logfile=None).run(fmax=fmax, steps=steps):
-        raise RuntimeError(f"NEB did not reach fmax={fmax} eV/Å in {steps} steps")
+    converged = bool(BFGS(band, logfile=None).run(fmax=fmax, steps=steps))
+    if not converged and unconverged == "raise":
+        raise RuntimeError(f"NEB did not reach fmax={fmax} eV/Å in {steps} steps (unconverged='flag' returns "
+                           "the last band's barrier, flagged)")
     energies = [float(image.get_potential_energy()) for image in images]
     for image, energy in zip(images, energies):
         image.info["energy"] = energy
+        image.info["neb_converged"] = converged
     return max(energies) - energies[0], images

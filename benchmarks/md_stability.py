@@ -1,11 +1,13 @@
 """NN-MD stability bought with labels: classic MD-driven active learning vs the attack, on a periodic system.
 
-    python benchmarks/md_stability.py [--system adatom|sodalite] [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
+    python benchmarks/md_stability.py [--system adatom|sodalite|NAME|module:factory] [--seeds 3] [--rounds 3] [--labels 10] [--epochs 600]
         [--members 4] [--features 32] [--stability-runs 8] [--stability-steps 500] [--neb-steps 300]
         [--energy-tolerance 0.2] [--md-sampler-steps 200]
         [--samplers md,adversarial] [--budget-unit labels|reference_calls] [--out DIR] [--threads N]
         [--workers N] [--reuse DIR] [--quick] [--json]
 
+``--system`` takes any System: a registered name or ``module:factory`` (your own; each option given
+here, e.g. ``--neb-steps``, must be a keyword of its factory, else it is refused naming it).
 ``--system sodalite`` runs the same on water in silica sodalite with periodic GFN1-xTB labels
 (2 s per call: size it with --seeds/--rounds/--labels; its figures are the stable fraction,
 time to failure and the force error with the water towards a six-ring window, no NEB).
@@ -61,6 +63,31 @@ def figures(system) -> dict[str, bool]:
 
 
 SAMPLERS = tuple(name for name in ALL_SAMPLERS if name != "mixed")
+
+
+def check_options(parser, name: str, options: dict) -> None:
+    """Refuse (naming them) the system and the options its factory does not take."""
+    import inspect
+
+    from advsample.systems import resolve_factory
+
+    try:
+        factory = resolve_factory(name)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        parser.error(f"--system {name!r}: {error}")
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    flags = {"budget": "--labels", "n_members": "--members", "n_features": "--features",
+             "energy_tolerance_eV": "--energy-tolerance"}
+    refused = [key for key in options if key not in parameters]
+    if refused:
+        named = ", ".join(f"{flags.get(k, '--' + k.replace('_', '-'))} ({k}={options[k]!r})" for k in refused)
+        parser.error(f"--system {name!r}: its factory takes no {named}"
+                     + (" (no hop path: no NEB)" if "neb_steps" in refused else ""))
 
 
 def run_one(system, method: str, seed: int, rounds: int, out_dir: str, log) -> list[dict]:
@@ -222,7 +249,7 @@ def reused_rows(directory: str, settings: dict, jobs: list[tuple[str, int]], rou
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", default="adatom", choices=SYSTEMS)
+    parser.add_argument("--system", default="adatom", help=f"{', '.join(SYSTEMS)}, any registered name or 'module:factory'")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=10, help="new EMT labels per round")
@@ -232,7 +259,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stability-runs", type=int, default=None, help="MD runs per evaluation (default 8)")
     parser.add_argument("--stability-steps", type=int, default=None, help="2 fs steps per MD run (default 500)")
     parser.add_argument("--neb-steps", type=int, default=None,
-                        help="BFGS steps of the committee NEB (adatom, default 300)")
+                        help="BFGS steps of the committee NEB (systems with a hop path: adatom default 300)")
     parser.add_argument("--energy-tolerance", type=float, default=None,
                         help="eV off the reference that fails an MD run (adatom 0.2, sodalite 0.5)")
     parser.add_argument("--md-sampler-steps", type=int, default=None,
@@ -253,13 +280,12 @@ def main(argv=None) -> dict:
     for method in methods:
         if method not in SAMPLERS:
             parser.error(f"unknown sampler {method!r}: choose from {','.join(SAMPLERS)}")
-    if args.neb_steps is not None and args.system != "adatom":
-        parser.error("--neb-steps is for --system adatom (the sodalite has no NEB)")
     options = {key: value for key, value in {
         "budget": args.labels, "epochs": args.epochs, "n_members": args.members, "n_features": args.features,
         "stability_runs": args.stability_runs, "stability_steps": args.stability_steps, "neb_steps": args.neb_steps,
         "energy_tolerance_eV": args.energy_tolerance,
     }.items() if value is not None}
+    check_options(parser, args.system, options)
     seeds, rounds = args.seeds, args.rounds
     if args.quick:
         seeds, rounds = 1, 1

@@ -51,7 +51,8 @@ def adatom_slab() -> Atoms:
     return slab
 
 
-def _relaxed(atoms: Atoms, calculator, fmax: float = 0.05, steps: int = 200) -> Atoms:
+def relaxed(atoms: Atoms, calculator, fmax: float = 0.05, steps: int = 200) -> Atoms:
+    """A copy of ``atoms`` relaxed with BFGS on ``calculator`` (constraints kept), without its calculator."""
     atoms = atoms.copy()
     atoms.calc = calculator
     BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
@@ -62,10 +63,10 @@ def _relaxed(atoms: Atoms, calculator, fmax: float = 0.05, steps: int = 200) -> 
 def hop_endpoints(calculator=None, fmax: float = 0.05, steps: int = 200) -> tuple[Atoms, Atoms]:
     """The adatom relaxed in its hollow and in the next hollow along x (half a cell away)."""
     calculator = calculator if calculator is not None else EMT()
-    start = _relaxed(adatom_slab(), calculator, fmax, steps)
+    start = relaxed(adatom_slab(), calculator, fmax, steps)
     moved = start.copy()
     moved.positions[-1, 0] += moved.cell[0, 0] / 2
-    return start, _relaxed(moved, calculator, fmax, steps)
+    return start, relaxed(moved, calculator, fmax, steps)
 
 
 def neb_path(start: Atoms, end: Atoms, calculator_factory, n_images: int = 3, fmax: float = 0.05,
@@ -85,15 +86,19 @@ def neb_path(start: Atoms, end: Atoms, calculator_factory, n_images: int = 3, fm
     return images, converged
 
 
-def _barrier(images: Sequence[Atoms]) -> float:
+def path_barrier(images: Sequence[Atoms]) -> float:
+    """E_max − E_first of a band's images (each with its calculator): the forward barrier."""
     energies = [image.get_potential_energy() for image in images]
     return float(max(energies) - energies[0])
 
 
-def _hop_fraction(images: Sequence[Atoms], start: Atoms, end: Atoms) -> list[float]:
+def hop_fraction(images: Sequence[Atoms], start: Atoms, end: Atoms) -> list[float]:
     """[n_images] the adatom's progress along x from ``start`` (0) to ``end`` (1)."""
     x0, x1 = start.positions[-1, 0], end.positions[-1, 0]
     return [float((image.positions[-1, 0] - x0) / (x1 - x0)) for image in images]
+
+
+_relaxed, _barrier, _hop_fraction = relaxed, path_barrier, hop_fraction  # the names they had when private
 
 
 def emt_md(start: Atoms, n_frames: int, temperature_K: float, interval: int, seed: int,
@@ -156,9 +161,9 @@ def adatom(
 
     start, end = hop_endpoints()
     path, _ = neb_path(start, end, EMT, n_images=3)
-    emt_barrier = _barrier(path)
+    emt_barrier = path_barrier(path)
     emt_profile = [float(image.get_potential_energy() - path[0].get_potential_energy()) for image in path]
-    emt_fraction = _hop_fraction(path, start, end)
+    emt_fraction = hop_fraction(path, start, end)
     hop_path = [labeled(image, image.get_potential_energy(), image.get_forces(apply_constraint=False),
                         subset="hop_path", image=k) for k, image in enumerate(path)]
     for image in path:
@@ -185,15 +190,15 @@ def adatom(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                a = _relaxed(start, calculator(), steps=neb_steps)
-                b = _relaxed(end, calculator(), steps=neb_steps)
+                a = relaxed(start, calculator(), steps=neb_steps)
+                b = relaxed(end, calculator(), steps=neb_steps)
                 images, converged = neb_path(a, b, calculator, n_images=3, steps=neb_steps)
             profile = [image.get_potential_energy() for image in images]
-            barrier = _barrier(images)
+            barrier = path_barrier(images)
             out.update(barrier_eV=barrier, barrier_error_eV=abs(barrier - emt_barrier),
                        barrier_note="" if converged else f"NEB not converged in {neb_steps} steps",
                        neb_profile_eV=[e - profile[0] for e in profile],
-                       neb_hop_fraction=_hop_fraction(images, a, b))
+                       neb_hop_fraction=hop_fraction(images, a, b))
         except ValueError as error:  # the committee drove two atoms together: a result too
             out.update(barrier_eV=float("nan"), barrier_error_eV=float("nan"), barrier_note=str(error))
         out["neb_reference_profile_eV"] = emt_profile

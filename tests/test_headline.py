@@ -1,0 +1,120 @@
+"""benchmarks/headline.py: the paper's experiment (Gen1, arms at N and N/10, Gen2 arms) runs in
+--quick, reports every arm with its statistics and costs, and --reuse skips finished arms."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "headline.py")
+ARMS = ("gen1", "md_N", "adversarial_N10", "adversarial_N", "random_N10", "md_attack_N10",
+        "gen2+adversarial_N10", "gen2+md_N10", "gen2+random_N10")
+
+
+def _run(out: str, *extra: str) -> tuple[dict, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, SCRIPT, "--quick", "--json", "--out", out, *extra], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("headline"))
+    result, seconds = _run(out)
+    return out, result, seconds
+
+
+def test_every_arm_has_its_statistics_and_costs(first):
+    _, result, _ = first
+    assert list(result["arms"]) == list(ARMS)
+    for name, arm in result["arms"].items():
+        for integrator in ("nve", "langevin"):
+            entry = arm[integrator]
+            assert entry["n_trajectories"] == result["trajectories_per_arm"] >= 1
+            low, high = entry["interval"]
+            assert 0 <= low <= entry["stable_fraction"] <= high <= 1
+            if name != "md_N":
+                assert 0 <= entry["logrank_p_vs_md_N"] <= 1
+            if name.startswith("gen2+") and name != "gen2+md_N10":
+                assert 0 <= entry["logrank_p_vs_gen2+md_N10"] <= 1
+        for key in ("reference_calls_total", "reference_cpu_s_total", "sampling_cpu_s_total", "training_cpu_s_total"):
+            assert arm[key] >= 0
+        assert arm["total_cpu_s"] == pytest.approx(
+            arm["reference_cpu_s_total"] + arm["sampling_cpu_s_total"] + arm["training_cpu_s_total"])
+    arms = result["arms"]
+    # budgets: N = 4 in --quick, N/10 rounds up to one label; Gen2 arms carry md_N's labels
+    assert arms["gen1"]["labels"] == 0
+    assert arms["md_N"]["labels"] == arms["adversarial_N"]["labels"] == 4
+    assert arms["adversarial_N10"]["labels"] == arms["random_N10"]["labels"] == arms["md_attack_N10"]["labels"] == 1
+    assert arms["gen2+adversarial_N10"]["labels"] == arms["gen2+md_N10"]["labels"] == 5
+    # every label was paid by at least one reference call; sampling costs CPU in every sampled arm
+    assert all(arms[a]["reference_calls_total"] >= arms[a]["labels"] for a in ARMS)
+    assert all(arms[a]["sampling_cpu_s_total"] > 0 for a in ARMS if a != "gen1")
+    assert arms["gen2+md_N10"]["training_cpu_s_total"] > arms["md_N"]["training_cpu_s_total"]
+    assert set(result["headline"]["nve"]) == {"gen1", "gen2"}
+
+
+def test_rows_record_where_picks_sit(first):
+    out, _, _ = first
+    with open(os.path.join(out, "rows.json")) as handle:
+        rows = json.load(handle)
+    attack = next(r for r in rows if r["arm"] == "adversarial_N")
+    assert len(attack["picked"]) == 4
+    for point in attack["picked"]:
+        assert point["sigma"] >= 0 and point["distance_A"] >= 0 and point["n_atoms"] == 13
+
+
+def test_reuse_skips_finished_arms(first):
+    out, result, seconds = first
+    again, seconds_again = _run(out, "--reuse")
+    assert again["arms"] == result["arms"]
+    assert seconds_again < seconds
+
+
+def test_bad_arguments_are_refused_naming_them():
+    done = subprocess.run([sys.executable, SCRIPT, "--quick", "--integrators", "verlet"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "--integrators" in done.stderr and "verlet" in done.stderr
+    done = subprocess.run([sys.executable, SCRIPT, "--quick", "--kT-sweep", "-1"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "--kT-sweep" in done.stderr
+
+
+def test_md_stability_takes_any_system_and_names_options_its_factory_lacks():
+    """benchmarks/md_stability.py --system module:factory: accepted; an option the factory does not
+    take (--neb-steps on a system without a hop path) is refused naming it, before any work."""
+    script = os.path.join(ROOT, "benchmarks", "md_stability.py")
+    done = subprocess.run([sys.executable, script, "--system", "tests.user_systems:tilted_well", "--neb-steps", "5"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert "tests.user_systems:tilted_well" in done.stderr and "--neb-steps (neb_steps=5)" in done.stderr
+    done = subprocess.run([sys.executable, script, "--system", "nosuch.module:factory"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "nosuch" in done.stderr
+
+
+def test_neb_barrier_flags_an_unconverged_band():
+    """molecules.neb_barrier(unconverged="flag"): the last band's barrier, images flagged, no raise."""
+    from ase.calculators.emt import EMT
+
+    from advsample.molecules import neb_barrier
+    from advsample.systems.adatom import hop_endpoints, path_barrier, relaxed
+
+    start, end = hop_endpoints()
+    barrier, images = neb_barrier(start, end, EMT(), n_images=3, steps=1, unconverged="flag")
+    assert all(image.info["neb_converged"] is False for image in images)
+    assert barrier == pytest.approx(max(i.info["energy"] for i in images) - images[0].info["energy"])
+    converged, images = neb_barrier(start, end, EMT(), n_images=3)
+    assert all(image.info["neb_converged"] for image in images)
+    assert converged == pytest.approx(0.374, abs=0.01) and converged == pytest.approx(path_barrier(images))
+    with pytest.raises(ValueError, match="unconverged"):
+        neb_barrier(start, end, EMT(), unconverged="ignore")
+    assert relaxed(start, EMT()).get_positions().shape == start.get_positions().shape
