@@ -424,6 +424,7 @@ class ActiveLearning:
             )
             timings["label_s"] += time.perf_counter() - start
             for atoms in labeled:
+                # labels of the stored structures (train.extxyz): a resumed run reads each label's round from them
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
             accepted += labeled
             committee_energies += part_energies
