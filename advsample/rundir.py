@@ -253,8 +253,10 @@ class RunDir:
     def _describe(self, holder: dict) -> str:
         if not holder:
             return "another process (just starting; its pid is not written yet)"
+        own = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+        note = " - this very process: an unfinished irun() of another ActiveLearning holds it; finish or close it" if own else ""
         return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-                f"(since {holder.get('since', '?')})")
+                f"(since {holder.get('since', '?')}){note}")
 
     def _try_lock(self) -> bool:
         """One non-blocking attempt; True when this process now holds the lock."""

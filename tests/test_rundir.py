@@ -68,6 +68,7 @@ def test_a_second_holder_is_refused_naming_the_directory_and_the_holder(tmp_path
     message = str(info.value)
     assert str(tmp_path / "run") in message and f"process {os.getpid()}" in message
     assert socket.gethostname() in message and info.value.holder["pid"] == os.getpid()
+    assert "this very process: an unfinished irun()" in message
     with pytest.raises(RunDirBusy, match="after waiting"):
         second.lock(wait=True, timeout_s=0.3, poll_s=0.05)
     first.unlock()
@@ -141,3 +142,15 @@ def test_a_killed_holder_leaves_a_directory_the_next_process_takes_at_once(tmp_p
     assert successor.returncode == 0, err
     assert len(calls(log)) > paid_by_holder  # it went on (and answered the holder's calls from the cache)
     check_accounting(run_dir, log, rounds=1, lost=1)  # at most the call in flight at the kill
+
+
+def test_an_unfinished_irun_holds_the_directory_until_it_is_closed(tmp_path):
+    from test_bad_inputs import make_loop
+
+    rounds = make_loop(tmp_path / "run").irun(1)
+    next(rounds)  # round 0 done; the generator (a notebook cell that stopped early) holds the lock
+    with pytest.raises(RunDirBusy, match=r"this very process: an unfinished irun\(\)"):
+        make_loop(tmp_path / "run").run(1)
+    rounds.close()  # releases it
+    records = make_loop(tmp_path / "run").run(1)
+    assert records[0].resumed and not records[1].resumed and not (tmp_path / "run" / ".lock").exists()
