@@ -2,7 +2,8 @@
 
 For each system, committees at several stages of training (trained on growing subsets of
 the data: the 2D double well's pool cut at growing x, so the right well is a hole until
-the last stages; NH3's training pool in growing random subsets), each calibrated on its own
+the last stages; NH3's pool plus GFN2-xTB MD frames of ever hotter runs, ``ammonia_thermal``;
+NH3's pool in growing random subsets, ``ammonia``), each calibrated on its own
 held-out split (:mod:`advsample.calibration`), then side by side in one process:
 
 * the audit (:func:`advsample.audit.audit`): its predicted safe temperature and CPU time;
@@ -14,7 +15,7 @@ temperature and the mean NN-MD stable fraction (goal >= 0.8), the audit's CPU ti
 NN-MD's (goal <= 1/10), and each committee's calibrated force coverage on a held-out test
 half beside its miscalibration area.
 
-    python benchmarks/audit.py [--quick] [--json] [--systems double_well_2d,ammonia]
+    python benchmarks/audit.py [--quick] [--json] [--systems double_well_2d,ammonia_thermal,ammonia] [--md-runs 64]
 """
 from __future__ import annotations
 
@@ -65,6 +66,48 @@ def ammonia_stages(quick: bool):
     return stages, system.test, system.initial, system
 
 
+def reference_md_frames(start, calculator, temperature_K: float, n_frames: int, every: int = 10, seed: int = 0):
+    """Labeled frames of a reference Langevin MD (0.5 fs) from ``start``: every ``every`` steps."""
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from advsample.structures import labeled
+
+    atoms = start.copy()
+    atoms.calc = calculator
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature_K, friction=0.02,
+                        rng=np.random.default_rng(seed + 1))
+    frames = []
+    for _ in range(n_frames):
+        dynamics.run(every)
+        copy = atoms.copy()
+        copy.calc = None
+        frames.append(labeled(copy, atoms.get_potential_energy(), atoms.get_forces(), label_source="GFN2-xTB MD"))
+    return frames
+
+
+def ammonia_thermal_stages(quick: bool):
+    """NH3 committees trained on the pool plus reference-MD frames of ever hotter runs: a data set that
+    reaches further up the surface at each stage (as active learning's rounds do)."""
+    from advsample.systems import get_system
+
+    system = get_system("ammonia")
+    rng = np.random.default_rng(0)
+    pool = [system.initial[k] for k in rng.permutation(len(system.initial))]
+    validation, pool = pool[:12], pool[12:]
+    start = min(system.initial, key=lambda a: a.get_potential_energy())
+    temperatures = (600, 2400) if quick else (300, 600, 1200, 2400)
+    n_frames = 10 if quick else 40
+    thermal = {T: reference_md_frames(start, system.reference, T, n_frames, seed=k)
+               for k, T in enumerate(temperatures)}
+    stages = [("pool", pool, validation)]
+    for k, T in enumerate(temperatures):
+        new = [f for t in temperatures[: k + 1] for f in thermal[t]]
+        stages.append((f"+MD<={T}K", pool + [f for i, f in enumerate(new) if i % 5], validation + new[::5]))
+    return stages, system.test, system.initial, system
+
+
 SETTINGS = {
     "double_well_2d": dict(
         stages=double_well_stages, model=lambda system: _mlp(), epochs=(150, 800), energy_unit="arb. units",
@@ -73,6 +116,13 @@ SETTINGS = {
         md_kT=(0.5, 0.75, 1.0, 1.25), md_steps=(100, 1000),
         md=dict(timestep_fs=1.0, n_check_frames=20, energy_tolerance_eV=0.5, check_every=10),
         md_reference=True),
+    "ammonia_thermal": dict(
+        stages=ammonia_thermal_stages, model=lambda system: system.make_committee(0), epochs=(100, 600),
+        energy_unit="eV",
+        audit=dict(kT_values=(0.05, 0.1, 0.2, 0.4), force_tolerance=1.0, n_replicas=4, max_starts=8, n_steps=60,
+                   learning_rate=0.01, initial_displacement=0.02, frames_every=3, min_distance=0.6),
+        md_kT=(0.05, 0.1, 0.2, 0.4), md_steps=(400, 2000), md=dict(timestep_fs=0.5, check_every=10),
+        md_reference=False),
     "ammonia": dict(
         stages=ammonia_stages, model=lambda system: system.make_committee(0), epochs=(100, 600), energy_unit="eV",
         audit=dict(kT_values=(0.05, 0.1, 0.2, 0.4), force_tolerance=1.0, n_replicas=4, max_starts=8, n_steps=60,
@@ -136,13 +186,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="three committees, short training and MD (a test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--systems", default=None, help="comma-separated (default: double_well_2d,ammonia; "
+    parser.add_argument("--systems", default=None, help="comma-separated of double_well_2d, ammonia_thermal, "
+                                                        "ammonia (random subsets) (default: double_well_2d,ammonia_thermal; "
                                                         "--quick: double_well_2d)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--md-runs", type=int, default=None, help="NN-MD runs per temperature (default 64; quick 16)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    names = (args.systems or ("double_well_2d" if args.quick else "double_well_2d,ammonia")).split(",")
+    names = (args.systems or ("double_well_2d" if args.quick else "double_well_2d,ammonia_thermal")).split(",")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
