@@ -89,7 +89,7 @@ def _row(system: System, method: str, kT: float, seed: int, selection, metrics: 
         **{m.name: float(extra.get(m.name, math.nan)) for m in system.metrics},
         **{key: timings.get(key, math.nan) for key in ("sample_s", "select_s", "label_s", "train_s", "metrics_s",
                                                        "round_s", "cpu_s")},
-        "regression_flagged": bool(metrics.get("regression", {}).get("flagged", False)),
+        "regression_flagged": int(bool(metrics.get("regression", {}).get("flagged", False))),  # 1: flagged (issue 32)
     }
     if metrics["round"] == 0:
         row["train_s"] = metrics.get("training", {}).get("train_s", math.nan)
