@@ -1,13 +1,14 @@
 """Label geometries with a reference ASE calculator, in-process or on any executor.
 
-* :class:`CalculatorSpec` describes the reference calculator by import path and keyword
-  arguments (``CalculatorSpec("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0})``);
-  it is what travels to workers, which build the calculator themselves (once per worker
-  process) - a live calculator is never shipped. A live calculator is accepted for
-  in-process labeling only.
-* :class:`LabelCache` is an append-only JSON-lines file keyed by geometry; every result is
-  appended and fsynced as soon as it arrives, so a killed run loses nothing already labeled
-  and a cache hit never calls the reference. Use one cache per reference calculator.
+* :class:`CalculatorSpec` (:mod:`advsample.reference`) describes the reference calculator by
+  import path and keyword arguments (``CalculatorSpec("tblite.ase:TBLite", {"method": "GFN2-xTB",
+  "verbosity": 0})``); it is what travels to workers, which build the calculator themselves
+  (once per worker process) - a live calculator is never shipped. A live calculator is
+  accepted for in-process labeling only.
+* :class:`LabelCache` (:mod:`advsample.labelcache`) is an append-only JSON-lines file keyed by
+  geometry; every result is appended and fsynced as soon as it arrives, so a killed run loses
+  nothing already labeled and a cache hit never calls the reference. Use one cache per
+  reference calculator.
 * :func:`label_structures` labels a list in input order; :func:`label_until` labels ranked
   candidates until exactly ``k`` succeed.
 
@@ -25,22 +26,20 @@ forces), stored with :func:`advsample.structures.labeled`; ``atoms.info`` gets
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
-import json
 import os
 import time
 import warnings
 from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from .executors import InlineExecutor, executor_workers, is_inline, make_executor, task_retries
+from .labelcache import LabelCache, geometry_key, open_cache
+from .reference import (BadReferenceResult, CalculatorSpec, ReferenceSpecError, _compute, _label_task,
+                        _worker_calculator, as_spec, reference_identity, reference_name)
 from .structures import labeled
 
 __all__ = [
@@ -55,362 +54,10 @@ __all__ = [
     "label_until",
     "make_executor",
     "InlineExecutor",
+    "reference_identity",
+    "reference_name",
+    "as_spec",
 ]
-
-
-# --------------------------------------------------------------------------- calculator spec
-@dataclass(frozen=True)
-class CalculatorSpec:
-    """A picklable recipe for an ASE calculator: ``factory(**kwargs)``.
-
-    ``factory`` is an import path ``"module:attr"`` (``"tblite.ase:TBLite"``,
-    ``"ase.calculators.emt:EMT"``) or a module-level callable (class or function).
-    """
-
-    factory: str | Callable[..., Any]
-    kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if isinstance(self.factory, str):
-            if ":" not in self.factory:
-                raise ValueError(f"factory must look like 'module:attr', got {self.factory!r}")
-        elif not callable(self.factory):
-            raise TypeError(f"factory must be a 'module:attr' string or a callable, got {self.factory!r}")
-        object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
-
-    @property
-    def name(self) -> str:
-        """``module:attr`` of the factory (used as ``label_source``)."""
-        if isinstance(self.factory, str):
-            return self.factory
-        return f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', repr(self.factory))}"
-
-    @property
-    def fingerprint(self) -> str:
-        return self.name + json.dumps(self.kwargs, sort_keys=True, default=repr)
-
-    def resolve(self) -> Callable[..., Any]:
-        if not isinstance(self.factory, str):
-            return self.factory
-        module_name, attr = self.factory.split(":", 1)
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    def build(self):
-        """A fresh calculator instance."""
-        return self.resolve()(**self.kwargs)
-
-    def check(self, build: bool = False) -> None:
-        """Import the factory and bind ``kwargs`` to its signature; ``build``: also build it
-        (in this process, kept for labeling here).
-
-        ``ReferenceSpecError`` (a ValueError) naming the spec and what is wrong: a module
-        that cannot be imported, a missing attribute, something not callable, a keyword
-        the factory does not take, a build that fails. Runs (``ActiveLearning``) call it
-        before anything is paid (building when they label in this process: a remote
-        worker's environment may differ from this one's).
-        """
-        try:
-            factory = self.resolve()
-        except ImportError as exc:
-            raise ReferenceSpecError(f"reference {self.name!r}: module cannot be imported ({type(exc).__name__}: {exc}); "
-                                     "check the 'module:attr' path and that the package is installed") from exc
-        except AttributeError as exc:
-            raise ReferenceSpecError(f"reference {self.name!r}: {exc}; check the attribute after ':'") from exc
-        if not callable(factory):
-            raise ReferenceSpecError(f"reference {self.name!r} is a {type(factory).__name__}, not a class or function")
-        try:
-            signature = inspect.signature(factory)
-        except (TypeError, ValueError):  # a builtin without a signature: nothing to check
-            return
-        try:
-            signature.bind(**self.kwargs)
-        except TypeError as exc:
-            raise ReferenceSpecError(f"reference {self.name!r} does not take the keywords {sorted(self.kwargs)}: {exc}") from exc
-        if build:
-            try:
-                _worker_calculator(self)
-            except Exception as exc:
-                raise ReferenceSpecError(f"could not build the reference {self.name!r} with {self.kwargs}: "
-                                         f"{type(exc).__name__}: {exc}; no reference call was made") from exc
-
-
-class ReferenceSpecError(ValueError):
-    """A reference (``CalculatorSpec``) that cannot be imported or called as given."""
-
-
-class BadReferenceResult(RuntimeError):
-    """The reference's first result is unusable (shape, type or a non-finite value): nothing more is paid.
-
-    ``reason``: what was wrong; ``formula``: the structure. Exactly one call was paid (and recorded as a failure).
-    """
-
-    def __init__(self, message: str, reason: str, formula: str):
-        super().__init__(message)
-        self.reason, self.formula = reason, formula
-
-
-def _is_live_calculator(obj) -> bool:
-    return hasattr(obj, "get_potential_energy") and hasattr(obj, "get_forces") and not isinstance(obj, type)
-
-
-def as_spec(calculator) -> CalculatorSpec | None:
-    """``CalculatorSpec`` for a spec, an import path or a factory; None for a live calculator."""
-    if isinstance(calculator, CalculatorSpec):
-        return calculator
-    if _is_live_calculator(calculator):
-        return None
-    if isinstance(calculator, str) or callable(calculator):
-        return CalculatorSpec(calculator)
-    raise TypeError(f"expected a CalculatorSpec, 'module:attr', a factory or an ASE calculator, got {calculator!r}")
-
-
-def _plain(value, depth: int):
-    """JSON-able description of an attribute value, or None when it is state, not a setting."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, tuple):
-        items = [_plain(v, depth) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
-    if _is_live_calculator(value) and depth > 0:
-        return reference_identity(value, depth - 1)
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
-    return None
-
-
-def reference_identity(calculator, depth: int = 2) -> dict:
-    """What names a reference, as JSON data (stored in a run directory's settings).
-
-    A :class:`CalculatorSpec` (or import path / factory): ``{"factory", "kwargs"}``. A live
-    ASE calculator: its class, its ASE ``parameters`` and the attributes its own
-    ``__init__`` set that are settings (numbers, strings, tuples, functions by name, nested
-    calculators); lists, arrays and other objects are taken for state and left out.
-    """
-    spec = as_spec(calculator)
-    if spec is not None:
-        return {"factory": spec.name, "kwargs": json.loads(json.dumps(spec.kwargs, sort_keys=True, default=repr))}
-    from ase.calculators.calculator import Calculator
-
-    base = set(vars(Calculator()))
-    attributes = {}
-    for name, value in sorted(vars(calculator).items()):
-        if name.startswith("_") or name in base:
-            continue
-        plain = _plain(value, depth)
-        if plain is not None:
-            attributes[name] = plain
-    parameters = json.loads(json.dumps(dict(getattr(calculator, "parameters", {}) or {}), sort_keys=True, default=repr))
-    return {"class": f"{type(calculator).__module__}:{type(calculator).__qualname__}",
-            "parameters": parameters, "attributes": attributes}
-
-
-def reference_name(calculator) -> str:
-    """``module:attr`` of a spec's factory or ``module:Class`` of a live calculator."""
-    spec = as_spec(calculator)
-    return spec.name if spec is not None else f"{type(calculator).__module__}:{type(calculator).__qualname__}"
-
-
-# Calculators built inside this process (worker or main), by spec fingerprint: built once,
-# reused for every structure the process labels.
-_BUILT: dict[str, Any] = {}
-
-
-def _worker_calculator(spec: CalculatorSpec):
-    key = spec.fingerprint
-    calc = _BUILT.get(key)
-    if calc is None:
-        if len(_BUILT) >= 8:
-            _BUILT.clear()
-        calc = _BUILT[key] = spec.build()
-    return calc
-
-
-# --------------------------------------------------------------------------- one calculation
-def _compute(atoms: Atoms, calc) -> dict:
-    """Energy and forces of ``atoms`` with ``calc``; a failure dict instead of raising."""
-    t0 = time.perf_counter()
-    work = atoms.copy()
-    try:
-        if hasattr(calc, "reset"):
-            calc.reset()  # no wavefunction reuse between structures: labels independent of order
-        work.calc = calc
-        energy = work.get_potential_energy()
-        forces = np.array(work.get_forces(apply_constraint=False), dtype=float)
-    except Exception as exc:  # KeyboardInterrupt / SystemExit propagate
-        return {"ok": False, "reason": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
-    finally:
-        work.calc = None
-    seconds = time.perf_counter() - t0
-    invalid = {"ok": False, "invalid": True, "seconds": seconds}  # a result, but no label
-    try:
-        energy = float(np.asarray(energy).reshape(()))
-    except (TypeError, ValueError):
-        return {**invalid, "reason": f"energy is not a scalar: {energy!r}"}
-    if forces.shape != (len(atoms), 3):
-        return {**invalid, "reason": f"forces have shape {forces.shape}, expected ({len(atoms)}, 3)"}
-    if not np.isfinite(energy):
-        return {**invalid, "reason": f"non-finite energy ({energy})"}
-    if not np.all(np.isfinite(forces)):
-        bad = int(np.count_nonzero(~np.isfinite(forces)))
-        return {**invalid, "reason": f"non-finite forces ({bad} components)"}
-    return {"ok": True, "energy": energy, "forces": forces, "seconds": seconds}
-
-
-def _label_task(atoms: Atoms, spec: CalculatorSpec) -> dict:
-    """What a worker runs: build (or reuse) the calculator from ``spec``, label ``atoms``."""
-    try:
-        calc = _worker_calculator(spec)
-    except Exception as exc:
-        return {"ok": False, "reason": f"could not build {spec.name}: {type(exc).__name__}: {exc}",
-                "cacheable": False, "build_failed": True, "seconds": 0.0}
-    out = _compute(atoms, calc)
-    out["pid"] = os.getpid()
-    return out
-
-
-# --------------------------------------------------------------------------- cache
-def geometry_key(atoms: Atoms, decimals: int = 6) -> str:
-    """Hash of atomic numbers, positions and cell (rounded to ``10**-decimals`` Å) and pbc."""
-    scale = 10.0 ** decimals
-    h = hashlib.sha256(b"advsample-geometry-v1")
-    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    h.update(np.rint(np.asarray(atoms.positions, dtype=float) * scale).astype(np.int64).tobytes())
-    h.update(np.rint(np.asarray(atoms.cell.array, dtype=float) * scale).astype(np.int64).tobytes())
-    h.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
-    return h.hexdigest()[:40]
-
-
-class LabelCache:
-    """Persistent labels keyed by geometry: an append-only JSON-lines file.
-
-    Each record is one line ``{"key", "ok", "energy", "forces", "source", ...}`` or
-    ``{"key", "ok": false, "reason", ...}``, written with a single ``write`` and fsynced.
-    A process killed mid-write leaves at most one truncated last line, which loading skips
-    (``n_corrupt``). The last record of a key wins. Several processes may share the file:
-    each appends whole lines with one ``O_APPEND`` write, and :meth:`refresh` reads what the
-    others appended since (labeling re-reads before each wave and before each inline call,
-    so a key already present is not paid again).
-    ``n_calls`` / ``n_failed_calls``: records in the file (every calculation paid, a retried
-    failure counted again), so they stay right across any number of interrupted runs.
-    """
-
-    def __init__(self, path: str | os.PathLike, decimals: int = 6):
-        self.path = Path(path)
-        self.decimals = int(decimals)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._records: dict[str, dict] = {}
-        self.n_corrupt = 0
-        self.n_calls = 0  # records in the file: one per reference calculation paid (retries included)
-        self.n_failed_calls = 0  # of which failures
-        self._needs_newline = False
-        self._offset = 0  # bytes of the file read so far (whole lines)
-        self._own: list[bytes] = []  # lines this process appended since the last read
-        self.reload()
-
-    def reload(self) -> None:
-        """(Re)read the file."""
-        self._records.clear()
-        self.n_corrupt = self.n_calls = self.n_failed_calls = 0
-        self._offset, self._own = 0, []
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        self._needs_newline = bool(data) and not data.endswith(b"\n")
-        self._offset = len(data)
-        self._parse(data.split(b"\n"))
-
-    def _parse(self, lines) -> set[str]:
-        keys = set()
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = record["key"]
-            except (ValueError, KeyError, TypeError):
-                self.n_corrupt += 1
-                continue
-            self._records[key] = record
-            self._count(record)
-            keys.add(key)
-        return keys
-
-    def refresh(self) -> set[str]:
-        """Read the records other processes appended since the last read; returns their keys."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return set()
-        end = data.rfind(b"\n") + 1  # whole lines only: a line being written is read next time
-        if end == 0:
-            return set()
-        self._offset += end
-        lines = data[:end].split(b"\n")
-        own = list(self._own)
-        self._own = []
-        foreign = []
-        for line in lines:
-            if line in own:  # appended (and counted) by this process
-                own.remove(line)
-            else:
-                foreign.append(line)
-        self._own = own
-        return self._parse(foreign)
-
-    def _count(self, record: dict) -> None:
-        self.n_calls += 1
-        self.n_failed_calls += not record.get("ok")
-
-    def key(self, atoms: Atoms) -> str:
-        return geometry_key(atoms, self.decimals)
-
-    def get(self, atoms_or_key: Atoms | str) -> dict | None:
-        """The record for a geometry (``ok`` True with ``energy``/``forces``, or a failure)."""
-        key = atoms_or_key if isinstance(atoms_or_key, str) else self.key(atoms_or_key)
-        return self._records.get(key)
-
-    def __contains__(self, atoms_or_key) -> bool:
-        return self.get(atoms_or_key) is not None
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def n_labels(self) -> int:
-        return sum(1 for r in self._records.values() if r.get("ok"))
-
-    def _append(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-        data = (("\n" if self._needs_newline else "") + line).encode()
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:  # a full disk, a lost mount: name the file (the result is lost, the call was paid)
-            raise OSError(exc.errno, f"could not append to the label cache {self.path}: {exc.strerror or exc}; "
-                          "free space or fix the file system and rerun: every earlier label is kept", str(self.path)
-                          ) from exc
-        self._needs_newline = False
-        self._own.append(line.rstrip("\n").encode())
-        self._records[record["key"]] = record
-        self._count(record)
-
-    def put_label(self, key: str, energy: float, forces: np.ndarray, **extra) -> None:
-        forces = np.asarray(forces, dtype=float)
-        self._append({"key": key, "ok": True, "energy": float(energy), "forces": forces.tolist(), **extra})
-
-    def put_failure(self, key: str, reason: str, **extra) -> None:
-        self._append({"key": key, "ok": False, "reason": str(reason), **extra})
 
 
 # --------------------------------------------------------------------------- results
@@ -449,12 +96,6 @@ class LabelResult:
     def __repr__(self) -> str:
         return (f"LabelResult(n_labeled={self.n_labeled}, n_failed={self.n_failed}, n_calls={self.n_calls}, "
                 f"n_cached={self.n_cached}, n_retries={self.n_retries}, seconds={self.seconds:.2f})")
-
-
-def _open_cache(cache) -> LabelCache | None:
-    if cache is None or isinstance(cache, LabelCache):
-        return cache
-    return LabelCache(cache)
 
 
 def _progress_bar(total: int, enabled: bool, desc: str = "labeling"):
@@ -622,7 +263,7 @@ def label_structures(atoms_list: Sequence[Atoms] | Atoms, calculator, executor: 
     if isinstance(atoms_list, Atoms):
         atoms_list = [atoms_list]
     atoms_list = list(atoms_list)
-    cache = _open_cache(cache)
+    cache = open_cache(cache)
     bar = _progress_bar(len(atoms_list), progress)
     try:
         return _label_into(atoms_list, calculator, executor, cache, bar, retry_failed)
@@ -689,7 +330,7 @@ def label_until(candidates: Sequence[Atoms], k: int, calculator, executor: Execu
     if unit not in ("labels", "calls"):
         raise ValueError(f"unit must be 'labels' or 'calls', got {unit!r}")
     by_calls = unit == "calls"
-    cache = _open_cache(cache)
+    cache = open_cache(cache)
     if min_wave is None:
         min_wave = executor_workers(executor)
     min_wave = max(1, int(min_wave))
