@@ -375,6 +375,8 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
         done = load_arm(args.out, arm.name, seed, settings)
         if done is not None:
             log(f"seed {seed} {arm.name}: reused")
+            if any(not np.isfinite(p["sigma"]) for p in done[0]["picked"]):
+                return rescore(build_system(name, options, args.effective_temperature_K), arm, args.out, done[0], settings)
             return done[0]
     system = build_system(name, options, args.effective_temperature_K)
     state = {}
@@ -387,11 +389,30 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
     return run_arm(system, arm, state, args, settings, seed, log)[0]
 
 
+def rescore(system, arm: Arm, out: str, row: dict, settings: dict) -> dict:
+    """A finished arm's picks placed again by its parent committee (rows written before σ was
+    computed from the committee, not read from the candidates' info); the row file is rewritten."""
+    from advsample.structures import labels_of
+
+    parent = load_arm(out, arm.parent, row["seed"], settings)
+    with open(arm_paths(out, arm.name, row["seed"])["picked"], "rb") as handle:
+        picked = pickle.load(handle)
+    n_validation = load_arm(out, "gen1", row["seed"], settings)[0]["n_validation"]
+    train = parent[2][:len(parent[2]) - n_validation]
+    _, objective = make_arm_sampler(system, arm, row["budget"], len(train))
+    row = {**row, "picked": picked_points(picked, train, float(np.min(labels_of(train)[0])), parent[1], objective)}
+    path = arm_paths(out, arm.name, row["seed"])["row"]
+    with open(path + ".tmp", "w") as handle:
+        json.dump(row, handle, default=float)
+    os.replace(path + ".tmp", path)
+    return row
+
+
 def run_jobs(name: str, options: dict, args, settings: dict, log=print) -> list[dict]:
     """Every selected (arm, seed), wave after wave; ``args.workers`` processes run a wave's jobs."""
     rows = {}
     for wave in waves(selected_arms(args)):
-        jobs = [(arm, seed) for seed in range(args.seeds) for arm in wave]
+        jobs = [(arm, seed) for seed in args.seed_list for arm in wave]
         if args.workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(args.workers, len(jobs))) as pool:
                 futures = {job: pool.submit(run_job, name, options, args, settings, *job) for job in jobs}
@@ -400,7 +421,7 @@ def run_jobs(name: str, options: dict, args, settings: dict, log=print) -> list[
             done = {job: run_job(name, options, args, settings, *job, log=log) for job in jobs}
         rows.update({(arm.name, seed): row for (arm, seed), row in done.items()})
     order = [a.name for a in selected_arms(args)]
-    return [rows[(arm, seed)] for seed in range(args.seeds) for arm in order if (arm, seed) in rows]
+    return [rows[(arm, seed)] for seed in args.seed_list for arm in order if (arm, seed) in rows]
 
 
 def gen1_data(system, args) -> tuple[list, float]:
@@ -679,6 +700,7 @@ def parse(argv=None):
     add("--out", default=None, help="output directory (default benchmarks/results/headline_<system>)")
     add("--reuse", action="store_true", help="skip the (arm, seed) runs already in --out at the same settings")
     add("--workers", type=int, default=1, help="(arm, seed) jobs of a wave in parallel processes")
+    add("--only-seeds", default="", help="comma-separated committee seeds of range(--seeds) to run now (default all)")
     add("--arms", default="", help="comma-separated arms to run (default all); their parents must be run or on disk")
     add("--option", action="append", default=[], metavar="KEY=VALUE",
         help="a keyword of the System's factory (JSON value), e.g. n_features=16; repeatable")
@@ -716,6 +738,12 @@ def parse(argv=None):
     if any(a not in known for a in args.arms):
         parser.error(f"--arms: unknown arm in {args.arms}; the arms are {known}")
     args.per_seed = -(-args.trajectories // args.seeds)
+    try:
+        args.seed_list = [int(x) for x in args.only_seeds.split(",") if x] or list(range(args.seeds))
+    except ValueError:
+        parser.error(f"--only-seeds: comma-separated integers, got {args.only_seeds!r}")
+    if any(not 0 <= seed < args.seeds for seed in args.seed_list):
+        parser.error(f"--only-seeds: seeds must be in range(--seeds) = 0..{args.seeds - 1}, got {args.seed_list}")
     args.out = args.out or os.path.join("benchmarks", "results", f"headline_{args.system.replace(':', '_')}")
     return args
 
