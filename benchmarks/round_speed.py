@@ -18,6 +18,10 @@ Reported per system:
 * the committee's force σ on the held-out test structures (mean over structures): members
   that collapsed onto each other would show σ → 0.
 
+Rounds the regression check flags (ActiveLearning's ``on_regression``) are counted; by default
+the benchmark accepts them (``--on-regression accept``), so each mode is measured on its own
+committees rather than on a round-0 committee carried forward.
+
 Goal: continued rounds 2–3 ≥ 3× faster (≥ 5× goal) with final errors within the from-scratch
 spread. ``--quick``: smoke-sized systems, 2 seeds, 2 rounds (seconds; for tests).
 With ``--json`` the last line is one JSON object.
@@ -60,10 +64,10 @@ def _copy_round_zero(source: Path, target: Path) -> None:
     shutil.copytree(source / "round_000", target / "round_000")
 
 
-def run_mode(system, seed: int, rounds: int, mode: str, run_dir: Path) -> list[dict]:
+def run_mode(system, seed: int, rounds: int, mode: str, run_dir: Path, on_regression: str = "accept") -> list[dict]:
     """One run of ``rounds`` rounds after round 0; per round: phase times, wall/CPU seconds, errors."""
     run = ActiveLearning.from_system(system, run_dir, "adversarial", seed=seed, progress=False,
-                                     warm_start=mode == "continued")
+                                     warm_start=mode == "continued", on_regression=on_regression)
     metric = rare_event_metric(system)
     out = []
     wall, cpu = time.perf_counter(), time.process_time()
@@ -113,13 +117,20 @@ def summarize(per_seed: dict[str, list[list[dict]]], rounds: int) -> dict:
             "phases_s": {r: {k: statistics.fmean(run[r]["phases_s"].get(k, 0.0) for run in runs) for k in PHASES}
                          for r in range(1, rounds + 1)},
             "later_rounds_wall_s": statistics.fmean(sum(run[r]["wall_s"] for r in later) for run in runs),
+            "later_rounds_cpu_s": statistics.fmean(sum(run[r]["cpu_s"] for r in later) for run in runs),
+            "later_rounds_train_s": statistics.fmean(sum(run[r]["phases_s"].get("train_s", math.nan) for r in later)
+                                                     for run in runs),
             "epochs": {r: [run[r]["epochs"] for run in runs] for r in range(rounds + 1)},
             "final_test_force_mae": _spread([run[rounds]["test_force_mae"] for run in runs]),
             "final_rare_event": _spread([run[rounds]["rare_event"] for run in runs]),
             "final_test_force_sigma": _spread([run[rounds]["test_force_sigma"] for run in runs]),
+            "rounds_flagged": sum(bool(run[r]["regression"]) for run in runs for r in range(1, rounds + 1)),
         }
     scratch, continued = summary["scratch"], summary["continued"]
     summary["speedup_later_rounds"] = scratch["later_rounds_wall_s"] / continued["later_rounds_wall_s"]
+    # CPU seconds of this process: steadier than wall time on a shared machine
+    summary["speedup_later_rounds_cpu"] = scratch["later_rounds_cpu_s"] / continued["later_rounds_cpu_s"]
+    summary["speedup_later_rounds_train"] = scratch["later_rounds_train_s"] / continued["later_rounds_train_s"]
     for key in ("final_test_force_mae", "final_rare_event"):
         low, high, mean = scratch[key]["min"], scratch[key]["max"], continued[key]["mean"]
         # within the from-scratch seeds' range, or better than all of them
@@ -130,17 +141,18 @@ def summarize(per_seed: dict[str, list[list[dict]]], rounds: int) -> dict:
     return summary
 
 
-def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path) -> dict:
+def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path, on_regression: str = "accept",
+                 first_seed: int = 0) -> dict:
     system = get_system(name, smoke=quick)
     per_seed = {mode: [] for mode in MODES}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         base = workdir / f"{name}_seed{seed}"
         for mode in MODES:
             run_dir = base / mode
             if mode != MODES[0]:
                 _copy_round_zero(base / MODES[0], run_dir)  # the same round 0, trained once
             start = time.perf_counter()
-            rows = run_mode(system, seed, rounds, mode, run_dir)
+            rows = run_mode(system, seed, rounds, mode, run_dir, on_regression)
             per_seed[mode].append(rows)
             walls = ", ".join(f"{r['wall_s']:.1f}" for r in rows[1:])
             trains = ", ".join(f"{r['phases_s'].get('train_s', math.nan):.1f}" for r in rows[1:])
@@ -150,7 +162,8 @@ def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path)
                   f"{last['rare_event']:.4g}, force sigma {last['test_force_sigma']:.4f} "
                   f"[{time.perf_counter() - start:.0f} s]", flush=True)
     summary = summarize(per_seed, rounds)
-    print(f"{name}: rounds {summary['rounds_timed']} {summary['speedup_later_rounds']:.2f}x faster continued; final "
+    print(f"{name}: rounds {summary['rounds_timed']} {summary['speedup_later_rounds']:.2f}x faster continued (wall; CPU "
+          f"{summary['speedup_later_rounds_cpu']:.2f}x, training {summary['speedup_later_rounds_train']:.2f}x); final "
           f"test force MAE scratch {summary['scratch']['final_test_force_mae']['mean']:.4f} "
           f"[{summary['scratch']['final_test_force_mae']['min']:.4f}-{summary['scratch']['final_test_force_mae']['max']:.4f}]"
           f" vs continued {summary['continued']['final_test_force_mae']['mean']:.4f}; "
@@ -165,9 +178,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--systems", default="ammonia,ethanol,adatom")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per system (default 3; --quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds after round 0 (default 3; --quick 2)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="run directories (default: a temporary one, removed)")
     parser.add_argument("--quick", action="store_true", help="smoke-sized systems, 2 seeds, 2 rounds")
+    parser.add_argument("--on-regression", default="accept", choices=("accept", "keep", "continue"),
+                        help="ActiveLearning's on_regression (default accept: each mode's own committees are "
+                             "measured; flagged rounds are reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     seeds = args.seeds or (2 if args.quick else 3)
@@ -175,12 +192,15 @@ def main(argv=None) -> dict:
     if seeds < 1 or rounds < 1:
         parser.error(f"--seeds and --rounds must be >= 1, got {seeds}, {rounds}")
     set_threads(args.threads)
-    result = {"benchmark": "round_speed", "quick": args.quick, "seeds": seeds, "rounds": rounds,
+    result = {"benchmark": "round_speed", "quick": args.quick, "seeds": seeds, "first_seed": args.first_seed,
+              "rounds": rounds,
+              "on_regression": args.on_regression,
               "machine": machine(), "systems": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for name in [s for s in args.systems.split(",") if s]:
-            result["systems"][name] = bench_system(name, seeds, rounds, args.quick, Path(workdir))
+            result["systems"][name] = bench_system(name, seeds, rounds, args.quick, Path(workdir), args.on_regression,
+                                                   args.first_seed)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     result["total_s"] = time.perf_counter() - start
     emit(result, args.json)
