@@ -482,45 +482,35 @@ class ActiveLearning:
         Returns (accepted, failures, outside the window, consecutive failures at the end, budget spent,
         the accepted ones' committee energies Ē).
         """
-        accepted, failures, outside, energies = [], [], [], []
-        offset = 0  # ranked[offset:] are still to be labeled
         by_calls = self.selection.budget_unit == "reference_calls"
-        calls = prepaid
 
-        def spent() -> int:
-            return calls if by_calls else len(accepted)
+        def inside(index: int, atoms) -> bool:  # a label outside the energy window is paid, not trained on
+            return not outside_energy_window(atoms.get_potential_energy() - reference_energy, self.selection)
 
-        while offset < len(ranked) and (by_calls or len(accepted) < budget):  # a call budget: one pass of label_until
-            try:
-                result = label_until(
-                    ranked.structures[offset:], budget - spent(), self.reference, self.executor, cache, progress=self.progress,
-                    retry_failed=self.retry_failures, max_consecutive_failures=self.max_consecutive_failures,
-                    consecutive_failures=streak, unit="calls" if by_calls else "labels", check_first=True,
-                )
-            except ReferenceGaveUp as exc:
-                raise ReferenceGaveUp(
-                    f"round {number}: {exc.summary}", exc.failures,
-                    "The round is not written. Fix the reference and rerun with retry_failures=True (the failures "
-                    "are cached), or raise max_consecutive_failures",
-                ) from exc
-            streak = result.consecutive_failures
-            calls += result.n_calls
-            failures += [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
-            for index, atoms in zip(result.indices, result.labeled):
-                pick = offset + index
-                energy = atoms.get_potential_energy() - reference_energy
-                committee_energy = float(ranked.energy_mean[pick])
-                if outside_energy_window(energy, self.selection):
-                    outside.append({"reference_energy": energy, "committee_energy": committee_energy - reference_energy})
-                else:
-                    atoms.info.update(ranked.labels(pick))  # labels of the stored structure, for the files
-                    accepted.append(atoms)
-                    energies.append(committee_energy)
-            consumed = [*result.indices, *(f["index"] for f in result.failures)]
-            if by_calls or not consumed:
-                break
-            offset += max(consumed) + 1
-        return accepted, failures, outside, streak, spent(), energies
+        try:
+            result = label_until(
+                ranked.structures, budget - prepaid if by_calls else budget, self.reference, self.executor, cache,
+                progress=self.progress, retry_failed=self.retry_failures,
+                max_consecutive_failures=self.max_consecutive_failures, consecutive_failures=streak,
+                unit="calls" if by_calls else "labels", check_first=True, accept=inside,
+            )
+        except ReferenceGaveUp as exc:
+            raise ReferenceGaveUp(
+                f"round {number}: {exc.summary}", exc.failures,
+                "The round is not written. Fix the reference and rerun with retry_failures=True (the failures "
+                "are cached), or raise max_consecutive_failures",
+            ) from exc
+        failures = [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
+        outside = [{"reference_energy": atoms.get_potential_energy() - reference_energy,
+                    "committee_energy": float(ranked.energy_mean[pick]) - reference_energy}
+                   for pick, atoms in zip(result.rejected_indices, result.rejected)]
+        accepted, energies = [], []
+        for pick, atoms in zip(result.indices, result.labeled):
+            atoms.info.update(ranked.labels(pick))  # labels of the stored structure, for the files
+            accepted.append(atoms)
+            energies.append(float(ranked.energy_mean[pick]))
+        spent = prepaid + result.n_calls if by_calls else len(accepted)
+        return accepted, failures, outside, result.consecutive_failures, spent, energies
 
     @staticmethod
     def _call_counts(previous: dict | None, cache: LabelCache, outside_window: int) -> dict:

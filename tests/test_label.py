@@ -289,6 +289,36 @@ def test_label_until_a_call_budget_pays_exactly_k_calls(tmp_path):
         label_until(atoms, 1, spec(tmp_path), unit="euros")
 
 
+def test_label_until_accept_pays_refused_successes_without_counting_them(tmp_path):
+    """``accept`` (e.g. a reference energy inside the energy window): a refused success is paid,
+    cached and reported in ``rejected``, not counted toward k; one wave loop, no outer loop."""
+    atoms = make_clusters(12, behave={2: "raise"})
+    refuse = {1, 4, 5}
+    cache = LabelCache(tmp_path / "labels.jsonl")
+    seen = []
+
+    def accept(index, labeled_atoms):
+        seen.append(index)
+        assert labeled_atoms.info["id"] == index and np.isfinite(labeled_atoms.get_potential_energy())
+        return index not in refuse
+
+    result = label_until(atoms, 4, spec(tmp_path), cache=cache, progress=False, accept=accept)
+    assert result.indices == [0, 3, 6, 7]  # 1, 4, 5 refused and 2 failed: replaced by the next in rank
+    assert result.rejected_indices == [1, 4, 5] and [a.info["id"] for a in result.rejected] == [1, 4, 5]
+    assert [f["index"] for f in result.failures] == [2]
+    assert result.n_calls == 8 and sum(calls(tmp_path).values()) == 8  # nothing beyond need in-process
+    assert seen == [0, 1, 3, 4, 5, 6, 7]
+    assert cache.get(atoms[4])["ok"]  # a refused label is cached: never paid again
+    again = label_until(atoms, 4, spec(tmp_path), cache=cache, progress=False, accept=accept)
+    assert again.n_calls == 0 and again.indices == result.indices and again.rejected_indices == [1, 4, 5]
+    budget = label_until(atoms, 3, spec(tmp_path), cache=cache, progress=False, unit="calls", accept=accept)
+    assert budget.n_calls == 3 and budget.indices == [0, 3, 6, 7, 8, 9, 10]  # cache hits are free
+    assert budget.rejected_indices == [1, 4, 5]
+    with pytest.warns(RuntimeWarning, match="only 1 of 2 labels"):
+        short = label_until(atoms[:3], 2, spec(tmp_path), cache=cache, progress=False, accept=accept)
+    assert short.indices == [0] and short.rejected_indices == [1]
+
+
 def test_label_until_warns_when_candidates_run_out(tmp_path):
     atoms = make_clusters(3, behave={0: "raise"})
     with pytest.warns(RuntimeWarning, match="only 2 of 3"):
