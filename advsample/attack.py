@@ -31,10 +31,18 @@ from . import uncertainty
 from .candidates import Candidates
 from .committee import Committee
 from .geometry import GeometryError, pair_distances
+from .parameters import as_number
 from .structures import Batch
 
 if TYPE_CHECKING:
     from .objective import BoundObjective
+
+
+_NUMBERS = (  # AttackConfig's numeric fields: (name, kind, None allowed)
+    ("kT", float, True), ("n_steps", int, False), ("learning_rate", float, False),
+    ("initial_displacement", float, False), ("max_displacement", float, True), ("min_distance", float, False),
+    ("strain_learning_rate", float, True), ("max_strain", float, False), ("seed", int, False),
+)
 
 
 @dataclass
@@ -53,7 +61,12 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kT is not None and not self.kT > 0:
+        # numbers of any library (numpy scalars, 0-d tensors) become Python numbers; anything else is named
+        for name, kind, optional in _NUMBERS:
+            value = getattr(self, name)
+            if not (optional and value is None):
+                setattr(self, name, as_number(value, name, kind))
+        if self.kT is not None and not (self.kT > 0 and np.isfinite(self.kT)):
             raise ValueError(f"kT must be positive, got {self.kT}")
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")

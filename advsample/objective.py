@@ -24,6 +24,7 @@ from ase import Atoms
 from . import uncertainty
 from .candidates import Candidates
 from .committee import Committee
+from .parameters import as_number
 from .structures import Batch
 
 KINDS = ("forces", "energy")
@@ -37,8 +38,10 @@ class Objective:
     uncertainty: str = "forces"
 
     def __post_init__(self):
-        if not isinstance(self.kT, (int, float)) or not np.isfinite(self.kT) or self.kT <= 0:
-            raise ValueError(f"kT must be a positive energy (the reference's unit), got {self.kT!r}")
+        kT = as_number(self.kT, "kT")  # numpy scalars and 0-d tensors too; strings, booleans, NaN named
+        if not np.isfinite(kT) or kT <= 0:
+            raise ValueError(f"kT must be a positive energy (the reference's unit), got {kT!r}")
+        object.__setattr__(self, "kT", kT)
         if self.uncertainty not in KINDS:
             raise ValueError(f"uncertainty must be one of {KINDS}, got {self.uncertainty!r}")
 

@@ -387,6 +387,43 @@ def test_bad_calculator_spec_and_label_count(tmp_path):
                     max_consecutive_failures=0)
 
 
+@pytest.mark.parametrize("field, value, error, match", [
+    ("kT", "1.0", TypeError, r"kT must be a number, got '1\.0' \(str\)"),
+    ("kT", True, TypeError, r"kT must be a number, got True \(bool\)"),
+    ("kT", float("nan"), ValueError, r"kT must be a number, got NaN"),
+    ("kT", float("inf"), ValueError, r"kT must be positive, got inf"),
+    ("kT", np.array([1.0, 2.0]), TypeError, r"kT must be a number, got array"),
+    ("n_steps", "60", TypeError, r"n_steps must be an integer, got '60'"),
+    ("n_steps", 2.5, TypeError, r"n_steps must be an integer, got 2\.5"),
+    ("learning_rate", "0.01", TypeError, r"learning_rate must be a number, got '0\.01'"),
+    ("max_displacement", [3.0], TypeError, r"max_displacement must be a number, got \[3\.0\]"),
+    ("seed", "0", TypeError, r"seed must be an integer, got '0'"),
+])
+def test_attack_config_names_a_value_that_is_no_number(field, value, error, match):
+    """A string, boolean, array or NaN for a number of AttackConfig: a clear error naming the field and
+    the value (a NumberError is both a ValueError and a TypeError), not a raw comparison TypeError."""
+    with pytest.raises(error, match=match):
+        AttackConfig(**{field: value})
+
+
+def test_numbers_of_any_library_are_accepted_by_attack_config_and_objective():
+    from advsample.objective import Objective
+
+    config = AttackConfig(kT=np.float32(0.5), n_steps=np.int64(3), learning_rate=torch.tensor(0.02, dtype=torch.float64),
+                          max_displacement=np.array(3.0), seed=np.int32(4))
+    assert (config.kT, config.n_steps, config.learning_rate, config.max_displacement, config.seed) == (0.5, 3, 0.02, 3.0, 4)
+    assert type(config.kT) is float and type(config.n_steps) is int and type(config.seed) is int
+    for kT in (np.float32(1.5), np.float64(1.5), torch.tensor(1.5), np.array(1.5), 1.5):
+        objective = Objective(kT)
+        assert objective.kT == 1.5 and type(objective.kT) is float
+    for kT, error, match in (("1.0", TypeError, r"kT must be a number, got '1\.0' \(str\)"),
+                             (np.float32("nan"), ValueError, r"kT must be a number, got NaN"),
+                             (torch.tensor(-1.0), ValueError, r"kT must be a positive energy.*-1\.0"),
+                             (torch.ones(2), TypeError, r"kT must be a number, got tensor")):
+        with pytest.raises(error, match=match):
+            Objective(kT)
+
+
 def test_unknown_executor_and_missing_parsl_config(tmp_path):
     with pytest.raises(ValueError, match=r"unknown executor 'threads'"):
         make_executor("threads")
