@@ -189,6 +189,15 @@ def evaluate(force_fn: ForceFn, replicas: Replicas, state: MDState) -> None:
 
 
 def _initial_state(force_fn: ForceFn, replicas: Replicas) -> MDState:
+    state = start_state(replicas)
+    evaluate(force_fn, replicas, state)
+    return state
+
+
+def start_state(replicas: Replicas) -> MDState:
+    """The replicas' start (positions, momenta; held momenta zero; all live), not yet evaluated:
+    ``init_fn`` is this then :func:`evaluate`. A caller whose force function follows the live
+    replicas (``state.live``, changed in place by every stop) builds it first."""
     batch = replicas.batch
     momenta = torch.as_tensor(np.concatenate([s.get_momenta() for s in replicas.starts]), dtype=torch.float64,
                               device=batch.positions.device)
@@ -197,7 +206,6 @@ def _initial_state(force_fn: ForceFn, replicas: Replicas) -> MDState:
                     forces=torch.zeros_like(momenta), energies=torch.zeros(n, dtype=torch.float64,
                                                                            device=momenta.device),
                     live=np.ones(n, dtype=bool), steps=np.zeros(n, dtype=int), reasons=[None] * n)
-    evaluate(force_fn, replicas, state)
     return state
 
 
@@ -274,14 +282,14 @@ def langevin(force_fn: ForceFn, replicas: Replicas, timestep_fs: float, temperat
         xi, eta = noise(state)
         random_position, random_velocity = c5 * eta, c3 * xi - c4 * eta
         velocity = state.momenta / masses
-        velocity = velocity + c1 * state.forces / masses - c2 * velocity + random_velocity
+        velocity = velocity + (c1 * state.forces / masses - c2 * velocity + random_velocity)  # ASE's order
         old = state.positions
         new = torch.where(replicas.held, old, old + dt * velocity + random_position)
         velocity = (new - old - random_position) / dt
         state.positions, state.step = torch.where(moving, new, old), state.step + 1
         _finite_positions(replicas, state)
         evaluate(force_fn, replicas, state)
-        velocity = velocity + c1 * state.forces / masses - c2 * velocity + random_velocity
+        velocity = velocity + (c1 * state.forces / masses - c2 * velocity + random_velocity)  # ASE's order
         momenta = torch.where(replicas.held, 0.0, velocity * masses)
         state.momenta = torch.where(_moving(replicas, state), momenta, state.momenta)
         state.steps[state.live] = state.step

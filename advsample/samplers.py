@@ -20,12 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.md.velocitydistribution import thermalize_momenta
 
+from . import dynamics
 from .attack import AttackConfig, AttackResult, attack
 from .candidates import Candidates
 from .committee import Committee
-from .geometry import GeometryError
 from .objective import Objective
 from .structures import Batch
 
@@ -154,111 +153,52 @@ def committee_forces(committee: Committee) -> ReplicaForces:
     return forces
 
 
-def _langevin_coefficients(dt: float, kT: float, friction: float, masses: np.ndarray) -> tuple:
-    """c1, c2 (scalars) and c3, c4, c5 [N, 1] of ASE's ``Langevin.updatevars``: dt, kT, friction and
-    masses [N, 1] in ASE units."""
-    sigma = np.sqrt(2 * kT * friction / masses)
-    c1 = dt / 2.0 - dt * dt * friction / 8.0
-    c2 = dt * friction / 2 - dt * dt * friction * friction / 8.0
-    c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * friction * sigma / 8.0
-    c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
-    c4 = friction / 2.0 * c5
-    return c1, c2, c3, c4, c5
-
-
 def langevin_frames(
     seeds: Sequence[Atoms], forces: ReplicaForces, temperature_K: float, timestep_fs: float,
     n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
 ) -> list[list[Atoms]]:
     """Langevin MD of all seeds in lockstep: one ``forces`` call per step on a Batch of the live replicas.
 
-    The integrator is ASE's ``Langevin`` (``fixcm=False``; temperature_K in K, timestep_fs in fs,
-    friction in inverse ASE time units) vectorised over replicas: replica i draws from its own
-    ``np.random.default_rng([seed, i])`` what ASE draws (``thermalize_momenta``, then ξ and η
-    [n_i, 3] each step), coordinates held by ``FixAtoms`` / ``FixCartesian`` keep their positions
-    and zero momenta, and positions are not wrapped into periodic cells, so the frames equal one
-    ASE Langevin run per seed with the matching calculator. Returns per seed its frames every
-    ``interval`` steps (copies of the seed with positions and momenta, no calculator). A replica
-    ends alone at a non-finite position or a :class:`~advsample.geometry.GeometryError` (the
-    structures at fault are dropped, the others re-evaluated; that frame is not kept), and, with
-    ``stop_energy_std`` (energy unit), at the first step (0 included) whose σ_E exceeds it: that
-    frame ends the trajectory.
-    (Over 80 lines as one integrator: ASE's Langevin update vectorised in place over the replicas, with two
-    small closures for the guarded force call and the recording; split, the arrays it updates would travel
-    through every piece.)
+    The integrator is :func:`advsample.dynamics.langevin` (its ``step_fn``: ASE's ``Langevin``,
+    ``fixcm=False``; temperature_K in K, timestep_fs in fs, friction in inverse ASE time units)
+    over replicas made by :func:`~advsample.dynamics.make_replicas` (no drift removal): replica i
+    draws from its own ``np.random.default_rng([seed, i])`` what ASE draws (``thermalize_momenta``,
+    then ξ and η [n_i, 3] each step), coordinates held by ``FixAtoms`` / ``FixCartesian`` keep
+    their positions and zero momenta, and positions are not wrapped into periodic cells, so the
+    frames equal one ASE Langevin run per seed with the matching calculator. Returns per seed its
+    frames every ``interval`` steps (copies of the seed with positions and momenta, no
+    calculator). A replica ends alone at a non-finite position, force or σ_E, or a
+    :class:`~advsample.geometry.GeometryError` (the structures at fault are dropped, the others
+    re-evaluated; that frame is not kept), and, with ``stop_energy_std`` (energy unit), at the
+    first step (0 included) whose σ_E exceeds it: that frame ends the trajectory.
     """
-    rngs = [np.random.default_rng([seed, index]) for index in range(len(seeds))]
-    systems = []
-    for atoms, rng in zip(seeds, rngs):
-        system = atoms.copy()
-        system.calc = None
-        thermalize_momenta(system, temperature_K, rng=rng)
-        systems.append(system)
-    frames: list[list[Atoms]] = [[] for _ in systems]
-    if not systems:
+    frames: list[list[Atoms]] = [[] for _ in seeds]
+    if len(seeds) == 0:
         return frames
-    batch = Batch.from_atoms(systems)
-    owner, fixed = batch.structure_index.numpy(), batch.fixed.numpy()  # [N] replica of each atom, [N, 3]
-    n_atoms = [len(system) for system in systems]
-    positions = batch.positions.numpy().copy()  # [N, 3] Å
-    momenta = np.concatenate([system.get_momenta() for system in systems])  # [N, 3]
-    masses = np.concatenate([system.get_masses() for system in systems])[:, None]  # [N, 1]
-    dt = timestep_fs * units.fs
-    c1, c2, c3, c4, c5 = _langevin_coefficients(dt, units.kB * temperature_K, friction, masses)
-    live = np.ones(len(systems), dtype=bool)
+    replicas = dynamics.make_replicas(list(seeds), len(seeds), temperature_K, seed, remove_drift=False)
+    state = dynamics.start_state(replicas)  # its live mask is what ``force_fn`` follows
+    energy_std = np.zeros(replicas.n_replicas)  # σ_E [R] of the last evaluation
 
-    def evaluate() -> tuple[np.ndarray, np.ndarray]:
-        """Forces [N_live, 3] and σ_E [B_live] of the live replicas; a replica the model refuses ends."""
-        while live.any():
-            replicas = np.flatnonzero(live)
-            sub, _ = batch.with_positions(torch.as_tensor(positions)).select(torch.as_tensor(live))
-            try:
-                return forces(sub, replicas)
-            except GeometryError as error:
-                refused = replicas[[s for s in error.structures if s < len(replicas)]]
-                if len(refused) == 0:
-                    raise
-                live[refused] = False
-        return np.zeros((0, 3)), np.zeros(0)
+    def force_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        live = np.flatnonzero(state.live)
+        force, sigma = forces(batch, live)
+        energy_std[live] = sigma
+        # σ_E stands in for the energies: dynamics stops a replica whose value is not finite
+        return torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(force, dtype=torch.float64)
 
-    def record(step: int, energy_std: np.ndarray) -> None:
-        """Frames of the live replicas at ``step``; a replica over ``stop_energy_std`` ends there."""
-        for replica, sigma in zip(np.flatnonzero(live), energy_std):
-            stop = stop_energy_std is not None and sigma > stop_energy_std
+    _, step_fn = dynamics.langevin(force_fn, replicas, timestep_fs, temperature_K, friction)
+    dynamics.evaluate(force_fn, replicas, state)
+    for step in range(n_steps + 1):
+        if step > 0:
+            if not state.live.any():
+                break
+            state = step_fn(state)
+        for replica in np.flatnonzero(state.live):
+            stop = stop_energy_std is not None and energy_std[replica] > stop_energy_std
             if stop or (step % interval == 0 and step > 0):
-                frame = systems[replica].copy()
-                frame.set_positions(positions[owner == replica], apply_constraint=False)
-                frame.set_momenta(momenta[owner == replica], apply_constraint=False)
-                frames[replica].append(frame)
+                frames[replica].append(replicas.frame(state, replica))
             if stop:
-                live[replica] = False
-
-    force, energy_std = evaluate()
-    moving = live[owner]  # [N] atoms of the live replicas; force [N_live, 3] is theirs
-    record(0, energy_std)
-    for step in range(1, n_steps + 1):
-        force, moving = force[live[owner[moving]]], live[owner]  # drop the replicas that ended
-        if not moving.any():
-            break
-        draws = [(rngs[r].standard_normal(size=(n_atoms[r], 3)), rngs[r].standard_normal(size=(n_atoms[r], 3)))
-                 for r in np.flatnonzero(live)]
-        xi, eta = (np.concatenate(values) for values in zip(*draws))
-        mass = masses[moving]
-        random_position = c5[moving] * eta
-        random_velocity = c3[moving] * xi - c4[moving] * eta
-        velocity = momenta[moving] / mass
-        velocity += c1 * force / mass - c2 * velocity + random_velocity
-        old = positions[moving]
-        new = np.where(fixed[moving], old, old + dt * velocity + random_position)
-        velocity = (new - old - random_position) / dt
-        positions[moving] = new
-        live[owner[moving][~np.all(np.isfinite(new), axis=1)]] = False
-        force, energy_std = evaluate()
-        kept, moving = live[owner[moving]], live[owner]
-        mass, velocity, random_velocity = mass[kept], velocity[kept], random_velocity[kept]
-        velocity += c1 * force / mass - c2 * velocity + random_velocity
-        momenta[moving] = np.where(fixed[moving], 0.0, velocity * mass)
-        record(step, energy_std)
+                dynamics._stop(state, [replica], "energy_std over stop_energy_std", step)
     return frames
 
 
