@@ -84,7 +84,7 @@ class Replicas:
     def frame(self, state: "MDState", replica: int) -> Atoms:
         """Replica ``replica`` as ``ase.Atoms`` at ``state``: its start's cell, pbc and constraints."""
         atoms = self.starts[replica].copy()
-        mine = self.owner == replica
+        mine = slice(*np.searchsorted(self.owner, [replica, replica + 1]))  # its atoms are contiguous
         atoms.set_positions(state.positions[mine].cpu().numpy(), apply_constraint=False)
         atoms.set_momenta(state.momenta[mine].cpu().numpy(), apply_constraint=False)
         return atoms
@@ -268,10 +268,12 @@ def langevin(force_fn: ForceFn, replicas: Replicas, timestep_fs: float, temperat
     def init_fn() -> MDState:
         return _initial_state(force_fn, replicas)
 
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # a replica's atoms are contiguous in its Batch
+
     def noise(state: MDState) -> tuple[torch.Tensor, torch.Tensor]:
         xi, eta = np.zeros((len(replicas.owner), 3)), np.zeros((len(replicas.owner), 3))
         for r in np.flatnonzero(state.live):
-            mine = replicas.owner == r
+            mine = slice(first[r], first[r] + sizes[r])
             xi[mine] = replicas.rngs[r].standard_normal(size=(sizes[r], 3))
             eta[mine] = replicas.rngs[r].standard_normal(size=(sizes[r], 3))
         device = state.positions.device
