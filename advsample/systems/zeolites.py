@@ -35,6 +35,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import molecule
 from ase.geometry import get_distances
+from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.spacegroup import crystal
 
 from ..committee import Committee, default_device
@@ -43,12 +44,18 @@ from ..select import SelectionConfig
 from ..structures import labeled, labels_of
 from ..train import TrainConfig
 from . import Metric, System
-from .sodalite import silica_sodalite
 
 CACHE_VERSION = "host-guest-v1"
 
+
+def silica_sodalite() -> Atoms:
+    """All-silica sodalite, cubic cell: Si12 O24, periodic in 3D (IZA: Im-3m, a = 8.965 Å, T at (1/4, 0, 1/2), O at
+    (0.146, 0.146, 1/2); every Si bonded to four O at 1.607 Å)."""
+    return crystal(["Si", "O"], basis=[(0.25, 0.0, 0.5), (0.146, 0.146, 0.5)], spacegroup=229,
+                   cellpar=[8.965] * 3 + [90] * 3)
+
+
 #: name -> (space group, setting, cell parameters (Å, °), [(element, fractional site)], source).
-#: SOD: IZA Database of Zeolite Structures (Im-3m, a = 8.965 Å; built by :func:`.sodalite.silica_sodalite`).
 #: CHA: M. Calligaris, G. Nardin, L. Randaccio, Zeolites 3, 205 (1983), rhombohedral R-3m cell, 36 atoms.
 #: LEV: S. Merlino, E. Galli, A. Alberti, Tschermaks Min. Petr. Mitt. 22, 117 (1975), R-3m, primitive cell, 54 atoms.
 #: (Both as distributed in RASPA2's structures/zeolites/cif, T sites as Si: T–O 1.64–1.67 Å; :func:`framework`
@@ -94,8 +101,6 @@ def framework(name: str, si_o_A: float | None = SILICA_SI_O_A) -> Atoms:
     atoms = crystal([s for s, _ in sites], basis=[p for _, p in sites], spacegroup=spacegroup, setting=setting,
                     cellpar=cellpar, primitive_cell=True)
     if si_o_A is not None:
-        from ase.neighborlist import neighbor_list
-
         i, j, d = neighbor_list("ijd", atoms, 2.0)
         bonds = d[(atoms.numbers[i] == 14) & (atoms.numbers[j] == 8)]
         atoms.set_cell(atoms.cell * (si_o_A / bonds.mean()), scale_atoms=True)
@@ -194,8 +199,6 @@ def builtin_cell(name: str, seed: int = 0, min_distance_A: float = 2.0) -> Atoms
 
 def framework_mask(atoms: Atoms, bond_A: float = 1.9) -> np.ndarray:
     """[N] bool: the silica framework — every Si and every O within ``bond_A`` of a Si (minimum image)."""
-    from ase.neighborlist import neighbor_list
-
     i, j = neighbor_list("ij", atoms, bond_A)
     mask = atoms.numbers == 14
     mask[j[(atoms.numbers[i] == 14) & (atoms.numbers[j] == 8)]] = True
@@ -204,7 +207,6 @@ def framework_mask(atoms: Atoms, bond_A: float = 1.9) -> np.ndarray:
 
 def guest_molecules(atoms: Atoms) -> list[np.ndarray]:
     """Indices of each guest molecule: connected components (covalent radii × 1.2) of the non-framework atoms."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -480,6 +482,30 @@ def host_guest_cells(cells: Sequence[str] | None = None, source: str = "builtin"
     return read_zeolites_json(source, max_atoms=max_atoms, hosts=hosts, guests=guests, ids=cells)
 
 
+def host_guest_settings(smoke: bool, epochs: int, budget: int, energy_ceiling_eV: float | None,
+                        stability_temperature_K: float, stability_timestep_fs: float, batch_size: int,
+                        window: str) -> dict:
+    """``System`` keywords every host–guest system shares (this module's and :mod:`.sodalite`'s): training,
+    selection, attack, MD, the metrics (MD stability; the force error of the subset described by ``window``)."""
+    return dict(
+        train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
+                          batch_size=None if smoke else batch_size, progress=False),
+        selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV),
+        attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
+                "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
+        md={"temperature_K": stability_temperature_K, "timestep_fs": stability_timestep_fs,
+            "n_steps": 20 if smoke else 200, "interval": 10, "n_seeds": 4 if smoke else 8},
+        displacement=0.05, validation_fraction=0.0 if smoke else 0.1,
+        metrics=[
+            Metric("md_stable_fraction", "", lower_is_better=False,
+                   label=f"stable {stability_temperature_K:g} K MD runs", kind="thermal"),
+            Metric("mean_time_to_failure_fs", "fs", lower_is_better=False, label="mean time to MD failure",
+                   kind="thermal"),
+            Metric("window_force_mae", "{E}/Å", label=f"force MAE, {window}"),
+        ],
+    )
+
+
 def host_guest(
     cells: Sequence[str] | None = None,
     source: str = "builtin",
@@ -567,21 +593,7 @@ def host_guest(
         energy_unit="eV",
         kT=kT,
         uncertainty="forces",
-        train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
-                          batch_size=None if smoke else 8, progress=False),
-        selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV),
-        attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
-                "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
-        md={"temperature_K": stability_temperature_K, "timestep_fs": stability_timestep_fs,
-            "n_steps": 20 if smoke else 200, "interval": 10, "n_seeds": 4 if smoke else 8},
-        displacement=0.05,
-        validation_fraction=0.0 if smoke else 0.1,
-        metrics=[
-            Metric("md_stable_fraction", "", lower_is_better=False,
-                   label=f"stable {stability_temperature_K:g} K MD runs", kind="thermal"),
-            Metric("mean_time_to_failure_fs", "fs", lower_is_better=False, label="mean time to MD failure",
-                   kind="thermal"),
-            Metric("window_force_mae", "{E}/Å", label="force MAE, guests pushed towards a window"),
-        ],
         evaluate=evaluate,
+        **host_guest_settings(smoke, epochs, budget, energy_ceiling_eV, stability_temperature_K,
+                              stability_timestep_fs, batch_size=8, window="guests pushed towards a window"),
     )
