@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,19 +35,8 @@ from advsample.structures import labels_of
 
 SPEC = CalculatorSpec("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0})
 SLURM_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "slurm" / "slurm_config.py"
-
-
-def slurm_missing() -> str | None:
-    """Why no Slurm row can run here, or None (an idle node answers ``sinfo``)."""
-    if shutil.which("sinfo") is None:
-        return "no Slurm here (sinfo not installed; sudo tests/slurm/start.sh starts a one-node one)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "Slurm does not answer (sinfo timed out)"
-    if out.returncode != 0 or not re.search(r"\b(idle|mixed)\b", out.stdout):
-        return f"no idle Slurm node ({(out.stderr or out.stdout).strip()[:120] or 'no nodes'})"
-    return None
+sys.path.insert(0, str(SLURM_CONFIG.parents[1]))  # tests/: the Slurm check the tests use
+from slurm.availability import slurm_missing  # noqa: E402
 
 
 def alkane(n_carbons: int = 8) -> Atoms:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -23,26 +22,13 @@ import yaml
 
 pytest.importorskip("parsl")
 
+from slurm.availability import slurm_missing  # noqa: E402  (tests/ is on sys.path)
+
 SLURM = Path(__file__).resolve().parent / "slurm"
 CONFIG = SLURM / "slurm_config.py"  # docs/cluster.md's config, sized for one node
 
 
-def _slurm_missing() -> str | None:
-    """Why the Slurm tests cannot run here, or None."""
-    if shutil.which("sinfo") is None:
-        return "no Slurm here: `sinfo` is not installed (start one with `sudo tests/slurm/start.sh`)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%N %T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "Slurm does not answer: `sinfo` timed out after 15 s"
-    if out.returncode != 0:
-        return f"Slurm is not running: `sinfo` failed ({out.stderr.strip()[:200]}); start it with tests/slurm/start.sh"
-    if not re.search(r"\b(idle|mixed)\b", out.stdout):
-        return f"no idle Slurm node (sinfo: {out.stdout.strip()[:200] or 'no nodes'})"
-    return None
-
-
-REASON = _slurm_missing()
+REASON = slurm_missing()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 
 
