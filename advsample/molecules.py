@@ -358,16 +358,16 @@ def profile_barrier(energies: Sequence[float], end: int | None = None) -> float:
 
 
 def neb_barrier(initial: Atoms, final: Atoms, calculator, n_images: int = 3, fmax: float = 0.05,
-                steps: int = 300, climb: bool = True, unconverged: str = "raise") -> tuple[float, list[Atoms]]:
+                steps: int = 300, climb: bool = True, unconverged: str = "flag") -> tuple[float, list[Atoms]]:
     """Forward barrier (energy unit of ``calculator``) from an ASE NEB between two minima.
 
     ``n_images`` interior images, interpolated linearly (IDPP for molecules), relaxed with
     BFGS to ``fmax`` with a climbing image; works with the reference and with a
     ``CommitteeCalculator``. Returns (E_max − E_initial, the images with ``info["energy"]``
     and ``info["neb_converged"]``). A band that does not converge in ``steps``: with
-    ``unconverged="raise"`` a ``RuntimeError``; with ``"flag"`` the barrier of the last band
-    is returned all the same, its images marked ``info["neb_converged"] = False`` (committee
-    NEBs often do not converge; their unconverged barrier is still a result).
+    ``unconverged="flag"`` (default) the barrier of the last band is returned all the same, its
+    images marked ``info["neb_converged"] = False`` (committee NEBs often do not converge; their
+    unconverged barrier is still a result); with ``"raise"`` a ``RuntimeError``.
     """
     from ase.mep import NEB
 

@@ -72,5 +72,9 @@ def test_neb_barrier_of_the_adatom_hop_is_the_known_one():
     assert barrier == pytest.approx(0.374, abs=0.01)
     assert len(images) == 5 and max(i.info["energy"] for i in images) - images[0].info["energy"] == barrier
     assert images[2].constraints  # the fixed layers stay fixed along the band
+    assert all(image.info["neb_converged"] for image in images)
+    # an unconverged band (a committee's, often) still gives its barrier, flagged on every image
+    short_barrier, short = neb_barrier(initial, final, EMT(), n_images=3, steps=1)
+    assert np.isfinite(short_barrier) and not any(image.info["neb_converged"] for image in short)
     with pytest.raises(RuntimeError, match="NEB did not reach"):
-        neb_barrier(initial, final, EMT(), n_images=3, steps=1)
+        neb_barrier(initial, final, EMT(), n_images=3, steps=1, unconverged="raise")
