@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
@@ -535,9 +534,6 @@ class ActiveLearning:
         return self.seed * 1000 + number * 10 + part
 
     # -- persistence -------------------------------------------------------------------
-    def _round_dir(self, number: int) -> Path:
-        return self.rundir.round_dir(number)
-
     def _save(self, record: RoundRecord) -> None:
         frames = {"train.extxyz": record.train}
         if record.round > 0:
