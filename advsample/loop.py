@@ -83,8 +83,9 @@ class ActiveLearning:
     short schedule :meth:`TrainConfig.continued`, replaying the whole training set (cheaper, but
     it did not hold the errors on every system measured: docs/design.md).
     ``on_regression``: what a round does when its committee is worse than the last on the fixed
-    validation set (beyond the members' spread; :func:`~advsample.train.regression_check`; without
-    a validation set, on the last round's training set): ``"keep"`` (default) carries the last
+    validation set (beyond the members' spread and the set's sampling noise:
+    :func:`~advsample.train.regression_check`; with fewer than 2 validation structures, on the last
+    round's training set): ``"keep"`` (default) carries the last
     committee forward (its new labels stay in the training set, so the next round trains on them);
     ``"continue"`` trains the last committee on the new set instead (continued schedule; the start
     stays each member's best); ``"accept"`` takes the worse one. Always flagged in the round's
@@ -322,8 +323,10 @@ class ActiveLearning:
         last committee on the validation set (else the last training set), ``on_regression`` applied."""
         committee = self._new_committee(number, previous.committee)
         training = self._train(committee, train, validation, number)
-        check = regression_check(previous.committee, committee, validation or previous.train)
-        check["checked_on"] = "validation" if validation else "previous_train"
+        # one validation structure gives no standard error (regression_check): the last training set then
+        checked = validation if len(validation) >= 2 else previous.train
+        check = regression_check(previous.committee, committee, checked)
+        check["checked_on"] = "validation" if checked is validation else "previous_train"
         check["action"] = "none"
         if check["flagged"]:
             worse = ", ".join(f"{k} {check['previous'][k]:.4g} -> {check['now'][k]:.4g}" for k in check["worse"])
@@ -333,11 +336,12 @@ class ActiveLearning:
                 training["retrained"] = self._train(retrained, train, validation, number, warm=True)
                 training["train_s"] += training["retrained"]["train_s"]
                 committee = retrained
-                check["after_continue"] = regression_check(previous.committee, committee, validation or previous.train)
+                check["after_continue"] = regression_check(previous.committee, committee, checked)
             elif self.on_regression == "keep":
                 committee = previous.committee
             message = (f"round {number}: the retrained committee is worse than round {number - 1}'s on the "
-                       f"{check['checked_on'].replace('_', ' ')} set beyond the members' spread ({worse}); "
+                       f"{check['checked_on'].replace('_', ' ')} set beyond the members' spread and the "
+                       f"set's sampling noise ({worse}); "
                        f"on_regression={self.on_regression!r}: " + {
                            "keep": f"round {number - 1}'s committee is carried forward",
                            "continue": f"round {number - 1}'s committee was trained on instead",

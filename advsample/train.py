@@ -311,42 +311,99 @@ def train_committee(
 def member_errors(committee: Committee, atoms_list: Sequence[Atoms]) -> dict:
     """Each member's errors on labeled structures: ``energy_mae`` per atom and ``force_mae``
     (free coordinates only, as in training), lists of length M, in the labels' units (not the
-    committee's normalisation, so two committees normalised apart compare); and the members'
-    spread there: ``energy_sigma`` (per atom) and ``force_sigma`` (per free component), means."""
+    committee's normalisation, so two committees normalised apart compare); the members' spread
+    there: ``energy_sigma`` (per atom) and ``force_sigma`` (per free component), means; and per
+    structure (lists of length N): ``energy_per_structure`` and ``force_per_structure`` (the
+    members' mean error of each structure, same units) and ``n_free`` (its free force components)."""
     energies, forces = labels_of(atoms_list)
     predicted = committee.predict(atoms_list)
+    batch = Batch.from_atoms(atoms_list)
     n_atoms = np.array([len(a) for a in atoms_list], dtype=float)
-    energy_mae = (np.abs(predicted["energies"] - energies[None]) / n_atoms[None]).mean(1)
-    free = ~Batch.from_atoms(atoms_list).fixed.numpy()  # [N, 3]
+    energy_error = np.abs(predicted["energies"] - energies[None]) / n_atoms[None]  # [M, N]
+    free = ~batch.fixed.numpy()  # [atoms, 3]
     force_error = np.abs(predicted["forces"] - forces[None])[:, free]  # [M, free coordinates]
     force_mae = force_error.mean(1) if force_error.shape[1] else np.zeros(committee.n_members)
     force_sigma = predicted["forces"].std(0)[free]
-    return {"energy_mae": energy_mae.tolist(), "force_mae": force_mae.tolist(),
+    owner = np.broadcast_to(batch.structure_index.numpy()[:, None], free.shape)[free]  # structure of each component
+    n_free = np.bincount(owner, minlength=len(atoms_list))
+    per_structure = np.bincount(owner, weights=force_error.mean(0), minlength=len(atoms_list)) / np.maximum(n_free, 1)
+    return {"energy_mae": energy_error.mean(1).tolist(), "force_mae": force_mae.tolist(),
             "energy_sigma": float((predicted["energies"].std(0) / n_atoms).mean()),
-            "force_sigma": float(force_sigma.mean()) if force_sigma.size else 0.0}
+            "force_sigma": float(force_sigma.mean()) if force_sigma.size else 0.0,
+            "energy_per_structure": energy_error.mean(0).tolist(), "force_per_structure": per_structure.tolist(),
+            "n_free": n_free.tolist()}
 
 
-def regression_check(previous: Committee, committee: Committee, atoms_list: Sequence[Atoms]) -> dict:
+def _paired_standard_error(difference: np.ndarray, weights: np.ndarray) -> float:
+    """Standard error of the weighted mean of per-structure differences [N] (weights summing to 1;
+    N ≥ 2): sqrt(N/(N-1) Σ w² (d - d̄)²), for equal weights the familiar std(d, ddof=1)/sqrt(N)."""
+    n = difference.size
+    mean = float((weights * difference).sum())
+    return float(np.sqrt(n / (n - 1) * (weights ** 2 * (difference - mean) ** 2).sum()))
+
+
+def regression_check(previous: Committee, committee: Committee, atoms_list: Sequence[Atoms],
+                     confidence: float = 0.95) -> dict:
     """Is ``committee`` worse than ``previous`` on the fixed validation structures ``atoms_list``?
 
-    For the force MAE and the per-atom energy MAE, the members' mean of each committee is
-    compared: a rise beyond the previous members' spread is a regression. The spread is the
-    previous committee's own σ there (the members' disagreement: force σ per component, energy σ
-    per atom), or the standard deviation of its members' errors, or 1 % of their mean, whichever
-    is largest (learning a new region may cost the old one a little; not more than the committee
-    claims to be unsure by). Returns
-    {"flagged", "worse" (the figures that regressed), "previous"/"now": {figure: member mean},
-    "spread": {figure: the allowed rise}, "n_structures"}.
+    For the force MAE and the per-atom energy MAE (members' means), the rise from ``previous`` to
+    ``committee`` is compared with an allowed rise of two parts:
+
+    * the tolerance: the previous committee's own spread there (force σ per component, energy σ
+      per atom), or the standard deviation of its members' errors, or 1 % of their mean, the
+      largest (learning a new region may cost the old one a little; not more than the committee
+      claims to be unsure by);
+    * the validation set's sampling noise: ``t`` × the standard error of the rise over the N
+      structures, from the paired per-structure differences (each structure's error under the new
+      committee minus under the old; force errors weighted by free components), ``t`` the
+      one-sided Student-t quantile at ``confidence`` with N - 1 degrees of freedom.
+
+    A rise beyond tolerance + t·SE is a regression: a one-sided paired t-test that the rise exceeds
+    the tolerance, at level 1 - ``confidence`` (``p_value`` is its p). On a large set SE → 0 and the
+    rule is the tolerance alone (``confidence=0.5``, t = 0, gives that rule on any set); on 2
+    structures t = 6.31, so a rise must be large and consistent over both to count. A non-finite
+    error is always a regression. With fewer than 2 structures no standard error exists: nothing is
+    flagged unless non-finite, and ``undecided`` says why (the loop checks on the last training set then).
+
+    Returns {"flagged", "worse" (figures that regressed), "previous"/"now": {figure: member mean},
+    "tolerance", "standard_error", "p_value" and "spread" (the whole allowed rise, tolerance + t·SE):
+    {figure: value}, "t", "confidence", "n_structures", "undecided" (None, or why no test was made)}.
     """
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence!r}")
+    n = len(atoms_list)
+    result = {"previous": {}, "now": {}, "tolerance": {}, "standard_error": {}, "p_value": {}, "spread": {},
+              "worse": [], "n_structures": n, "confidence": confidence, "t": None, "undecided": None}
+    if n == 0:
+        result.update(flagged=False, undecided="no structures to check on")
+        return result
+    from scipy.stats import t as student_t
+
+    if n >= 2:
+        result["t"] = float(student_t.ppf(confidence, n - 1))
+    else:
+        result["undecided"] = "1 structure: no standard error, so only a non-finite error is flagged"
     before, after = member_errors(previous, atoms_list), member_errors(committee, atoms_list)
-    result = {"previous": {}, "now": {}, "spread": {}, "worse": [], "n_structures": len(atoms_list)}
     for figure in ("force_mae", "energy_mae"):
         old, new = np.asarray(before[figure]), np.asarray(after[figure])
         sigma = before[figure.replace("_mae", "_sigma")]
-        allowed = max(sigma, float(old.std()), 0.01 * float(old.mean()))
+        tolerance = max(sigma, float(old.std()), 0.01 * float(old.mean()))
+        key = figure.replace("_mae", "_per_structure")
+        difference = np.asarray(after[key]) - np.asarray(before[key])
+        weights = np.asarray(before["n_free"], float) if figure == "force_mae" else np.ones(n)
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(n, 1.0 / n)
+        rise = float(new.mean() - old.mean())
         result["previous"][figure], result["now"][figure] = float(old.mean()), float(new.mean())
-        result["spread"][figure] = allowed
-        if not np.isfinite(new.mean()) or new.mean() - old.mean() > allowed:
+        result["tolerance"][figure] = tolerance
+        if n >= 2:
+            error = _paired_standard_error(difference, weights)
+            result["standard_error"][figure] = error
+            result["spread"][figure] = tolerance + result["t"] * error if error > 0 else tolerance
+            result["p_value"][figure] = float(student_t.sf((rise - tolerance) / error, n - 1)) if error > 0 \
+                else float(not rise > tolerance)
+        else:
+            result["standard_error"][figure] = result["spread"][figure] = result["p_value"][figure] = None
+        if not np.isfinite(new.mean()) or (n >= 2 and rise > result["spread"][figure]):
             result["worse"].append(figure)
     result["flagged"] = bool(result["worse"])
     return result

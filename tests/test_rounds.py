@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ import torch
 from advsample.committee import Committee
 from advsample.models import MLPCommittee
 from advsample.structures import labeled, labels_of
-from advsample.train import TrainConfig, _EarlyStopping, _Targets, regression_check, train_committee
+from advsample.train import TrainConfig, _EarlyStopping, _Targets, member_errors, regression_check, train_committee
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,63 @@ def test_regression_check_flags_a_worse_committee(converged, left_well_data):
     assert check["flagged"] and "force_mae" in check["worse"]
     assert check["now"]["force_mae"] - check["previous"]["force_mae"] > check["spread"]["force_mae"] > 0
     assert not regression_check(worse, converged, validation)["flagged"]  # better is never flagged
+    assert check["n_structures"] == 20 and check["p_value"]["force_mae"] < 0.05
+
+
+def earlier_rule(previous: Committee, committee: Committee, atoms_list) -> bool:
+    """The rule before the validation set's size counted: a rise of the members' mean force or energy
+    MAE beyond max(previous σ, std of its members' errors, 1 % of their mean)."""
+    before, after = member_errors(previous, atoms_list), member_errors(committee, atoms_list)
+    for figure in ("force_mae", "energy_mae"):
+        old, new = np.asarray(before[figure]), np.asarray(after[figure])
+        allowed = max(before[figure.replace("_mae", "_sigma")], old.std(), 0.01 * old.mean())
+        if new.mean() - old.mean() > allowed:
+            return True
+    return False
+
+
+def test_noise_on_two_validation_structures_is_not_flagged(converged, left_well_data):
+    """Two committees of equal quality (the same data, other seeds): neither is worse than the other on
+    the 20 validation structures, yet on some pairs of them the earlier rule flagged one. A paired test
+    over 2 structures (t = 6.31 at 95 %) does not flag those pairs, and flags at most its 5 % overall."""
+    validation = left_well_data[60:80]
+    other = Committee(MLPCommittee(4, (16, 16), seed=1))
+    train_committee(other, left_well_data[:60], validation, TrainConfig(epochs=200, patience=100, progress=False, seed=2))
+    assert not regression_check(converged, other, validation)["flagged"]
+    assert not regression_check(other, converged, validation)["flagged"]
+    pairs = [[validation[i], validation[j]] for i, j in itertools.combinations(range(len(validation)), 2)]
+    earlier = [earlier_rule(converged, other, pair) for pair in pairs]
+    checks = [regression_check(converged, other, pair) for pair in pairs]
+    assert sum(earlier) >= 1  # the case this rule is for: noise the earlier rule called a regression
+    assert not any(c["flagged"] for c, flagged in zip(checks, earlier) if flagged)
+    assert sum(c["flagged"] for c in checks) <= 0.05 * len(pairs)
+    noisy = checks[earlier.index(True)]
+    assert noisy["n_structures"] == 2 and noisy["t"] == pytest.approx(6.314, abs=1e-3)
+    assert noisy["p_value"]["force_mae"] > 0.05 or noisy["p_value"]["energy_mae"] > 0.05
+    assert noisy["spread"]["force_mae"] > noisy["tolerance"]["force_mae"]
+    # confidence=0.5 (t = 0) is the earlier rule on any set
+    assert [regression_check(converged, other, pair, confidence=0.5)["flagged"] for pair in pairs] == earlier
+    with pytest.raises(ValueError, match="confidence"):
+        regression_check(converged, other, pairs[0], confidence=1.0)
+
+
+def test_regression_check_on_one_structure_or_none(converged, left_well_data):
+    """No structure: nothing to check. One: no standard error, so only a non-finite error is flagged
+    (the loop checks on the last training set instead: next test)."""
+    worse = clone(converged)
+    with torch.no_grad():
+        for parameter in worse.model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    assert regression_check(converged, worse, left_well_data[60:80])["flagged"]  # worse on 20 structures
+    empty = regression_check(converged, worse, [])
+    assert not empty["flagged"] and empty["n_structures"] == 0 and "no structures" in empty["undecided"]
+    one = regression_check(converged, worse, left_well_data[60:61])
+    assert not one["flagged"] and one["n_structures"] == 1 and "1 structure" in one["undecided"]
+    assert one["now"]["force_mae"] > one["previous"]["force_mae"] and one["spread"]["force_mae"] is None
+    broken = clone(converged)
+    with torch.no_grad():
+        next(broken.model.parameters()).fill_(float("nan"))
+    assert regression_check(converged, broken, left_well_data[60:61])["worse"] == ["force_mae", "energy_mae"]
 
 
 def test_round_speed_benchmark_quick(tmp_path):
@@ -207,6 +265,28 @@ def test_a_continued_round_starts_from_the_last_members(tmp_path, monkeypatch):
     assert set(saved["timings"]) >= PHASES and "flagged" in saved["regression"]
 
 
+def test_one_validation_structure_checks_on_the_last_training_set(tmp_path):
+    """A validation set of one structure gives no standard error: the round is checked on the last
+    round's training set instead (as without a validation set), and the record says so."""
+    from advsample.loop import ActiveLearning
+    from advsample.samplers import make_sampler
+    from advsample.select import SelectionConfig
+    from advsample.surfaces import double_well_1d
+
+    surface = double_well_1d()
+    run = ActiveLearning(
+        tmp_path / "run", Committee(MLPCommittee(3, (16,), input_axes=(0,), seed=0)), surface,
+        surface.sample(30, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)]), make_sampler("random", n_per_seed=2),
+        selection=SelectionConfig(budget=3, min_distance=0.02), kT=1.0, progress=False, validation_fraction=0.01,
+        train_config=TrainConfig(epochs=60, patience=60), on_regression="accept",
+    )
+    records = run.run(1)
+    assert len(run._fixed_sets()[1]) == 1
+    check = records[1].metrics["regression"]
+    assert check["checked_on"] == "previous_train" and check["n_structures"] == len(records[0].train) == 29
+    assert check["undecided"] is None and check["t"] > 0
+
+
 class PoisonedEMT:
     """A broken reference (as a wrong setting would make one): EMT energies +3 eV and forces
     reversed. New labels from it contradict the initial ones, so training on them makes the
@@ -268,6 +348,9 @@ def test_a_worse_round_is_flagged_and_not_carried_forward(tmp_path, on_regressio
     check = records[1].metrics["regression"]
     assert check["flagged"] and check["checked_on"] == "validation" and check["action"] == on_regression
     assert check["now"]["force_mae"] > check["previous"]["force_mae"] + check["spread"]["force_mae"]
+    # a real ~3x regression: significant on the few validation structures (the noise allowance does not hide it)
+    assert check["n_structures"] >= 2 and check["p_value"]["force_mae"] < 0.05
+    assert check["spread"]["force_mae"] > check["tolerance"]["force_mae"]
     validation = run._fixed_sets()[1]
     before, after = records[0].committee.predict(validation), records[1].committee.predict(validation)
     if on_regression == "keep":  # round 0's committee carried forward, and it is what round 1 reports
