@@ -1,6 +1,8 @@
 """Batched adversarial attack: all seeds move together by gradient ascent on log L_adv.
 
-log L_adv(x + δ) = log σ²(x + δ) − (Ē(x + δ) − E_ref)/kT − log Q, maximised with Adam on
+log L_adv(x + δ) = log σ²(x + δ) − (Ē(x + δ) − E_ref)/kT − log Q (the round's
+:class:`~advsample.objective.BoundObjective`, its per-atom energies or max force variance
+included: :meth:`~advsample.objective.BoundObjective.evaluate`), maximised with Adam on
 δ [N, 3] (δ₀ ~ N(0, σ₀²)), one forward/backward per step for the whole batch. Fixed
 coordinates never move, per-atom displacements are clipped, and a seed that produces NaN,
 brings two atoms closer than ``min_distance`` (minimum image in periodic cells) or is
@@ -27,10 +29,10 @@ from ase import Atoms
 from ase.io import write
 from tqdm.auto import tqdm
 
-from . import uncertainty
 from .candidates import Candidates
 from .committee import Committee
 from .geometry import GeometryError, pair_distances
+from .objective import Objective
 from .parameters import as_number
 from .structures import Batch
 
@@ -55,7 +57,8 @@ class AttackConfig:
     initial_displacement: float = 0.01  # σ₀ of δ₀ ~ N(0, σ₀²) (Å)
     max_displacement: float | None = None  # clip of each atom's |δ| (Å); None: no clip
     min_distance: float = 0.5  # stop a seed when two of its atoms come closer (Å)
-    uncertainty: str | None = None  # "forces" (None): σ²_F per structure; "energy": σ²_E (a run's objective sets it)
+    uncertainty: str | None = None  # "forces" (None): σ²_F per structure; "energy": σ²_E; "forces_max": the
+    # largest per-atom σ²_F (a run's objective sets it; the objective's energy_scale and force_reduction win)
     strain_learning_rate: float | None = None  # Adam step on the cell strain ε of periodic seeds; None: cells fixed
     max_strain: float = 0.05  # clip of each strain component |ε_ab|
     seed: int = 0
@@ -70,8 +73,8 @@ class AttackConfig:
             raise ValueError(f"kT must be positive, got {self.kT}")
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
-        if self.uncertainty not in (None, "forces", "energy"):
-            raise ValueError(f"uncertainty must be 'forces' or 'energy', got {self.uncertainty!r}")
+        if self.uncertainty not in (None, "forces", "energy", "forces_max"):
+            raise ValueError(f"uncertainty must be 'forces', 'energy' or 'forces_max', got {self.uncertainty!r}")
         if self.strain_learning_rate is not None and not self.strain_learning_rate > 0:
             raise ValueError(f"strain_learning_rate must be positive or None, got {self.strain_learning_rate!r}")
         if not 0 < self.max_strain < 1:
@@ -258,8 +261,8 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     config = config or AttackConfig()
     if config.kT is None:
         raise ValueError("AttackConfig.kT is not set: give the attack's temperature (the run's objective sets it)")
-    energy_reference, log_q = _constants(train_energies, config, objective)
-    need_forces_graph = config.uncertainty != "energy"  # None: forces
+    bound = _bound(train_energies, config, objective)  # E_ref, log Q and the score of the round, once
+    need_forces_graph = bound.uncertainty != "energy"
 
     def init_fn(seeds: Sequence[Atoms]) -> AttackState:
         if len(seeds) == 0:
@@ -323,10 +326,9 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
             positions, current = state.stop(too_close & state.active, f"atoms closer than {config.min_distance} Å")
         out, keep_index, positions, current = evaluate(state, positions, current)
         n_structures = state.batch.n_structures
-        variance = _scatter(out.force_variance if need_forces_graph else out.energy_variance, keep_index, n_structures)
+        variance, score = (_scatter(value, keep_index, n_structures) for value in bound.evaluate(out))
         energy_mean = _scatter(out.energy_mean, keep_index, n_structures)
         energy_variance = _scatter(out.energy_variance, keep_index, n_structures)
-        score = uncertainty.adversarial_log_score(variance, energy_mean, config.kT, log_q, energy_reference)
         non_finite = ~torch.isfinite(score) | ~torch.isfinite(energy_mean)
         positions, current = state.stop(non_finite & state.active, "non-finite committee output")
         for key, value in zip(_RECORDED, (positions, variance, energy_mean, score, state.active, current.cells,
@@ -377,14 +379,17 @@ def attack_fns(committee: Committee, train_energies: Sequence[float], config: At
     return init_fn, step_fn
 
 
-def _constants(train_energies: Sequence[float], config: AttackConfig, objective) -> tuple[float, float]:
-    """(E_ref, log Q): the bound objective's, else from ``train_energies`` at the config's kT."""
+def _bound(train_energies: Sequence[float], config: AttackConfig, objective) -> "BoundObjective":
+    """The bound objective (E_ref, log Q, σ² and log L): the round's, else the config's kT and
+    uncertainty bound to ``train_energies`` (total energies, the mean force variance by default)."""
     if objective is not None:
         if objective.kT != config.kT:
             raise ValueError(f"attack: the bound objective's kT={objective.kT!r} differs from AttackConfig.kT={config.kT!r}")
-        return objective.energy_reference, objective.log_q
-    energy_reference = float(np.min(train_energies))
-    return energy_reference, uncertainty.log_partition(train_energies, config.kT, energy_reference)
+        if config.uncertainty is not None and Objective(config.kT, config.uncertainty).uncertainty != objective.uncertainty:
+            raise ValueError(f"attack: the bound objective's uncertainty={objective.uncertainty!r} differs from "
+                             f"AttackConfig.uncertainty={config.uncertainty!r}")
+        return objective
+    return Objective(config.kT, config.uncertainty or "forces").bind(train_energies)
 
 
 def attack_result(state: AttackState, train_energies: Sequence[float], config: AttackConfig,
@@ -403,7 +408,7 @@ def attack_result(state: AttackState, train_energies: Sequence[float], config: A
         stop_step=state.stop_step,
         stop_reason=state.stop_reason,
         kT=config.kT,
-        energy_reference=_constants(train_energies, config, objective)[0],
+        energy_reference=_bound(train_energies, config, objective).energy_reference,
         cells=stacked["cells"] if state.strain is not None else None,
         energy_variance=stacked["energy_variance"],
     )

@@ -149,7 +149,7 @@ def rank(candidates: "Candidates | Sequence[Atoms]", config: SelectionConfig, ob
         key = np.log(np.clip(variance, 1e-30, None))
         key = np.where(np.isfinite(key), key, -np.inf)
     else:
-        key = objective.rank_key(energy, variance, energy_reference)
+        key = objective.rank_key(energy, variance, energy_reference, n_atoms=[len(a) for a in candidates.structures])
     return np.argsort(-key, kind="stable")
 
 

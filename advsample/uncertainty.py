@@ -40,6 +40,23 @@ def force_variance_per_structure(
     return total / count.clamp(min=1)
 
 
+def force_variance_max_per_structure(
+    forces: torch.Tensor, structure_index: torch.Tensor, n_structures: int, free: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[M, N, 3] member forces -> [B] the largest per-atom force variance of each structure.
+
+    An atom's variance is averaged over its free coordinates (``free`` [N, 3] bool, default all);
+    atoms with none are left out, and a structure with none gives 0. Differentiable (the gradient
+    goes to the atom that holds the maximum, split evenly between ties), so the attack can ascend it.
+    """
+    variance = forces.var(dim=0, unbiased=False)  # [N, 3]
+    weights = torch.ones_like(variance) if free is None else free.to(variance.dtype)
+    per_atom = (variance * weights).sum(-1) / weights.sum(-1).clamp(min=1)  # [N], 0 for a fully fixed atom
+    start = torch.zeros(n_structures, dtype=variance.dtype, device=variance.device)
+    # variances are >= 0, so the zero start never hides an atom's value
+    return start.scatter_reduce(0, structure_index, per_atom, reduce="amax", include_self=True)
+
+
 def log_partition(train_energies, kT: float, energy_reference: float | None = None) -> float:
     """log Q = logsumexp(-(E_train - E_ref)/kT) - log n, E_ref defaults to min(E_train)."""
     if kT <= 0:
