@@ -25,7 +25,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -202,6 +202,52 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     frames = {key: np.asarray(value, dtype=float) for key, value in frames.items()}
     return AuditResult(config, rows, per_kT, float(safe), bound, geometries, frames, reach, calibration is not None,
                        time.process_time() - start_time, counts["calls"], counts["evaluations"])
+
+
+class AuditStop:
+    """A stopping rule for :class:`~advsample.loop.ActiveLearning` (``stop_when=``): after a round, audit its
+    committee from ``structures`` at kT up to k_B·``target_temperature_K`` and stop when no geometry over
+    ``force_tolerance`` is within thermal reach below the target (predicted safe T ≥ the target).
+
+    ``kT_fractions``: the sweep as fractions of k_B·T_target; ``every``: audit every this many rounds
+    (others return None); ``config``: the other :class:`AuditConfig` settings. ``results``: (round,
+    :class:`AuditResult`) of every audit run. Build it with :func:`audit_stop`."""
+
+    def __init__(self, structures, target_temperature_K: float, force_tolerance: float,
+                 config: AuditConfig | None = None, kT_fractions: Sequence[float] = (0.25, 0.5, 1.0), every: int = 1,
+                 progress: bool = False):
+        if not (isinstance(target_temperature_K, (int, float)) and target_temperature_K > 0):
+            raise ValueError(f"target_temperature_K must be a positive temperature (K), got {target_temperature_K!r}")
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if not kT_fractions or not all(0 < f <= 1 for f in kT_fractions):
+            raise ValueError(f"kT_fractions must be fractions in (0, 1] of the target's kT, got {kT_fractions!r}")
+        base = config or AuditConfig()
+        self.config = replace(base, force_tolerance=force_tolerance,
+                              kT_values=tuple(f * base.kB * target_temperature_K for f in kT_fractions))
+        self.structures = read_structures(structures)
+        self.target_temperature_K = float(target_temperature_K)
+        self.every, self.progress = every, progress
+        self.results: list[tuple[int, AuditResult]] = []
+
+    def __call__(self, committee, round_index: int, train=None) -> str | None:
+        if round_index % self.every:
+            return None
+        result = audit(committee, self.structures, self.config, progress=self.progress)
+        self.results.append((round_index, result))
+        if result.safe_bound != "lower" and result.safe_temperature_K < self.target_temperature_K * (1 - 1e-9):
+            return None
+        unit, raw = self.config.energy_unit, "" if result.calibrated else ", raw σ: the committee is not calibrated"
+        return (f"audit: no geometry over {self.config.force_tolerance:g} {unit}/Å within thermal reach below "
+                f"{self.target_temperature_K:.0f} K (predicted safe T {_bound_text(result.safe_bound)} "
+                f"{result.safe_temperature_K:.0f} K{raw}; {result.time_s:.1f} s CPU)")
+
+
+def audit_stop(structures, target_temperature_K: float, force_tolerance: float, config: AuditConfig | None = None,
+               kT_fractions: Sequence[float] = (0.25, 0.5, 1.0), every: int = 1, progress: bool = False) -> AuditStop:
+    """The audit as a stopping rule: ``ActiveLearning(..., stop_when=audit_stop(starts, 600, 0.5))``
+    stops when the audit finds no geometry over 0.5 eV/Å within thermal reach below 600 K (see :class:`AuditStop`)."""
+    return AuditStop(structures, target_temperature_K, force_tolerance, config, kT_fractions, every, progress)
 
 
 def _attack_config(config: AuditConfig, kT: float) -> AttackConfig:

@@ -28,6 +28,7 @@ fill its budget is not written as complete (both raise, quoting the last failure
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from concurrent.futures import Executor
@@ -39,6 +40,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from . import __version__
+from .calibration import calibration_from_errors, held_out_errors
 from .committee import Committee
 from .executors import InlineExecutor
 from .label import LabelCache, ReferenceGaveUp, label_until, last_reasons, reference_identity
@@ -104,6 +106,13 @@ class ActiveLearning:
     ``wait``: when another process runs the same ``run_dir`` (its lock, see
     :mod:`advsample.rundir`), False refuses at once (:class:`~advsample.rundir.RunDirBusy`
     naming the directory and the holder's pid and host), True waits for it, then resumes.
+    ``calibration_coverage``: each round's committee gets a calibration (:mod:`advsample.calibration`,
+    conformal at this coverage) fitted on the fixed validation set, kept in its checkpoint; the
+    round's ``metrics.json`` reports it (``calibration``) and the test set's ``force_coverage``. Not
+    fitted (and said so in ``calibration``) with too few validation force components; None: off.
+    ``stop_when(committee, round, train) -> str | None``: asked after each round (round 0 included)
+    with its calibrated committee; a reason ends the run there, recorded as ``stop_reason`` in the
+    round's ``metrics.json`` and printed (:func:`advsample.audit.audit_stop` builds one from the audit).
     """
 
     def __init__(
@@ -129,6 +138,8 @@ class ActiveLearning:
         retry_failures: bool = False,
         wait: bool = False,
         on_regression: str = "keep",
+        calibration_coverage: float | None = 0.95,
+        stop_when: Callable[[Committee, int, list[Atoms]], str | None] | None = None,
     ):
         kT, oversample, seed = as_number(kT, "kT"), as_number(oversample, "oversample", int), as_number(seed, "seed", int)
         validation_fraction = as_number(validation_fraction, "validation_fraction")
@@ -143,6 +154,11 @@ class ActiveLearning:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         if on_regression not in ON_REGRESSION:
             raise ValueError(f"on_regression must be one of {ON_REGRESSION}, got {on_regression!r}")
+        if calibration_coverage is not None and not 0 < as_number(calibration_coverage, "calibration_coverage") < 1:
+            raise ValueError(f"calibration_coverage must be in (0, 1) or None, got {calibration_coverage!r}")
+        if stop_when is not None and not callable(stop_when):
+            raise TypeError(f"stop_when must be a callable(committee, round_index, train) -> str | None, "
+                            f"got {type(stop_when).__name__}")
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
             raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
         reference_identity(reference)  # a clear TypeError for something that is no reference
@@ -171,6 +187,8 @@ class ActiveLearning:
         self.progress = progress
         self.max_consecutive_failures = max_consecutive_failures
         self.retry_failures = bool(retry_failures)
+        self.calibration_coverage = None if calibration_coverage is None else float(calibration_coverage)
+        self.stop_when = stop_when
         self.observers: list[tuple[Callable[[RoundRecord], None], int]] = []
         self.records: list[RoundRecord] = []
 
@@ -230,8 +248,12 @@ class ActiveLearning:
                 for observer, interval in self.observers:
                     if number % interval == 0:
                         observer(record)
+            elif self.stop_when is not None and "stop_reason" not in record.metrics:
+                self._check_stop(record)  # a round finished without the rule: asked now (not written to disk)
             self.records.append(record)
             yield record
+            if self.stop_when is not None and record.metrics.get("stop_reason"):
+                break
 
     # -- rounds ------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -358,6 +380,44 @@ class ActiveLearning:
         timings["metrics_s"] = time.perf_counter() - start
         return metrics
 
+    def _calibrate(self, committee: Committee, validation: list[Atoms], timings: dict) -> dict:
+        """Fit the round's calibration on the fixed validation set and keep it on the committee (so in its
+        checkpoint, and the test metrics report ``force_coverage``); the record says why when it is not fitted:
+        opted out (``calibration_coverage=None``) or too few held-out force components for the conformal
+        guarantee (fewer than coverage/(1 - coverage)). A committee carried forward is refitted on the same set."""
+        if self.calibration_coverage is None:
+            committee.calibration = None
+            return {"fitted": False, "reason": "calibration_coverage=None (opted out)"}
+        start = time.process_time()
+        needed = math.ceil(self.calibration_coverage / (1 - self.calibration_coverage) - 1e-9)
+        errors = held_out_errors(committee, validation) if validation else None  # one committee call
+        n_force = 0 if errors is None else int(errors["force_error"].size)
+        if n_force < needed:
+            committee.calibration = None  # a carried-forward committee keeps no stale calibration either
+            record = {"fitted": False, "reason": f"the validation set has {len(validation)} structures, "
+                      f"{n_force} free force components; the conformal guarantee at coverage "
+                      f"{self.calibration_coverage:g} needs at least {needed}"}
+        else:
+            fitted = calibration_from_errors(**errors, coverage=self.calibration_coverage)
+            committee.calibration = fitted.as_dict()  # saved with the round's checkpoint
+            record = {"fitted": True, "n_structures": len(validation), **fitted.as_dict(),
+                      "energy_guarantee": fitted.n_energy >= needed}
+        timings["calibrate_s"] = time.process_time() - start
+        return record
+
+    def _check_stop(self, record: RoundRecord) -> None:
+        """Ask ``stop_when(committee, round, train)``; a reason (str) is recorded as ``stop_reason`` and printed."""
+        if self.stop_when is None:
+            return
+        start = time.process_time()
+        reason = self.stop_when(record.committee, record.round, record.train)
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"stop_when must return a reason (str) or None, got {type(reason).__name__}")
+        record.metrics["stop_reason"] = reason or None
+        record.metrics.setdefault("timings", {})["stop_s"] = time.process_time() - start
+        if reason:
+            tqdm.write(f"round {record.round}: stopping ({reason})")
+
     @staticmethod
     def _round_time(timings: dict, wall: float, cpu: float) -> dict:
         """The phases plus the whole round's wall and CPU seconds (this process; labels on an
@@ -377,6 +437,7 @@ class ActiveLearning:
         committee = self._new_committee(0, None)
         training = self._train(committee, train, validation, 0)
         timings = {"train_s": training["train_s"]}
+        calibration = self._calibrate(committee, validation, timings)
         evaluation = self._timed_evaluate(committee, test, timings)
         metrics = {
             "round": 0,
@@ -386,9 +447,11 @@ class ActiveLearning:
             **self._call_counts(None, cache, 0),
             "timings": self._round_time(timings, wall, cpu),
             "training": training,
+            "calibration": calibration,
             **evaluation,
         }
         record = RoundRecord(0, metrics, train, committee)
+        self._check_stop(record)
         self._save(record)
         return record
 
@@ -447,6 +510,7 @@ class ActiveLearning:
         train = previous.train + accepted
         committee, training, regression = self._train_round(number, previous, train, validation)
         timings["train_s"] = training["train_s"]
+        calibration = self._calibrate(committee, validation, timings)
         evaluation = self._timed_evaluate(committee, test, timings)
         energies = [a.get_potential_energy() - reference_energy for a in accepted]
         metrics = {
@@ -466,9 +530,11 @@ class ActiveLearning:
             "timings": self._round_time(timings, wall, cpu),
             "training": training,
             "regression": regression,
+            "calibration": calibration,
             **evaluation,
         }
         record = RoundRecord(number, metrics, train, committee, accepted, candidates, proposals)
+        self._check_stop(record)
         self._save(record)
         return record
 

@@ -133,3 +133,71 @@ def test_benchmark_quick_json(tmp_path):
     assert toy["audit_cpu_s"] > 0 and toy["md_cpu_s"] > 0
     for row in toy["committees"]:
         assert 0 <= row["md_stable_fraction_mean"] <= 1 and 0 <= row["force_coverage_conformal"] <= 1
+
+
+# -- the audit as the loop's stopping rule ------------------------------------------------------------
+
+def toy_run(run_dir, stop_when, epochs=300):
+    from advsample.loop import ActiveLearning
+    from advsample.systems import get_system
+
+    system = get_system("double_well_2d", n_initial=64, n_test=60, epochs=epochs, hidden=(32, 32), n_members=4,
+                        attack_steps=20, budget=4, md_steps=10)
+    return ActiveLearning.from_system(system, run_dir, progress=False, validation_fraction=0.3, stop_when=stop_when)
+
+
+STOP_CONFIG = AuditConfig(n_replicas=2, max_starts=8, n_steps=40, learning_rate=0.02, initial_displacement=0.2,
+                          frames_every=2, energy_unit="arb. units")
+
+
+def test_audit_stop_ends_a_run_when_safe_to_the_target_and_not_otherwise(tmp_path):
+    from advsample.audit import audit_stop
+
+    starts = SURFACE.sample(8, seed=7, max_energy=-1.0, region=[(-1.5, 0.0), (-1.2, 1.2)])  # the left well
+    # 1000 K is kT 0.086 (the wells' barrier is ~4 units): once trained, nothing over tolerance is within reach
+    low = audit_stop(starts, 1000.0, 2.0, STOP_CONFIG)
+    records = toy_run(tmp_path / "low", low).run(2)
+    assert len(records) < 3 and records[-1].metrics["stop_reason"].startswith("audit: no geometry over 2")
+    assert all(record.metrics["stop_reason"] is None for record in records[:-1])
+    assert low.results[-1][1].safe_temperature_K >= 1000.0 and low.results[-1][1].calibrated
+    # 10⁵ K (kT 8.6) reaches the right well the data never held: the audit never clears it
+    high = audit_stop(starts, 1e5, 2.0, STOP_CONFIG)
+    records = toy_run(tmp_path / "high", high).run(2)
+    assert len(records) == 3 and all(record.metrics["stop_reason"] is None for record in records)
+    assert [r for r, _ in high.results] == [0, 1, 2]
+    assert max(result.safe_temperature_K for _, result in high.results) < 1e5 / 2
+
+
+@pytest.mark.filterwarnings("ignore::advsample.loop.RoundRegressionWarning")  # 40 epochs: a rough toy
+def test_stop_when_is_recorded_and_honoured_on_resume(tmp_path):
+    asked = []
+
+    def rule(committee, round_index, train):
+        asked.append((round_index, len(train)))
+        return "enough" if round_index == 1 else None
+
+    records = toy_run(tmp_path / "run", rule, epochs=40).run(3)
+    assert [record.round for record in records] == [0, 1] and asked == [(0, 45), (1, 49)]
+    metrics = json.loads((tmp_path / "run" / "round_001" / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "enough" and metrics["timings"]["stop_s"] >= 0
+    assert not (tmp_path / "run" / "round_002").exists()
+    # resumed with the rule: the stored reason stops it again without asking; without the rule it goes on
+    assert [record.round for record in toy_run(tmp_path / "run", rule, epochs=40).run(3)] == [0, 1]
+    assert len(asked) == 2
+    assert [record.round for record in toy_run(tmp_path / "run", None, epochs=40).run(2)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("stop_when, error", [("audit", TypeError), (lambda c, r, t: 1, TypeError)])
+def test_bad_stop_rules_are_refused(tmp_path, stop_when, error):
+    with pytest.raises(error, match="stop_when must"):
+        toy_run(tmp_path / "run", stop_when, epochs=10).run(0)
+
+
+def test_bad_audit_stop_settings_are_refused():
+    from advsample.audit import audit_stop
+
+    starts = SURFACE.sample(2, seed=7)
+    for kwargs, message in [({"target_temperature_K": -1.0}, "target_temperature_K"), ({"every": 0}, "every"),
+                            ({"kT_fractions": (2.0,)}, "kT_fractions"), ({"force_tolerance": 0.0}, "force_tolerance")]:
+        with pytest.raises(ValueError, match=message):
+            audit_stop(starts, **{"target_temperature_K": 500.0, "force_tolerance": 1.0, **kwargs})

@@ -114,3 +114,55 @@ def test_test_errors_report_coverage_beside_miscalibration_area(trained):
     report = calibration_report(calibration, committee, test)
     assert errors["force_coverage"] == pytest.approx(report["force_coverage_conformal"])
     assert errors["force_coverage_stated"] == 0.9 and "force_miscalibration_area" in errors
+
+
+# -- per-round calibration in the active-learning loop ------------------------------------------------
+
+def toy_run(run_dir, **overrides):
+    from advsample.loop import ActiveLearning
+    from advsample.systems import get_system
+
+    system = get_system("double_well_2d", n_initial=64, n_test=60, epochs=150, hidden=(32, 32), n_members=4,
+                        attack_steps=20, budget=4, md_steps=10)
+    return ActiveLearning.from_system(system, run_dir, progress=False, **{"validation_fraction": 0.3, **overrides})
+
+
+def test_each_round_is_calibrated_on_validation_and_reports_coverage(tmp_path):
+    import json
+
+    records = toy_run(tmp_path / "run").run(2)
+    assert len(records) == 3
+    for record in records:
+        folder = tmp_path / "run" / f"round_{record.round:03d}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        # fitted on the fixed validation set (30 % of 64 initial structures: 19, one atom with 2 free coordinates)
+        assert metrics["calibration"]["fitted"] and metrics["calibration"]["n_structures"] == 19
+        assert metrics["calibration"]["n_force"] == 38 and metrics["calibration"]["force_scale"] > 0
+        saved = calibration_of(Committee.load(folder / "committee.pt"))
+        assert saved is not None and saved.force_scale == metrics["calibration"]["force_scale"]
+        # coverage of the calibrated intervals on the test set, beside the miscalibration areas
+        test = metrics["test"]
+        assert 0 < test["force_coverage"] <= 1 and test["force_coverage_stated"] == 0.95
+        assert "force_miscalibration_area" in test and "force_miscalibration_area_calibrated" in test
+        assert metrics["timings"]["calibrate_s"] >= 0
+    # the coverage is that of the stored calibration on the test set (recomputed here, not copied)
+    from ase.io import read
+
+    from advsample.metrics import test_errors
+    last = records[-1]
+    test_set = read(tmp_path / "run" / "test.extxyz", ":")
+    assert test_errors(last.committee, test_set)["force_coverage"] == pytest.approx(
+        last.metrics["test"]["force_coverage"])
+
+
+def test_round_calibration_skipped_with_a_reason_or_opted_out(tmp_path):
+    small = toy_run(tmp_path / "small", validation_fraction=0.1).run(0)[0]  # 6 structures, 12 force components
+    assert not small.metrics["calibration"]["fitted"]
+    assert "12 free force components" in small.metrics["calibration"]["reason"]
+    assert "needs at least 19" in small.metrics["calibration"]["reason"]
+    assert small.committee.calibration is None and "force_coverage" not in small.metrics["test"]
+    off = toy_run(tmp_path / "off", calibration_coverage=None).run(0)[0]
+    assert off.metrics["calibration"] == {"fitted": False, "reason": "calibration_coverage=None (opted out)"}
+    assert "force_coverage" not in off.metrics["test"]
+    with pytest.raises(ValueError, match="calibration_coverage must be in"):
+        toy_run(tmp_path / "bad", calibration_coverage=1.5)
