@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .samplers import SAMPLERS
+from .timings import run_timings
 
 RULES = {  # advsample.parameters.check_parameters rules of the notebooks' parameters cells
     "n_rounds": ">= 0", "labels_per_round": ">= 1", "kT": "> 0", "n_members": ">= 2",
@@ -111,13 +112,16 @@ class ToyStudy:
         return round_attack(self.records[1], self.run_dir)
 
     def summary(self, notebook: str, path: str | Path = "summary.json") -> dict:
-        """Key numbers (test force MAE at round 0 and at the end, labels) written to ``path``."""
+        """Key numbers (test force MAE at round 0 and at the end, labels, the run's CPU seconds, every
+        round's phase times: :func:`~advsample.timings.run_timings`) written to ``path``."""
         initial_mae = self.records[0].metrics["test"]["force_mae"]
         final_mae = self.records[-1].metrics["test"]["force_mae"]
+        timings = run_timings([r.metrics.get("timings") for r in self.records], [r.round for r in self.records])
         result = {
             "notebook": notebook, "rounds": self.records[-1].round, "labels_used": self.records[-1].metrics["labels_used"],
             "test_force_mae_initial": initial_mae, "test_force_mae_final": final_mae,
             "improvement": initial_mae / final_mae, "smoke": self.smoke,
+            "cpu_s": timings["cpu_s"], "timings": timings,
         }
         Path(path).write_text(json.dumps(result, indent=2))
         return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -359,3 +360,60 @@ def test_a_worse_round_is_flagged_and_not_carried_forward(tmp_path, on_regressio
     else:
         assert not np.allclose(after["energies"], before["energies"])
     assert len(records[1].train) == len(records[0].train) + 6  # the labels are kept either way
+
+
+# -- summary.json: the rounds' phase times and each method's CPU seconds --------------------------
+@pytest.mark.filterwarnings("ignore::advsample.loop.RoundRegressionWarning")  # 40 epochs: the check may flag
+def test_summary_json_carries_every_rounds_phase_times(tmp_path):
+    from advsample.systems.ammonia import summary as ammonia_summary
+    from advsample.timings import run_timings
+    from advsample.toy_study import ToyStudy
+
+    study = ToyStudy("double_well_1d", smoke=True, n_rounds=1, epochs=40, run_dir=tmp_path / "toy")
+    study.run(verbose=False)
+    result = study.summary("01_double_well_1d", tmp_path / "summary.json")
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    on_disk = [json.loads((tmp_path / "toy" / f"round_{k:03d}" / "metrics.json").read_text())["timings"] for k in (0, 1)]
+    per_round = saved["timings"]["per_round"]
+    assert [row["round"] for row in per_round] == [0, 1]
+    for row, timings in zip(per_round, on_disk):  # each round's record, as its metrics.json has it
+        assert {k: v for k, v in row.items() if k != "round"} == pytest.approx(timings)
+    assert set(per_round[1]) >= PHASES and per_round[1]["cpu_s"] > 0
+    total = saved["timings"]["total"]
+    assert total["train_s"] == pytest.approx(on_disk[0]["train_s"] + on_disk[1]["train_s"])
+    assert total["label_s"] == pytest.approx(on_disk[1]["label_s"])  # round 0 labels nothing
+    assert saved["cpu_s"] == pytest.approx(on_disk[0]["cpu_s"] + on_disk[1]["cpu_s"])
+    assert saved["timings"]["later_rounds_cpu_s"] == pytest.approx(on_disk[1]["cpu_s"])
+    # the NH3 notebook's summary (from its rows) carries the same
+    keys = ("barrier_error_kcal_mol", "md_stable_fraction", "min_abs_height_candidates_A", "min_abs_height_selected_A")
+    rows = [{"round": r.round, "labels_used": r.metrics["labels_used"], **dict.fromkeys(keys),
+             "timings": r.metrics["timings"]} for r in study.records]
+    nh3 = ammonia_summary(rows)
+    assert nh3["cpu_s"] == pytest.approx(saved["cpu_s"]) and nh3["timings"]["per_round"] == per_round
+    # rounds without timings (older records) count as missing, not as zero seconds of a phase
+    partial = run_timings([None, {"cpu_s": 2.0, "label_s": 1.0, "note": "x", "bad": float("nan")}])
+    assert partial["per_round"] == [{"round": 0}, {"round": 1, "cpu_s": 2.0, "label_s": 1.0}]
+    assert partial["total"] == {"cpu_s": 2.0, "label_s": 1.0} and partial["later_rounds_cpu_s"] == 2.0
+    assert run_timings([None])["cpu_s"] is None
+    with pytest.raises(ValueError, match="rounds"):
+        run_timings([{}, {}], rounds=[0])
+
+
+def test_comparison_summary_carries_each_methods_cpu_seconds(tmp_path):
+    """Rows as the comparison writes and reads them back (CSV): each method's CPU seconds summed over
+    its rounds per seed, then mean/min/max over seeds; a row without cpu_s (an older CSV) is missing."""
+    from advsample import compare
+    from advsample.timings import method_cpu_seconds
+
+    rows = [{"system": "double_well_1d", "method": method, "seed": seed, "round": k, "labels": 3 * k,
+             "cpu_s": cpu} for method, base in (("adversarial", 1.0), ("random", 0.5))
+            for seed in (0, 1) for k, cpu in enumerate((base, base * (2 + seed), base * (3 + seed)))]
+    rows.append({"system": "double_well_1d", "method": "md", "seed": 0, "round": 0, "labels": 0, "cpu_s": math.nan})
+    back = compare.read_rows(compare.write_rows(rows, tmp_path / "rows.csv"))
+    cpu = method_cpu_seconds(back)
+    assert cpu["adversarial"]["per_seed"] == {0: pytest.approx(6.0), 1: pytest.approx(8.0)}
+    assert (cpu["adversarial"]["mean"], cpu["adversarial"]["min"], cpu["adversarial"]["max"]) == \
+        (pytest.approx(7.0), pytest.approx(6.0), pytest.approx(8.0))
+    assert cpu["random"]["mean"] == pytest.approx(3.5)
+    assert cpu["md"] == {"mean": None, "min": None, "max": None, "per_seed": {}}

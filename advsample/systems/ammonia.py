@@ -38,6 +38,7 @@ from ..models.schnet import SchNetCommittee
 from ..molecules import KCAL_PER_MOL, basin_frames, relabel_xtb, relax, xtb_calculator
 from ..select import SelectionConfig
 from ..structures import labeled, labels_of
+from ..timings import run_timings
 from ..train import TrainConfig
 from . import Metric, System
 
@@ -321,7 +322,8 @@ def committee_metrics(md_starts: Sequence[Atoms], reference=None, path: Sequence
 
 def round_row(record: RoundRecord) -> dict:
     """One round in numbers: labels, barrier and its error (kcal/mol), MD-stable fraction,
-    smallest |h| (Å) among the attack's candidates and the labeled picks, picks' xTB energies (eV)."""
+    smallest |h| (Å) among the attack's candidates and the labeled picks, picks' xTB energies (eV),
+    the round's phase times (``timings``: wall and CPU seconds, as in its metrics.json)."""
     extra = record.metrics.get("extra", {})
     test = record.metrics.get("test", {})
     row = {
@@ -337,6 +339,7 @@ def round_row(record: RoundRecord) -> dict:
         "min_abs_height_selected_A": None,
         "selected_reference_energies_eV": record.metrics.get("selected_reference_energies", []),
         "outside_energy_window": len(record.metrics.get("outside_energy_window", [])),
+        "timings": dict(record.metrics.get("timings", {})),
     }
     if record.candidates:
         row["min_abs_height_candidates_A"] = float(np.abs(umbrella_heights(record.candidates)).min())
@@ -346,8 +349,10 @@ def round_row(record: RoundRecord) -> dict:
 
 
 def summary(rows: Sequence[dict], smoke: bool = False) -> dict:
-    """Key numbers of a run (what ``summary.json`` and the benchmark report)."""
+    """Key numbers of a run (what ``summary.json`` and the benchmark report), with the run's CPU
+    seconds and every round's phase times (:func:`~advsample.timings.run_timings`)."""
     first, last = rows[0], rows[-1]
+    timings = run_timings([row.get("timings") for row in rows], [row["round"] for row in rows])
     round1 = rows[1] if len(rows) > 1 else {}
     return {
         "barrier_error_kcal_mol_initial": first["barrier_error_kcal_mol"],
@@ -358,6 +363,8 @@ def summary(rows: Sequence[dict], smoke: bool = False) -> dict:
         "md_stable_final": last["md_stable_fraction"],
         "labels_used": last["labels_used"],
         "smoke": bool(smoke),
+        "cpu_s": timings["cpu_s"],
+        "timings": timings,
     }
 
 
