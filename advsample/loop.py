@@ -95,9 +95,10 @@ class ActiveLearning:
     reference: the labeling calculator (ASE calculator or ``label.CalculatorSpec``).
     initial / test: labeled structures; ``validation_fraction`` of ``initial`` becomes the
     fixed validation set. ``oversample``: new points count this many times in training.
-    ``kT`` (the reference's energy unit) and ``uncertainty`` (``"forces"`` | ``"energy"``) are
-    the run's :class:`~advsample.objective.Objective`, given once: every sampler proposes
-    with it and selection ranks by its score.
+    ``kT`` (the reference's energy unit) and ``uncertainty`` (``"forces"`` | ``"energy"`` |
+    ``"forces_max"``), with ``energy_scale`` (``"total"`` | ``"per_atom"``) and ``force_reduction``
+    (``"mean"`` | ``"max"``), are the run's :class:`~advsample.objective.Objective`, given once:
+    every sampler proposes with it and selection ranks by its score.
     ``extra_metrics(committee) -> dict`` adds problem-specific figures (e.g. a barrier).
     ``max_consecutive_failures``: failed reference calls in a row after which the run stops
     with :class:`label.ReferenceGaveUp` (None: never). ``retry_failures``: recompute
@@ -134,6 +135,8 @@ class ActiveLearning:
         progress: bool = True,
         kT: float = 1.0,
         uncertainty: str = "forces",
+        energy_scale: str = "total",
+        force_reduction: str = "mean",
         max_consecutive_failures: int | None = 20,
         retry_failures: bool = False,
         wait: bool = False,
@@ -145,7 +148,7 @@ class ActiveLearning:
         validation_fraction = as_number(validation_fraction, "validation_fraction")
         if max_consecutive_failures is not None:
             max_consecutive_failures = as_number(max_consecutive_failures, "max_consecutive_failures", int)
-        self.objective = Objective(kT, uncertainty)  # fails before anything is paid for
+        self.objective = Objective(kT, uncertainty, energy_scale, force_reduction)  # fails before anything is paid for
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
         if test:
             labels_of(test)
@@ -459,7 +462,8 @@ class ActiveLearning:
         timings = {"sample_s": 0.0, "select_s": 0.0, "label_s": 0.0}
         wall, cpu = time.perf_counter(), time.process_time()
         train_energies, _ = labels_of(previous.train)
-        objective = self.objective.bind(train_energies)  # the round's E_min and log Q, once
+        # the round's E_min and log Q, once (the training sizes: per-atom energies, if the objective reads them)
+        objective = self.objective.bind(train_energies, n_atoms=[len(a) for a in previous.train])
         reference_energy = objective.energy_reference
         train_variance = objective.score(previous.committee, previous.train).variance
         accepted, proposals, candidates, committee_energies = [], [], [], []

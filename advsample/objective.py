@@ -83,6 +83,12 @@ class Objective:
         if self.energy_scale not in ENERGY_SCALES:
             raise ValueError(f"energy_scale must be one of {ENERGY_SCALES}, got {self.energy_scale!r}")
 
+    def __repr__(self) -> str:
+        # the options appear only when set: a default objective reads as before (run settings compare it)
+        options = "".join(f", {name}={getattr(self, name)!r}" for name, default in
+                          (("energy_scale", "total"), ("force_reduction", "mean")) if getattr(self, name) != default)
+        return f"Objective(kT={self.kT!r}, uncertainty={self.uncertainty!r}{options})"
+
     def log_partition(self, train_energies) -> float:
         """log Q of the training energies [n] at kT, relative to their minimum."""
         return uncertainty.log_partition(train_energies, self.kT, float(np.min(train_energies)))

@@ -5,6 +5,7 @@ labels against ten times fewer adversarial ones.
         [--gen1-labels 150] [--labels 50] [--trajectories 128] [--md-steps 4000] [--integrators nve,langevin]
         [--temperature-K 1000] [--effective-temperature-K 500] [--gen1-temperature-K 300]
         [--kT-sweep 0.05,10] [--seed-choice random|sigma] [--seed-choice-sweep] [--uncertainty-sweep]
+        [--objective-sweep]
         [--epochs E] [--scratch] [--energy-tolerance eV] [--out DIR] [--reuse] [--workers N] [--quick] [--json]
 
 Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
@@ -22,9 +23,11 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   ``gen2+md_N10`` and ``gen2+random_N10``; with ``--kT-sweep`` also ``gen2+adversarial_kT<x>_N10``,
   with ``--seed-choice-sweep`` ``gen2+adversarial_sigmaseeds_N10`` (attack seeds: the training
   points of highest σ instead of random ones), with ``--uncertainty-sweep``
-  ``gen2+adversarial_energy_N10`` (σ²_E instead of the mean per-atom force variance; the
-  per-atom *max* force variance and per-atom energies in the Boltzmann factor are not in the
-  package's objective: its Boltzmann factor is the structure's total Ē).
+  ``gen2+adversarial_energy_N10`` (σ²_E instead of the mean per-atom force variance), with
+  ``--objective-sweep`` the authors' objective options (docs/design.md, "The paper's objective"):
+  ``gen2+adversarial_peratom_N10`` (per-atom energies Ē/N in the Boltzmann factor,
+  ``Objective(energy_scale="per_atom")``, as their zeolite attack) and
+  ``gen2+adversarial_forcesmax_N10`` (the largest per-atom force variance, ``"forces_max"``).
 
 An arm adds its labels to its parent's training set and continues training the parent's
 weights (``TrainConfig.continued()``; ``--scratch``: fresh weights and the full schedule).
@@ -75,7 +78,8 @@ class Arm:
     """One arm: ``parent`` arm (None: trained on the reference-MD set), ``method`` (a sampler name
     of :func:`advsample.samplers.make_method`, ``adversarial_kT<x>`` included), ``fraction`` of N
     labels, ``seed_choice`` of the attack (``random`` | ``sigma``), ``uncertainty`` (None: the
-    System's)."""
+    System's; ``"forces_max"``: the largest per-atom force variance), ``energy_scale`` of the
+    objective's Boltzmann factor (``"total"`` | ``"per_atom"``)."""
 
     name: str
     parent: str | None
@@ -83,10 +87,11 @@ class Arm:
     fraction: float = 0.0
     seed_choice: str = "random"
     uncertainty: str | None = None
+    energy_scale: str = "total"
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
-         uncertainty_sweep: bool = False) -> list[Arm]:
+         uncertainty_sweep: bool = False, objective_sweep: bool = False) -> list[Arm]:
     """The experiment's arms, parents before children."""
     out = [Arm("gen1", None, None),
            Arm("md_N", "gen1", "md", 1.0),
@@ -104,6 +109,9 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
         out.append(Arm(f"gen2+adversarial_{other}seeds_N10", "md_N", "adversarial", 0.1, other))
     if uncertainty_sweep:
         out.append(Arm("gen2+adversarial_energy_N10", "md_N", "adversarial", 0.1, seed_choice, "energy"))
+    if objective_sweep:  # the authors' objective options, one at a time
+        out += [Arm("gen2+adversarial_peratom_N10", "md_N", "adversarial", 0.1, seed_choice, energy_scale="per_atom"),
+                Arm("gen2+adversarial_forcesmax_N10", "md_N", "adversarial", 0.1, seed_choice, "forces_max")]
     return out
 
 
@@ -130,7 +138,9 @@ def make_arm_sampler(system, arm: Arm, budget: int, n_train: int):
 
     sampler, objective = make_method(system, arm.method)
     if arm.uncertainty is not None:
-        objective = replace(objective, uncertainty=arm.uncertainty)
+        objective = replace(objective, uncertainty=arm.uncertainty)  # "forces_max" sets force_reduction="max"
+    if arm.energy_scale != "total":
+        objective = replace(objective, energy_scale=arm.energy_scale)
     if isinstance(sampler, AdversarialSampler):
         n_seeds = min(n_train, max(2 * budget, sampler.n_seeds or 0))
         sampler = replace(sampler, n_seeds=n_seeds)
@@ -351,7 +361,7 @@ def load_arm(out: str, arm: str, seed: int, settings: dict):
 # -- jobs: one (arm, seed) each, in waves (Gen1; its arms; Gen2's arms) -----------------------
 def selected_arms(args) -> list[Arm]:
     """The arms to run: all of the experiment, or ``--arms`` (their parents must be run or on disk)."""
-    every = arms(args.kT_sweep, args.seed_choice, args.seed_choice_sweep, args.uncertainty_sweep)
+    every = arms(args.kT_sweep, args.seed_choice, args.seed_choice_sweep, args.uncertainty_sweep, args.objective_sweep)
     return [a for a in every if not args.arms or a.name in args.arms]
 
 
@@ -693,6 +703,8 @@ def parse(argv=None):
     add("--seed-choice", choices=("random", "sigma"), default="random", help="the attack's seeds")
     add("--seed-choice-sweep", action="store_true", help="also a Gen2 attack arm with the other seed choice")
     add("--uncertainty-sweep", action="store_true", help="also a Gen2 attack arm on the energy variance")
+    add("--objective-sweep", action="store_true",
+        help="also Gen2 attack arms with the authors' per-atom energies and max force variance")
     add("--epochs", type=int, default=None, help="max training epochs (the System's by default)")
     add("--scratch", action="store_true", help="arms retrain from fresh weights instead of continuing the parent's")
     add("--energy-tolerance", type=float, default=None,
@@ -734,7 +746,11 @@ def parse(argv=None):
     if any(kT <= 0 for kT in args.kT_sweep):
         parser.error(f"--kT-sweep: kT must be positive, got {args.kT_sweep}")
     args.arms = [a for a in args.arms.split(",") if a]
-    known = [a.name for a in arms(args.kT_sweep, args.seed_choice, args.seed_choice_sweep, args.uncertainty_sweep)]
+    if args.objective_sweep and args.seed_choice == "sigma":
+        parser.error("--objective-sweep: its arms take random seeds (the highest-sigma seeding scores with the "
+                     "default objective); drop --seed-choice sigma")
+    known = [a.name for a in arms(args.kT_sweep, args.seed_choice, args.seed_choice_sweep, args.uncertainty_sweep,
+                                  args.objective_sweep)]
     if any(a not in known for a in args.arms):
         parser.error(f"--arms: unknown arm in {args.arms}; the arms are {known}")
     args.per_seed = -(-args.trajectories // args.seeds)

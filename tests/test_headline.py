@@ -118,3 +118,23 @@ def test_neb_barrier_flags_an_unconverged_band():
     with pytest.raises(ValueError, match="unconverged"):
         neb_barrier(start, end, EMT(), unconverged="ignore")
     assert relaxed(start, EMT()).get_positions().shape == start.get_positions().shape
+
+
+def test_objective_sweep_adds_the_papers_objective_arms():
+    """--objective-sweep: two Gen2 attack arms from md_N with the authors' per-atom energies and max
+    force variance in their objective; refused with the highest-σ seeding (it scores by the default)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+    from advsample.systems import get_system
+
+    sweep = {"gen2+adversarial_peratom_N10", "gen2+adversarial_forcesmax_N10"}
+    chosen = {a.name: a for a in headline.selected_arms(headline.parse(["--quick", "--objective-sweep"]))}
+    assert sweep <= set(chosen) and {chosen[name].parent for name in sweep} == {"md_N"}
+    assert not sweep & {a.name for a in headline.selected_arms(headline.parse(["--quick"]))}
+    system = get_system("double_well_2d")
+    _, per_atom = headline.make_arm_sampler(system, chosen["gen2+adversarial_peratom_N10"], 1, 10)
+    _, largest = headline.make_arm_sampler(system, chosen["gen2+adversarial_forcesmax_N10"], 1, 10)
+    assert (per_atom.energy_scale, per_atom.force_reduction) == ("per_atom", "mean")
+    assert (largest.energy_scale, largest.force_reduction, largest.uncertainty) == ("total", "max", "forces")
+    with pytest.raises(SystemExit):
+        headline.parse(["--quick", "--objective-sweep", "--seed-choice", "sigma"])
