@@ -128,3 +128,86 @@ def test_plots_import_without_ipywidgets():
     code = "import sys; sys.modules['ipywidgets'] = None; sys.modules['nglview'] = None; " \
            "import advsample.viz.plots, advsample.viz.widgets"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- one periodic structure coloured by the committee's per-atom force σ (advsample.viz.per_atom) --
+@pytest.fixture(scope="module")
+def guest_in_cell():
+    """NH3 in a cavity of a periodic Al cell (23 atoms: a small host–guest stand-in), a 3-member SchNet
+    and its σ per atom."""
+    from ase.build import bulk, molecule
+
+    from advsample.models.schnet import SchNetCommittee
+    from advsample.viz.molecules import per_atom_sigma
+
+    host = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
+    del host[[a.index for a in host if np.linalg.norm(a.position - 4.05) < 3.0]]  # a cavity: 13 atoms out
+    guest = molecule("NH3")
+    guest.translate(host.cell.sum(0) / 2)
+    cell = host + guest
+    committee = Committee(SchNetCommittee(n_members=3, species=(1, 7, 13), n_features=8, n_interactions=1,
+                                          cutoff=4.0, seed=0))
+    return cell, committee, per_atom_sigma([cell], committee)[0]
+
+
+def test_per_atom_ngl_colours_every_atom_by_its_sigma(guest_in_cell):
+    from advsample.viz.per_atom import per_atom_ngl
+
+    pytest.importorskip("nglview")
+    cell, _, sigma = guest_in_cell
+    assert sigma.shape == (len(cell),) and sigma.std() > 0
+    view = per_atom_ngl(cell, sigma, vmax=2 * sigma.max())
+    pdb = next(m for m in view._ngl_msg_archive if m["methodName"] == "loadFile")["args"][0]["data"]
+    atoms = [line for line in pdb.splitlines() if line.startswith(("ATOM", "HETATM"))]
+    assert len(atoms) == len(cell)
+    bfactor = np.array([float(line[60:66]) for line in atoms])
+    assert np.allclose(bfactor, 100 * sigma / (2 * sigma.max()), atol=0.006)  # PDB: two decimals
+    representations = view._ngl_repr_dict["0"]
+    params = representations["0"]["params"]
+    assert params["colorScheme"] == "bfactor" and params["colorDomain"] == [0, 100]
+    assert any(r["type"] == "unitcell" for r in representations.values())  # periodic: the cell drawn
+    with pytest.raises(ValueError, match="23 atoms, got 22 values"):
+        per_atom_ngl(cell, sigma[:-1])
+
+
+def test_per_atom_figure_and_legend_are_labelled(guest_in_cell):
+    from advsample.viz.per_atom import per_atom_figure, value_legend
+
+    cell, _, sigma = guest_in_cell
+    fig = per_atom_figure(cell, sigma, title="NH3 in Al")
+    assert_labeled(fig)
+    structure, per_atom = fig.axes[:2]
+    assert "Å" in structure.get_xlabel() and "eV/Å" in per_atom.get_ylabel()
+    drawn = structure.collections[-1].get_array()
+    assert len(drawn) == len(cell) and np.allclose(np.sort(drawn), np.sort(sigma))
+    plotted = np.concatenate([line.get_ydata() for line in per_atom.lines])
+    assert len(plotted) == len(cell) and np.allclose(np.sort(plotted), np.sort(sigma))
+    assert {t.get_text() for t in per_atom.get_legend().get_texts()} == {"Al (19)", "N (1)", "H (3)"}
+    legend = value_legend(0.5)
+    assert "eV/Å" in legend.axes[0].get_xlabel() and legend.axes[0].get_xlim() == (0.0, 0.5)
+
+
+def test_results_structure_reads_a_failure_with_its_committee(guest_in_cell, tmp_path):
+    from ase.io import write
+
+    from advsample.viz.per_atom import results_structure
+
+    cell, committee, _ = guest_in_cell
+    with pytest.raises(FileNotFoundError, match="holds no failures"):
+        results_structure(str(tmp_path))
+    (tmp_path / "committees").mkdir()
+    (tmp_path / "picked").mkdir()
+    committee.save(tmp_path / "committees" / "md_N__seed1.pt")
+    write(tmp_path / "picked" / "md_N__seed1.extxyz", [cell, cell[:-4]])
+    atoms, loaded, caption = results_structure(str(tmp_path))
+    assert len(atoms) == len(cell) and "a labeled pick" in caption and "md_N__seed1" in caption
+    (tmp_path / "failures").mkdir()
+    committee.save(tmp_path / "committees" / "gen1__seed0.pt")
+    moved = cell.copy()
+    moved.positions[-1] += 0.3
+    for arm in ("md_N__seed1", "gen1__seed0"):
+        write(tmp_path / "failures" / f"{arm}.extxyz", [cell, moved])
+    atoms, loaded, caption = results_structure(str(tmp_path), order=["gen1", "md_N"])
+    assert caption.startswith("gen1__seed0: last frame") and np.allclose(atoms.positions, moved.positions)
+    sigma = committee.predict([atoms])["forces_std_per_atom"]
+    assert np.allclose(loaded.predict([atoms])["forces_std_per_atom"], sigma)
