@@ -1,5 +1,6 @@
 """Notebook views: ``plots`` (matplotlib), ``widgets`` (round stepper, attack animation),
-``molecules`` and ``ammonia`` (molecular trajectories), ``embed`` (kernel-free sliders).
+``molecules`` and ``ammonia`` (molecular trajectories), ``per_atom`` (one structure coloured by
+per-atom force σ: nglview and a static figure), ``embed`` (kernel-free sliders).
 
 :func:`show` displays a matplotlib figure as ``image/png`` wherever it is called.
 """
