@@ -128,7 +128,8 @@ def per_atom_figure(atoms: Atoms, values, vmax: float | None = None, label: str 
         mine = np.flatnonzero(symbols == symbol)
         per_atom.plot(mine, values[mine], "o", ms=5, label=f"{symbol} ({len(mine)})")
     per_atom.set(xlabel="atom index", ylabel=label, ylim=(0.0, None), title="per atom")
-    per_atom.legend(fontsize=8, ncols=min(len(set(symbols)), 6), loc="upper left")
+    per_atom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="element (atoms)",
+                    title_fontsize=8)  # outside: never over a point
     per_atom.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
