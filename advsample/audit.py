@@ -120,7 +120,7 @@ class AuditResult:
         for kT in self.config.kT_values:
             keep = self.frames["kT"] == kT
             points = axes.scatter(self.frames["energy_above_min"][keep], self.frames["error"][keep], s=6, alpha=0.6,
-                                  label=f"kT = {kT:g} {self.config.energy_unit} ({kT / self.config.kB:.0f} K)")
+                                  label=f"kT = {kT:.3g} {self.config.energy_unit} ({kT / self.config.kB:.0f} K)")
             axes.axvline(self.reach_kT * kT, color=points.get_facecolor()[0], ls=":", lw=1)  # thermal reach at kT
         axes.axhline(self.config.force_tolerance, color="k", ls="--", lw=1, label="tolerance")
         axes.plot([], [], color="gray", ls=":", lw=1, label="thermal reach q·kT")
