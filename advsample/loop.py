@@ -28,6 +28,7 @@ fill its budget is not written as complete (both raise, quoting the last failure
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -48,13 +49,32 @@ from .metrics import test_errors
 from .models import MODELS
 from .objective import Objective
 from .parameters import as_number
-from .rundir import RunDir, check_run_inputs, deduplicate, fingerprint  # noqa: F401  (fingerprint: this module's API before)
+from .rundir import RunDir, check_run_inputs, committee_fingerprint, deduplicate, fingerprint
 from .samplers import Proposal, Sampler
 from .select import SelectionConfig, check_energy_window, outside_window as outside_energy_window, select
 from .structures import labels_of
 from .train import TrainConfig, regression_check, split_validation, train_committee
 
 ON_REGRESSION = ("keep", "continue", "accept")
+
+
+def check_start(start, initial) -> tuple[Committee, list[Atoms], list[Atoms]] | None:
+    """``start=(committee, train, validation)`` checked (clear errors before anything is written):
+    (a copy of the committee, the training set, the validation set), or None without a start."""
+    if start is None:
+        return None
+    if initial is not None and len(initial):
+        raise ValueError("give initial or start, not both: start=(committee, train, validation) replaces initial "
+                         f"(got {len(initial)} initial structures); pass initial=None")
+    if not isinstance(start, (tuple, list)) or len(start) != 3:
+        raise TypeError(f"start must be (committee, train, validation), got {type(start).__name__}")
+    committee, train, validation = start
+    if not isinstance(committee, Committee):
+        raise TypeError(f"start's committee must be a Committee, got {type(committee).__name__}")
+    labels_of(train)  # a clear error for an empty or unlabeled training set
+    if validation:
+        labels_of(validation)
+    return copy.deepcopy(committee), list(train), list(validation or [])
 
 
 class RoundRegressionWarning(UserWarning):
@@ -104,6 +124,13 @@ class ActiveLearning:
     with :class:`label.ReferenceGaveUp` (None: never). ``retry_failures``: recompute
     structures whose failure is cached (after fixing the reference).
     :meth:`from_system` builds a run from a :class:`~advsample.systems.System`.
+    ``start=(committee, train, validation)``: the run starts from a given (trained) committee and
+    its labeled training and validation sets instead of training round 0 on ``initial`` (then
+    None): round 0 is that committee as given (not trained; evaluated, calibrated), its sets are
+    round 0's training set and the fixed validation set, and round 1 on proceeds as usual (fresh
+    rounds keep its energy normalisation; ``warm_start`` continues its weights; the regression
+    check compares round 1 against it). ``committee`` still fixes the architecture of fresh
+    rounds. ``settings.json`` records the start's fingerprints: a resume needs the same start.
     ``wait``: when another process runs the same ``run_dir`` (its lock, see
     :mod:`advsample.rundir`), False refuses at once (:class:`~advsample.rundir.RunDirBusy`
     naming the directory and the holder's pid and host), True waits for it, then resumes.
@@ -143,12 +170,16 @@ class ActiveLearning:
         on_regression: str = "keep",
         calibration_coverage: float | None = 0.95,
         stop_when: Callable[[Committee, int, list[Atoms]], str | None] | None = None,
+        start: tuple[Committee, Sequence[Atoms], Sequence[Atoms]] | None = None,
     ):
         kT, oversample, seed = as_number(kT, "kT"), as_number(oversample, "oversample", int), as_number(seed, "seed", int)
         validation_fraction = as_number(validation_fraction, "validation_fraction")
         if max_consecutive_failures is not None:
             max_consecutive_failures = as_number(max_consecutive_failures, "max_consecutive_failures", int)
         self.objective = Objective(kT, uncertainty, energy_scale, force_reduction)  # fails before anything is paid for
+        self.start = check_start(start, initial)
+        if self.start is not None:  # the start's sets replace initial (and its validation split)
+            initial = self.start[1] + self.start[2]
         labels_of(initial)  # clear errors for an empty or unlabeled initial set
         if test:
             labels_of(test)
@@ -166,7 +197,8 @@ class ActiveLearning:
             raise ValueError(f"max_consecutive_failures must be >= 1 or None, got {max_consecutive_failures}")
         reference_identity(reference)  # a clear TypeError for something that is no reference
         # a clear error for a bad fraction, a bad reference, cell or element - before anything is written or paid
-        check_run_inputs(committee.model, reference, *split_validation(initial, validation_fraction, seed), test or [],
+        split = self.start[1:] if self.start else split_validation(initial, validation_fraction, seed)
+        check_run_inputs(committee.model, reference, *split, test or [],
                          build=executor is None or isinstance(executor, InlineExecutor))
         self.run_dir = Path(run_dir)
         self.rundir = RunDir(self.run_dir)
@@ -194,6 +226,9 @@ class ActiveLearning:
         self.stop_when = stop_when
         self.observers: list[tuple[Callable[[RoundRecord], None], int]] = []
         self.records: list[RoundRecord] = []
+        self._start_fingerprints = None if self.start is None else {
+            "committee": committee_fingerprint(self.start[0]), "train": fingerprint(self.start[1]),
+            "validation": fingerprint(self.start[2])}
 
     @classmethod
     def from_system(cls, system, run_dir: str | Path, sampler: "str | Sampler" = "adversarial", seed: int = 0,
@@ -208,6 +243,8 @@ class ActiveLearning:
             raise TypeError(f"from_system needs a System (advsample.systems.get_system({system!r}) builds one "
                             f"by name), got {type(system).__name__}")
         settings = system.run_options(seed, sampler)
+        if overrides.get("start") is not None:
+            settings["initial"] = None  # the start's sets replace the system's initial data
         settings.update(overrides)
         return cls(run_dir, **settings)
 
@@ -275,8 +312,10 @@ class ActiveLearning:
                                     f"the {getattr(part, 'name', 'thermal')} sampler", stacklevel=4)
 
     def settings(self) -> dict:
-        """What fixes a run's labels and numbers: a resumed run must match them all."""
-        _, validation = split_validation(self.initial, self.validation_fraction, self.seed)
+        """What fixes a run's labels and numbers: a resumed run must match them all (a started run: its
+        start's committee, training and validation sets too, under ``start``)."""
+        _, validation = self._split()
+        start = {} if self.start is None else {"start": self._start_fingerprints}
         return {
             "advsample_version": __version__,
             "reference": reference_identity(self.reference),
@@ -293,7 +332,14 @@ class ActiveLearning:
             "on_regression": self.on_regression,
             "oversample": self.oversample,
             "seed": self.seed,
+            **start,
         }
+
+    def _split(self) -> tuple[list[Atoms], list[Atoms]]:
+        """Round 0's (training, validation) sets: the start's, or ``initial`` split by ``validation_fraction``."""
+        if self.start is not None:
+            return list(self.start[1]), list(self.start[2])
+        return split_validation(self.initial, self.validation_fraction, self.seed)
 
     def _check_settings(self) -> None:
         """Store the settings on a first start; refuse a resume with other ones (see RunDir.check_settings)."""
@@ -301,7 +347,7 @@ class ActiveLearning:
 
     def _fixed_sets(self) -> tuple[list[Atoms], list[Atoms], list[Atoms]]:
         """(initial training set, validation, test); validation and test are stored on first use."""
-        train, validation = split_validation(self.initial, self.validation_fraction, self.seed)
+        train, validation = self._split()
         validation, test = self.rundir.fixed_sets(validation, self.test)
         return train, validation, test
 
@@ -328,11 +374,12 @@ class ActiveLearning:
         fresh = [a for a in train if a.info.get("round_added") == number]
         weighted = train + fresh * (self.oversample - 1)
         config = replace(self.train_config.continued() if warm else self.train_config, seed=self.seed + number)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         history = train_committee(committee, weighted, validation, config, fit_normalization=number == 0,
                                   warm_start=warm)
         return {
             "train_s": time.perf_counter() - start,
+            "train_cpu_s": time.process_time() - cpu,
             "continued": warm,
             "epochs": len(history.epoch),
             "max_epochs": config.epochs,
@@ -360,6 +407,7 @@ class ActiveLearning:
                 retrained = self._new_committee(number, previous.committee, warm=True)
                 training["retrained"] = self._train(retrained, train, validation, number, warm=True)
                 training["train_s"] += training["retrained"]["train_s"]
+                training["train_cpu_s"] += training["retrained"]["train_cpu_s"]
                 committee = retrained
                 check["after_continue"] = regression_check(previous.committee, committee, checked)
             elif self.on_regression == "keep":
@@ -422,6 +470,15 @@ class ActiveLearning:
             tqdm.write(f"round {record.round}: stopping ({reason})")
 
     @staticmethod
+    def _phase_time(timings: dict, phase: str, wall: float, cpu: float) -> tuple[float, float]:
+        """Add the wall (``<phase>_s``) and this process's CPU (``<phase>_cpu_s``) seconds since
+        (``wall``, ``cpu``) to ``timings``; returns (now wall, now CPU), the next phase's start."""
+        now = time.perf_counter(), time.process_time()
+        timings[f"{phase}_s"] = timings.get(f"{phase}_s", 0.0) + now[0] - wall
+        timings[f"{phase}_cpu_s"] = timings.get(f"{phase}_cpu_s", 0.0) + now[1] - cpu
+        return now
+
+    @staticmethod
     def _round_time(timings: dict, wall: float, cpu: float) -> dict:
         """The phases plus the whole round's wall and CPU seconds (this process; labels on an
         executor's workers show in ``label_s``, not in ``cpu_s``)."""
@@ -437,9 +494,13 @@ class ActiveLearning:
         wall, cpu = time.perf_counter(), time.process_time()
         for atoms in train:
             atoms.info["round_added"] = 0
-        committee = self._new_committee(0, None)
-        training = self._train(committee, train, validation, 0)
-        timings = {"train_s": training["train_s"]}
+        if self.start is None:
+            committee = self._new_committee(0, None)
+            training = self._train(committee, train, validation, 0)
+        else:  # the given committee as it is: round 0 trains nothing
+            committee = copy.deepcopy(self.start[0])
+            training = {"train_s": 0.0, "train_cpu_s": 0.0, "started_from": self._start_fingerprints}
+        timings = {"train_s": training["train_s"], "train_cpu_s": training["train_cpu_s"]}
         calibration = self._calibrate(committee, validation, timings)
         evaluation = self._timed_evaluate(committee, test, timings)
         metrics = {
@@ -459,7 +520,7 @@ class ActiveLearning:
         return record
 
     def _round(self, number, previous: RoundRecord, validation, test, cache: LabelCache) -> RoundRecord:
-        timings = {"sample_s": 0.0, "select_s": 0.0, "label_s": 0.0}
+        timings = {f"{phase}{unit}": 0.0 for phase in ("sample", "select", "label") for unit in ("_s", "_cpu_s")}
         wall, cpu = time.perf_counter(), time.process_time()
         train_energies, _ = labels_of(previous.train)
         # the round's E_min and log Q, once (the training sizes: per-atom energies, if the objective reads them)
@@ -472,27 +533,25 @@ class ActiveLearning:
         # the replay answers them from the cache, and a call budget counts them as spent
         prepaid = max(cache.n_calls - previous.metrics.get("reference_calls", 0), 0)
         for part, (sampler, budget) in enumerate(self.sampler.parts(self.selection.budget)):
-            start = time.perf_counter()
+            start = time.perf_counter(), time.process_time()
             proposal = sampler.propose(
                 previous.committee, previous.train, train_energies, objective, seed=self._seed(number, part),
                 progress=self.progress,
             )
-            timings["sample_s"] += time.perf_counter() - start
-            start = time.perf_counter()
+            start = self._phase_time(timings, "sample", *start)
             # the window's σ_E comes with the sampler's scoring (proposal.candidates.energy_std): no second call
             config = replace(self.selection, ranking=sampler.ranking)
             ranked, report = select(
                 proposal.candidates, previous.train + accepted, config, objective, reference_energy, train_variance,
                 seed=self._seed(number, part),
             )
-            timings["select_s"] += time.perf_counter() - start
-            start = time.perf_counter()
+            start = self._phase_time(timings, "select", *start)
             part_prepaid = min(prepaid, budget) if self.selection.budget_unit == "reference_calls" else 0
             prepaid -= part_prepaid
             labeled, part_failures, part_outside, streak, spent, part_energies = self._label_budget(
                 ranked, budget, cache, reference_energy, number, streak, part_prepaid
             )
-            timings["label_s"] += time.perf_counter() - start
+            self._phase_time(timings, "label", *start)
             for atoms in labeled:
                 # labels of the stored structures (train.extxyz): a resumed run reads each label's round from them
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
@@ -513,7 +572,7 @@ class ActiveLearning:
             candidates += proposal.candidates.annotated()  # labels on the stored structures (candidates.extxyz)
         train = previous.train + accepted
         committee, training, regression = self._train_round(number, previous, train, validation)
-        timings["train_s"] = training["train_s"]
+        timings["train_s"], timings["train_cpu_s"] = training["train_s"], training["train_cpu_s"]
         calibration = self._calibrate(committee, validation, timings)
         evaluation = self._timed_evaluate(committee, test, timings)
         energies = [a.get_potential_energy() - reference_energy for a in accepted]

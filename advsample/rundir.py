@@ -121,6 +121,20 @@ def fingerprint(atoms_list: Sequence[Atoms]) -> str:
     return h.hexdigest()[:32]
 
 
+def committee_fingerprint(committee) -> str:
+    """Hash of a committee's checkpoint: model class and config, every weight and buffer (the
+    energy normalisation included) bit for bit, and its calibration."""
+    data = committee.checkpoint()
+    h = hashlib.sha256(b"advsample-committee-v1")
+    h.update(json.dumps([data["model_class"], data["model_config"], data.get("calibration")], sort_keys=True,
+                        default=repr).encode())
+    for key in sorted(data["state_dict"]):
+        tensor = data["state_dict"][key].contiguous()
+        h.update(key.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 def file_record(path: Path, frames: int | None) -> dict:
     record = {"sha256": sha256(path)}
     if frames is not None:

@@ -47,7 +47,7 @@ def make_loop(run_dir, reference, epochs=400, budget=8, sampler="adversarial", s
         run_dir,
         Committee(MLPCommittee(4, (32, 32), input_axes=(0,), seed=0)),
         reference,
-        initial,
+        None if options.get("start") is not None else initial,  # a started run's sets replace initial
         make_sampler(sampler, n_steps=40, learning_rate=0.03),
         test=test,
         selection=SelectionConfig(budget=budget, min_distance=0.02, **options.pop("selection", {})),
@@ -260,3 +260,102 @@ def test_notebooks_and_report_expose_retry_failures(tmp_path):
     assert study.learner(None).retry_failures is True
     notebook = json.loads((root / "03_ammonia_inversion.ipynb").read_text())  # 03 hands it to from_system
     assert any("retry_failures=retry_failures" in "".join(c["source"]) for c in notebook["cells"])
+
+
+# -- a run started from a given committee and training set ---------------------------------------
+def saved_start(run_dir):
+    """(committee, training set, validation set) of a finished run's round 0, as stored."""
+    from advsample.rundir import read_atoms
+
+    run_dir = Path(run_dir)
+    return (Committee.load(run_dir / "round_000" / "committee.pt"), read_atoms(run_dir / "round_000" / "train.extxyz"),
+            read_atoms(run_dir / "validation.extxyz"))
+
+
+def comparable(metrics):
+    """A round's metrics without its timings (wall and CPU seconds differ between two runs)."""
+    training = {k: v for k, v in metrics["training"].items() if not k.startswith("train_")}
+    return {**{k: v for k, v in metrics.items() if k not in ("timings", "training")}, "training": training}
+
+
+def test_a_started_run_equals_the_same_round_of_an_ordinary_run(tmp_path):
+    """Round 0's committee and sets given as the start: round 1 has the same labels, calls, training,
+    regression check, test errors and weights as the ordinary run's round 1."""
+    import torch
+
+    ordinary = make_loop(tmp_path / "a", CountingSurface(double_well_1d()), epochs=60, warm_start=True).run(1)
+    reference = CountingSurface(double_well_1d())
+    started = make_loop(tmp_path / "b", reference, epochs=60, warm_start=True, start=saved_start(tmp_path / "a")).run(1)
+    assert started[0].metrics["training"]["train_s"] == 0 and "started_from" in started[0].metrics["training"]
+    assert started[0].metrics["test"] == ordinary[0].metrics["test"]  # the same committee, evaluated
+    assert comparable(started[1].metrics) == comparable(ordinary[1].metrics)
+    assert len(reference.calls) == started[1].metrics["round_reference_calls"]["total"] == 8
+    assert [a.positions.tolist() for a in started[1].train] == [a.positions.tolist() for a in ordinary[1].train]
+    for (name, mine), theirs in zip(started[1].committee.state_dict().items(), ordinary[1].committee.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    for phase in ("sample", "select", "label", "train"):  # the phase times: wall and this process's CPU
+        assert started[1].metrics["timings"][f"{phase}_s"] > 0 and started[1].metrics["timings"][f"{phase}_cpu_s"] > 0
+
+
+def test_a_started_run_continues_the_given_weights_on_its_data_and_resumes_only_from_it(tmp_path):
+    import copy
+
+    import torch
+
+    from advsample.rundir import read_atoms
+
+    make_loop(tmp_path / "a", double_well_1d(), epochs=60).run(0)
+    committee, train, validation = start = saved_start(tmp_path / "a")
+    before = {k: v.clone() for k, v in committee.state_dict().items()}
+    loop = make_loop(tmp_path / "b", CountingSurface(double_well_1d()), epochs=60, warm_start=True, start=start,
+                     on_regression="accept")
+    records = loop.run(1)
+    assert all(torch.equal(v, before[k]) for k, v in committee.state_dict().items())  # the caller's is untouched
+    weight = "model.layers.0.weight" if "model.layers.0.weight" in before else next(
+        k for k, v in before.items() if v.dtype.is_floating_point and v.ndim >= 2)
+    fresh = Committee(MLPCommittee(4, (32, 32), input_axes=(0,), seed=1)).state_dict()[weight]
+    moved = (records[1].committee.state_dict()[weight] - before[weight]).norm()
+    assert records[1].metrics["training"]["continued"] and records[1].metrics["training"]["epochs"] > 0
+    assert 0 < moved < 0.2 * (fresh - before[weight]).norm()  # continued: near the start, not a fresh draw
+    # trained on the start's data plus the round's labels; validation is the start's, fixed
+    positions = lambda atoms: sorted(round(float(a.positions[0, 0]), 6) for a in atoms)  # noqa: E731
+    assert positions(records[1].train) == sorted(positions(train) + positions(records[1].selected))
+    assert records[1].metrics["n_train"] == len(train) + 8 == len(read_atoms(tmp_path / "b" / "round_001" / "train.extxyz"))
+    assert positions(read_atoms(tmp_path / "b" / "validation.extxyz")) == positions(validation)
+    assert records[1].metrics["regression"]["checked_on"] == "validation"
+    settings = json.loads((tmp_path / "b" / "settings.json").read_text())
+    assert set(settings["start"]) == {"committee", "train", "validation"}
+
+    again = CountingSurface(double_well_1d())
+    resumed = make_loop(tmp_path / "b", again, epochs=60, warm_start=True, start=start, on_regression="accept").run(1)
+    assert resumed[1].resumed and again.calls == []
+    other = copy.deepcopy(committee)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match=r"other settings \(start differ.*start.committee"):
+        make_loop(tmp_path / "b", again, epochs=60, warm_start=True, start=(other, train, validation),
+                  on_regression="accept").run(1)
+    with pytest.raises(ValueError, match=r"other settings \(initial_fingerprint, start differ"):
+        make_loop(tmp_path / "b", again, epochs=60, warm_start=True, start=(committee, train[1:], validation),
+                  on_regression="accept").run(1)
+
+
+def test_a_bad_start_is_refused_naming_it(tmp_path):
+    committee, train, validation = saved_start_of_untrained(tmp_path)
+    with pytest.raises(TypeError, match=r"start must be \(committee, train, validation\)"):
+        make_loop(tmp_path / "run", double_well_1d(), start=(committee, train))
+    with pytest.raises(TypeError, match="start's committee must be a Committee"):
+        make_loop(tmp_path / "run", double_well_1d(), start=("committee", train, validation))
+    with pytest.raises(ValueError, match="empty training set"):
+        make_loop(tmp_path / "run", double_well_1d(), start=(committee, [], validation))
+    surface = double_well_1d()
+    with pytest.raises(ValueError, match="give initial or start, not both"):
+        ActiveLearning(tmp_path / "run", committee, surface, surface.sample(5, seed=0), make_sampler("random"),
+                       start=(committee, train, validation))
+    assert not (tmp_path / "run").exists()
+
+
+def saved_start_of_untrained(tmp_path):
+    surface = double_well_1d()
+    data = surface.sample(12, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)])
+    return Committee(MLPCommittee(4, (8,), input_axes=(0,), seed=0)), data[:10], data[10:]
