@@ -49,15 +49,75 @@ the force on each atom (eV/Å), float64, for a batch of live replicas; may raise
 :class:`~advsample.geometry.GeometryError` naming the structures at fault."""
 
 
-def committee_force_fn(committee) -> ForceFn:
+MAX_ATOMS_PER_CALL: int | None = 4096
+"""Default of ``max_atoms_per_call`` (:func:`committee_force_fn`, :func:`run_stability`): live
+replicas are evaluated in chunks of whole structures of at most 4096 atoms (:func:`chunked`).
+Measured by ``benchmarks/md_speed.py --max-atoms`` (CPU, 1 torch thread, 4 × 16 / 4 × 32 SchNet):
+R = 64 periodic cells (832 and 2752 atoms) stay one call, where smaller chunks (256, 1024 atoms) cost
+1.3–1.7× more; at R = 256 (3328-atom slab batch, 11008-atom host–guest batch) chunks of ≤ 4096 atoms
+took 0.5–0.8× the time of one call and 0.25–0.65× its added memory. None: always one call."""
+
+
+def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER_CALL) -> ForceFn:
     """The committee mean as a potential: energy_mean [B] and forces_mean [N, 3], as
-    :class:`~advsample.calculator.CommitteeCalculator` gives them (one call per batch)."""
+    :class:`~advsample.calculator.CommitteeCalculator` gives them (one call per batch, or per
+    chunk of at most ``max_atoms_per_call`` atoms: :func:`chunked`)."""
 
     def force_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = committee(batch, forces=True)
         return out.energy_mean.detach().double(), out.forces_mean.detach().double()
 
-    return force_fn
+    return chunked(force_fn, max_atoms_per_call)
+
+
+def chunk_bounds(n_atoms: np.ndarray, max_atoms_per_call: int) -> list[tuple[int, int]]:
+    """Consecutive structure ranges [lo, hi) of at most ``max_atoms_per_call`` atoms each
+    (``n_atoms`` [B]); a structure larger than the limit is a chunk of its own."""
+    bounds, lo, total = [], 0, 0
+    for b, n in enumerate(np.asarray(n_atoms, dtype=int)):
+        if b > lo and total + n > max_atoms_per_call:
+            bounds.append((lo, b))
+            lo, total = b, 0
+        total += n
+    bounds.append((lo, len(n_atoms)))
+    return bounds
+
+
+def chunked(force_fn: ForceFn, max_atoms_per_call: int | None) -> ForceFn:
+    """``force_fn`` evaluated on chunks of whole structures of at most ``max_atoms_per_call``
+    atoms each (None: the whole batch in one call), results concatenated in order.
+
+    Structures do not interact, so chunks give the same energies and forces as one call (tested
+    to 1e-10) with peak memory bounded by the chunk: R = 256 periodic cells need not be one graph.
+    A :class:`~advsample.geometry.GeometryError` of a chunk names the structures by their index in
+    the whole batch."""
+    if max_atoms_per_call is None:
+        return force_fn
+    if isinstance(max_atoms_per_call, bool) or int(max_atoms_per_call) != max_atoms_per_call \
+            or max_atoms_per_call < 1:
+        raise ValueError(f"max_atoms_per_call must be a positive integer or None, got {max_atoms_per_call!r}")
+    limit = int(max_atoms_per_call)
+
+    def chunked_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.positions.shape[0] <= limit:  # no sync in the common case
+            return force_fn(batch)
+        sizes = batch.n_atoms.cpu().numpy()
+        first = np.concatenate([[0], np.cumsum(sizes)])  # a structure's atoms are contiguous
+        energies, forces = [], []
+        for lo, hi in chunk_bounds(sizes, limit):
+            atoms = slice(int(first[lo]), int(first[hi]))
+            sub = Batch(positions=batch.positions[atoms], numbers=batch.numbers[atoms],
+                        structure_index=batch.structure_index[atoms] - lo, cells=batch.cells[lo:hi],
+                        pbc=batch.pbc[lo:hi], fixed=batch.fixed[atoms])
+            try:
+                e, f = force_fn(sub)
+            except GeometryError as error:
+                raise GeometryError(str(error), [lo + s for s in error.structures]) from error
+            energies.append(e)
+            forces.append(f)
+        return torch.cat(energies), torch.cat(forces)
+
+    return chunked_fn
 
 
 # -- replicas and state ------------------------------------------------------------------------
@@ -468,7 +528,7 @@ def run_stability(
     reference=None, energy_tolerance_eV: float = 0.5, n_check_frames: int = 3, check_every: int = 10,
     max_drift_eV_per_atom: float | None = 0.05, bond_stretch: float = 1.5, bond_scale: float = 1.2,
     min_distance: float = 0.6, seed: int = 0, frames_every: int | None = None, confidence: float = 0.95,
-    progress: bool = False, force_fn: ForceFn | None = None,
+    progress: bool = False, force_fn: ForceFn | None = None, max_atoms_per_call: int | None = MAX_ATOMS_PER_CALL,
 ) -> dict:
     """Batched NN-MD stability: ``n_replicas`` runs, all live ones in one committee call per step.
 
@@ -484,6 +544,8 @@ def run_stability(
     replica at once. Geometry and drift are checked at step 0, every ``check_every`` steps,
     at the checked frames and the last step, so a failure time is resolved to ``check_every``
     steps (``check_every=1``: every step, as ASE-run ``md_stability`` did).
+    ``max_atoms_per_call``: the live replicas are evaluated in chunks of at most this many atoms
+    (:func:`chunked`; same results, peak memory bounded; None: one call per step).
 
     Returns :func:`~advsample.metrics.md_stability`'s dict (``md_stable_fraction``, ``n_runs``,
     ``n_stable``, ``failures``, ``steps_completed``, ``time_to_failure_fs``,
@@ -497,9 +559,9 @@ def run_stability(
     starts = _check_stability_input(starts, n_replicas, n_steps, timestep_fs, temperature_K, integrator,
                                     check_every, frames_every, max_drift_eV_per_atom)
     stats.wilson_interval(0, 1, confidence)  # a bad confidence is refused before any MD
+    force_fn = chunked(force_fn, max_atoms_per_call) if force_fn else committee_force_fn(committee, max_atoms_per_call)
     device = committee.device if committee is not None else None
     replicas = make_replicas(starts, n_replicas, temperature_K, seed, device=device)
-    force_fn = force_fn or committee_force_fn(committee)
     if integrator == "nve":
         init_fn, step_fn = nve(force_fn, replicas, timestep_fs)
     else:

@@ -2,6 +2,7 @@
 
     python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 10] [--repeats 5] [--systems NH3,slab,4x16]
                                   [--host-guest SOD:methylamine [--stability-steps 200] [--epochs 200]] [--threads N] [--quick] [--json]
+                                  [--max-atoms 1024,4096]
 
 For each system and each R in ``--replicas``, timed in alternation in one process (median of
 ``--repeats`` blocks of ``--steps`` steps, every block from the same start, so no replica
@@ -28,7 +29,9 @@ the peak resident memory during a short ``run_stability`` of R replicas (sampled
 peak allocated GPU memory). ``--host-guest CELL``: the network chosen by measurement (:func:`host_guest_study`): three
 SchNet sizes trained on GFN-FF frames of the cell, test force error against cost, and the time
 of a stability evaluation of 128 trajectories with the smallest (4000 steps extrapolated from
-``--stability-steps``). Elsewhere the committees are untrained (the cost of a step does not depend
+``--stability-steps``). ``--max-atoms K1,K2``: per R, batched NVE with the committee evaluated in
+chunks of at most K atoms (:func:`advsample.dynamics.chunked`) beside one call, timed in alternation,
+with the memory a short run adds (``chunked`` in each row). Elsewhere the committees are untrained (the cost of a step does not depend
 on the weights). ``--device cuda`` (default when visible) runs all three on the GPU.
 With ``--json`` the last line is one JSON object.
 """
@@ -62,7 +65,8 @@ class PeakMemory:
     """Peak resident memory (MiB) while the block runs, sampled every 2 ms; CUDA: peak allocated."""
 
     def __enter__(self):
-        self.peak, self.running = _rss_MiB(), True
+        self.start = self.peak = _rss_MiB()
+        self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         if torch.cuda.is_available():
@@ -134,17 +138,20 @@ def ase_block(committee, start, n_steps: int, timestep_fs: float):
     return run
 
 
-def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float):
+def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, max_atoms_per_call="default"):
     """A closure: ``n_steps`` batched NVE steps of R replicas with the failure checks (every 10
     steps, drift included) as :func:`~advsample.dynamics.run_stability` runs them, from the same
-    initial state each time; and the set-up time (replicas, checks, first evaluation) in s."""
+    initial state each time; and the set-up time (replicas, checks, first evaluation) in s.
+    ``max_atoms_per_call``: the committee evaluated in chunks of at most that many atoms (None: one
+    call; "default": the dynamics module's default)."""
     from dataclasses import replace
 
-    from advsample.dynamics import _Monitor, committee_force_fn, make_replicas, nve
+    from advsample.dynamics import MAX_ATOMS_PER_CALL, _Monitor, committee_force_fn, make_replicas, nve
 
+    limit = MAX_ATOMS_PER_CALL if max_atoms_per_call == "default" else max_atoms_per_call
     begin = time.perf_counter()
     replicas = make_replicas([start], r, 300.0, seed=0, device=committee.device)
-    init_fn, step_fn = nve(committee_force_fn(committee), replicas, timestep_fs)
+    init_fn, step_fn = nve(committee_force_fn(committee, limit), replicas, timestep_fs)
     monitor = _Monitor(replicas, [start], 10**9, 10, set(), (1.5, 1.2, 0.6), None, 0.5, 0.05, None)
     first = init_fn()
     monitor(first)
@@ -177,7 +184,54 @@ def bare_block(committee, start, r: int, n_steps: int):
     return run
 
 
-def measure(name, start, make_committee, replicas, n_steps, repeats, device) -> dict:
+def _added_memory_child(name: str, quick: bool, r: int, n_steps: int, limit, device: str, threads) -> float:
+    """In a fresh process: MiB a short run_stability of R replicas adds to the resident memory."""
+    from advsample.dynamics import run_stability
+
+    set_threads(threads)
+    start, make_committee = systems(quick)[name]
+    committee = make_committee().to(device)
+    with PeakMemory() as memory:
+        run_stability(committee, [start], n_replicas=r, n_steps=n_steps, temperature_K=300.0, check_every=10,
+                      max_atoms_per_call=limit)
+    return memory.cuda_peak if memory.cuda_peak is not None else memory.peak - memory.start
+
+
+def added_memory_MiB(name: str, quick: bool, r: int, n_steps: int, limit, device: str, threads) -> float:
+    """:func:`_added_memory_child` in a spawned process: freed memory this process keeps (the
+    allocator's) would hide what a run needs. ``quick`` (tests): in this process, to save the start-up."""
+    import multiprocessing
+
+    if quick:
+        return _added_memory_child(name, quick, r, n_steps, limit, device, threads)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_added_memory_child, (name, quick, r, n_steps, limit, device, threads))
+
+
+def chunk_sweep(name, committee, start, r: int, n_steps: int, repeats: int, limits, memory_args) -> dict:
+    """Batched NVE of R replicas with the committee evaluated in chunks of at most ``limit`` atoms,
+    for each limit in ``limits`` (and None: one call), timed in alternation: ms per replica-step,
+    its ratio to one call, and the memory a short run_stability adds (MiB above the resident memory
+    of a fresh process before it; CUDA: peak allocated)."""
+    n_atoms = r * len(start)
+    limits = [k for k in limits if k is None or k < n_atoms]  # a limit >= the batch is one call
+    if not any(k is not None for k in limits):
+        return {}
+    blocks = {str(k): batched_block(committee, start, r, n_steps, 0.5, k)[0] for k in limits}
+    times = interleaved_median_ms(blocks, repeats=repeats, warmup=1)
+    out = {}
+    for k in limits:
+        quick, device, threads = memory_args
+        added = added_memory_MiB(name, quick, r, n_steps, k, device, threads)
+        ms = times[str(k)] / n_steps / r
+        out[str(k)] = {"ms_per_replica_step": ms, "vs_one_call": times[str(k)] / times["None"],
+                       "added_memory_MiB": added}
+        print(f"    max_atoms_per_call={str(k):>6s} (R={r}, {n_atoms} atoms): {ms:.3f} ms per replica-step, "
+              f"{out[str(k)]['vs_one_call']:.2f}x one call, +{added:.0f} MiB", flush=True)
+    return out
+
+
+def measure(name, start, make_committee, replicas, n_steps, repeats, device, chunk_limits=(), memory_args=()) -> dict:
     from advsample.dynamics import run_stability
 
     committee = make_committee().to(device)
@@ -203,6 +257,9 @@ def measure(name, start, make_committee, replicas, n_steps, repeats, device) -> 
               f"{row['bare_ms_per_replica_step']:.3f} ms  ASE {row['ase_ms_per_replica_step']:.3f} ms per replica-step"
               f"  -> {row['speedup_vs_ase']:.1f}x ASE, {row['overhead_vs_bare']:.2f}x bare  "
               f"(set-up {setup_s:.2f} s, live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB)", flush=True)
+        if chunk_limits:
+            row["chunked"] = chunk_sweep(name, committee, start, r, n_steps, repeats, [*chunk_limits, None],
+                                         memory_args)
     return {"n_atoms": len(start), "rows": rows}
 
 
@@ -274,6 +331,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--stability-replicas", type=int, default=128)
     parser.add_argument("--stability-steps", type=int, default=200, help="steps timed (4000 extrapolated)")
     parser.add_argument("--epochs", type=int, default=200, help="training epochs per network (host-guest study)")
+    parser.add_argument("--max-atoms", default="", metavar="K1,K2",
+                        help="also batched NVE with the committee evaluated in chunks of at most K atoms "
+                             "(dynamics' max_atoms_per_call), beside one call: time and memory per R")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -284,11 +344,14 @@ def main(argv=None) -> dict:
     replicas = [2] if args.quick else [int(r) for r in args.replicas.split(",")]
     n_steps = 3 if args.quick else args.steps
     repeats = 2 if args.quick else args.repeats
-    result = {"machine": machine(), "replicas": replicas, "steps": n_steps, "device": device, "systems": {}}
+    chunk_limits = [int(k) for k in args.max_atoms.split(",") if k.strip()] or ([4] if args.quick else [])
+    result = {"machine": machine(), "replicas": replicas, "steps": n_steps, "device": device, "systems": {},
+              "max_atoms_per_call": chunk_limits}
     for name, (start, make_committee) in systems(args.quick).items():
         if args.systems and not any(word.lower() in name.lower() for word in args.systems.split(",")):
             continue
-        result["systems"][name] = measure(name, start, make_committee, replicas, n_steps, repeats, device)
+        result["systems"][name] = measure(name, start, make_committee, replicas, n_steps, repeats, device,
+                                          chunk_limits, (args.quick, device, args.threads))
     if args.host_guest:
         result["host_guest"] = host_guest_study(args.host_guest, args.stability_replicas, args.stability_steps,
                                                 args.epochs, repeats)

@@ -214,6 +214,52 @@ def test_bad_input_is_named_before_any_md(committee, starts):
         nve(committee_force_fn(committee), make_replicas(starts, 1, 300.0), 0.0)
 
 
+def test_chunked_evaluation_equals_one_call_on_periodic_cells(committee):
+    """Chunks of whole structures (at most 30 atoms: slab 13, Al bulk 32 alone) give the energies and
+    forces of one call to 1e-10, and an NVE run chunked equals the unchunked one."""
+    from advsample.dynamics import chunk_bounds
+    from advsample.structures import Batch
+
+    rng = np.random.default_rng(3)
+    cells = [adatom_slab(), bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2)), adatom_slab(), adatom_slab()]
+    for atoms in cells:
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+    batch = Batch.from_atoms(cells)
+    whole = committee_force_fn(committee)(batch)
+    for limit in (1, 13, 30, 45):
+        bounds = chunk_bounds(batch.n_atoms.numpy(), limit)
+        assert [lo for lo, _ in bounds] == [0] + [hi for _, hi in bounds[:-1]] and bounds[-1][1] == 4
+        parts = committee_force_fn(committee, max_atoms_per_call=limit)(batch)
+        assert parts[0].shape == whole[0].shape and parts[1].shape == whole[1].shape
+        assert torch.allclose(parts[0], whole[0], atol=1e-10, rtol=0) and torch.allclose(parts[1], whole[1], atol=1e-10,
+                                                                                         rtol=0)
+    assert chunk_bounds(batch.n_atoms.numpy(), 30) == [(0, 1), (1, 2), (2, 4)]  # 13 | 32 alone | 13 + 13
+    kwargs = dict(n_replicas=4, n_steps=6, temperature_K=600, frames_every=3, check_every=1)
+    one, chunks = (run_stability(committee, cells[:2], max_atoms_per_call=m, **kwargs) for m in (None, 20))
+    assert one["steps_completed"] == chunks["steps_completed"]
+    for a, b in zip(sum(one["frames"], []), sum(chunks["frames"], [])):
+        assert np.allclose(a.positions, b.positions, atol=1e-10, rtol=0)
+
+
+def test_chunked_geometry_error_names_the_whole_batch_index_and_bad_limits(committee):
+    from advsample.dynamics import chunked
+    from advsample.structures import Batch
+
+    def refuse_slabs(batch):
+        sizes = batch.n_atoms.tolist()
+        if 13 in sizes:
+            raise GeometryError("slab refused", [sizes.index(13)])
+        return committee_force_fn(committee)(batch)
+
+    batch = Batch.from_atoms([molecule("NH3"), molecule("H2O"), adatom_slab()])
+    with pytest.raises(GeometryError) as error:
+        chunked(refuse_slabs, 7)(batch)  # chunks: NH3+H2O (7 atoms) | slab
+    assert error.value.structures == [2]
+    for bad in (0, -3, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="max_atoms_per_call"):
+            run_stability(committee, [molecule("NH3")], n_replicas=2, n_steps=1, max_atoms_per_call=bad)
+
+
 def test_md_speed_benchmark_quick(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "md_speed.py"), "--quick", "--json"],
