@@ -29,8 +29,11 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   ``Objective(energy_scale="per_atom")``, as their zeolite attack) and
   ``gen2+adversarial_forcesmax_N10`` (the largest per-atom force variance, ``"forces_max"``).
 
-An arm adds its labels to its parent's training set and continues training the parent's
-weights (``TrainConfig.continued()``; ``--scratch``: fresh weights and the full schedule).
+An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
+and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
+to the parent's training set and continues training the parent's weights
+(``TrainConfig.continued()``; ``--scratch``: fresh weights and the full schedule, the parent's
+energy normalisation kept); a label outside the System's energy window is paid and replaced.
 Budgets are labels; the reference calls an arm paid (failed calls included) are counted beside
 them, so equal labels and equal calls can both be read off the rows.
 
@@ -48,7 +51,9 @@ fewest adversarial labels (of the arms from Gen1) that reach ``md_N``'s stable f
 same in total CPU.
 
 Resumable per arm: each (arm, seed) writes ``DIR/arms/<arm>__seed<s>.json`` (and its committee and
-training set) as it finishes; ``--reuse`` skips those present (written at the same settings).
+training set) as it finishes; ``--reuse`` skips those present (written at the same settings) and
+resumes an unfinished arm's round from its run directory (labels paid once, from its label cache).
+Gen1's reference-MD set is computed once per ``DIR`` (``DIR/gen1_data.pkl``) for every seed.
 ``DIR/rows.json`` and ``DIR/summary.json`` are rewritten at the end; ``--json``: one JSON object
 as the last line. ``--quick``: the smoke slab, 1 seed, tiny numbers, every arm and statistic
 (tests).
@@ -59,6 +64,7 @@ import argparse
 import json
 import os
 import pickle
+import shutil
 import sys
 import time
 import warnings
@@ -71,6 +77,7 @@ from _common import emit, machine, set_threads  # noqa: E402
 import numpy as np  # noqa: E402
 
 PAPER_ATTACK = {"n_steps": 100, "learning_rate": 0.01, "max_displacement": 3.0, "snapshot_every": 5}
+GEN1_MD = {"seed": 0, "interval": 10, "timestep_fs": 1.0}  # Gen1's reference MD: the same for every committee seed
 
 
 @dataclass(frozen=True)
@@ -224,56 +231,44 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
-         committee_seed: int):
-    """Propose, select, label ``budget`` structures and train: (committee, training set, cost, picks)."""
-    from advsample.label import label_until
-    from advsample.select import select
+         run_dir: str):
+    """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
+    validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
+    structures (a failed or out-of-window label is paid and replaced), continue training ``committee``
+    (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
+    recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
+    (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
+    read from the round's ``metrics.json``."""
+    from advsample.loop import ActiveLearning
     from advsample.structures import labels_of
 
-    energies, _ = labels_of(train)
-    reference_energy = float(np.min(energies))
-    variance = np.array([a.info["committee_variance"] for a in objective.score(committee, train, energies)])
-    calculator = system.reference.build()
-    cost = {"sampling_cpu_s": 0.0, "reference_cpu_s": 0.0, "reference_calls": 0, "select_cpu_s": 0.0}
-    picked = []
-    for part, (part_sampler, part_budget) in enumerate(sampler.parts(budget)):
-        start = time.process_time()
-        proposal = part_sampler.propose(committee, train, energies, objective, seed=seed * 1000 + part, progress=False)
-        cost["sampling_cpu_s"] += time.process_time() - start
-        start = time.process_time()
-        config = replace(system.selection, ranking=part_sampler.ranking, budget=part_budget)
-        ranked, _ = select(proposal.candidates, train + picked, config, objective, reference_energy, variance,
-                           seed=seed * 1000 + part)
-        cost["select_cpu_s"] += time.process_time() - start
-        start = time.process_time()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = label_until(ranked, part_budget, calculator, progress=False)
-        cost["reference_cpu_s"] += time.process_time() - start
-        cost["reference_calls"] += result.n_calls
-        picked += [a for a in result.labeled]
-    points = picked_points(picked, train, reference_energy, committee, objective)
-    committee, train_cpu = train_from(system, committee, train + picked, validation, scratch, committee_seed)
-    cost["training_cpu_s"] = train_cpu
-    return committee, train + picked, cost, points, picked
+    loop = ActiveLearning.from_system(
+        system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
+        selection=replace(system.selection, budget=budget), train_config=replace(system.train, progress=False),
+        kT=objective.kT, uncertainty=objective.uncertainty, energy_scale=objective.energy_scale,
+        force_reduction=objective.force_reduction, warm_start=not scratch, on_regression="accept",
+        max_consecutive_failures=None, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        record = loop.run(1)[1]
+    timings = record.metrics["timings"]
+    cost = {"sampling_cpu_s": timings["sample_cpu_s"], "reference_cpu_s": timings["label_cpu_s"],
+            "reference_calls": record.metrics["round_reference_calls"]["total"],
+            "select_cpu_s": timings["select_cpu_s"], "training_cpu_s": timings["train_cpu_s"]}
+    picked = list(record.selected)
+    points = picked_points(picked, train, float(np.min(labels_of(train)[0])), committee, objective)
+    return record.committee, record.train, cost, points, picked
 
 
-def train_from(system, parent, train, validation, scratch: bool, committee_seed: int):
-    """(committee, training CPU s): ``parent``'s weights continued (or fresh with ``scratch``/no parent)."""
-    from advsample.committee import Committee
-    from advsample.models.base import MODELS
+def train_from(system, train, validation, committee_seed: int):
+    """(committee, training CPU s): a fresh committee (``make_committee(committee_seed)``) trained with
+    the System's full schedule, fitting the energy normalisation (Gen1)."""
     from advsample.train import train_committee
 
     config = replace(system.train, progress=False, seed=committee_seed)
     start = time.process_time()
-    if parent is None or scratch:
-        committee = system.make_committee(committee_seed)
-        train_committee(committee, train, validation, config, fit_normalization=True)
-    else:
-        committee = Committee(MODELS[type(parent.model).__name__](**parent.model.config()))
-        committee.load_state_dict(parent.state_dict())
-        committee = committee.to(parent.device)
-        train_committee(committee, train, validation, config.continued(), warm_start=True)
+    committee = system.make_committee(committee_seed)
+    train_committee(committee, train, validation, config, fit_normalization=True)
     return committee, time.process_time() - start
 
 
@@ -436,13 +431,38 @@ def run_jobs(name: str, options: dict, args, settings: dict, log=print) -> list[
 
 def gen1_data(system, args) -> tuple[list, float]:
     """(the reference-MD set: the System's initial structures and reference-MD frames up to
-    ``args.gen1_labels``, its reference CPU seconds)."""
+    ``args.gen1_labels``, its reference CPU seconds), the same for every committee seed: computed once
+    per output directory and kept in ``<out>/gen1_data.pkl`` with what determines it (the reference's
+    identity, the initial structures' fingerprint, ``gen1_labels``, ``gen1_temperature_K``, the MD
+    settings), written atomically under a lock (``gen1_data.pkl.lock``), so every seed and worker reads
+    the one computation and reports its CPU seconds. Another key: computed again (and replaced)."""
+    import fcntl
+
+    from advsample.label import reference_identity
+    from advsample.rundir import fingerprint
     from advsample.structures import labeled
 
-    start = time.process_time()
-    frames = reference_md(system, max(args.gen1_labels - len(system.initial), 0), args.gen1_temperature_K, seed=0)
-    initial = [labeled(a.copy(), a.get_potential_energy(), a.get_forces(apply_constraint=False)) for a in system.initial]
-    return initial + frames, time.process_time() - start
+    path = os.path.join(args.out, "gen1_data.pkl")
+    os.makedirs(args.out, exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        start = time.process_time()
+        initial = [labeled(a.copy(), a.get_potential_energy(), a.get_forces(apply_constraint=False))
+                   for a in system.initial]
+        key = {"system": args.system, "reference": reference_identity(system.reference),
+               "initial": fingerprint(initial), "gen1_labels": args.gen1_labels,
+               "gen1_temperature_K": args.gen1_temperature_K, "reference_md": GEN1_MD}
+        if os.path.exists(path):
+            with open(path, "rb") as handle:
+                stored = pickle.load(handle)
+            if stored.get("key") == key:
+                return stored["frames"], stored["reference_cpu_s"]
+        frames = reference_md(system, max(args.gen1_labels - len(initial), 0), args.gen1_temperature_K, **GEN1_MD)
+        data = {"key": key, "frames": initial + frames, "reference_cpu_s": time.process_time() - start}
+        with open(path + ".tmp", "wb") as handle:
+            pickle.dump(data, handle)
+        os.replace(path + ".tmp", path)
+    return data["frames"], data["reference_cpu_s"]
 
 
 def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log):
@@ -455,7 +475,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
     if arm.parent is None:
         data, reference_cpu = gen1_data(system, args)
         train, validation = split_validation(data, 0.1 if len(data) >= 20 else 0.0, seed=0)
-        committee, train_cpu = train_from(system, None, train, validation, True, seed)
+        committee, train_cpu = train_from(system, train, validation, seed)
         cost = {"reference_calls": len(data) - len(system.initial), "reference_cpu_s": reference_cpu,
                 "sampling_cpu_s": 0.0, "training_cpu_s": train_cpu, "select_cpu_s": 0.0}
         points, picked = [], []
@@ -465,8 +485,18 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
         validation = parent_train[len(parent_train) - n_validation:] if n_validation else []
         train = parent_train[:len(parent_train) - n_validation]
         sampler, objective = make_arm_sampler(system, arm, budget, len(train))
-        committee, train, cost, points, picked = grow(system, parent, train, validation, sampler, objective,
-                                                      budget, seed, args.scratch, seed)
+        run_dir = os.path.join(args.out, "runs", f"{arm.name}__seed{seed}")
+        if not args.reuse:
+            shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
+        grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
+                             args.scratch, run_dir)
+        try:
+            committee, train, cost, points, picked = grown()
+        except ValueError as exc:  # --reuse of a round made with other settings (or another parent): redo it
+            if "holds a run made with other settings" not in str(exc):
+                raise
+            shutil.rmtree(run_dir)
+            committee, train, cost, points, picked = grown()
     evaluation, failure = stability(system, committee, args, seed)
     row = {"arm": arm.name, "seed": seed, "parent": arm.parent, "method": arm.method, "seed_choice": arm.seed_choice,
            "uncertainty": arm.uncertainty, "budget": budget, "new_labels": len(picked),

@@ -73,10 +73,18 @@ def test_rows_record_where_picks_sit(first):
 
 
 def test_reuse_skips_finished_arms(first):
+    """--reuse: finished arms are read back; an arm whose row is missing resumes its round from its run
+    directory (no reference call paid again) and gives the same row."""
     out, result, seconds = first
+    labels = os.path.join(out, "runs", "adversarial_N__seed0", "labels.jsonl")
+    with open(labels, "rb") as handle:
+        paid = handle.read()
+    os.remove(os.path.join(out, "arms", "adversarial_N__seed0.json"))
     again, seconds_again = _run(out, "--reuse")
     assert again["arms"] == result["arms"]
     assert seconds_again < seconds
+    with open(labels, "rb") as handle:
+        assert handle.read() == paid
 
 
 def test_bad_arguments_are_refused_naming_them():
@@ -118,6 +126,52 @@ def test_neb_barrier_flags_an_unconverged_band():
     with pytest.raises(ValueError, match="unconverged"):
         neb_barrier(start, end, EMT(), unconverged="ignore")
     assert relaxed(start, EMT()).get_positions().shape == start.get_positions().shape
+
+
+def test_each_arm_is_one_round_of_the_loop_and_its_costs_are_the_rounds(first):
+    """An arm's row carries the costs its run directory's round recorded (reference calls incl.
+    failed and out-of-window ones, CPU of labeling, sampling, selection, training) and its picks."""
+    out, _, _ = first
+    with open(os.path.join(out, "rows.json")) as handle:
+        rows = {r["arm"]: r for r in json.load(handle)}
+    for arm in ARMS[1:]:
+        run_dir = os.path.join(out, "runs", f"{arm}__seed0")
+        with open(os.path.join(run_dir, "round_001", "metrics.json")) as handle:
+            metrics = json.load(handle)
+        with open(os.path.join(run_dir, "settings.json")) as handle:
+            assert set(json.load(handle)["start"]) == {"committee", "train", "validation"}
+        row, timings = rows[arm], metrics["timings"]
+        assert row["reference_calls"] == metrics["round_reference_calls"]["total"] >= row["new_labels"]
+        assert (row["reference_cpu_s"], row["sampling_cpu_s"], row["select_cpu_s"], row["training_cpu_s"]) == (
+            timings["label_cpu_s"], timings["sample_cpu_s"], timings["select_cpu_s"], timings["train_cpu_s"])
+        assert row["new_labels"] == metrics["new_labels"] == row["budget"] == len(row["picked"])
+        assert row["n_train"] == metrics["n_train"] == rows[row["parent"]]["n_train"] + row["budget"]
+        assert metrics["training"]["continued"]  # the parent's weights, continued
+
+
+def test_gen1_data_are_computed_once_per_output_directory(tmp_path, monkeypatch):
+    """Gen1's reference-MD set is computed once and read back by every later seed (same frames,
+    the one computation's CPU seconds); other settings compute it again."""
+    import argparse
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    system = headline.build_system("adatom", {"smoke": True}, 500.0)
+    args = argparse.Namespace(out=str(tmp_path), system="adatom", gen1_labels=len(system.initial) + 2,
+                              gen1_temperature_K=300.0)
+    frames, cpu = headline.gen1_data(system, args)
+    assert len(frames) == args.gen1_labels and cpu > 0
+    computed = headline.reference_md
+    monkeypatch.setattr(headline, "reference_md", lambda *a, **k: pytest.fail("Gen1's data computed twice"))
+    again, cpu_again = headline.gen1_data(system, args)
+    assert cpu_again == cpu
+    assert [a.positions.tolist() for a in again] == [a.positions.tolist() for a in frames]
+    assert [a.get_potential_energy() for a in again] == [a.get_potential_energy() for a in frames]
+    monkeypatch.setattr(headline, "reference_md", computed)
+    hotter, _ = headline.gen1_data(system, argparse.Namespace(**{**vars(args), "gen1_temperature_K": 600.0}))
+    assert [a.positions.tolist() for a in hotter] != [a.positions.tolist() for a in frames]
+    assert sorted(os.listdir(tmp_path)) == ["gen1_data.pkl", "gen1_data.pkl.lock"]  # replaced atomically
 
 
 def test_objective_sweep_adds_the_papers_objective_arms():
