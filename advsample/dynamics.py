@@ -4,10 +4,12 @@ jax-md's shape: :func:`nve` and :func:`langevin` return ``init_fn, step_fn``; th
 (:class:`MDState`) holds positions and momenta [N, 3], forces [N, 3], potential energies
 [B] and per-replica bookkeeping (live mask, steps, failure reasons). All live replicas are one
 :class:`~advsample.structures.Batch`, so each step costs one committee energy+forces
-evaluation (``force_fn``) of them all; a replica that fails (non-finite values, a geometry the
-model refuses, or a failure found by :func:`run_stability`'s checks) stops alone and the
-others go on. Coordinates held by ``FixAtoms`` / ``FixCartesian`` (``batch.fixed``) keep their
-positions and zero momenta; positions are not wrapped into periodic cells (as ASE).
+evaluation (``force_fn``) of them all (a batch of more than ``max_atoms_per_call`` atoms, 4096 by
+default, in chunks of whole structures: :func:`chunked`, same results, bounded memory); a
+replica that fails (non-finite values, a geometry the model refuses, or a failure found by
+:func:`run_stability`'s checks) stops alone and the others go on. Coordinates held by
+``FixAtoms`` / ``FixCartesian`` (``batch.fixed``) keep their positions and zero momenta;
+positions are not wrapped into periodic cells (as ASE).
 
 * :func:`nve`: velocity Verlet, ASE's ``VelocityVerlet`` step for step;
 * :func:`langevin`: ASE's ``Langevin`` (``fixcm=False``) step for step: replica k draws its
@@ -52,10 +54,12 @@ the force on each atom (eV/Å), float64, for a batch of live replicas; may raise
 MAX_ATOMS_PER_CALL: int | None = 4096
 """Default of ``max_atoms_per_call`` (:func:`committee_force_fn`, :func:`run_stability`): live
 replicas are evaluated in chunks of whole structures of at most 4096 atoms (:func:`chunked`).
-Measured by ``benchmarks/md_speed.py --max-atoms`` (CPU, 1 torch thread, 4 × 16 / 4 × 32 SchNet):
-R = 64 periodic cells (832 and 2752 atoms) stay one call, where smaller chunks (256, 1024 atoms) cost
-1.3–1.7× more; at R = 256 (3328-atom slab batch, 11008-atom host–guest batch) chunks of ≤ 4096 atoms
-took 0.5–0.8× the time of one call and 0.25–0.65× its added memory. None: always one call."""
+Measured by ``benchmarks/md_speed.py --max-atoms`` (2026-12-06, 2 shared CPU cores at load 6–11,
+1 torch thread; SchNet 4 × 32 on the 13-atom slab, 4 × 16 on the 43-atom host–guest cell):
+batches up to R = 64 (832 and 2752 atoms) stay one call, where chunks of 256–1024 atoms cost
+1.3–1.7× its time; at R = 256 the host–guest batch (11008 atoms) took 0.46–0.49× the time of one
+call in chunks of 4096 and added 243 MiB instead of 382; on the slab at R = 256 (3328 atoms) chunks
+of 256–2048 atoms took 0.8–1.1× the time and 0.25–0.46× the memory. None: always one call."""
 
 
 def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER_CALL) -> ForceFn:
