@@ -166,12 +166,13 @@ def _sigma_seeded_class():
         name = "adversarial_sigmaseeds"
 
         def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True):
-            scored = objective.score(committee, list(seeds), train_energies)
-            order = np.argsort([-a.info["committee_variance"] for a in scored], kind="stable")
+            bound = objective.bind(train_energies)  # an Objective or the loop's bound one (kept as it is)
+            variance = bound.score(committee, list(seeds), self.name).variance
+            order = np.argsort(-np.asarray(variance), kind="stable")
             chosen = [seeds[i] for i in order[: self.n_seeds or len(seeds)]]
-            config = replace(self.config, kT=objective.kT, uncertainty=objective.uncertainty, seed=seed)
-            result = attack(committee, chosen, train_energies, config, progress=progress)
-            return Proposal(result.snapshots(self.snapshot_every), attack=result)
+            config = replace(self.config, kT=bound.kT, uncertainty=bound.uncertainty, seed=seed)
+            result = attack(committee, chosen, train_energies, config, progress=progress, objective=bound)
+            return Proposal(result.candidates(self.snapshot_every, self.name, bound.uncertainty), attack=result)
 
     return SigmaSeededAttack
 
@@ -816,7 +817,7 @@ def main(argv=None) -> dict:
     output = {"system": args.system, "settings": settings, "seeds": args.seeds,
               "trajectories_per_arm": args.per_seed * args.seeds, "arms": table,
               "headline": {i: headline_ratio(table, i) for i in args.integrators},
-              "per_atom_energy_boltzmann": False, "wall_s": time.perf_counter() - start, "machine": machine(),
+              "wall_s": time.perf_counter() - start, "machine": machine(),
               "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     with open(os.path.join(args.out, "rows.json"), "w") as handle:
         json.dump(rows, handle, default=float)
