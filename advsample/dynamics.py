@@ -57,9 +57,10 @@ replicas are evaluated in chunks of whole structures of at most 4096 atoms (:fun
 Measured by ``benchmarks/md_speed.py --max-atoms`` (2026-12-06, 2 shared CPU cores at load 6–11,
 1 torch thread; SchNet 4 × 32 on the 13-atom slab, 4 × 16 on the 43-atom host–guest cell):
 batches up to R = 64 (832 and 2752 atoms) stay one call, where chunks of 256–1024 atoms cost
-1.3–1.7× its time; at R = 256 the host–guest batch (11008 atoms) took 0.46–0.49× the time of one
-call in chunks of 4096 and added 243 MiB instead of 382; on the slab at R = 256 (3328 atoms) chunks
-of 256–2048 atoms took 0.8–1.1× the time and 0.25–0.46× the memory. None: always one call."""
+1.3–1.7× its time; at R = 256 the host–guest batch (11008 atoms) took 0.46–0.63× the time of one
+call in chunks of 2048–8192 atoms (three runs; its added memory, 130–510 MiB, did not differ beyond
+the scatter of the measure), and the slab batch (3328 atoms) 0.77–1.09× the time and 0.25–0.46× the
+added memory (195–356 MiB instead of 770–790) in chunks of 256–2048. None: always one call."""
 
 
 def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER_CALL) -> ForceFn:
