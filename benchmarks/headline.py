@@ -778,8 +778,8 @@ def parse(argv=None):
         parser.error(f"--kT-sweep: kT must be positive, got {args.kT_sweep}")
     args.arms = [a for a in args.arms.split(",") if a]
     if args.objective_sweep and args.seed_choice == "sigma":
-        parser.error("--objective-sweep: its arms take random seeds (the highest-sigma seeding scores with the "
-                     "default objective); drop --seed-choice sigma")
+        parser.error("--objective-sweep: its arms take random seeds, so that they differ from gen2+adversarial_N10 "
+                     "only in the objective; drop --seed-choice sigma")
     known = [a.name for a in arms(args.kT_sweep, args.seed_choice, args.seed_choice_sweep, args.uncertainty_sweep,
                                   args.objective_sweep)]
     if any(a not in known for a in args.arms):
