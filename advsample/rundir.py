@@ -66,6 +66,10 @@ class RunDirBusy(RuntimeError):
         self.holder = holder
 
 
+class RunDirMismatch(ValueError):
+    """The run directory holds paid work made with other settings (a ValueError, as before)."""
+
+
 class RunDirWriteError(OSError):
     """An OS error while writing a run directory's file, naming the file and the directory."""
 
@@ -363,7 +367,7 @@ class RunDir:
                 return
             if self.holds_paid_work():
                 first = changed[0]
-                raise ValueError(
+                raise RunDirMismatch(
                     f"{self.path} holds a run made with other settings ({', '.join(changed)} differ; "
                     f"{first_difference(stored.get(first), settings.get(first), first)}); "
                     "use a new run_dir, or the same settings, reference and data to resume it"

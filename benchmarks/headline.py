@@ -469,6 +469,7 @@ def gen1_data(system, args) -> tuple[list, float]:
 def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log):
     """(row, committee, training set) of one arm, saved as it finishes. A saved training set ends
     with Gen1's fixed validation split (``n_validation`` structures), which every arm keeps."""
+    from advsample.rundir import RunDirMismatch
     from advsample.train import split_validation
 
     wall = time.perf_counter()
@@ -493,9 +494,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
                              args.scratch, run_dir)
         try:
             committee, train, cost, points, picked = grown()
-        except ValueError as exc:  # --reuse of a round made with other settings (or another parent): redo it
-            if "holds a run made with other settings" not in str(exc):
-                raise
+        except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it
             shutil.rmtree(run_dir)
             committee, train, cost, points, picked = grown()
     evaluation, failure = stability(system, committee, args, seed)
