@@ -156,6 +156,7 @@ def committee_forces(committee: Committee) -> ReplicaForces:
 def langevin_frames(
     seeds: Sequence[Atoms], forces: ReplicaForces, temperature_K: float, timestep_fs: float,
     n_steps: int, interval: int, friction: float, seed: int = 0, stop_energy_std: float | None = None,
+    max_atoms_per_call: int | None = dynamics.MAX_ATOMS_PER_CALL,
 ) -> list[list[Atoms]]:
     """Langevin MD of all seeds in lockstep: one ``forces`` call per step on a Batch of the live replicas.
 
@@ -171,6 +172,9 @@ def langevin_frames(
     :class:`~advsample.geometry.GeometryError` (the structures at fault are dropped, the others
     re-evaluated; that frame is not kept), and, with ``stop_energy_std`` (energy unit), at the
     first step (0 included) whose σ_E exceeds it: that frame ends the trajectory.
+    ``max_atoms_per_call``: the live replicas go to ``forces`` in chunks of whole structures of at
+    most this many atoms (:func:`~advsample.dynamics.chunked`, each chunk with its own replica
+    indices; same frames, peak memory bounded; None: one call per step).
     """
     frames: list[list[Atoms]] = [[] for _ in seeds]
     if len(seeds) == 0:
@@ -178,13 +182,21 @@ def langevin_frames(
     replicas = dynamics.make_replicas(list(seeds), len(seeds), temperature_K, seed, remove_drift=False)
     state = dynamics.start_state(replicas)  # its live mask is what ``force_fn`` follows
     energy_std = np.zeros(replicas.n_replicas)  # σ_E [R] of the last evaluation
+    done = [0]  # live replicas already evaluated in this call (chunks come in order)
 
-    def force_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        live = np.flatnonzero(state.live)
+    def chunk_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        live = np.flatnonzero(state.live)[done[0]:done[0] + batch.n_structures]
+        done[0] += batch.n_structures
         force, sigma = forces(batch, live)
         energy_std[live] = sigma
         # σ_E stands in for the energies: dynamics stops a replica whose value is not finite
         return torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(force, dtype=torch.float64)
+
+    chunks = dynamics.chunked(chunk_fn, max_atoms_per_call)
+
+    def force_fn(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        done[0] = 0
+        return chunks(batch)
 
     _, step_fn = dynamics.langevin(force_fn, replicas, timestep_fs, temperature_K, friction)
     dynamics.evaluate(force_fn, replicas, state)

@@ -245,6 +245,39 @@ def test_a_replica_refused_mid_run_ends_alone_and_the_others_are_unchanged():
     assert_same_frames(refused, [expected[0], expected[1][:1], expected[2]])
 
 
+def test_chunked_langevin_frames_equal_one_call():
+    """max_atoms_per_call=8 on NH3, NH3, NH3, N2H4 (4, 4, 4, 6 atoms): chunks [0, 1] | [2] | [3], each given
+    its own replica indices (forces scaled per replica would differ otherwise); replica 3, refused at its
+    8th evaluation inside its chunk, ends alone: the same frames as one call per step."""
+    from ase.build import molecule
+
+    from advsample.geometry import GeometryError
+    from advsample.samplers import committee_forces, langevin_frames
+
+    committee, seeds = float32_schnet(), nh3_seeds(3) + [molecule("N2H4")]
+    plain = committee_forces(committee)
+
+    def run(max_atoms_per_call):
+        calls, seen = [], {}
+
+        def forces(batch, replicas):
+            calls.append(list(replicas))
+            assert batch.n_atoms.tolist() == [len(seeds[r]) for r in replicas]
+            seen[3] = seen.get(3, 0) + (3 in replicas)
+            if 3 in replicas and seen[3] == 8:
+                raise GeometryError("refused", structures=[list(replicas).index(3)])
+            force, sigma = plain(batch, replicas)
+            return force * (1 + 0.2 * np.asarray(replicas))[batch.structure_index.numpy(), None], sigma
+
+        options = dict(temperature_K=1500.0, timestep_fs=0.5, n_steps=20, interval=5, friction=0.02, seed=1)
+        return langevin_frames(seeds, forces, **options, max_atoms_per_call=max_atoms_per_call), calls
+
+    (one, one_calls), (chunks, chunk_calls) = run(None), run(8)
+    assert one_calls[0] == [0, 1, 2, 3] and chunk_calls[:3] == [[0, 1], [2], [3]]
+    assert [len(t) for t in chunks] == [4, 4, 4, 1] and [0, 1] in chunk_calls[-2:]
+    assert_same_frames(chunks, one)
+
+
 def test_a_replica_gone_non_finite_ends_alone_before_it_is_evaluated():
     """NaN forces on replica 0 at step 3 make its positions of step 4 non-finite: it ends with no frame,
     is not evaluated there, and the others' frames are those of the run without it."""
