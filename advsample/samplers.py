@@ -174,7 +174,9 @@ def langevin_frames(
     first step (0 included) whose σ_E exceeds it: that frame ends the trajectory.
     ``max_atoms_per_call``: the live replicas go to ``forces`` in chunks of whole structures of at
     most this many atoms (:func:`~advsample.dynamics.chunked`, each chunk with its own replica
-    indices; same frames, peak memory bounded; None: one call per step).
+    indices; same frames, peak memory bounded; None: one call per step). A refusal re-evaluates
+    the step's earlier chunks too, so a ``forces`` with per-replica state (biased MD's window)
+    sees their step twice there.
     """
     frames: list[list[Atoms]] = [[] for _ in seeds]
     if len(seeds) == 0:
