@@ -53,6 +53,9 @@ same in total CPU.
 Resumable per arm: each (arm, seed) writes ``DIR/arms/<arm>__seed<s>.json`` (and its committee and
 training set) as it finishes; ``--reuse`` skips those present (written at the same settings) and
 resumes an unfinished arm's round from its run directory (labels paid once, from its label cache).
+A finished arm trained at the same settings whose NN-MD test differs (``--trajectories``,
+``--md-steps``, ``--integrators``, ``--temperature-K``, ``--energy-tolerance``) is tested again
+with its committee, not retrained (its row records ``retested_from``).
 Gen1's reference-MD set is computed once per ``DIR`` (``DIR/gen1_data.pkl``) for every seed.
 ``DIR/rows.json`` and ``DIR/summary.json`` are rewritten at the end; ``--json``: one JSON object
 as the last line. ``--quick``: the smoke slab, 1 seed, tiny numbers, every arm and statistic
@@ -310,24 +313,33 @@ def arm_paths(out: str, arm: str, seed: int) -> dict:
 def save_arm(out: str, row: dict, committee, train, picked, failure=()) -> None:
     """The committee, training set and picks first (picks and the first failed test run's frames
     also as extxyz, for viewers), the row last (its presence marks the arm done)."""
-    from ase.io import write
-
     paths = arm_paths(out, row["arm"], row["seed"])
     for path in paths.values():
         os.makedirs(os.path.dirname(path), exist_ok=True)
     for folder, frames in (("picked", picked), ("failures", failure)):
-        if frames:
-            os.makedirs(os.path.join(out, folder), exist_ok=True)
-            write(os.path.join(out, folder, f"{row['arm']}__seed{row['seed']}.extxyz"),
-                  [_viewable(a) for a in frames], format="extxyz")
+        _write_frames(out, folder, f"{row['arm']}__seed{row['seed']}", frames)
     committee.save(paths["committee"])
     for key, value in (("train", train), ("picked", picked)):
         with open(paths[key] + ".tmp", "wb") as handle:
             pickle.dump(value, handle)
         os.replace(paths[key] + ".tmp", paths[key])
-    with open(paths["row"] + ".tmp", "w") as handle:
+    _write_json(paths["row"], row)
+
+
+def _write_json(path: str, row: dict) -> None:
+    """``row`` as JSON at ``path``, atomically."""
+    with open(path + ".tmp", "w") as handle:
         json.dump(row, handle, default=float)
-    os.replace(paths["row"] + ".tmp", paths["row"])
+    os.replace(path + ".tmp", path)
+
+
+def _write_frames(out: str, folder: str, stem: str, frames) -> None:
+    """``frames`` (if any) as ``out/folder/stem.extxyz``, for viewers."""
+    from ase.io import write
+
+    if frames:
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+        write(os.path.join(out, folder, stem + ".extxyz"), [_viewable(a) for a in frames], format="extxyz")
 
 
 def _viewable(atoms):
@@ -338,8 +350,19 @@ def _viewable(atoms):
     return copy
 
 
+# The settings of the NN-MD test only: an arm trained at the same other settings is tested again
+# with its committee (``--reuse``), not retrained, when one of these changes.
+TEST_SETTINGS = ("per_seed", "md_steps", "integrators", "temperature_K", "energy_tolerance")
+
+
+def training_settings(settings: dict) -> dict:
+    """``settings`` without the test's (:data:`TEST_SETTINGS`): what decides an arm's committee."""
+    return {key: value for key, value in settings.items() if key not in TEST_SETTINGS}
+
+
 def load_arm(out: str, arm: str, seed: int, settings: dict):
-    """(row, committee, training set) of a finished arm at the same settings, else None."""
+    """(row, committee, training set) of a finished arm trained at the same settings (its test's
+    settings may differ: ``row["settings"]`` says), else None."""
     from advsample.committee import Committee
 
     paths = arm_paths(out, arm, seed)
@@ -347,7 +370,7 @@ def load_arm(out: str, arm: str, seed: int, settings: dict):
         return None
     with open(paths["row"]) as handle:
         row = json.load(handle)
-    if row.get("settings") != settings:
+    if training_settings(row.get("settings") or {}) != training_settings(settings):
         return None
     with open(paths["train"], "rb") as handle:
         train = pickle.load(handle)
@@ -380,10 +403,14 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
     if args.reuse:
         done = load_arm(args.out, arm.name, seed, settings)
         if done is not None:
+            row = done[0]
+            if any(not np.isfinite(p["sigma"]) for p in row["picked"]):
+                row = rescore(build_system(name, options, args.effective_temperature_K), arm, args.out, row, settings)
+            if row["settings"] != settings:
+                return retest(build_system(name, options, args.effective_temperature_K), row, done[1], args, settings,
+                              log)
             log(f"seed {seed} {arm.name}: reused")
-            if any(not np.isfinite(p["sigma"]) for p in done[0]["picked"]):
-                return rescore(build_system(name, options, args.effective_temperature_K), arm, args.out, done[0], settings)
-            return done[0]
+            return row
     system = build_system(name, options, args.effective_temperature_K)
     state = {}
     for needed in {"gen1", arm.parent} - {None}:
@@ -393,6 +420,27 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
                 raise SystemExit(f"arm {arm.name!r} (seed {seed}) needs {needed!r}, not found in {args.out} at "
                                  "these settings: run it first (or drop --arms)")
     return run_arm(system, arm, state, args, settings, seed, log)[0]
+
+
+def retest(system, row: dict, committee, args, settings: dict, log) -> dict:
+    """A finished arm's committee tested again at this run's test settings (:data:`TEST_SETTINGS`),
+    its training, labels and costs kept; the row (and its first failed run's frames) rewritten, the
+    earlier test settings recorded as ``row["retested_from"]``."""
+    start = time.perf_counter()
+    evaluation, failure = stability(system, committee, args, row["seed"])
+    earlier = {key: row["settings"].get(key) for key in TEST_SETTINGS}
+    row = {**row, "stability": evaluation, "settings": settings, "retested_from": earlier,
+           "retest_wall_s": time.perf_counter() - start}
+    stem = f"{row['arm']}__seed{row['seed']}"
+    stale = os.path.join(args.out, "failures", stem + ".extxyz")
+    if os.path.exists(stale):
+        os.remove(stale)
+    _write_frames(args.out, "failures", stem, failure)
+    _write_json(arm_paths(args.out, row["arm"], row["seed"])["row"], row)
+    log(f"seed {row['seed']} {row['arm']}: tested again, "
+        + ", ".join(f"{k} {v['n_stable']}/{v['n_runs']}" for k, v in evaluation.items())
+        + f" ({row['retest_wall_s']:.0f} s)")
+    return row
 
 
 def rescore(system, arm: Arm, out: str, row: dict, settings: dict) -> dict:
@@ -407,10 +455,7 @@ def rescore(system, arm: Arm, out: str, row: dict, settings: dict) -> dict:
     train = parent[2][:len(parent[2]) - n_validation]
     _, objective = make_arm_sampler(system, arm, row["budget"], len(train))
     row = {**row, "picked": picked_points(picked, train, float(np.min(labels_of(train)[0])), parent[1], objective)}
-    path = arm_paths(out, arm.name, row["seed"])["row"]
-    with open(path + ".tmp", "w") as handle:
-        json.dump(row, handle, default=float)
-    os.replace(path + ".tmp", path)
+    _write_json(arm_paths(out, arm.name, row["seed"])["row"], row)
     return row
 
 
@@ -751,7 +796,10 @@ def parse(argv=None):
     add("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.gen1_labels, args.labels, args.trajectories, args.md_steps = 1, 12, 4, 4, 20
+        args.seeds, args.gen1_labels, args.labels = 1, 12, 4
+        for key, tiny in (("trajectories", 4), ("md_steps", 20)):  # the test's size unless given
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, tiny)
         args.epochs = args.epochs or 10
     args.options = {}
     for item in args.option:

@@ -87,6 +87,34 @@ def test_reuse_skips_finished_arms(first):
         assert handle.read() == paid
 
 
+def test_reuse_tests_a_trained_arm_again_when_only_the_test_changes(tmp_path):
+    """--reuse with another NN-MD test (more steps, more runs): every arm keeps its committee,
+    training set, labels and costs (nothing retrained, no reference call paid) and is tested again
+    at the new settings."""
+    out = str(tmp_path)
+    arms = "gen1,md_N,adversarial_N10"
+    first, _ = _run(out, "--arms", arms)
+    committees = {name: os.path.getmtime(os.path.join(out, "committees", name)) for name in os.listdir(
+        os.path.join(out, "committees"))}
+    labels = os.path.join(out, "runs", "md_N__seed0", "labels.jsonl")
+    with open(labels, "rb") as handle:
+        paid = handle.read()
+    again, _ = _run(out, "--reuse", "--arms", arms, "--md-steps", "30", "--trajectories", "6")
+    assert again["trajectories_per_arm"] == 6 and again["settings"]["md_steps"] == 30
+    for name in arms.split(","):
+        before, after = first["arms"][name], again["arms"][name]
+        for key in ("labels", "reference_calls_total", "training_cpu_s_total", "total_cpu_s"):
+            assert after[key] == before[key], (name, key)
+        assert after["nve"]["n_trajectories"] == 6 != before["nve"]["n_trajectories"]
+    with open(os.path.join(out, "arms", "md_N__seed0.json")) as handle:
+        row = json.load(handle)
+    assert row["retested_from"]["md_steps"] == first["settings"]["md_steps"]
+    assert row["stability"]["nve"]["n_steps"] == 30 and row["stability"]["nve"]["n_runs"] == 6
+    assert {name: os.path.getmtime(os.path.join(out, "committees", name)) for name in committees} == committees
+    with open(labels, "rb") as handle:
+        assert handle.read() == paid
+
+
 def test_bad_arguments_are_refused_naming_them():
     done = subprocess.run([sys.executable, SCRIPT, "--quick", "--integrators", "verlet"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
