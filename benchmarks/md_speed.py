@@ -2,7 +2,7 @@
 
     python benchmarks/md_speed.py [--replicas 1,8,64,256] [--steps 10] [--repeats 5] [--systems NH3,slab,4x16]
                                   [--host-guest SOD:methylamine [--stability-steps 200] [--epochs 200]] [--threads N] [--quick] [--json]
-                                  [--max-atoms 1024,4096]
+                                  [--max-atoms 1024,4096] [--compile]
 
 For each system and each R in ``--replicas``, timed in alternation in one process (median of
 ``--repeats`` blocks of ``--steps`` steps, every block from the same start, so no replica
@@ -12,12 +12,14 @@ drifts off even with an untrained committee):
   the failure checks as :func:`~advsample.dynamics.run_stability` runs them (geometry and NVE
   drift every 10 steps: one check per 10-step block); its set-up (replicas, checks, first
   evaluation) is reported apart (``setup_s``, paid once per run of thousands of steps);
-* ``bare``: the committee energy+forces call (:class:`~advsample.committee.Committee`,
-  ``forces=True``) of the same R structures as one batch, each call at new positions (so the
-  model's neighbour lists are rebuilt, as in MD): the limit a batched integrator can reach;
+* ``bare``: the committee energy+forces evaluation of the same R structures as one batch, as
+  the batched integrator calls it (:func:`~advsample.dynamics.committee_force_fn`: through the
+  model's fixed geometry), each call at new positions (so the model's neighbour lists are
+  rebuilt, as in MD): the limit a batched integrator can reach;
 * ``ase``: one replica at a time, ASE's ``VelocityVerlet`` with
   :class:`~advsample.calculator.CommitteeCalculator` and no failure checks (so the baseline
-  is, if anything, flattered).
+  is, if anything, flattered); ``ase_same_path``: the same with the calculator's committee
+  evaluated through the fixed geometry too (``speedup_vs_ase_same_path``: what batching alone gains).
 
 Systems: NH3 (4 × 32 SchNet, 2 interactions, 5 Å), the Au/Al(100) adatom slab (13 atoms,
 8 fixed, pbc T T F; 4 × 32 SchNet, 2 interactions, 5 Å) and a host–guest cell (methylamine in
@@ -33,6 +35,8 @@ of a stability evaluation of 128 trajectories with the smallest (4000 steps extr
 chunks of at most K atoms (:func:`advsample.dynamics.chunked`) beside one call, timed in alternation,
 with the memory a short run adds (``chunked`` in each row). Elsewhere the committees are untrained (the cost of a step does not depend
 on the weights). ``--device cuda`` (default when visible) runs all three on the GPU.
+``--compile``: the SchNet member network (``model._network``) through ``torch.compile(dynamic=True)``
+for all of them (first call compiles: tens of seconds on a cold cache, reported as ``compile_s``).
 With ``--json`` the last line is one JSON object.
 """
 from __future__ import annotations
@@ -167,10 +171,28 @@ def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, ma
     return run, setup_s
 
 
+class FixedGeometryPath:
+    """The committee called as ``committee(batch, forces=True)`` but evaluated through its fixed
+    geometry, as :func:`~advsample.dynamics.committee_force_fn` evaluates it (for the ASE calculator)."""
+
+    def __init__(self, committee):
+        self.committee = committee
+
+    def __getattr__(self, name):
+        return getattr(self.committee, name)
+
+    def __call__(self, batch, forces=True):
+        return self.committee(batch, forces=forces, geometry=self.committee.fixed_geometry(batch))
+
+
 def bare_block(committee, start, r: int, n_steps: int):
-    """A closure: ``n_steps`` committee energy+forces calls on R structures, each call at new
+    """A closure: ``n_steps`` committee energy+forces evaluations on R structures as the batched
+    integrator makes them (one call, :func:`~advsample.dynamics.committee_force_fn`), each at new
     positions (as in MD: the model's neighbour lists are not reused)."""
+    from advsample.dynamics import committee_force_fn
     from advsample.structures import Batch
+
+    force_fn = committee_force_fn(committee, None)
 
     batch = Batch.from_atoms([start] * r)
     rng = np.random.default_rng(0)
@@ -179,7 +201,7 @@ def bare_block(committee, start, r: int, n_steps: int):
 
     def run():
         for moved in batches:
-            committee(moved, forces=True)
+            force_fn(moved)
 
     return run
 
@@ -231,16 +253,25 @@ def chunk_sweep(name, committee, start, r: int, n_steps: int, repeats: int, limi
     return out
 
 
-def measure(name, start, make_committee, replicas, n_steps, repeats, device, chunk_limits=(), memory_args=()) -> dict:
+def measure(name, start, make_committee, replicas, n_steps, repeats, device, chunk_limits=(), memory_args=(),
+            compile_network=False) -> dict:
     from advsample.dynamics import run_stability
 
     committee = make_committee().to(device)
+    compile_s = None
+    if compile_network:
+        committee.model._network = torch.compile(committee.model._network, dynamic=True)
+        begin = time.perf_counter()
+        batched_block(committee, start, 2, 1, 0.5)  # the first calls compile (forward and backward)
+        ase_block(committee, start, 1, 0.5)()
+        compile_s = time.perf_counter() - begin
     ase = ase_block(committee, start, n_steps, 0.5)
+    ase_same_path = ase_block(FixedGeometryPath(committee), start, n_steps, 0.5)
     rows = []
     for r in replicas:
         batched, setup_s = batched_block(committee, start, r, n_steps, 0.5)
         times = interleaved_median_ms({"batched": batched, "bare": bare_block(committee, start, r, n_steps),
-                                       "ase": ase}, repeats=repeats, warmup=1)
+                                       "ase": ase, "ase_same_path": ase_same_path}, repeats=repeats, warmup=1)
         with PeakMemory() as memory:
             run_stability(committee, [start], n_replicas=r, n_steps=n_steps, temperature_K=300.0, check_every=10)
         per = {key: value / n_steps for key, value in times.items()}  # ms per step
@@ -249,18 +280,21 @@ def measure(name, start, make_committee, replicas, n_steps, repeats, device, chu
             "bare_replica_steps_per_s": 1000.0 * r / per["bare"], "ase_replica_steps_per_s": 1000.0 / per["ase"],
             "speedup_vs_ase": per["ase"] * r / per["batched"], "overhead_vs_bare": per["batched"] / per["bare"],
             "batched_ms_per_replica_step": per["batched"] / r, "bare_ms_per_replica_step": per["bare"] / r,
-            "ase_ms_per_replica_step": per["ase"], "setup_s": setup_s, "live_fraction": float(batched.live),
+            "ase_ms_per_replica_step": per["ase"], "ase_same_path_ms_per_replica_step": per["ase_same_path"],
+            "speedup_vs_ase_same_path": per["ase_same_path"] * r / per["batched"],
+            "setup_s": setup_s, "live_fraction": float(batched.live),
             "peak_memory_MiB": memory.peak, "cuda_peak_memory_MiB": memory.cuda_peak,
         })
         row = rows[-1]
         print(f"{name:42s} R={r:4d}  batched {row['batched_ms_per_replica_step']:.3f} ms  bare "
               f"{row['bare_ms_per_replica_step']:.3f} ms  ASE {row['ase_ms_per_replica_step']:.3f} ms per replica-step"
-              f"  -> {row['speedup_vs_ase']:.1f}x ASE, {row['overhead_vs_bare']:.2f}x bare  "
+              f"  -> {row['speedup_vs_ase']:.1f}x ASE ({row['speedup_vs_ase_same_path']:.1f}x ASE on the same path), "
+              f"{row['overhead_vs_bare']:.2f}x bare  "
               f"(set-up {setup_s:.2f} s, live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB)", flush=True)
         if chunk_limits:
             row["chunked"] = chunk_sweep(name, committee, start, r, n_steps, repeats, [*chunk_limits, None],
                                          memory_args)
-    return {"n_atoms": len(start), "rows": rows}
+    return {"n_atoms": len(start), "rows": rows, "compile_s": compile_s}
 
 
 NETWORKS = {"4x16, 1 int., 4 A": (16, 1, 4.0), "4x32, 1 int., 4.5 A": (32, 1, 4.5), "4x32, 2 int., 5 A": (32, 2, 5.0)}
@@ -334,6 +368,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-atoms", default="", metavar="K1,K2",
                         help="also batched NVE with the committee evaluated in chunks of at most K atoms "
                              "(dynamics' max_atoms_per_call), beside one call: time and memory per R")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile(dynamic=True) the SchNet member network for batched, bare and ASE alike")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -346,12 +382,12 @@ def main(argv=None) -> dict:
     repeats = 2 if args.quick else args.repeats
     chunk_limits = [int(k) for k in args.max_atoms.split(",") if k.strip()] or ([4] if args.quick else [])
     result = {"machine": machine(), "replicas": replicas, "steps": n_steps, "device": device, "systems": {},
-              "max_atoms_per_call": chunk_limits}
+              "max_atoms_per_call": chunk_limits, "compile": args.compile}
     for name, (start, make_committee) in systems(args.quick).items():
         if args.systems and not any(word.lower() in name.lower() for word in args.systems.split(",")):
             continue
         result["systems"][name] = measure(name, start, make_committee, replicas, n_steps, repeats, device,
-                                          chunk_limits, (args.quick, device, args.threads))
+                                          chunk_limits, (args.quick, device, args.threads), args.compile)
     if args.host_guest:
         result["host_guest"] = host_guest_study(args.host_guest, args.stability_replicas, args.stability_steps,
                                                 args.epochs, repeats)
