@@ -30,7 +30,8 @@ against ASE; its models are its own ``ModelInterface`` (a committee would need a
 returns the member mean); and its runners have no per-replica stop with our failure criteria.
 The measurement that decides: ``benchmarks/md_speed.py`` puts this integrator with its checks
 at 1.1–1.2× the bare committee energy+forces call per replica-step at R ≥ 64 on NH3 (~1.0× on
-the slab), so no other integrator could gain more than that ~10–20 %: the network is the cost.
+the slab; 1.06–1.17× on NH3, the slab and a host–guest cell with the cheaper fixed-geometry
+evaluation), so no other integrator could gain more than that ~10–20 %: the network is the cost.
 """
 from __future__ import annotations
 
