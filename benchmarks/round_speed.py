@@ -2,6 +2,7 @@
 
     python benchmarks/round_speed.py [--systems ammonia,ethanol,adatom,host_guest] [--seeds 3] [--rounds 3]
                                      [--option KEY=VALUE] [--threads N] [--quick] [--json]
+    python benchmarks/round_speed.py --merge seed0.json seed1.json ... [--json]   (runs of other seeds, merged)
 
 For each system and seed, one adversarial run retrains every round from scratch (the
 system's full ``TrainConfig``: seed + round) and one continues each round from the previous
@@ -175,6 +176,20 @@ def summarize(per_seed: dict[str, list[list[dict]]], rounds: int) -> dict:
     return summary
 
 
+def print_summary(name: str, summary: dict, rare_event: str | None, thermal: str | None) -> None:
+    """One line per system: the speedups of the later rounds and the final errors, scratch [range] vs continued."""
+    scratch, continued = summary["scratch"], summary["continued"]
+
+    def spread(key: str, f: str) -> str:
+        low, high = scratch[key]["min"], scratch[key]["max"]
+        return f"scratch {scratch[key]['mean']:{f}} [{low:{f}}-{high:{f}}] vs continued {continued[key]['mean']:{f}}"
+
+    print(f"{name}: rounds {summary['rounds_timed']} {summary['speedup_later_rounds']:.2f}x faster continued (wall; "
+          f"CPU {summary['speedup_later_rounds_cpu']:.2f}x, training {summary['speedup_later_rounds_train']:.2f}x); "
+          f"final test force MAE {spread('final_test_force_mae', '.4f')}; {rare_event} "
+          f"{spread('final_rare_event', '.4g')}; {thermal} {spread('final_thermal', '.4g')}", flush=True)
+
+
 def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path, on_regression: str = "accept",
                  first_seed: int = 0, options: dict | None = None) -> dict:
     options = system_options(name, quick, options)
@@ -198,18 +213,43 @@ def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path,
                   f"{last['test_force_sigma']:.4f} "
                   f"[{time.perf_counter() - start:.0f} s]", flush=True)
     summary = summarize(per_seed, rounds)
-    print(f"{name}: rounds {summary['rounds_timed']} {summary['speedup_later_rounds']:.2f}x faster continued (wall; CPU "
-          f"{summary['speedup_later_rounds_cpu']:.2f}x, training {summary['speedup_later_rounds_train']:.2f}x); final "
-          f"test force MAE scratch {summary['scratch']['final_test_force_mae']['mean']:.4f} "
-          f"[{summary['scratch']['final_test_force_mae']['min']:.4f}-{summary['scratch']['final_test_force_mae']['max']:.4f}]"
-          f" vs continued {summary['continued']['final_test_force_mae']['mean']:.4f}; "
-          f"{rare_event_metric(system)} scratch {summary['scratch']['final_rare_event']['mean']:.4g} "
-          f"[{summary['scratch']['final_rare_event']['min']:.4g}-{summary['scratch']['final_rare_event']['max']:.4g}]"
-          f" vs continued {summary['continued']['final_rare_event']['mean']:.4g}; {thermal_metric(system)} scratch "
-          f"{summary['scratch']['final_thermal']['mean']:.4g} vs continued "
-          f"{summary['continued']['final_thermal']['mean']:.4g}", flush=True)
+    print_summary(name, summary, rare_event_metric(system), thermal_metric(system))
     return {"options": options, "rare_event_metric": rare_event_metric(system),
             "thermal_metric": thermal_metric(system), "per_seed": per_seed, **summary}
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from runs of this benchmark over different seeds (e.g. ``--seeds 1 --first-seed S``, one process
+    per seed side by side): per system the seeds' rows in order of their first seed, summarized again by
+    :func:`summarize` (the same aggregation as one multi-seed run); each run's command settings and machine kept
+    under ``merged_from``. The runs must agree on rounds, ``on_regression``, ``quick`` and each system's options."""
+    if not results:
+        raise ValueError("merge_results: no results to merge")
+    results = sorted(results, key=lambda r: r["first_seed"])
+    first = results[0]
+    for key in ("benchmark", "rounds", "on_regression", "quick"):
+        values = {json.dumps(r.get(key)) for r in results}
+        if len(values) > 1:
+            raise ValueError(f"merge_results: the runs differ in {key!r}: {sorted(values)}")
+    seeds = [seed for r in results for seed in range(r["first_seed"], r["first_seed"] + r["seeds"])]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"merge_results: a seed appears twice: {seeds}")
+    merged = {key: first[key] for key in ("benchmark", "quick", "rounds", "on_regression")}
+    merged.update(seeds=len(seeds), seed_list=seeds, first_seed=seeds[0], systems={},
+                  merged_from=[{k: r.get(k) for k in ("seeds", "first_seed", "machine", "total_s")} for r in results])
+    for name in first["systems"]:
+        parts = [r["systems"].get(name) for r in results]
+        if any(part is None for part in parts) or len({json.dumps(part.get("options")) for part in parts}) > 1:
+            raise ValueError(f"merge_results: system {name!r} is missing from a run or ran with other options")
+        per_seed = {mode: [run for part in parts for run in part["per_seed"][mode]] for mode in MODES}
+        merged["systems"][name] = {key: parts[0].get(key) for key in ("options", "rare_event_metric", "thermal_metric")}
+        merged["systems"][name].update(per_seed=per_seed, **summarize(per_seed, first["rounds"]))
+    return merged
+
+
+def read_result(path) -> dict:
+    """The JSON object on the last line of a ``--json`` run's output file."""
+    return json.loads(Path(path).read_text().strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
@@ -227,8 +267,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword of every named system's factory (JSON value, else a string), e.g. "
                              "n_initial=50; repeatable; on top of SYSTEM_OPTIONS")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FILE",
+                        help="merge the outputs of --json runs over other seeds (last line of each file) and emit "
+                             "the merged result instead of running")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.merge:
+        result = merge_results([read_result(path) for path in args.merge])
+        for name, summary in result["systems"].items():
+            print_summary(name, summary, summary["rare_event_metric"], summary["thermal_metric"])
+        emit(result, args.json)
+        return result
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")

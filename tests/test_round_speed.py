@@ -58,3 +58,18 @@ def test_round_speed_host_guest_quick(tmp_path):
     # the same round 0 and the same label budget in both modes
     assert runs["scratch"][0]["test_force_mae"] == runs["continued"][0]["test_force_mae"]
     assert runs["scratch"][1]["labels_used"] == runs["continued"][1]["labels_used"] > 0
+
+    # --merge: runs over other seeds (here the same rows as seed 1) summarized as one run; mismatches refused
+    (tmp_path / "seed0.out").write_text(process.stdout)
+    other = {**result, "first_seed": 1}
+    (tmp_path / "seed1.out").write_text("a progress line\n" + json.dumps(other) + "\n")
+    merged = round_speed.main(["--merge", str(tmp_path / "seed1.out"), str(tmp_path / "seed0.out")])
+    assert merged["seeds"] == 2 and merged["seed_list"] == [0, 1] and len(merged["merged_from"]) == 2
+    both = merged["systems"]["host_guest"]
+    assert both["options"] == cell["options"] and len(both["per_seed"]["continued"]) == 2
+    assert both["scratch"]["final_test_force_mae"]["values"] == 2 * cell["scratch"]["final_test_force_mae"]["values"]
+    assert both["speedup_later_rounds"] == pytest.approx(cell["speedup_later_rounds"])
+    with pytest.raises(ValueError, match="a seed appears twice"):
+        round_speed.merge_results([result, result])
+    with pytest.raises(ValueError, match="'rounds'"):
+        round_speed.merge_results([result, {**other, "rounds": 3}])
