@@ -272,3 +272,88 @@ def test_md_speed_benchmark_quick(tmp_path):
             assert {"replicas", "batched_replica_steps_per_s", "bare_replica_steps_per_s", "ase_replica_steps_per_s",
                     "speedup_vs_ase", "overhead_vs_bare", "peak_memory_MiB"} <= set(row)
             assert row["batched_replica_steps_per_s"] > 0 and row["overhead_vs_bare"] > 0
+
+
+# -- compile=True: the committee evaluated through torch.compile(dynamic=True) ---------------------
+@pytest.fixture(scope="module")
+def small_float32_committee():
+    """The smallest committee worth compiling: 2 members x 8 features, 1 interaction, float32."""
+    return Committee(SchNetCommittee(n_members=2, species=(13, 79), n_features=8, n_interactions=1, cutoff=4.0,
+                                     seed=1))
+
+
+def nve_positions(force_fn, replicas, n_steps):
+    init_fn, step_fn = nve(force_fn, replicas, 0.5)
+    state = init_fn()
+    for _ in range(n_steps):
+        state = step_fn(state)
+    assert state.live.all()
+    return state.positions.numpy(), state.forces.numpy()
+
+
+@pytest.mark.slow
+def test_compiled_nve_equals_eager_on_periodic_cells(small_float32_committee):
+    """compile=True: 3 slab replicas (13 atoms, pbc T T F, 8 fixed), 20 NVE steps at 600 K give the
+    eager trajectory to 1e-4 A (float32) and its forces; a second force function of the same
+    committee, other replica counts and pair counts do not recompile. Compiling costs tens of
+    seconds (cold cache): marked slow, it still runs."""
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    from advsample.structures import Batch
+
+    committee = small_float32_committee
+    replicas = make_replicas([adatom_slab()], 3, 600.0, seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        compiled = committee_force_fn(committee, compile=True)
+        compiled(replicas.batch)  # the first call compiles
+    failed = [str(w.message) for w in caught if "compile=True" in str(w.message)]
+    if failed:
+        pytest.skip(f"torch.compile cannot build here: {failed[0]}")
+    graphs = counters["stats"]["unique_graphs"]
+    positions, forces = nve_positions(compiled, replicas, 20)
+    eager_positions, eager_forces = nve_positions(committee_force_fn(committee), replicas, 20)
+    assert np.abs(positions - eager_positions).max() < 1e-4  # Å after 20 steps (measured: 4e-11)
+    assert np.abs(forces - eager_forces).max() < 1e-4  # eV/Å, forces at the end (measured: 3e-8)
+    rng = np.random.default_rng(0)
+    moved = Batch.from_atoms([adatom_slab()] * 4)
+    moved = moved.with_positions(moved.positions + torch.as_tensor(rng.normal(0, 0.1, moved.positions.shape)))
+    energies, forces = committee_force_fn(committee, compile=True)(moved)
+    eager_energies, eager_forces = committee_force_fn(committee)(moved)
+    assert torch.allclose(energies, eager_energies, atol=1e-4, rtol=0)  # eV
+    assert torch.allclose(forces, eager_forces, atol=1e-5, rtol=0)  # eV/Å at the same positions
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
+
+
+def test_compile_falls_back_to_eager_with_one_warning(committee, monkeypatch):
+    """A compiler that fails on the first call (as with no C++ compiler) or a torch.compile that is
+    unavailable: one warning naming the reason, then the eager results, run to the end."""
+    from advsample import dynamics
+
+    def failing_compile(fn, dynamic=None):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found (simulated)")
+        return compiled
+
+    def unavailable(fn, dynamic=None):
+        raise RuntimeError("Dynamo is not supported on this Python (simulated)")
+
+    kwargs = dict(n_replicas=3, n_steps=8, temperature_K=600.0, frames_every=8, seed=2)
+    eager = run_stability(committee, [adatom_slab()], **kwargs)
+    for fake, reason in ((failing_compile, "no working C\\+\\+ compiler"), (unavailable, "unavailable")):
+        monkeypatch.setattr(dynamics, "_COMPILED_ENERGIES", {})
+        monkeypatch.setattr(dynamics, "_COMPILE_FAILED", __import__("weakref").WeakKeyDictionary())
+        monkeypatch.setattr(torch, "compile", fake)
+        with pytest.warns(RuntimeWarning, match=reason) as caught:
+            result = run_stability(committee, [adatom_slab()], compile=True, **kwargs)
+            run_stability(committee, [adatom_slab()], compile=True, **kwargs)  # remembered: no second warning
+        assert len([w for w in caught if "compile=True" in str(w.message)]) == 1
+        assert result["steps_completed"] == eager["steps_completed"] == [8] * 3
+        for a, b in zip(sum(result["frames"], []), sum(eager["frames"], [])):
+            assert np.array_equal(a.positions, b.positions)
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        committee_force_fn(committee, compile="yes")
+    with pytest.raises(ValueError, match="force_fn"):
+        run_stability(committee, [adatom_slab()], n_replicas=2, compile=True, force_fn=committee_force_fn(committee))
