@@ -79,9 +79,10 @@ def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER
     eV/Å in float32) at 2.0–2.2× less cost per step on the slab at R = 64 (``docs/stability.md``).
 
     ``compile=True`` (opt-in): the model's ``geometry_energies`` through
-    ``torch.compile(dynamic=True)`` (:func:`compiled_evaluation`): the same results, ~1.6–1.8× less
-    cost per step on the slab at R = 64 on CPU, after a first call that compiles (tens of seconds,
-    once per model class and process; no recompile as pair counts or replica numbers change). If
+    ``torch.compile(dynamic=True)`` (:func:`compiled_evaluation`): the same results, 1.6–1.9× less
+    cost per step on the slab at R = 64 on CPU (none on NH3: ``docs/stability.md``), after a first
+    call that compiles (tens of seconds, once per model class and process; no recompile as pair
+    counts or replica numbers change). If
     compiling fails (no C++ compiler, an unsupported operation, a model without a fixed geometry)
     it warns once, naming the reason, and evaluates eagerly."""
     if not isinstance(compile, bool):
@@ -675,8 +676,8 @@ def run_stability(
     ``max_atoms_per_call``: the live replicas are evaluated in chunks of at most this many atoms
     (:func:`chunked`; same results, peak memory bounded; None: one call per step).
     ``compile=True`` (opt-in): the committee evaluated through ``torch.compile(dynamic=True)``
-    (:func:`committee_force_fn`, :func:`compiled_evaluation`): the same trajectories, ~1.6–1.8×
-    less cost per step on the slab at R = 64 on CPU, after tens of seconds of compiling on the
+    (:func:`committee_force_fn`, :func:`compiled_evaluation`): the same trajectories, 1.6–1.9×
+    less cost per step on the slab at R = 64 on CPU (none on NH3), after tens of seconds of compiling on the
     first call (once per model class and process); eager, with one warning naming the reason,
     where it cannot compile.
 

@@ -35,8 +35,12 @@ of a stability evaluation of 128 trajectories with the smallest (4000 steps extr
 chunks of at most K atoms (:func:`advsample.dynamics.chunked`) beside one call, timed in alternation,
 with the memory a short run adds (``chunked`` in each row). Elsewhere the committees are untrained (the cost of a step does not depend
 on the weights). ``--device cuda`` (default when visible) runs all three on the GPU.
-``--compile``: the SchNet member network (``model._network``) through ``torch.compile(dynamic=True)``
-for all of them (first call compiles: tens of seconds on a cold cache, reported as ``compile_s``).
+``--compile``: also ``batched_compiled`` and ``bare_compiled``, the same with the committee evaluated
+through ``torch.compile(dynamic=True)`` (the option ``compile=True`` of
+:func:`~advsample.dynamics.committee_force_fn` / ``run_stability``), timed in alternation with the
+eager ones and ASE (``speedup_vs_ase_compiled``, ``overhead_vs_bare_compiled``); ASE stays eager (one
+structure at a time is not compiled); the first compiled call's time is ``compile_s`` (tens of
+seconds on a cold cache).
 With ``--json`` the last line is one JSON object.
 """
 from __future__ import annotations
@@ -142,12 +146,13 @@ def ase_block(committee, start, n_steps: int, timestep_fs: float):
     return run
 
 
-def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, max_atoms_per_call="default"):
+def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, max_atoms_per_call="default",
+                  compile: bool = False):
     """A closure: ``n_steps`` batched NVE steps of R replicas with the failure checks (every 10
     steps, drift included) as :func:`~advsample.dynamics.run_stability` runs them, from the same
     initial state each time; and the set-up time (replicas, checks, first evaluation) in s.
     ``max_atoms_per_call``: the committee evaluated in chunks of at most that many atoms (None: one
-    call; "default": the dynamics module's default)."""
+    call; "default": the dynamics module's default); ``compile``: ``committee_force_fn(..., compile=True)``."""
     from dataclasses import replace
 
     from advsample.dynamics import MAX_ATOMS_PER_CALL, _Monitor, committee_force_fn, make_replicas, nve
@@ -155,7 +160,7 @@ def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, ma
     limit = MAX_ATOMS_PER_CALL if max_atoms_per_call == "default" else max_atoms_per_call
     begin = time.perf_counter()
     replicas = make_replicas([start], r, 300.0, seed=0, device=committee.device)
-    init_fn, step_fn = nve(committee_force_fn(committee, limit), replicas, timestep_fs)
+    init_fn, step_fn = nve(committee_force_fn(committee, limit, compile=compile), replicas, timestep_fs)
     monitor = _Monitor(replicas, [start], 10**9, 10, set(), (1.5, 1.2, 0.6), None, 0.5, 0.05, None)
     first = init_fn()
     monitor(first)
@@ -185,14 +190,14 @@ class FixedGeometryPath:
         return self.committee(batch, forces=forces, geometry=self.committee.fixed_geometry(batch))
 
 
-def bare_block(committee, start, r: int, n_steps: int):
+def bare_block(committee, start, r: int, n_steps: int, compile: bool = False):
     """A closure: ``n_steps`` committee energy+forces evaluations on R structures as the batched
     integrator makes them (one call, :func:`~advsample.dynamics.committee_force_fn`), each at new
     positions (as in MD: the model's neighbour lists are not reused)."""
     from advsample.dynamics import committee_force_fn
     from advsample.structures import Batch
 
-    force_fn = committee_force_fn(committee, None)
+    force_fn = committee_force_fn(committee, None, compile=compile)
 
     batch = Batch.from_atoms([start] * r)
     rng = np.random.default_rng(0)
@@ -259,19 +264,21 @@ def measure(name, start, make_committee, replicas, n_steps, repeats, device, chu
 
     committee = make_committee().to(device)
     compile_s = None
-    if compile_network:
-        committee.model._network = torch.compile(committee.model._network, dynamic=True)
+    if compile_network:  # the first call compiles (forward and backward), once per model class and process
         begin = time.perf_counter()
-        batched_block(committee, start, 2, 1, 0.5)  # the first calls compile (forward and backward)
-        ase_block(committee, start, 1, 0.5)()
+        batched_block(committee, start, 2, 1, 0.5, compile=True)
         compile_s = time.perf_counter() - begin
     ase = ase_block(committee, start, n_steps, 0.5)
     ase_same_path = ase_block(FixedGeometryPath(committee), start, n_steps, 0.5)
     rows = []
     for r in replicas:
         batched, setup_s = batched_block(committee, start, r, n_steps, 0.5)
-        times = interleaved_median_ms({"batched": batched, "bare": bare_block(committee, start, r, n_steps),
-                                       "ase": ase, "ase_same_path": ase_same_path}, repeats=repeats, warmup=1)
+        blocks = {"batched": batched, "bare": bare_block(committee, start, r, n_steps), "ase": ase,
+                  "ase_same_path": ase_same_path}
+        if compile_network:
+            blocks["batched_compiled"] = batched_block(committee, start, r, n_steps, 0.5, compile=True)[0]
+            blocks["bare_compiled"] = bare_block(committee, start, r, n_steps, compile=True)
+        times = interleaved_median_ms(blocks, repeats=repeats, warmup=1)
         with PeakMemory() as memory:
             run_stability(committee, [start], n_replicas=r, n_steps=n_steps, temperature_K=300.0, check_every=10)
         per = {key: value / n_steps for key, value in times.items()}  # ms per step
@@ -286,11 +293,23 @@ def measure(name, start, make_committee, replicas, n_steps, repeats, device, chu
             "peak_memory_MiB": memory.peak, "cuda_peak_memory_MiB": memory.cuda_peak,
         })
         row = rows[-1]
+        compiled = ""
+        if compile_network:
+            row.update({"batched_compiled_ms_per_replica_step": per["batched_compiled"] / r,
+                        "bare_compiled_ms_per_replica_step": per["bare_compiled"] / r,
+                        "speedup_vs_ase_compiled": per["ase"] * r / per["batched_compiled"],
+                        "overhead_vs_bare_compiled": per["batched_compiled"] / per["bare_compiled"],
+                        "compiled_vs_eager": per["batched"] / per["batched_compiled"]})
+            compiled = (f"\n{'':42s}          compiled {row['batched_compiled_ms_per_replica_step']:.3f} ms  bare "
+                        f"{row['bare_compiled_ms_per_replica_step']:.3f} ms  -> {row['speedup_vs_ase_compiled']:.1f}x "
+                        f"ASE, {row['overhead_vs_bare_compiled']:.2f}x bare, {row['compiled_vs_eager']:.2f}x eager "
+                        f"(compiled in {compile_s:.0f} s)")
         print(f"{name:42s} R={r:4d}  batched {row['batched_ms_per_replica_step']:.3f} ms  bare "
               f"{row['bare_ms_per_replica_step']:.3f} ms  ASE {row['ase_ms_per_replica_step']:.3f} ms per replica-step"
               f"  -> {row['speedup_vs_ase']:.1f}x ASE ({row['speedup_vs_ase_same_path']:.1f}x ASE on the same path), "
               f"{row['overhead_vs_bare']:.2f}x bare  "
-              f"(set-up {setup_s:.2f} s, live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB)", flush=True)
+              f"(set-up {setup_s:.2f} s, live {row['live_fraction']:.2f}, peak {memory.peak:.0f} MiB){compiled}",
+              flush=True)
         if chunk_limits:
             row["chunked"] = chunk_sweep(name, committee, start, r, n_steps, repeats, [*chunk_limits, None],
                                          memory_args)
@@ -369,7 +388,8 @@ def main(argv=None) -> dict:
                         help="also batched NVE with the committee evaluated in chunks of at most K atoms "
                              "(dynamics' max_atoms_per_call), beside one call: time and memory per R")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile(dynamic=True) the SchNet member network for batched, bare and ASE alike")
+                        help="also batched and bare with compile=True (torch.compile(dynamic=True) of the "
+                             "committee's evaluation), beside eager and ASE")
     parser.add_argument("--quick", action="store_true", help="tiny settings (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
