@@ -324,6 +324,9 @@ def test_compiled_nve_equals_eager_on_periodic_cells(small_float32_committee):
     eager_energies, eager_forces = committee_force_fn(committee)(moved)
     assert torch.allclose(energies, eager_energies, atol=1e-4, rtol=0)  # eV
     assert torch.allclose(forces, eager_forces, atol=1e-5, rtol=0)  # eV/Å at the same positions
+    one = Batch.from_atoms([adatom_slab()])  # one structure: evaluated eagerly, not compiled for size 1
+    assert all(torch.equal(x, y) for x, y in zip(committee_force_fn(committee, compile=True)(one),
+                                                 committee_force_fn(committee)(one)))
     assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
 
 
