@@ -73,6 +73,7 @@ def md_stability(
     check_every: int = 1,
     max_drift_eV_per_atom: float | None = 0.05,
     confidence: float = 0.95,
+    compile: bool = False,
 ) -> dict:
     """Fraction of committee-MD runs that stay physical, and each run's time to failure.
 
@@ -108,6 +109,8 @@ def md_stability(
     "integrator", "check_every"}``; :func:`survival_curve` turns it into a curve.
     ``frames_every``: also return ``"frames"``, per run the geometry every that many steps
     (and the last one), as ``ase.Atoms`` with the start's cell and constraints.
+    ``compile=True``: the committee evaluated through ``torch.compile`` (faster on periodic cells
+    after a one-time compile; eager with a warning where it cannot build; docs/stability.md).
     """
     from .dynamics import run_stability
 
@@ -116,7 +119,7 @@ def md_stability(
         timestep_fs=timestep_fs, integrator=integrator, friction=friction, reference=reference,
         energy_tolerance_eV=energy_tolerance_eV, n_check_frames=n_check_frames, check_every=check_every,
         max_drift_eV_per_atom=max_drift_eV_per_atom, bond_stretch=bond_stretch, bond_scale=bond_scale,
-        min_distance=min_distance, seed=seed, frames_every=frames_every, confidence=confidence,
+        min_distance=min_distance, seed=seed, frames_every=frames_every, confidence=confidence, compile=compile,
     )
 
 

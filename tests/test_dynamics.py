@@ -19,6 +19,7 @@ from advsample.calculator import CommitteeCalculator
 from advsample.committee import Committee
 from advsample.dynamics import (committee_force_fn, langevin, make_replicas, nve, run_stability)
 from advsample.geometry import GeometryError
+from advsample.metrics import md_stability
 from advsample.models.schnet import SchNetCommittee
 from advsample.systems.adatom import adatom_slab
 
@@ -358,5 +359,7 @@ def test_compile_falls_back_to_eager_with_one_warning(committee, monkeypatch):
             assert np.array_equal(a.positions, b.positions)
     with pytest.raises(ValueError, match="compile must be True or False"):
         committee_force_fn(committee, compile="yes")
+    with pytest.raises(ValueError, match="compile must be True or False"):  # md_stability passes it on
+        md_stability(committee, [adatom_slab()], n_runs=2, n_steps=2, compile="yes")
     with pytest.raises(ValueError, match="force_fn"):
         run_stability(committee, [adatom_slab()], n_replicas=2, compile=True, force_fn=committee_force_fn(committee))
