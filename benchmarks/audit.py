@@ -245,6 +245,9 @@ def run_system(name: str, quick: bool, md_runs: int | None = None) -> dict:
                "audit_cpu_s": result.time_s, "audit_committee_calls": result.committee_calls,
                "md_stable_fraction": fractions, "md_stable_fraction_mean": float(np.mean(list(fractions.values()))),
                "md_cpu_s": md_cpu, "md_runs_per_temperature": n_runs, "md_steps": settings["md_steps"][0 if quick else 1],
+               "force_scale": calibration.force_scale, "audit_per_kT": [  # what set the safe T
+                   {k: row[k] for k in ("kT", "n_over_tolerance", "max_error", "min_energy_above_min_over_tolerance")}
+                   for row in result.per_kT],
                **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
                                          "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
         rows.append(row)
