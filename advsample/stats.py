@@ -10,6 +10,7 @@ at that length) or fails at a time. From that:
   ``CensoredData``), with a pointwise 95 % band (Greenwood, log-log);
 * :func:`logrank` — the log-rank test between two arms (the textbook statistic,
   χ² with one degree of freedom, p from ``scipy.stats.chi2``; equal to ``scipy.stats.logrank``);
+  :func:`stratified_logrank` the same within strata (e.g. committee seeds), summed;
 * :func:`trajectories_needed` — how many trajectories per arm a two-sided two-proportion
   comparison needs at a given α and power (normal approximation, pooled variance under H0);
 * :func:`summary` — one line, e.g. ``"0.92 [0.86, 0.96] (n=128)"``.
@@ -130,10 +131,8 @@ class LogRank:
     expected: tuple[float, float]
 
 
-def logrank(times_a, failed_a, times_b, failed_b) -> LogRank:
-    """Log-rank test that arms a and b have the same survival (Mantel–Haenszel variance, ties
-    allowed: at each failure time t with d failures among n at risk, n_a of them in arm a,
-    E_a += d n_a / n and V += d (n_a/n)(1 − n_a/n)(n − d)/(n − 1)); χ² = (O_a − E_a)² / V."""
+def _logrank_terms(times_a, failed_a, times_b, failed_b) -> tuple[tuple[int, int], float, float]:
+    """((O_a, O_b), E_a, V) of the log-rank test of two arms (see :func:`logrank`)."""
     ta, fa = _check_times(times_a, failed_a)
     tb, fb = _check_times(times_b, failed_b)
     times = np.concatenate([ta, tb])
@@ -147,12 +146,42 @@ def logrank(times_a, failed_a, times_b, failed_b) -> LogRank:
         expected_a += d * n_a / n
         if n > 1:
             variance += d * (n_a / n) * (1 - n_a / n) * (n - d) / (n - 1)
-    observed = (int(fa.sum()), int(fb.sum()))
-    expected = (float(expected_a), float(observed[0] + observed[1] - expected_a))
+    return (int(fa.sum()), int(fb.sum())), float(expected_a), float(variance)
+
+
+def _logrank_of(observed: tuple[int, int], expected_a: float, variance: float) -> LogRank:
+    expected = (expected_a, float(observed[0] + observed[1] - expected_a))
     if variance == 0:  # no failures, or no information: nothing distinguishes the arms
         return LogRank(0.0, 1.0, observed, expected)
     statistic = float((observed[0] - expected_a) ** 2 / variance)
     return LogRank(statistic, float(_scipy.chi2.sf(statistic, df=1)), observed, expected)
+
+
+def logrank(times_a, failed_a, times_b, failed_b) -> LogRank:
+    """Log-rank test that arms a and b have the same survival (Mantel–Haenszel variance, ties
+    allowed: at each failure time t with d failures among n at risk, n_a of them in arm a,
+    E_a += d n_a / n and V += d (n_a/n)(1 − n_a/n)(n − d)/(n − 1)); χ² = (O_a − E_a)² / V."""
+    return _logrank_of(*_logrank_terms(times_a, failed_a, times_b, failed_b))
+
+
+def stratified_logrank(strata: Sequence[tuple]) -> LogRank:
+    """Log-rank test of arms a and b within strata: ``strata`` is a sequence of
+    ``(times_a, failed_a, times_b, failed_b)``, one per stratum (e.g. per committee seed, where
+    both arms grew from the same parent committee); O_a, E_a and V are summed over the strata and
+    χ² = (ΣO_a − ΣE_a)² / ΣV (one degree of freedom). Runs are compared only with runs of their
+    own stratum, so strata of different baseline survival, unevenly represented in the two arms,
+    do not make a difference between the arms (as pooling them does). A stratum with an empty
+    arm adds nothing."""
+    observed, expected_a, variance = [0, 0], 0.0, 0.0
+    for times_a, failed_a, times_b, failed_b in strata:
+        if len(times_a) == 0 or len(times_b) == 0:
+            continue
+        (o_a, o_b), e_a, v = _logrank_terms(times_a, failed_a, times_b, failed_b)
+        observed[0] += o_a
+        observed[1] += o_b
+        expected_a += e_a
+        variance += v
+    return _logrank_of((observed[0], observed[1]), expected_a, variance)
 
 
 def logrank_results(a: dict, b: dict) -> LogRank:

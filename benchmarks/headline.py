@@ -572,17 +572,25 @@ def cumulative(row: dict, state: dict) -> dict:
 
 
 # -- statistics over seeds ----------------------------------------------------------------------
-def pooled(rows: list[dict], arm: str, integrator: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(times_fs, failed) of an arm's runs, all seeds pooled (stable runs censored at full length)."""
-    times, failed = [], []
+def by_seed(rows: list[dict], arm: str, integrator: str) -> dict:
+    """{committee seed: (times_fs, failed)} of an arm's runs (stable runs censored at full length)."""
+    out = {}
     for row in rows:
         result = row["stability"].get(integrator) if row["arm"] == arm else None
         if result is None:
             continue
         full = result["n_steps"] * result["timestep_fs"]
-        times += [full if t is None else t for t in result["time_to_failure_fs"]]
-        failed += [t is not None for t in result["time_to_failure_fs"]]
-    return (np.array(times, float), np.array(failed, bool)) if times else None
+        out[row["seed"]] = (np.array([full if t is None else t for t in result["time_to_failure_fs"]], float),
+                            np.array([t is not None for t in result["time_to_failure_fs"]], bool))
+    return out
+
+
+def pooled(rows: list[dict], arm: str, integrator: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(times_fs, failed) of an arm's runs, all seeds pooled (stable runs censored at full length)."""
+    seeds = by_seed(rows, arm, integrator)
+    if not seeds:
+        return None
+    return np.concatenate([t for t, _ in seeds.values()]), np.concatenate([f for _, f in seeds.values()])
 
 
 def arm_table(rows: list[dict], integrators) -> dict:
@@ -603,15 +611,21 @@ def arm_table(rows: list[dict], integrators) -> dict:
         for integrator in integrators:
             times, failed = pooled(rows, arm, integrator)
             k, n = int((~failed).sum()), len(failed)
+            mine_by_seed = by_seed(rows, arm, integrator)
             entry = {"stable_fraction": k / n, "interval": list(stats.wilson_interval(k, n)), "n_trajectories": n,
-                     "n_stable": k, "summary": stats.summary(k, n)}
+                     "n_stable": k, "summary": stats.summary(k, n),
+                     "stable_per_seed": {seed: [int((~f).sum()), len(f)] for seed, (_, f) in mine_by_seed.items()}}
             for against in ("md_N", "gen2+md_N10"):
                 other = pooled(rows, against, integrator) if against != arm else None
                 if other is None or (against == "gen2+md_N10" and not arm.startswith("gen2")):
                     continue
                 test = stats.logrank(times, failed, *other)
+                theirs = by_seed(rows, against, integrator)
+                strata = [(*mine_by_seed[seed], *theirs[seed]) for seed in mine_by_seed if seed in theirs]
                 p_other = float((~other[1]).mean())
                 entry[f"logrank_p_vs_{against}"] = test.p_value
+                # seeds as strata: each arm's runs against the other arm's runs of the same committee seed
+                entry[f"logrank_stratified_p_vs_{against}"] = stats.stratified_logrank(strata).p_value
                 entry[f"trajectories_needed_vs_{against}"] = (stats.trajectories_needed(k / n, p_other)
                                                               if k / n != p_other else None)
             line[integrator] = entry
@@ -641,6 +655,7 @@ def headline_ratio(table: dict, integrator: str) -> dict:
 def print_table(table: dict, integrators) -> None:
     for arm, line in table.items():
         cells = "  ".join(f"{i} {line[i]['summary']} p_md {line[i].get('logrank_p_vs_md_N', float('nan')):.3g}"
+                          f" (by seed {line[i].get('logrank_stratified_p_vs_md_N', float('nan')):.3g})"
                           for i in integrators)
         print(f"{arm:32s} labels {line['labels']:6.1f} calls {line['reference_calls_total']:6.1f} "
               f"cpu ref/sample/train/total {line['reference_cpu_s_total']:.0f}/{line['sampling_cpu_s_total']:.0f}/"

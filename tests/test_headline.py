@@ -43,6 +43,8 @@ def test_every_arm_has_its_statistics_and_costs(first):
             assert 0 <= low <= entry["stable_fraction"] <= high <= 1
             if name != "md_N":
                 assert 0 <= entry["logrank_p_vs_md_N"] <= 1
+                assert 0 <= entry["logrank_stratified_p_vs_md_N"] <= 1
+            assert sum(k for k, _ in entry["stable_per_seed"].values()) == entry["n_stable"]
             if name.startswith("gen2+") and name != "gen2+md_N10":
                 assert 0 <= entry["logrank_p_vs_gen2+md_N10"] <= 1
         for key in ("reference_calls_total", "reference_cpu_s_total", "sampling_cpu_s_total", "training_cpu_s_total"):

@@ -54,6 +54,27 @@ def test_logrank_textbook_and_scipy():
     assert same.statistic == pytest.approx(0.0) and same.p_value == pytest.approx(1.0)
 
 
+def test_stratified_logrank_sums_strata_and_is_not_fooled_by_uneven_strata():
+    a_t, a_f = [1, 3, 3, 5, 2, 6, 6], [1, 1, 1, 1, 0, 0, 0]
+    b_t, b_f = [4, 6, 8, 9, 9, 9], [1, 0, 1, 0, 0, 0]
+    one = stats.logrank(a_t, a_f, b_t, b_f)
+    assert stats.stratified_logrank([(a_t, a_f, b_t, b_f)]).statistic == pytest.approx(one.statistic)
+    # two copies of the stratum: O - E and V both double, so chi2 doubles
+    twice = stats.stratified_logrank([(a_t, a_f, b_t, b_f)] * 2)
+    assert twice.statistic == pytest.approx(2 * one.statistic) and twice.observed == (8, 4)
+    # within each stratum the arms are identical, but arm a has most runs of the fragile stratum:
+    # pooled, a looks worse; stratified, nothing distinguishes them
+    fragile = ([1.0, 2.0, 3.0, 10.0] * 10, [1, 1, 1, 0] * 10)
+    sturdy = ([5.0, 10.0, 10.0, 10.0] * 10, [1, 0, 0, 0] * 10)
+    small = lambda arm: (arm[0][:4], arm[1][:4])  # noqa: E731
+    strata = [(*fragile, *small(fragile)), (*small(sturdy), *sturdy)]
+    pooled = stats.logrank(fragile[0] + sturdy[0][:4], fragile[1] + sturdy[1][:4],
+                           fragile[0][:4] + sturdy[0], fragile[1][:4] + sturdy[1])
+    assert pooled.p_value < 1e-4
+    assert stats.stratified_logrank(strata).p_value > 0.9
+    assert stats.stratified_logrank([([], [], b_t, b_f)]).p_value == 1.0  # an empty arm adds nothing
+
+
 def test_logrank_of_md_stability_results():
     full = {"n_steps": 100, "timestep_fs": 1.0}
     good = {**full, "time_to_failure_fs": [None] * 30 + [80.0, 90.0]}
