@@ -1,7 +1,7 @@
 """Round speed: continued training (warm start) vs retraining from scratch, rounds 1–3 at the same labels.
 
     python benchmarks/round_speed.py [--systems ammonia,ethanol,adatom,host_guest] [--seeds 3] [--rounds 3]
-                                     [--option KEY=VALUE] [--threads N] [--quick] [--json]
+                                     [--option KEY=VALUE] [--train KEY=VALUE] [--threads N] [--quick] [--json]
     python benchmarks/round_speed.py --merge seed0.json seed1.json ... [--json]   (runs of other seeds, merged)
 
 For each system and seed, one adversarial run retrains every round from scratch (the
@@ -26,7 +26,8 @@ committees rather than on a round-0 committee carried forward.
 
 Systems are built by ``get_system(name, **options)``: :data:`SYSTEM_OPTIONS` per system (for
 ``host_guest`` the headline's three built-in cells and network, a Gen1-sized initial set; see
-there), then ``--option KEY=VALUE`` (a JSON value, repeatable, for every system named).
+there), then ``--option KEY=VALUE`` (a JSON value, repeatable, for every system named);
+``--train KEY=VALUE`` replaces a field of each System's ``TrainConfig`` (e.g. ``continue_patience=25``).
 ``--quick`` builds the smoke-sized systems (``smoke=True``) without :data:`SYSTEM_OPTIONS`.
 
 Goal: continued rounds 2–3 ≥ 3× faster (≥ 5× goal) with final errors within the from-scratch
@@ -36,6 +37,7 @@ With ``--json`` the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -190,10 +192,22 @@ def print_summary(name: str, summary: dict, rare_event: str | None, thermal: str
           f"{spread('final_rare_event', '.4g')}; {thermal} {spread('final_thermal', '.4g')}", flush=True)
 
 
+def with_training(system, train: dict | None):
+    """``system`` with the fields ``train`` of its ``TrainConfig`` replaced (e.g. ``continue_patience``); as is
+    without. An unknown field raises a ValueError naming it."""
+    if not train:
+        return system
+    fields = {f.name for f in dataclasses.fields(system.train)}
+    unknown = sorted(set(train) - fields)
+    if unknown:
+        raise ValueError(f"--train: TrainConfig has no field(s) {unknown}; choose from {sorted(fields)}")
+    return dataclasses.replace(system, train=dataclasses.replace(system.train, **train))
+
+
 def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path, on_regression: str = "accept",
-                 first_seed: int = 0, options: dict | None = None) -> dict:
+                 first_seed: int = 0, options: dict | None = None, train: dict | None = None) -> dict:
     options = system_options(name, quick, options)
-    system = get_system(name, **options)
+    system = with_training(get_system(name, **options), train)
     per_seed = {mode: [] for mode in MODES}
     for seed in range(first_seed, first_seed + seeds):
         base = workdir / f"{name}_seed{seed}"
@@ -214,7 +228,7 @@ def bench_system(name: str, seeds: int, rounds: int, quick: bool, workdir: Path,
                   f"[{time.perf_counter() - start:.0f} s]", flush=True)
     summary = summarize(per_seed, rounds)
     print_summary(name, summary, rare_event_metric(system), thermal_metric(system))
-    return {"options": options, "rare_event_metric": rare_event_metric(system),
+    return {"options": options, "train": train or {}, "rare_event_metric": rare_event_metric(system),
             "thermal_metric": thermal_metric(system), "per_seed": per_seed, **summary}
 
 
@@ -239,10 +253,12 @@ def merge_results(results: list[dict]) -> dict:
                   merged_from=[{k: r.get(k) for k in ("seeds", "first_seed", "machine", "total_s")} for r in results])
     for name in first["systems"]:
         parts = [r["systems"].get(name) for r in results]
-        if any(part is None for part in parts) or len({json.dumps(part.get("options")) for part in parts}) > 1:
-            raise ValueError(f"merge_results: system {name!r} is missing from a run or ran with other options")
+        settings = {json.dumps([part.get("options"), part.get("train", {})]) for part in parts if part is not None}
+        if any(part is None for part in parts) or len(settings) > 1:
+            raise ValueError(f"merge_results: system {name!r} is missing from a run or ran with other options/training")
         per_seed = {mode: [run for part in parts for run in part["per_seed"][mode]] for mode in MODES}
         merged["systems"][name] = {key: parts[0].get(key) for key in ("options", "rare_event_metric", "thermal_metric")}
+        merged["systems"][name]["train"] = parts[0].get("train", {})
         merged["systems"][name].update(per_seed=per_seed, **summarize(per_seed, first["rounds"]))
     return merged
 
@@ -250,6 +266,20 @@ def merge_results(results: list[dict]) -> dict:
 def read_result(path) -> dict:
     """The JSON object on the last line of a ``--json`` run's output file."""
     return json.loads(Path(path).read_text().strip().splitlines()[-1])
+
+
+def _key_values(parser, flag: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` items as a dict, each value read as JSON (else kept as a string)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            parser.error(f"{flag}: give KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv=None) -> dict:
@@ -267,6 +297,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword of every named system's factory (JSON value, else a string), e.g. "
                              "n_initial=50; repeatable; on top of SYSTEM_OPTIONS")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="a field of the System's TrainConfig to replace (JSON value), e.g. continue_patience=25; "
+                             "repeatable")
     parser.add_argument("--merge", nargs="+", default=None, metavar="FILE",
                         help="merge the outputs of --json runs over other seeds (last line of each file) and emit "
                              "the merged result instead of running")
@@ -278,15 +311,7 @@ def main(argv=None) -> dict:
             print_summary(name, summary, summary["rare_event_metric"], summary["thermal_metric"])
         emit(result, args.json)
         return result
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not key or not sep:
-            parser.error(f"--option: give KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options, train = _key_values(parser, "--option", args.option), _key_values(parser, "--train", args.train)
     seeds = args.seeds or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 3)
     if seeds < 1 or rounds < 1:
@@ -300,7 +325,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for name in [s for s in args.systems.split(",") if s]:
             result["systems"][name] = bench_system(name, seeds, rounds, args.quick, Path(workdir), args.on_regression,
-                                                   args.first_seed, options)
+                                                   args.first_seed, options, train)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     result["total_s"] = time.perf_counter() - start
     emit(result, args.json)

@@ -31,6 +31,18 @@ def test_round_speed_system_options():
     assert round_speed.system_options("host_guest", True, {"n_initial": 5}) == {"smoke": True, "n_initial": 5}
 
 
+def test_round_speed_with_training_replaces_train_config_fields():
+    from advsample.systems import get_system
+
+    system = get_system("double_well_1d")
+    longer = round_speed.with_training(system, {"continue_patience": 25, "epochs": 7})
+    assert (longer.train.continue_patience, longer.train.epochs) == (25, 7)
+    assert longer.train.continued().patience == min(25, longer.train.patience)
+    assert system.train.continue_patience is None and round_speed.with_training(system, {}) is system
+    with pytest.raises(ValueError, match="continue_pateince"):
+        round_speed.with_training(system, {"continue_pateince": 25})
+
+
 def test_round_speed_rejects_an_option_without_a_value(capsys):
     with pytest.raises(SystemExit):
         round_speed.main(["--quick", "--systems", "host_guest", "--option", "n_initial"])
