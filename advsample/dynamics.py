@@ -94,8 +94,7 @@ def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER
         geometry = fixed_geometry(batch) if fixed_geometry is not None else None
         if compiled is not None and geometry is not None:
             return compiled(batch, geometry)
-        out = committee(batch, forces=True, geometry=geometry) if geometry is not None else committee(batch, forces=True)
-        return out.energy_mean.detach().double(), out.forces_mean.detach().double()
+        return _eager_evaluation(committee, batch, geometry)
 
     return chunked(force_fn, max_atoms_per_call)
 
@@ -172,8 +171,9 @@ def _independent_sizes():
     return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
 
-def _eager_evaluation(committee, batch: Batch, geometry) -> tuple[torch.Tensor, torch.Tensor]:
-    out = committee(batch, forces=True, geometry=geometry)
+def _eager_evaluation(committee, batch: Batch, geometry=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy_mean [B], forces_mean [N, 3]) float64 of one committee call (through ``geometry`` if given)."""
+    out = committee(batch, forces=True, geometry=geometry) if geometry is not None else committee(batch, forces=True)
     return out.energy_mean.detach().double(), out.forces_mean.detach().double()
 
 
