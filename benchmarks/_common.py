@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: threads, machine description, timing, JSON output."""
+"""Shared bits of the benchmark scripts: threads, machine description, timing, JSON output, KEY=VALUE options."""
 from __future__ import annotations
 
 import json
@@ -84,3 +84,17 @@ def emit(result: dict, as_json: bool) -> None:
     """Human-readable lines, then (with --json) one JSON object as the last line."""
     if as_json:
         print(json.dumps(result, default=float))
+
+
+def key_values(parser, flag: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` items as a dict, each value read as JSON (else kept as a string)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            parser.error(f"{flag}: give KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -75,7 +75,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, machine, set_threads  # noqa: E402
+from _common import emit, key_values, machine, set_threads  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -816,15 +816,7 @@ def parse(argv=None):
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, tiny)
         args.epochs = args.epochs or 10
-    args.options = {}
-    for item in args.option:
-        key, _, value = item.partition("=")
-        try:
-            args.options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.options[key] = value
-        if not key or not _:
-            parser.error(f"--option: give KEY=VALUE, got {item!r}")
+    args.options = key_values(parser, "--option", args.option)
     args.integrators = [i for i in args.integrators.split(",") if i]
     bad = [i for i in args.integrators if i not in ("nve", "langevin")]
     if bad or not args.integrators:

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, machine, set_threads  # noqa: E402
+from _common import emit, key_values, machine, set_threads  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -268,20 +268,6 @@ def read_result(path) -> dict:
     return json.loads(Path(path).read_text().strip().splitlines()[-1])
 
 
-def _key_values(parser, flag: str, items: list[str]) -> dict:
-    """``KEY=VALUE`` items as a dict, each value read as JSON (else kept as a string)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key or not sep:
-            parser.error(f"{flag}: give KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default="ammonia,ethanol,adatom,host_guest")
@@ -311,7 +297,7 @@ def main(argv=None) -> dict:
             print_summary(name, summary, summary["rare_event_metric"], summary["thermal_metric"])
         emit(result, args.json)
         return result
-    options, train = _key_values(parser, "--option", args.option), _key_values(parser, "--train", args.train)
+    options, train = key_values(parser, "--option", args.option), key_values(parser, "--train", args.train)
     seeds = args.seeds or (2 if args.quick else 3)
     rounds = args.rounds or (2 if args.quick else 3)
     if seeds < 1 or rounds < 1:
