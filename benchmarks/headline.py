@@ -11,8 +11,8 @@ labels against ten times fewer adversarial ones.
 Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
 
 * ``gen1``: a committee trained on ``--gen1-labels`` reference-MD frames (ASE Langevin with the
-  System's reference at ``--gen1-temperature-K`` from its initial structures, plus those
-  structures): large against the arms' budgets (the paper's 15k : 5k : 500 is 30 : 10 : 1);
+  System's reference at ``--gen1-temperature-K`` from its initial structures, one frame every
+  ``--gen1-interval`` fs, plus those structures): large against the arms' budgets (the paper's 15k : 5k : 500 is 30 : 10 : 1);
 * from Gen1: ``md_N`` (committee Langevin MD at ``--effective-temperature-K``, frames ranked by σ,
   N labels), ``adversarial_N10`` and ``adversarial_N`` (the attack as the paper ran it: seeds from
   the training set, Adam lr 0.01 Å, 100 steps, each atom's displacement clamped at 3 Å, snapshots
@@ -81,6 +81,7 @@ import numpy as np  # noqa: E402
 
 PAPER_ATTACK = {"n_steps": 100, "learning_rate": 0.01, "max_displacement": 3.0, "snapshot_every": 5}
 GEN1_MD = {"seed": 0, "interval": 10, "timestep_fs": 1.0}  # Gen1's reference MD: the same for every committee seed
+SETTING_DEFAULTS = {"gen1_interval": GEN1_MD["interval"]}  # settings added later: what older rows ran at
 
 
 @dataclass(frozen=True)
@@ -356,8 +357,9 @@ TEST_SETTINGS = ("per_seed", "md_steps", "integrators", "temperature_K", "energy
 
 
 def training_settings(settings: dict) -> dict:
-    """``settings`` without the test's (:data:`TEST_SETTINGS`): what decides an arm's committee."""
-    return {key: value for key, value in settings.items() if key not in TEST_SETTINGS}
+    """``settings`` without the test's (:data:`TEST_SETTINGS`): what decides an arm's committee (a
+    setting added after a row was written reads as its default, :data:`SETTING_DEFAULTS`)."""
+    return {key: value for key, value in {**SETTING_DEFAULTS, **settings}.items() if key not in TEST_SETTINGS}
 
 
 def load_arm(out: str, arm: str, seed: int, settings: dict):
@@ -475,6 +477,11 @@ def run_jobs(name: str, options: dict, args, settings: dict, log=print) -> list[
     return [rows[(arm, seed)] for seed in args.seed_list for arm in order if (arm, seed) in rows]
 
 
+def gen1_md(args) -> dict:
+    """Gen1's reference-MD settings (:data:`GEN1_MD`, one frame every ``args.gen1_interval`` steps)."""
+    return {**GEN1_MD, "interval": getattr(args, "gen1_interval", GEN1_MD["interval"])}
+
+
 def gen1_data(system, args) -> tuple[list, float]:
     """(the reference-MD set: the System's initial structures and reference-MD frames up to
     ``args.gen1_labels``, its reference CPU seconds), the same for every committee seed: computed once
@@ -497,13 +504,14 @@ def gen1_data(system, args) -> tuple[list, float]:
                    for a in system.initial]
         key = {"system": args.system, "reference": reference_identity(system.reference),
                "initial": fingerprint(initial), "gen1_labels": args.gen1_labels,
-               "gen1_temperature_K": args.gen1_temperature_K, "reference_md": GEN1_MD}
+               "gen1_temperature_K": args.gen1_temperature_K, "reference_md": gen1_md(args)}
         if os.path.exists(path):
             with open(path, "rb") as handle:
                 stored = pickle.load(handle)
             if stored.get("key") == key:
                 return stored["frames"], stored["reference_cpu_s"]
-        frames = reference_md(system, max(args.gen1_labels - len(initial), 0), args.gen1_temperature_K, **GEN1_MD)
+        frames = reference_md(system, max(args.gen1_labels - len(initial), 0), args.gen1_temperature_K,
+                              **gen1_md(args))
         data = {"key": key, "frames": initial + frames, "reference_cpu_s": time.process_time() - start}
         with open(path + ".tmp", "wb") as handle:
             pickle.dump(data, handle)
@@ -789,6 +797,8 @@ def parse(argv=None):
     add("--effective-temperature-K", type=float, default=500.0,
         help="temperature of the Langevin test and of the MD-driven sampler (K)")
     add("--gen1-temperature-K", type=float, default=300.0, help="temperature of Gen1's reference MD (K)")
+    add("--gen1-interval", type=int, default=GEN1_MD["interval"],
+        help="1 fs steps of Gen1's reference MD between its frames (longer: each start's trajectory runs longer)")
     add("--kT-sweep", default="", help="comma-separated kT (eV) of extra Gen2 attack arms, e.g. 0.05,10")
     add("--seed-choice", choices=("random", "sigma"), default="random", help="the attack's seeds")
     add("--seed-choice-sweep", action="store_true", help="also a Gen2 attack arm with the other seed choice")
@@ -825,7 +835,7 @@ def parse(argv=None):
         args.kT_sweep = [float(x) for x in args.kT_sweep.split(",") if x]
     except ValueError:
         parser.error(f"--kT-sweep: comma-separated numbers, got {args.kT_sweep!r}")
-    for name in ("seeds", "gen1_labels", "labels", "trajectories", "md_steps", "workers"):
+    for name in ("seeds", "gen1_labels", "gen1_interval", "labels", "trajectories", "md_steps", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(kT <= 0 for kT in args.kT_sweep):
@@ -857,7 +867,8 @@ def main(argv=None) -> dict:
         options["epochs"] = args.epochs
     settings = {key: getattr(args, key) for key in (
         "system", "gen1_labels", "labels", "per_seed", "md_steps", "integrators", "temperature_K",
-        "effective_temperature_K", "gen1_temperature_K", "scratch", "energy_tolerance", "quick", "epochs", "options")}
+        "effective_temperature_K", "gen1_temperature_K", "gen1_interval", "scratch", "energy_tolerance", "quick",
+        "epochs", "options")}
     settings["attack"] = PAPER_ATTACK
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()

@@ -201,7 +201,23 @@ def test_gen1_data_are_computed_once_per_output_directory(tmp_path, monkeypatch)
     monkeypatch.setattr(headline, "reference_md", computed)
     hotter, _ = headline.gen1_data(system, argparse.Namespace(**{**vars(args), "gen1_temperature_K": 600.0}))
     assert [a.positions.tolist() for a in hotter] != [a.positions.tolist() for a in frames]
+    longer, _ = headline.gen1_data(system, argparse.Namespace(**{**vars(args), "gen1_interval": 3}))
+    assert [a.positions.tolist() for a in longer] != [a.positions.tolist() for a in frames]
     assert sorted(os.listdir(tmp_path)) == ["gen1_data.pkl", "gen1_data.pkl.lock"]  # replaced atomically
+
+
+def test_rows_written_before_gen1_interval_existed_are_reused_at_its_default():
+    """A row without ``gen1_interval`` (written before the option) counts as the default interval."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    now = {"system": "adatom", "gen1_interval": headline.GEN1_MD["interval"], "per_seed": 3}
+    old = {"system": "adatom", "per_seed": 5}
+    assert headline.training_settings(old) == headline.training_settings(now)
+    assert headline.training_settings(old) != headline.training_settings({**now, "gen1_interval": 50})
+    assert headline.parse(["--quick"]).gen1_interval == headline.GEN1_MD["interval"]
+    with pytest.raises(SystemExit):
+        headline.parse(["--quick", "--gen1-interval", "0"])
 
 
 def test_objective_sweep_adds_the_papers_objective_arms():
