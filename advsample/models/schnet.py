@@ -99,6 +99,7 @@ class SchNetCommittee(nn.Module):
     stacked = True
     invariances = frozenset({"translation", "rotation", "permutation"})
     normalized = True
+    shared_features = True  # geometry_energies also takes features [P, K] shared by all members
 
     def __init__(
         self,
@@ -179,9 +180,17 @@ class SchNetCommittee(nn.Module):
 
     # -- input checks ------------------------------------------------------------------
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
-        """[N] atomic numbers -> [N] embedding rows; ValueError for elements the model lacks."""
-        valid = (numbers >= 0) & (numbers < self.species_lookup.shape[0])
+        """[N] atomic numbers -> [N] embedding rows; ValueError for elements the model lacks.
+
+        Checked eagerly (``forward`` and ``fixed_geometry`` call it before any network work); inside
+        ``torch.compile`` (``geometry_energies`` compiled by ``dynamics``, always given a geometry that
+        ``fixed_geometry`` checked) it is the table lookup alone: the check is data-dependent and would
+        split the compiled forward and backward into two graphs.
+        """
         index = self.species_lookup[numbers.clamp(0, self.species_lookup.shape[0] - 1)]
+        if torch.compiler.is_compiling():
+            return index
+        valid = (numbers >= 0) & (numbers < self.species_lookup.shape[0])
         bad = ~valid | (index < 0)
         if bool(bad.any()):
             unknown = sorted({int(z) for z in numbers[bad].tolist()})
@@ -313,9 +322,59 @@ class SchNetCommittee(nn.Module):
         return FixedGeometry(i, j, gaussians * cut, derivatives, unit, batch.positions.shape[0])
 
     def geometry_energies(self, batch: Batch, geometry: FixedGeometry, features: torch.Tensor) -> torch.Tensor:
-        """Raw energies [M, B] from member views of the fixed geometry's radial features [M, P, K]."""
-        return self._network(batch, self.species_index(batch.numbers), geometry.i, geometry.j, features,
-                             both_directions=True)
+        """Raw energies [M, B] from the fixed geometry's radial features: member views [M, P, K], or one
+        [P, K] shared by all members (batched MD, :mod:`advsample.dynamics`: the gradient with respect to
+        it is the members' sum, all the committee mean's forces need; pair-level work done once for all)."""
+        species = self.species_index(batch.numbers)
+        if features.dim() == 2:
+            return self._shared_network(batch, species, geometry.i, geometry.j, features)
+        return self._network(batch, species, geometry.i, geometry.j, features, both_directions=True)
+
+    def _shared_network(self, batch: Batch, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                        rbf: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B] from radial features [P, K] shared by the members, each unordered pair once.
+
+        The energies of ``_network(..., both_directions=True)`` with the features expanded to [M, P, K]
+        (float rounding aside), with the pair-level work done once for all members: the first
+        interaction's per-element sums Φ [N·S, K] once; the later filters as one [P, K] × [K, M·F]
+        product, and their messages gathered and scattered atom-major, as rows of M·F features
+        ([N, M·F]: a scatter moves whole rows; only atom-sized tensors are transposed).
+        """
+        M, F, K = self.n_members, self.n_features, self.n_rbf
+        N, S = species.shape[0], len(self.species)
+        x = self.embedding[:, species, :]  # [M, N, F]
+        for t in range(self.n_interactions):
+            filters = self.filters[:, :, t * F : (t + 1) * F]  # [M, K, F]
+            if t == 0 and N * S <= 2 * i.shape[0]:
+                channels = rbf.new_zeros(N * S, K).index_add(0, i * S + species[j], rbf)
+                channels = channels.index_add(0, j * S + species[i], rbf)  # [N·S, K]
+                aggregated = torch.matmul(channels.view(N, S * K), self._element_filters(filters))  # [M, N, F]
+            else:
+                w = rbf @ filters.transpose(0, 1).reshape(K, M * F)  # [P, M·F]
+                y = torch.bmm(x, self.in2f[t]).transpose(0, 1).reshape(N, M * F)  # [N, M·F]
+                rows = y.new_zeros(N, M * F).index_add(0, i, y.index_select(0, j) * w)
+                rows = rows.index_add(0, j, y.index_select(0, i) * w)
+                aggregated = rows.view(N, M, F).transpose(0, 1)  # [M, N, F]
+            x = self._update(t, x, aggregated)
+        return self._readout(batch, x)
+
+    def _element_filters(self, filters: torch.Tensor) -> torch.Tensor:
+        """[M, S·K, F] the first interaction's filters [M, K, F] times each element's embedding through in2f."""
+        M, F, K, S = self.n_members, self.n_features, self.n_rbf, len(self.species)
+        y = torch.bmm(self.embedding, self.in2f[0])  # [M, S, F]
+        return (y.unsqueeze(2) * filters.unsqueeze(1)).reshape(M, S * K, F)
+
+    def _update(self, t: int, x: torch.Tensor, aggregated: torch.Tensor) -> torch.Tensor:
+        """Interaction ``t``'s atom update: x + dense(ssp(f2out(aggregated))), [M, N, F]."""
+        v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
+        return x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
+
+    def _readout(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
+        """Raw energies [M, B]: atomwise readout of x [M, N, F] summed per structure."""
+        h = shifted_softplus(torch.baddbmm(self.out_b1, x, self.out_w1))
+        atom_energies = torch.baddbmm(self.out_b2, h, self.out_w2).squeeze(-1)  # [M, N]
+        energies = atom_energies.new_zeros(x.shape[0], batch.n_structures)
+        return energies.index_add(1, batch.structure_index, atom_energies)
 
     def _network(self, batch: Batch, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
                  rbf: torch.Tensor, both_directions: bool = False) -> torch.Tensor:
@@ -335,19 +394,13 @@ class SchNetCommittee(nn.Module):
                 channels = rbf.new_zeros(M, N * S, K).index_add(1, i * S + species[j], rbf)
                 if both_directions:
                     channels = channels.index_add(1, j * S + species[i], rbf)
-                y = torch.bmm(self.embedding, self.in2f[0])  # [M, S, F]
                 # Σ_s Σ_k Φ[n, s, k] W[k, f] y[s, f] as one product with the [M, S·K, F] element filters
-                element_filters = (y.unsqueeze(2) * filters.unsqueeze(1)).reshape(M, S * K, F)
-                aggregated = torch.bmm(channels.view(M, N, S * K), element_filters)  # [M, N, F]
+                aggregated = torch.bmm(channels.view(M, N, S * K), self._element_filters(filters))  # [M, N, F]
             else:
                 w = torch.bmm(rbf, filters)  # [M, P, F]
                 y = torch.bmm(x, self.in2f[t])  # [M, N, F]
                 aggregated = torch.zeros_like(y).index_add(1, i, y.index_select(1, j) * w)
                 if both_directions:
                     aggregated = aggregated.index_add(1, j, y.index_select(1, i) * w)
-            v = shifted_softplus(torch.baddbmm(self.f2out_b[t], aggregated, self.f2out_w[t]))
-            x = x + torch.baddbmm(self.dense_b[t], v, self.dense_w[t])
-        h = shifted_softplus(torch.baddbmm(self.out_b1, x, self.out_w1))
-        atom_energies = torch.baddbmm(self.out_b2, h, self.out_w2).squeeze(-1)  # [M, N]
-        energies = atom_energies.new_zeros(M, batch.n_structures)
-        return energies.index_add(1, batch.structure_index, atom_energies)
+            x = self._update(t, x, aggregated)
+        return self._readout(batch, x)
