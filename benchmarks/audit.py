@@ -213,7 +213,48 @@ def _mlp():
     return Committee(MLPCommittee(4, (32, 32), input_axes=(0, 1), seed=0))
 
 
-def run_system(name: str, quick: bool, md_runs: int | None = None) -> dict:
+CALIBRATIONS = ("own", "fixed")  # each committee on its own stage's split | every committee on one fixed set
+
+
+def fixed_split(stages) -> list:
+    """ONE calibration set for every committee of a series: the union of the stages' calibration splits (none of
+    their frames is trained on by any stage: the thermal series' splits nest, the last holds them all)."""
+    seen, out = set(), []
+    for _, _, validation in stages:
+        for atoms in validation:
+            if id(atoms) not in seen:
+                seen.add(id(atoms))
+                out.append(atoms)
+    return out
+
+
+def extrapolated_safe_T(result, tolerance: float) -> float:
+    """A continuous score that breaks the ties of censored audits: the safe T where one was found; for a
+    lower bound (nothing over tolerance), the sweep's largest T scaled by tolerance / the largest error bar
+    within reach there (> the bound: how much headroom the committee has; a heuristic, not a prediction)."""
+    if result.safe_bound != "lower":
+        return result.safe_temperature_K
+    top = result.per_kT[-1]
+    return result.safe_temperature_K * tolerance / max(top["max_error_within_reach"], 1e-12)
+
+
+def _audit_record(committee, held_out, test_half, starts, audit_config) -> dict:
+    calibration = calibrate(committee, held_out, coverage=0.95)
+    report = calibration_report(calibration, committee, test_half)
+    result = audit(committee, starts, audit_config, progress=False)
+    return {"safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
+            "safe_temperature_extrapolated_K": extrapolated_safe_T(result, audit_config.force_tolerance),
+            "audit_cpu_s": result.time_s, "audit_committee_calls": result.committee_calls,
+            "force_scale": calibration.force_scale, "n_calibration": len(held_out), "audit_per_kT": [
+                {k: row[k] for k in ("kT", "n_over_tolerance", "max_error", "max_error_within_reach",
+                                     "min_energy_above_min_over_tolerance")} for row in result.per_kT],
+            **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
+                                      "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
+
+
+def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=("own",), extend_kT: int = 0) -> dict:
+    """One series: train, audit under each of ``calibrations`` (the first is the headline number), NN-MD.
+    ``extend_kT``: append this many doublings of the sweep's largest kT (a sweep that reaches past the bound)."""
     settings = SETTINGS[name]
     build_cpu = time.process_time()
     series = settings["stages"](quick, settings["series"])
@@ -223,16 +264,18 @@ def run_system(name: str, quick: bool, md_runs: int | None = None) -> dict:
     half = len(test) // 2
     rows = []
     audit_settings = {**settings["audit"], **({"n_steps": 30, "n_replicas": 1} if quick else {})}
+    top = max(audit_settings["kT_values"])
+    audit_settings["kT_values"] = tuple(audit_settings["kT_values"]) + tuple(top * 2 ** (k + 1) for k in range(extend_kT))
     audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"])
     n_runs = md_runs or (16 if quick else 64)
+    fixed = fixed_split(stages)
     for stage, train, validation in stages:
         committee = series["make_committee"]()
         started = time.perf_counter()
         train_committee(committee, train, None, train_config)
         train_s = time.perf_counter() - started
-        calibration = calibrate(committee, validation, coverage=0.95)
-        report = calibration_report(calibration, committee, test[half:])
-        result = audit(committee, series["audit_starts"], audit_config, progress=False)
+        by_calibration = {mode: _audit_record(committee, validation if mode == "own" else fixed, test[half:],
+                                              series["audit_starts"], audit_config) for mode in calibrations}
         md_cpu, fractions = time.process_time(), {}
         for kT in settings["md_kT"]:
             md = md_stability(committee, series["md_starts"][:8], temperature_K=kT / units.kB, n_runs=n_runs, seed=0,
@@ -240,28 +283,247 @@ def run_system(name: str, quick: bool, md_runs: int | None = None) -> dict:
                               reference=reference if settings["md_reference"] else None, **settings["md"])
             fractions[f"{kT / units.kB:.0f}"] = md["md_stable_fraction"]
         md_cpu = time.process_time() - md_cpu
-        row = {"stage": stage, "n_train": len(train), "train_s": train_s,
-               "safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
-               "audit_cpu_s": result.time_s, "audit_committee_calls": result.committee_calls,
+        row = {"stage": stage, "n_train": len(train), "train_s": train_s, **by_calibration[calibrations[0]],
+               "calibration": calibrations[0], "by_calibration": by_calibration,
                "md_stable_fraction": fractions, "md_stable_fraction_mean": float(np.mean(list(fractions.values()))),
-               "md_cpu_s": md_cpu, "md_runs_per_temperature": n_runs, "md_steps": settings["md_steps"][0 if quick else 1],
-               "force_scale": calibration.force_scale, "audit_per_kT": [  # what set the safe T
-                   {k: row[k] for k in ("kT", "n_over_tolerance", "max_error", "min_energy_above_min_over_tolerance")}
-                   for row in result.per_kT],
-               **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
-                                         "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
+               "md_cpu_s": md_cpu, "md_runs_per_temperature": n_runs, "md_steps": settings["md_steps"][0 if quick else 1]}
         rows.append(row)
         print(json.dumps({name: row}), file=sys.stderr)
-    safe = [r["safe_temperature_K"] for r in rows]
     stable = [r["md_stable_fraction_mean"] for r in rows]
-    rho = stats.spearmanr(safe, stable).statistic if len(set(safe)) > 1 and len(set(stable)) > 1 else float("nan")
+    correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable)
+                           for key in ("safe_temperature_K", "safe_temperature_extrapolated_K")}
+                    for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
-    return {"committees": rows, "spearman_safe_T_vs_md_stable": float(rho), "audit_cpu_s": audit_cpu,
-            "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else float("nan"),
+    return {"committees": rows, "spearman_safe_T_vs_md_stable": correlations[calibrations[0]]["safe_temperature_K"]["rho"],
+            "spearman_by_calibration": correlations, "calibration": calibrations[0],
+            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else float("nan"),
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
+            "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
             "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
 
+
+# -- committees of a finished headline run (benchmarks/headline.py) ---------------------------------------------------
+HEADLINE_AUDIT = dict(  # fixed after a probe on 3 committees (gen1, md_N, random_N10, seed 0): docs/audit.md §3
+    kT_values=(0.043, 0.086, 0.172, 0.345), force_tolerance=4.0, n_replicas=4, max_starts=1, n_steps=40,
+    learning_rate=0.01, initial_displacement=0.02, frames_every=3, min_distance=0.8)
+HEADLINE_RELAX = dict(fmax=0.05, steps=200)  # each cell's reference minimum relaxed again on the committee's mean
+HEADLINE_CALIBRATION = dict(temperatures_K=(600.0, 800.0, 1000.0), n_frames=24, every=5, timestep_fs=1.0, seed=9001,
+                            relax_steps=300)  # relax_steps: BFGS steps for each cell's reference minimum
+HEADLINE_ARMS = ("gen1", "md_N", "adversarial_N10", "adversarial_N", "random_N10")  # the Gen1-rooted arms
+
+
+def headline_entries(directory, arms=None) -> list[dict]:
+    """One dict per (arm, seed) of ``directory/rows.json`` whose committee file ``committees/<arm>__seed<s>.pt``
+    exists: arm, seed, n_train, the NN-MD result of its first integrator (stable count and fraction of its runs,
+    temperature, steps, CPU s) and the committee's path. ``arms``: keep these arms only (None: all)."""
+    directory = Path(directory)
+    rows_path = directory / "rows.json"
+    if not rows_path.is_file():
+        raise FileNotFoundError(f"--from-headline: no rows.json in {str(directory)!r}")
+    out = []
+    for row in json.loads(rows_path.read_text()):
+        path = directory / "committees" / f"{row['arm']}__seed{row['seed']}.pt"
+        if (arms is not None and row["arm"] not in arms) or not path.is_file() or not row.get("stability"):
+            continue
+        integrator, md = next(iter(row["stability"].items()))
+        out.append({"arm": row["arm"], "seed": row["seed"], "n_train": row.get("n_train"), "committee": str(path),
+                    "integrator": integrator, "n_stable": md["n_stable"], "n_runs": md["n_runs"],
+                    "md_stable_fraction": md["n_stable"] / md["n_runs"], "md_temperature_K": md["temperature_K"],
+                    "md_steps": md["n_steps"], "md_cpu_s": md.get("cpu_s"), "settings": row.get("settings") or {}})
+    if not out:
+        raise ValueError(f"--from-headline: no (arm, seed) of {str(rows_path)!r} has a committee and an NN-MD result"
+                         + (f" among arms {sorted(arms)}" if arms is not None else ""))
+    return out
+
+
+def cell_groups(structures) -> dict:
+    """Structures grouped by ``info["cell_name"]`` (one group ``"all"`` for a system without cells), in order."""
+    groups: dict = {}
+    for atoms in structures:
+        groups.setdefault(atoms.info.get("cell_name", "all"), []).append(atoms)
+    return groups
+
+
+def fixed_calibration_set(system, calculator, settings: dict, cache_dir=None) -> list:
+    """Labeled reference Langevin-MD frames from the first initial structure of every cell at each of
+    ``settings["temperatures_K"]`` (``n_frames`` each, every ``every`` steps of ``timestep_fs``), with seeds
+    (``seed`` + 10·cell + temperature index) that no training run used: ONE held-out set that calibrates every
+    committee of a comparison. Cached as extxyz under ``cache_dir`` keyed by the system's initial data and the
+    settings (None: not cached)."""
+    import hashlib
+
+    from ase.io import read, write
+
+    from advsample.rundir import fingerprint
+
+    key = hashlib.sha256(json.dumps({"initial": fingerprint(system.initial), **settings}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"calibration_{key}.extxyz" if cache_dir else None
+    if path is not None and path.is_file():
+        return read(path, ":")
+    frames = []
+    for k, (name, members) in enumerate(cell_groups(system.initial).items()):
+        for j, T in enumerate(settings["temperatures_K"]):
+            frames += reference_md_frames(members[0], calculator, T, settings["n_frames"], every=settings["every"],
+                                          seed=settings["seed"] + 10 * k + j, timestep_fs=settings["timestep_fs"])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(str(path) + ".tmp.extxyz", frames, format="extxyz")
+        Path(str(path) + ".tmp.extxyz").replace(path)
+        return read(path, ":")  # as every later run reads them (extxyz rounds positions to 1e-8 Å)
+    return frames
+
+
+def committee_minimum(committee, atoms):
+    """``atoms`` relaxed by BFGS on the committee's mean surface (:data:`HEADLINE_RELAX`): the audit measures ΔE
+    on the committee's surface, so a reference minimum the committee puts elsewhere would give ΔE < 0 frames."""
+    from ase.optimize import BFGS
+
+    from advsample.calculator import CommitteeCalculator
+
+    moved = atoms.copy()
+    moved.calc = CommitteeCalculator(committee)
+    BFGS(moved, logfile=None).run(fmax=HEADLINE_RELAX["fmax"], steps=HEADLINE_RELAX["steps"])
+    moved.calc = None
+    return moved
+
+
+def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: float, relax: bool = True) -> dict:
+    """The audit from each cell's reference minimum (``minima``: cell name -> Atoms), the cells' results
+    combined: safe T = the lowest cell's (the system is unsafe where any cell is; "lower" only if every cell's is
+    a bound); ``fraction_over_tolerance_effective``: the fraction of evaluated frames over tolerance within
+    thermal reach at the sweep's kT nearest ``effective_kT``, pooled over the cells; ``mean_error_effective``:
+    their mean calibrated error bar (energy unit/Å, tolerance-free). ``relax``: start from each minimum relaxed
+    on the committee (:func:`committee_minimum`; its CPU counted in the audit's)."""
+    k_eff = min(config.kT_values, key=lambda kT: abs(kT - effective_kT))
+    per_cell, over, n_frames, errors, cpu = {}, 0, 0, [], 0.0
+    by_tolerance = {f"{t:g}": [] for t in TOLERANCE_GRID}
+    over_by_tolerance = {f"{t:g}": 0 for t in TOLERANCE_GRID}
+    for name, start in minima.items():
+        relax_cpu = time.process_time()
+        start = committee_minimum(committee, start) if relax else start
+        relax_cpu = time.process_time() - relax_cpu
+        result = audit(committee, [start], config, progress=False)
+        cpu += result.time_s + relax_cpu
+        for t in TOLERANCE_GRID:  # the same frames judged at other tolerances (sensitivity; the attack is the same)
+            failing = result.frames["energy_above_min"][result.frames["error"] > t]
+            by_tolerance[f"{t:g}"].append(max(failing.min(), 0.0) / (result.reach_kT * config.kB) if len(failing)
+                                          else config.kT_values[-1] / config.kB)
+        keep = result.frames["kT"] == k_eff
+        within = keep & (result.frames["energy_above_min"] <= result.reach_kT * k_eff)
+        over += int((within & (result.frames["error"] > config.force_tolerance)).sum())
+        for t in TOLERANCE_GRID:
+            over_by_tolerance[f"{t:g}"] += int((within & (result.frames["error"] > t)).sum())
+        n_frames += int(keep.sum())
+        errors.extend(result.frames["error"][keep].tolist())
+        per_cell[name] = {"safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
+                          "cpu_s": result.time_s, "per_kT": [
+                              {k: row[k] for k in ("kT", "n_over_tolerance", "n_over_tolerance_within_reach",
+                                                   "max_error", "min_energy_above_min_over_tolerance")}
+                              for row in result.per_kT]}
+    safe = min(c["safe_temperature_K"] for c in per_cell.values())
+    bound = "lower" if all(c["safe_bound"] == "lower" for c in per_cell.values()) else "estimate"
+    return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "effective_kT": k_eff,
+            "safe_temperature_K_by_tolerance": {t: min(v) for t, v in by_tolerance.items()},
+            "fraction_over_tolerance_effective_by_tolerance": {t: v / max(n_frames, 1)
+                                                                for t, v in over_by_tolerance.items()},
+            "fraction_over_tolerance_effective": over / max(n_frames, 1),
+            "mean_error_effective": float(np.mean(errors)) if errors else float("nan"), "per_cell": per_cell}
+
+
+TOLERANCE_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # energy unit/Å: safe T at other tolerances, from the same frames
+
+
+def spearman(x, y) -> dict:
+    """Spearman's rho and its two-sided p-value (NaN when either side is constant)."""
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return {"rho": float("nan"), "p": float("nan"), "n": len(x)}
+    result = stats.spearmanr(x, y)
+    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(x)}
+
+
+def run_headline(directory, arms=None, audit_settings=None, calibration_settings=None, cache_dir=None,
+                 limit: int | None = None, seeds=None, log=None) -> dict:
+    """Audit every committee of a finished headline run (``directory``: rows.json and committees/), each
+    calibrated on ONE fixed calibration set (:func:`fixed_calibration_set`), from each cell's reference minimum
+    (:func:`audit_cells`), and rank against the NN-MD stable fraction measured in rows.json; beside it the
+    plain baselines (test-set and calibration-set force MAE, mean σ on the calibration set)."""
+    from advsample.committee import Committee
+    from advsample.metrics import test_errors
+    from advsample.reference import CalculatorSpec
+    from advsample.systems import get_system
+
+    entries = [e for e in headline_entries(directory, arms) if seeds is None or e["seed"] in seeds]
+    entries = sorted(entries, key=lambda e: e["seed"])[:limit]  # seed by seed: the first seed's arms come first
+    settings = entries[0]["settings"]
+    system = get_system(settings.get("system", "host_guest"), **settings.get("options", {}))
+    calculator = system.reference.build() if isinstance(system.reference, CalculatorSpec) else system.reference
+    build_cpu = time.process_time()
+    calibration_settings = {**HEADLINE_CALIBRATION, **(calibration_settings or {})}
+    held_out = fixed_calibration_set(system, calculator, calibration_settings, cache_dir)
+    minima = {name: relaxed_reference(members[0], calculator, steps=calibration_settings["relax_steps"])
+              for name, members in cell_groups(system.initial).items()}
+    build_cpu = time.process_time() - build_cpu
+    config = AuditConfig(**{**HEADLINE_AUDIT, **(audit_settings or {})}, energy_unit=system.energy_unit)
+    effective_K = settings.get("effective_temperature_K", entries[0]["md_temperature_K"] / 2)
+    rows = []
+    for entry in entries:
+        committee = Committee.load(entry["committee"])
+        calibration = calibrate(committee, held_out, coverage=0.95)
+        errors = test_errors(committee, system.test)
+        held = test_errors(committee, held_out)
+        sigma = committee.predict(held_out)["forces_std_per_atom"]
+        row = {k: entry[k] for k in ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_fraction",
+                                     "md_cpu_s", "md_steps", "md_temperature_K", "integrator")}
+        row.update(audit_cells(committee, minima, config, effective_K * config.kB), force_scale=calibration.force_scale,
+                   test_force_mae=errors["force_mae"], calibration_force_mae=held["force_mae"],
+                   calibration_mean_sigma=float(np.mean(sigma)), test_force_coverage=errors.get("force_coverage"))
+        rows.append(row)
+        (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
+            {k: v for k, v in row.items() if k != "per_cell"}, default=float))
+    return {**headline_summary(rows), "setup_cpu_s": build_cpu, "n_calibration_frames": len(held_out),
+            "audit": asdict_config(config), "calibration_set": calibration_settings, "relax_on_committee": HEADLINE_RELAX,
+            "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory)}
+
+
+HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
+                     "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1}  # safer: sign
+
+
+def headline_summary(rows: list[dict]) -> dict:
+    """Spearman (with p) of each measure of :data:`HEADLINE_MEASURES` (and the safe T and over-tolerance fraction
+    at every tolerance of :data:`TOLERANCE_GRID`) against the NN-MD stable fraction, and the CPU totals."""
+    stable = [r["md_stable_fraction"] for r in rows]
+    correlations = {name: spearman([r[name] for r in rows], stable) for name in HEADLINE_MEASURES}
+    for key in ("safe_temperature_K_by_tolerance", "fraction_over_tolerance_effective_by_tolerance"):
+        correlations[key] = {t: spearman([r[key][t] for r in rows], stable) for t in rows[0][key]}
+    audit_cpu = sum(r["audit_cpu_s"] for r in rows)
+    md_cpu = sum(r["md_cpu_s"] or 0.0 for r in rows)
+    return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
+            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None}
+
+
+def merge_headline(paths) -> dict:
+    """One result from the ``--json`` outputs (last line of each file) of runs over disjoint parts of the committees
+    with the same settings: the committees of all, the rankings computed again, the setup CPU summed."""
+    parts = [json.loads(Path(path).read_text().strip().splitlines()[-1])["headline"] for path in paths]
+    for part in parts[1:]:
+        for key in ("audit", "calibration_set", "n_calibration_frames", "cells", "source"):
+            if part[key] != parts[0][key]:
+                raise ValueError(f"--merge: {key} differs between {paths[0]!r} and the others; merge equal settings only")
+    rows = [row for part in parts for row in part["committees"]]
+    keys = [(r["arm"], r["seed"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--merge: a committee appears twice: {sorted(k for k in keys if keys.count(k) > 1)}")
+    return {**parts[0], **headline_summary(rows), "setup_cpu_s": sum(p["setup_cpu_s"] for p in parts),
+            "merged_from": [str(path) for path in paths]}
+
+
+def asdict_config(config: AuditConfig) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k != "kB"}
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,23 +533,84 @@ def main(argv=None) -> dict:
                                                         f"{DEFAULT_SYSTEMS}; --quick: double_well_2d)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--md-runs", type=int, default=None, help="NN-MD runs per temperature (default 64; quick 16)")
+    parser.add_argument("--calibration", default="own", help="own (each committee on its stage's split), fixed "
+                        "(every committee on one set: the union of the splits) or both (own,fixed / fixed,own: the "
+                        "audit under each, the first reported as the headline)")
+    parser.add_argument("--extend-kT", type=int, default=0, help="append this many doublings of the largest kT")
+    parser.add_argument("--from-headline", default=None, metavar="DIR",
+                        help="audit the committees of a finished headline run (DIR/rows.json, DIR/committees/*.pt) "
+                             "on one fixed calibration set, against the NN-MD stable fractions in rows.json")
+    parser.add_argument("--arms", default=",".join(HEADLINE_ARMS),
+                        help="--from-headline: comma-separated arms (default the Gen1-rooted ones; 'all': every arm)")
+    parser.add_argument("--seeds", default=None, help="--from-headline: comma-separated seeds (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="--from-headline: the first this many committees")
+    parser.add_argument("--force-tolerance", type=float, default=None, help="--from-headline: override the tolerance")
+    parser.add_argument("--kT", type=float, nargs="+", default=None, help="--from-headline: override the kT sweep")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="--from-headline: merge the JSON lines of runs over parts of the committees (e.g. "
+                             "--seeds 0,1,2 and 3,4,5 in two processes) into one ranking; DIR names the run")
+    parser.add_argument("--calibration-cache", default=None, help="--from-headline: folder caching the calibration "
+                                                                  "frames (default: not cached)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    if args.from_headline:
+        return headline_main(args)
+    calibrations = ("own", "fixed") if args.calibration == "both" else tuple(args.calibration.split(","))
+    if not calibrations or any(mode not in CALIBRATIONS for mode in calibrations):
+        parser.error(f"--calibration must be own, fixed, both or a comma list of {CALIBRATIONS}, got {args.calibration!r}")
     names = (args.systems or ("double_well_2d" if args.quick else DEFAULT_SYSTEMS)).split(",")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
     started = time.perf_counter()
-    out = {"benchmark": "audit", "quick": args.quick, "systems": {n: run_system(n, args.quick, args.md_runs) for n in names},
+    out = {"benchmark": "audit", "quick": args.quick, "systems": {
+        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT) for n in names},
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for n, result in out["systems"].items():
         print(f"{n}: Spearman(safe T, NN-MD stable fraction) = {result['spearman_safe_T_vs_md_stable']:.2f} "
               f"(goal >= 0.8); audit CPU / NN-MD CPU = {result['audit_over_md_cpu']:.3f} (goal <= 0.1)")
+        for mode, measures in result["spearman_by_calibration"].items():
+            print(f"  calibration {mode}: " + ", ".join(f"Spearman({key}) = {v['rho']:+.2f} (p = {v['p']:.2f})"
+                                                       for key, v in measures.items()))
         for row in result["committees"]:
             print(f"  {row['stage']:>8}: safe T {row['safe_temperature_K']:8.0f} K ({row['safe_bound']}), "
                   f"MD stable {row['md_stable_fraction_mean']:.2f} {row['md_stable_fraction']}, "
                   f"coverage {row['force_coverage_conformal']:.3f}, audit {row['audit_cpu_s']:.1f} s, "
                   f"MD {row['md_cpu_s']:.1f} s")
+    if args.json:
+        print(json.dumps(out, default=float))
+    return out
+
+
+def headline_main(args) -> dict:
+    """``--from-headline DIR``: :func:`run_headline`, printed and (``--json``) one JSON object last."""
+    audit_settings = {}
+    if args.force_tolerance is not None:
+        audit_settings["force_tolerance"] = args.force_tolerance
+    if args.kT is not None:
+        audit_settings["kT_values"] = tuple(args.kT)
+    if args.quick:
+        audit_settings.update(n_steps=10, n_replicas=2)
+    arms = None if args.arms == "all" else tuple(args.arms.split(","))
+    started = time.perf_counter()
+    result = merge_headline(args.merge) if args.merge else run_headline(args.from_headline, arms, audit_settings,
+                          dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
+                          args.calibration_cache, args.limit,
+                          None if args.seeds is None else [int(k) for k in args.seeds.split(",")])
+    out = {"benchmark": "audit", "mode": "from_headline", "quick": args.quick, "headline": result,
+           "machine": machine(), "wall_s": time.perf_counter() - started}
+    for row in result["committees"]:
+        print(f"  {row['arm']:>16} seed {row['seed']}: safe T {row['safe_temperature_K']:7.0f} K ({row['safe_bound']}), "
+              f"over tol at {row['effective_kT']:.3f} eV {row['fraction_over_tolerance_effective']:.3f}, "
+              f"NN-MD stable {row['n_stable']}/{row['n_runs']}, test force MAE {row['test_force_mae']:.3f}, "
+              f"audit {row['audit_cpu_s']:.1f} s")
+    for name, value in result["spearman_vs_md_stable"].items():
+        if name not in HEADLINE_MEASURES:
+            continue
+        print(f"Spearman({name}, NN-MD stable fraction) = {value['rho']:+.2f} (p = {value['p']:.3f}, n = {value['n']}; "
+              f"safer = sign {result['expected_sign'][name]:+d})")
+    ratio = result["audit_over_md_cpu"]
+    print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "NN-MD CPU not in rows.json")
     if args.json:
         print(json.dumps(out, default=float))
     return out

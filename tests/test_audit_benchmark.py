@@ -65,3 +65,121 @@ def test_unknown_system_is_refused(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--systems", "nosuch"])
     assert "nosuch" in capsys.readouterr().err
+
+
+# -- --from-headline: committees of a finished headline run, one fixed calibration set ------------------------------
+
+@pytest.fixture(scope="module")
+def headline_dir(tmp_path_factory):
+    """A headline run's layout (rows.json, committees/<arm>__seed<s>.pt) with two tiny host-guest committees
+    (smoke cells) trained on different amounts of data, their NN-MD results made up for the test."""
+    import json
+
+    from advsample.systems import get_system
+    from advsample.train import TrainConfig, train_committee
+
+    root = tmp_path_factory.mktemp("headline")
+    options = {"smoke": True, "cache_dir": str(root / "cache"), "progress": False}
+    system = get_system("host_guest", **options)
+    rows = []
+    for k, (arm, n_train, n_stable) in enumerate((("gen1", 2, 3), ("md_N", len(system.initial), 7))):
+        committee = system.make_committee(k)
+        train_committee(committee, system.initial[:n_train], None, TrainConfig(epochs=3, progress=False))
+        (root / "committees").mkdir(exist_ok=True)
+        committee.save(root / "committees" / f"{arm}__seed0.pt")
+        rows.append({"arm": arm, "seed": 0, "n_train": n_train, "settings": {
+            "system": "host_guest", "options": options, "effective_temperature_K": 500.0},
+            "stability": {"nve": {"n_stable": n_stable, "n_runs": 8, "temperature_K": 1000.0, "n_steps": 10,
+                                  "cpu_s": 5.0}}})
+    rows.append({**rows[0], "arm": "random_N10"})  # no committee file: skipped
+    (root / "rows.json").write_text(json.dumps(rows))
+    return root, system
+
+
+def test_headline_entries_read_rows_with_committees_only(headline_dir, tmp_path):
+    root, _ = headline_dir
+    entries = benchmark.headline_entries(root)
+    assert [(e["arm"], e["n_stable"], e["md_stable_fraction"]) for e in entries] == [("gen1", 3, 3 / 8),
+                                                                                      ("md_N", 7, 7 / 8)]
+    assert [e["arm"] for e in benchmark.headline_entries(root, arms=("md_N",))] == ["md_N"]
+    with pytest.raises(ValueError, match="no \\(arm, seed\\)"):
+        benchmark.headline_entries(root, arms=("adversarial_N",))
+    with pytest.raises(FileNotFoundError, match="rows.json"):
+        benchmark.headline_entries(tmp_path)
+
+
+def test_fixed_calibration_set_is_one_cached_reproducible_set(headline_dir, tmp_path):
+    from advsample.reference import CalculatorSpec
+
+    _, system = headline_dir
+    calculator = system.reference.build() if isinstance(system.reference, CalculatorSpec) else system.reference
+    settings = {**benchmark.HEADLINE_CALIBRATION, "n_frames": 2, "temperatures_K": (800.0,)}
+    frames = benchmark.fixed_calibration_set(system, calculator, settings, tmp_path)
+    cells = list(benchmark.cell_groups(system.initial))
+    assert len(cells) == 2 and len(frames) == 2 * len(cells)
+    assert [f.info["cell_name"] for f in frames] == [c for c in cells for _ in range(2)]
+    training = {a.positions.tobytes() for a in system.initial}
+    assert not any(f.positions.tobytes() in training for f in frames)  # held out from the training data
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError("the cached set must not call the reference")
+
+    again = benchmark.fixed_calibration_set(system, NoCalls(), settings, tmp_path)
+    for a, b in zip(frames, again):
+        np.testing.assert_allclose(a.positions, b.positions)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces())
+
+
+@pytest.fixture(scope="module")
+def quick_headline(headline_dir):
+    """The --from-headline --quick --json run over both committees: (returned dict, the printed JSON line)."""
+    import contextlib
+    import io
+    import json
+
+    root, _ = headline_dir
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        out = benchmark.main(["--from-headline", str(root), "--arms", "all", "--quick", "--json",
+                              "--calibration-cache", str(root / "calibration")])
+    return out, json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+def test_from_headline_quick_json(quick_headline):
+    out, printed = quick_headline
+    result = out["headline"]
+    assert printed["headline"]["n_calibration_frames"] == result["n_calibration_frames"] == 2 * 2 * 4
+    rows = result["committees"]
+    assert [r["arm"] for r in rows] == ["gen1", "md_N"]
+    for row in rows:
+        assert set(row["per_cell"]) == set(result["cells"]) and len(result["cells"]) == 2
+        assert row["safe_temperature_K"] == min(c["safe_temperature_K"] for c in row["per_cell"].values())
+        assert 0 <= row["fraction_over_tolerance_effective"] <= 1 and row["test_force_mae"] > 0
+        assert row["force_scale"] > 0 and row["audit_cpu_s"] > 0
+        assert abs(row["effective_kT"] - 0.043) < 1e-9  # the sweep's kT nearest k_B * 500 K
+        tolerances = row["safe_temperature_K_by_tolerance"]
+        assert list(tolerances.values()) == sorted(tolerances.values())  # a laxer tolerance is never less safe
+        fractions = row["fraction_over_tolerance_effective_by_tolerance"]
+        assert list(fractions.values()) == sorted(fractions.values(), reverse=True)
+    correlation = result["spearman_vs_md_stable"]["test_force_mae"]
+    assert correlation["n"] == 2 and (correlation["rho"] != correlation["rho"] or abs(correlation["rho"]) == pytest.approx(1))
+    assert result["audit_over_md_cpu"] == pytest.approx(result["audit_cpu_s"] / 10.0)
+
+
+def test_merge_joins_parts_and_refuses_a_committee_twice(quick_headline, tmp_path):
+    import json
+
+    _, printed = quick_headline
+    paths = []
+    for k, row in enumerate(printed["headline"]["committees"]):  # two parts of one committee each
+        part = {**printed, "headline": {**printed["headline"], "committees": [row]}}
+        paths.append(tmp_path / f"part{k}.json")
+        paths[-1].write_text("progress lines\n" + json.dumps(part) + "\n")
+    merged = benchmark.merge_headline(paths)
+    assert [r["arm"] for r in merged["committees"]] == ["gen1", "md_N"]
+    for name, value in merged["spearman_vs_md_stable"].items():  # the same ranking as the run over both
+        if name in benchmark.HEADLINE_MEASURES:
+            assert value == pytest.approx(printed["headline"]["spearman_vs_md_stable"][name], nan_ok=True)
+    with pytest.raises(ValueError, match="appears twice"):
+        benchmark.merge_headline([paths[0], paths[0]])
