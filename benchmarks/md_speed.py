@@ -42,6 +42,11 @@ eager ones and ASE (``speedup_vs_ase_compiled``, ``overhead_vs_bare_compiled``);
 structure at a time is not compiled); the first compiled call's time is ``compile_s`` (tens of
 seconds on a cold cache).
 With ``--json`` the last line is one JSON object.
+
+Glibc's malloc returns large freed blocks to the system and page-faults them in again at the next
+allocation; the batched step allocates pair-sized tensors of several MB, so
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296``
+(keep freed memory in the process) makes it cheaper (``docs/stability.md``); the JSON records the setting.
 """
 from __future__ import annotations
 
@@ -412,6 +417,7 @@ def main(argv=None) -> dict:
         result["host_guest"] = host_guest_study(args.host_guest, args.stability_replicas, args.stability_steps,
                                                 args.epochs, repeats)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    result["machine"]["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES")  # malloc settings change the times
     emit(result, args.json)
     return result
 
