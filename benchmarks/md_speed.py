@@ -6,7 +6,9 @@
 
 For each system and each R in ``--replicas``, timed in alternation in one process (median of
 ``--repeats`` blocks of ``--steps`` steps, every block from the same start, so no replica
-drifts off even with an untrained committee):
+drifts off even with an untrained committee; each block starts with the model's neighbour-list
+cache emptied, so every step pays its neighbour lists as in MD — before 2026-12-06 14:00 the
+repeated blocks reused the lists cached by the block before, which flattered the batched path most):
 
 * ``batched``: :mod:`advsample.dynamics` NVE velocity Verlet of R replicas (300 K, 0.5 fs) with
   the failure checks as :func:`~advsample.dynamics.run_stability` runs them (geometry and NVE
@@ -129,6 +131,14 @@ def systems(quick: bool) -> dict:
     return out
 
 
+def fresh_neighbours(committee) -> None:
+    """Empty the model's neighbour-list cache: each block replays the same steps, whose lists would
+    otherwise be cached from the block before, while in MD every step is a new geometry (a miss)."""
+    cache = getattr(getattr(committee, "model", None), "neighbour_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def ase_block(committee, start, n_steps: int, timestep_fs: float):
     """A closure: ``n_steps`` of one ASE VelocityVerlet run with the committee as its calculator,
     from the same start each time (positions and momenta reset)."""
@@ -144,6 +154,7 @@ def ase_block(committee, start, n_steps: int, timestep_fs: float):
     dynamics = VelocityVerlet(system, timestep=timestep_fs * units.fs)
 
     def run():
+        fresh_neighbours(committee)
         system.set_positions(positions, apply_constraint=False)
         system.set_momenta(momenta, apply_constraint=False)
         dynamics.run(n_steps)
@@ -172,6 +183,7 @@ def batched_block(committee, start, r: int, n_steps: int, timestep_fs: float, ma
     setup_s = time.perf_counter() - begin
 
     def run():
+        fresh_neighbours(committee)
         state = replace(first, live=first.live.copy(), steps=first.steps.copy(), reasons=list(first.reasons))
         for _ in range(n_steps):
             state = step_fn(state)
@@ -210,6 +222,7 @@ def bare_block(committee, start, r: int, n_steps: int, compile: bool = False):
                for _ in range(n_steps)]
 
     def run():
+        fresh_neighbours(committee)
         for moved in batches:
             force_fn(moved)
 

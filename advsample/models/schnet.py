@@ -228,7 +228,15 @@ class SchNetCommittee(nn.Module):
         return pairs
 
     def _check_cell(self, b: int, cell: np.ndarray, pbc: np.ndarray) -> None:
-        """ValueError when structure ``b``'s cell is narrower than the cutoff along a periodic direction."""
+        """ValueError when structure ``b``'s cell is narrower than the cutoff along a periodic direction.
+
+        Cells that passed are remembered (a cell rarely changes during MD, but every step is a new
+        geometry, so this ran once per replica and step: ~1 ms each, more than the neighbour list itself).
+        """
+        key = (self.cutoff, np.asarray(cell, dtype=np.float64).tobytes(), np.asarray(pbc, dtype=bool).tobytes())
+        passed = self.__dict__.setdefault("_passed_cells", {})
+        if key in passed:
+            return
         heights = cell_heights(cell)
         for axis in np.flatnonzero(pbc):
             if heights[axis] < self.cutoff:
@@ -238,6 +246,9 @@ class SchNetCommittee(nn.Module):
                     f"vector {axis} is {heights[axis]:.3g} Å < cutoff {self.cutoff:g} Å; use a supercell "
                     f"at least as wide as the cutoff, e.g. atoms.repeat({tuple(repeat)})"
                 )
+        if len(passed) >= 4096:  # bounded (strained cells, many cells)
+            passed.clear()
+        passed[key] = True
 
     def _periodic_pairs(self, batch: Batch, positions: torch.Tensor, periodic: torch.Tensor):
         """Pairs of periodic structures via ASE, cached per geometry: (i [P], j [P], shift vectors [P, 3])."""
