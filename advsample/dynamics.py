@@ -77,10 +77,13 @@ def committee_force_fn(committee, max_atoms_per_call: int | None = MAX_ATOMS_PER
     path; SchNet: each unordered pair once, the radial basis and its derivative computed once for
     all members, forces by the chain rule): the same energies and forces (1e-15 in float64, 1e-7
     eV/Å in float32) at 2.0–2.2× less cost per step on the slab at R = 64 (``docs/stability.md``).
+    A model with ``shared_features`` (SchNet) gets one radial input for all members and only the
+    committee mean's forces are formed (:func:`_geometry_evaluation`; 8.6× ASE eagerly, 12.7× with
+    ``compile=True`` on the slab at R = 64 on quiet cores).
 
     ``compile=True`` (opt-in): the model's ``geometry_energies`` through
-    ``torch.compile(dynamic=True)`` (:func:`compiled_evaluation`): the same results, 1.6–1.9× less
-    cost per step on the slab at R = 64 on CPU (none on NH3: ``docs/stability.md``), after a first
+    ``torch.compile(dynamic=True)`` (:func:`compiled_evaluation`): the same results, 1.5–2.0× less
+    cost per step on the slab at R = 64 on CPU (1.1–1.3× on NH3: ``docs/stability.md``), after a first
     call that compiles (tens of seconds, once per model class and process; no recompile as pair
     counts or replica numbers change). If
     compiling fails (no C++ compiler, an unsupported operation, a model without a fixed geometry)
@@ -711,8 +714,8 @@ def run_stability(
     ``max_atoms_per_call``: the live replicas are evaluated in chunks of at most this many atoms
     (:func:`chunked`; same results, peak memory bounded; None: one call per step).
     ``compile=True`` (opt-in): the committee evaluated through ``torch.compile(dynamic=True)``
-    (:func:`committee_force_fn`, :func:`compiled_evaluation`): the same trajectories, 1.6–1.9×
-    less cost per step on the slab at R = 64 on CPU (none on NH3), after tens of seconds of compiling on the
+    (:func:`committee_force_fn`, :func:`compiled_evaluation`): the same trajectories, 1.5–2.0×
+    less cost per step on the slab at R = 64 on CPU (1.1–1.3× on NH3), after tens of seconds of compiling on the
     first call (once per model class and process); eager, with one warning naming the reason,
     where it cannot compile.
 
