@@ -408,7 +408,7 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
             row = done[0]
             if any(not np.isfinite(p["sigma"]) for p in row["picked"]):
                 row = rescore(build_system(name, options, args.effective_temperature_K), arm, args.out, row, settings)
-            if row["settings"] != settings:
+            if {**SETTING_DEFAULTS, **row["settings"]} != settings:  # only the test's settings can differ here
                 return retest(build_system(name, options, args.effective_temperature_K), row, done[1], args, settings,
                               log)
             log(f"seed {seed} {arm.name}: reused")

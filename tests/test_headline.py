@@ -117,6 +117,23 @@ def test_reuse_tests_a_trained_arm_again_when_only_the_test_changes(tmp_path):
         assert handle.read() == paid
 
 
+def test_a_row_from_before_a_new_setting_is_reused_not_tested_again(tmp_path):
+    """--reuse at the same settings reads an arm back untouched even when its row predates a setting
+    (``gen1_interval``): no second NN-MD test of a committee whose test did not change."""
+    out = str(tmp_path)
+    _run(out, "--arms", "gen1")
+    path = os.path.join(out, "arms", "gen1__seed0.json")
+    with open(path) as handle:
+        row = json.load(handle)
+    del row["settings"]["gen1_interval"]
+    with open(path, "w") as handle:
+        json.dump(row, handle)
+    _run(out, "--reuse", "--arms", "gen1")
+    with open(path) as handle:
+        again = json.load(handle)
+    assert "retested_from" not in again and again["stability"] == row["stability"]
+
+
 def test_bad_arguments_are_refused_naming_them():
     done = subprocess.run([sys.executable, SCRIPT, "--quick", "--integrators", "verlet"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
