@@ -123,7 +123,8 @@ def test_benchmark_quick_json(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "audit.py"
-    done = subprocess.run([sys.executable, str(script), "--quick", "--json"], cwd=tmp_path, capture_output=True,
+    done = subprocess.run([sys.executable, str(script), "--quick", "--json", "--calibration", "fixed,own",
+                           "--extend-kT", "1"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,6 +134,16 @@ def test_benchmark_quick_json(tmp_path):
     assert toy["audit_cpu_s"] > 0 and toy["md_cpu_s"] > 0
     for row in toy["committees"]:
         assert 0 <= row["md_stable_fraction_mean"] <= 1 and 0 <= row["force_coverage_conformal"] <= 1
+        own, fixed = row["by_calibration"]["own"], row["by_calibration"]["fixed"]
+        assert row["calibration"] == "fixed" and row["safe_temperature_K"] == fixed["safe_temperature_K"]
+        assert fixed["n_calibration"] == toy["n_fixed_calibration"] >= own["n_calibration"]  # one set for all
+        assert [r["kT"] for r in fixed["audit_per_kT"]] == toy["audit_kT_values"] == [0.3, 1.0, 3.0, 6.0]
+        for record in (own, fixed):  # the tie-breaking score: the safe T itself unless the audit was censored
+            extrapolated = record["safe_temperature_extrapolated_K"]
+            assert extrapolated >= record["safe_temperature_K"] if record["safe_bound"] == "lower" else \
+                extrapolated == record["safe_temperature_K"]
+    assert len({row["by_calibration"]["fixed"]["n_calibration"] for row in toy["committees"]}) == 1
+    assert set(toy["spearman_by_calibration"]) == {"fixed", "own"}
 
 
 # -- the audit as the loop's stopping rule ------------------------------------------------------------
