@@ -23,6 +23,14 @@ NN-MD's (goal <= 1/10), and each committee's calibrated force coverage on a held
 half beside its miscalibration area.
 
     python benchmarks/audit.py [--quick] [--json] [--systems ammonia_thermal,ethanol,adatom,host_guest] [--md-runs 64]
+                               [--calibration own|fixed|both] [--extend-kT N]
+
+Committees of a finished headline run (benchmarks/headline.py's DIR/rows.json and DIR/committees/*.pt), no
+retraining and no NN-MD: each calibrated on ONE fixed set of fresh reference-MD frames, audited per cell, ranked
+against the NN-MD stable fractions in rows.json beside the test-error baselines (docs/audit.md §3):
+
+    python benchmarks/audit.py --from-headline DIR [--arms all] [--seeds 0,1] [--calibration-cache DIR] --json
+    python benchmarks/audit.py --from-headline DIR --merge part1.json part2.json --json
 """
 from __future__ import annotations
 
