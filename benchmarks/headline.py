@@ -27,7 +27,9 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   ``--objective-sweep`` the authors' objective options (docs/design.md, "The paper's objective"):
   ``gen2+adversarial_peratom_N10`` (per-atom energies Ē/N in the Boltzmann factor,
   ``Objective(energy_scale="per_atom")``, as their zeolite attack) and
-  ``gen2+adversarial_forcesmax_N10`` (the largest per-atom force variance, ``"forces_max"``).
+  ``gen2+adversarial_forcesmax_N10`` (the largest per-atom force variance, ``"forces_max"``) and
+  ``gen2+adversarial_peratom_seeds8_N10`` (per-atom energies with 8 attack starts per label instead
+  of 2: their picks climb in energy, and with 2 a round can fail to fill its budget inside the window).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -90,7 +92,8 @@ class Arm:
     of :func:`advsample.samplers.make_method`, ``adversarial_kT<x>`` included), ``fraction`` of N
     labels, ``seed_choice`` of the attack (``random`` | ``sigma``), ``uncertainty`` (None: the
     System's; ``"forces_max"``: the largest per-atom force variance), ``energy_scale`` of the
-    objective's Boltzmann factor (``"total"`` | ``"per_atom"``)."""
+    objective's Boltzmann factor (``"total"`` | ``"per_atom"``), ``seeds_per_label``: the attack
+    starts from this many training points per label of its budget (at least the System's)."""
 
     name: str
     parent: str | None
@@ -99,6 +102,7 @@ class Arm:
     seed_choice: str = "random"
     uncertainty: str | None = None
     energy_scale: str = "total"
+    seeds_per_label: int = 2
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
@@ -122,7 +126,10 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
         out.append(Arm("gen2+adversarial_energy_N10", "md_N", "adversarial", 0.1, seed_choice, "energy"))
     if objective_sweep:  # the authors' objective options, one at a time
         out += [Arm("gen2+adversarial_peratom_N10", "md_N", "adversarial", 0.1, seed_choice, energy_scale="per_atom"),
-                Arm("gen2+adversarial_forcesmax_N10", "md_N", "adversarial", 0.1, seed_choice, "forces_max")]
+                Arm("gen2+adversarial_forcesmax_N10", "md_N", "adversarial", 0.1, seed_choice, "forces_max"),
+                # per-atom energies push picks up in energy: more starts, so the round fills inside the window
+                Arm("gen2+adversarial_peratom_seeds8_N10", "md_N", "adversarial", 0.1, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8)]
     return out
 
 
@@ -143,8 +150,8 @@ def build_system(name: str, options: dict, effective_temperature_K: float):
 
 
 def make_arm_sampler(system, arm: Arm, budget: int, n_train: int):
-    """(sampler, objective) of ``arm``: the attack with as many seeds as twice the budget (at least
-    the System's), chosen at random or by highest σ."""
+    """(sampler, objective) of ``arm``: the attack with ``arm.seeds_per_label`` seeds per label of the
+    budget (2 unless the arm says; at least the System's), chosen at random or by highest σ."""
     from advsample.samplers import AdversarialSampler, make_method
 
     sampler, objective = make_method(system, arm.method)
@@ -153,7 +160,7 @@ def make_arm_sampler(system, arm: Arm, budget: int, n_train: int):
     if arm.energy_scale != "total":
         objective = replace(objective, energy_scale=arm.energy_scale)
     if isinstance(sampler, AdversarialSampler):
-        n_seeds = min(n_train, max(2 * budget, sampler.n_seeds or 0))
+        n_seeds = min(n_train, max(arm.seeds_per_label * budget, sampler.n_seeds or 0))
         sampler = replace(sampler, n_seeds=n_seeds)
         if arm.seed_choice == "sigma":
             sampler = _sigma_seeded_class()(config=sampler.config, n_seeds=n_seeds, snapshot_every=sampler.snapshot_every)

@@ -244,7 +244,7 @@ def test_objective_sweep_adds_the_papers_objective_arms():
     import headline
     from advsample.systems import get_system
 
-    sweep = {"gen2+adversarial_peratom_N10", "gen2+adversarial_forcesmax_N10"}
+    sweep = {"gen2+adversarial_peratom_N10", "gen2+adversarial_forcesmax_N10", "gen2+adversarial_peratom_seeds8_N10"}
     chosen = {a.name: a for a in headline.selected_arms(headline.parse(["--quick", "--objective-sweep"]))}
     assert sweep <= set(chosen) and {chosen[name].parent for name in sweep} == {"md_N"}
     assert not sweep & {a.name for a in headline.selected_arms(headline.parse(["--quick"]))}
@@ -253,5 +253,8 @@ def test_objective_sweep_adds_the_papers_objective_arms():
     _, largest = headline.make_arm_sampler(system, chosen["gen2+adversarial_forcesmax_N10"], 1, 10)
     assert (per_atom.energy_scale, per_atom.force_reduction) == ("per_atom", "mean")
     assert (largest.energy_scale, largest.force_reduction, largest.uncertainty) == ("total", "max", "forces")
+    wide, wide_objective = headline.make_arm_sampler(system, chosen["gen2+adversarial_peratom_seeds8_N10"], 2, 40)
+    narrow, _ = headline.make_arm_sampler(system, chosen["gen2+adversarial_peratom_N10"], 2, 40)
+    assert (wide.n_seeds, narrow.n_seeds, wide_objective.energy_scale) == (16, 4, "per_atom")
     with pytest.raises(SystemExit):
         headline.parse(["--quick", "--objective-sweep", "--seed-choice", "sigma"])
