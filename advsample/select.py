@@ -35,6 +35,7 @@ class SelectionConfig:
     budget_unit: str = "labels"  # "labels": fill the budget with labels; "reference_calls": pay exactly budget calls
     ranking: str = "score"  # "score" (the run objective), "sigma" (σ only), "random"; a loop uses its sampler's
     energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
+    energy_floor: float | None = None  # negative: drop candidates and labels this far below E_min (reference artifacts)
     window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
@@ -48,6 +49,8 @@ class SelectionConfig:
             raise ValueError(f"window_sigmas must be >= 0 (committee energy std above the mean), got {self.window_sigmas!r}")
         if self.energy_ceiling is not None and not self.energy_ceiling > 0:
             raise ValueError(f"energy_ceiling must be positive (above the training minimum), got {self.energy_ceiling!r}")
+        if self.energy_floor is not None and not self.energy_floor < 0:
+            raise ValueError(f"energy_floor must be negative (below the training minimum), got {self.energy_floor!r}")
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
             raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
         if self.min_distance < 0:
@@ -95,14 +98,19 @@ def check_energy_window(energy_ceiling: float | None, atoms: Atoms, kT: float, s
 
 def outside_window(energy_above_min, config: SelectionConfig, energy_std=None) -> np.ndarray:
     """[B] bool: energies above the training minimum [B] (Ē of candidates, or reference energies of
-    labels) above ``config.energy_ceiling``; with ``energy_std`` [B] (σ_E) the upper bound
-    E + window_sigmas·σ_E is tested instead. The run's one energy-window test."""
+    labels) above ``config.energy_ceiling`` or below ``config.energy_floor`` (a reference energy far
+    below every training structure's is an artifact, e.g. a fixed-topology force field at overlapping
+    atoms, not a state the system reaches); with ``energy_std`` [B] (σ_E) the upper bound
+    E + window_sigmas·σ_E is tested against the ceiling instead. The run's one energy-window test."""
     energy = np.asarray(energy_above_min, dtype=float)
+    outside = np.zeros(energy.shape, dtype=bool)
+    if config.energy_floor is not None:
+        outside |= energy < config.energy_floor
     if config.energy_ceiling is None:
-        return np.zeros(energy.shape, dtype=bool)
+        return outside
     if energy_std is not None:
         energy = energy + config.window_sigmas * np.asarray(energy_std, dtype=float)
-    return energy > config.energy_ceiling
+    return outside | (energy > config.energy_ceiling)
 
 
 def as_candidates(candidates: "Candidates | Sequence[Atoms]") -> Candidates:
@@ -202,10 +210,12 @@ def _window(candidates: Candidates, energy: np.ndarray, keep: np.ndarray, config
     the ceiling; ``unsure`` those kept whose Ē + κ·σ_E is above it (``window_sigmas`` κ > 0). Warns
     when most are left out; counts go to ``report``."""
     unsure = np.zeros(len(candidates), dtype=bool)  # Ē inside the window, its upper confidence bound not
-    if config.energy_ceiling is None:
+    if config.energy_ceiling is None and config.energy_floor is None:
         return keep, unsure
-    above = outside_window(energy, config)
-    report["dropped_energy_ceiling"] = int((above & keep).sum())
+    outside = outside_window(energy, config)
+    below = outside & (energy < config.energy_floor if config.energy_floor is not None else False)
+    report["dropped_energy_floor"] = int((below & keep).sum())
+    report["dropped_energy_ceiling"] = int((outside & ~below & keep).sum())
     if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
         import warnings
 
@@ -216,8 +226,8 @@ def _window(candidates: Candidates, energy: np.ndarray, keep: np.ndarray, config
             f"Thermal frames of {n} free atoms sit ≈ (3N/2)·kT = {1.5 * n * objective.kT:.3g} up at the run's "
             f"kT={objective.kT:g}: the window must grow with the number of atoms and the temperature",
             EnergyWindowWarning, stacklevel=3)
-    keep = keep & ~above
-    if config.window_sigmas > 0:
+    keep = keep & ~outside
+    if config.window_sigmas > 0 and config.energy_ceiling is not None:
         missing = np.flatnonzero(~np.isfinite(candidates.energy_std))
         if len(missing):
             raise ValueError(f"window_sigmas={config.window_sigmas:g} needs σ_E (Candidates.energy_std; the stored "

@@ -34,6 +34,28 @@ def test_energy_ceiling_threshold_and_distance():
     assert xs[-2:] == [2.0, 0.01]  # below the σ threshold, then too close to a pick: fallbacks, last
 
 
+def test_an_energy_floor_keeps_artifacts_far_below_the_training_minimum_out():
+    """energy_floor: a candidate (or label) far below E_min is outside the window, as one above the
+    ceiling is (a fixed-topology reference at overlapping atoms gave a label 66 eV below it)."""
+    from advsample.select import outside_window
+
+    both = SelectionConfig(budget=1, energy_ceiling=5.0, energy_floor=-5.0)
+    assert outside_window([-70.0, -0.5, 1.0, 6.0], both).tolist() == [True, False, False, True]
+    floor_only = SelectionConfig(budget=1, energy_floor=-5.0)
+    assert outside_window([-70.0, 60.0], floor_only).tolist() == [True, False]
+    assert not outside_window([-70.0], SelectionConfig(budget=1)).any()  # no window: nothing outside
+    artifact, fine = candidate(0.0, -70.0, 1e4), candidate(1.0, 0.5, 1.0)
+    ranked, report = select([artifact, fine], [], SelectionConfig(budget=1, energy_ceiling=5.0, energy_floor=-5.0,
+                                                                  uncertainty_percentile=None), OBJECTIVE, 0.0)
+    assert [a.positions[0, 0] for a in ranked] == [1.0]
+    assert report["dropped_energy_floor"] == 1 and report["dropped_energy_ceiling"] == 0
+    ranked, _ = select([artifact, fine], [], SelectionConfig(budget=1, energy_floor=-5.0, uncertainty_percentile=None),
+                       OBJECTIVE, 0.0)
+    assert len(ranked) == 1
+    with pytest.raises(ValueError, match="energy_floor must be negative"):
+        SelectionConfig(energy_floor=1.0)
+
+
 def test_an_upper_confidence_bound_keeps_uncertain_candidates_out_of_the_energy_window():
     near, sure = candidate(0.0, 4.0, 9.0), candidate(1.0, 4.5, 1.0)
     near.info["committee_energy_std"], sure.info["committee_energy_std"] = 1.5, 0.1

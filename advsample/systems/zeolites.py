@@ -484,13 +484,14 @@ def host_guest_cells(cells: Sequence[str] | None = None, source: str = "builtin"
 
 def host_guest_settings(smoke: bool, epochs: int, budget: int, energy_ceiling_eV: float | None,
                         stability_temperature_K: float, stability_timestep_fs: float, batch_size: int,
-                        window: str) -> dict:
+                        window: str, energy_floor_eV: float | None = None) -> dict:
     """``System`` keywords every host–guest system shares (this module's and :mod:`.sodalite`'s): training,
     selection, attack, MD, the metrics (MD stability; the force error of the subset described by ``window``)."""
     return dict(
         train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
                           batch_size=None if smoke else batch_size, progress=False),
-        selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV),
+        selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV,
+                                  energy_floor=energy_floor_eV),
         attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
                 "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
         md={"temperature_K": stability_temperature_K, "timestep_fs": stability_timestep_fs,
@@ -532,6 +533,7 @@ def host_guest(
     epochs: int | None = None,
     budget: int | None = None,
     energy_ceiling_eV: float | None = 10.0,
+    energy_floor_eV: float | None = None,
     kT: float = 0.2,
     data_seed: int = 0,
     progress: bool = True,
@@ -549,7 +551,9 @@ def host_guest(
     bar over the cells while the data are made: ~30 s of CPU per cell at the full settings,
     ~660 GFN-FF calls; 0.3 s from the cache). Energies are
     GFN-FF − Σ_Z n_Z μ_Z (μ fitted to the cells as set up) so that cells share one energy
-    scale for the objective and the ``energy_ceiling_eV`` window. Metrics: committee-MD
+    scale for the objective and the ``energy_ceiling_eV`` window (``energy_floor_eV``, negative: labels
+    that far below the training minimum are paid and not trained on — GFN-FF's fixed topology gives
+    such energies at overlapping atoms). Metrics: committee-MD
     stability at ``stability_temperature_K`` from every cell (energies checked against GFN-FF
     on 3 frames per run, ``energy_tolerance_eV``) and the window force error. The committee:
     SchNet, ``n_members`` × ``n_features`` (4 × 32, smoke 2 × 8), ``n_interactions`` (2, smoke 1),
@@ -595,5 +599,6 @@ def host_guest(
         uncertainty="forces",
         evaluate=evaluate,
         **host_guest_settings(smoke, epochs, budget, energy_ceiling_eV, stability_temperature_K,
-                              stability_timestep_fs, batch_size=8, window="guests pushed towards a window"),
+                              stability_timestep_fs, batch_size=8, window="guests pushed towards a window",
+                              energy_floor_eV=energy_floor_eV),
     )
