@@ -213,7 +213,7 @@ def _window(candidates: Candidates, energy: np.ndarray, keep: np.ndarray, config
     if config.energy_ceiling is None and config.energy_floor is None:
         return keep, unsure
     outside = outside_window(energy, config)
-    below = outside & (energy < config.energy_floor if config.energy_floor is not None else False)
+    below = energy < config.energy_floor if config.energy_floor is not None else np.zeros_like(outside)  # ⊆ outside
     report["dropped_energy_floor"] = int((below & keep).sum())
     report["dropped_energy_ceiling"] = int((outside & ~below & keep).sum())
     if keep.sum() >= 4 and report["dropped_energy_ceiling"] > 0.5 * keep.sum():
