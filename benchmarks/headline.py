@@ -93,7 +93,11 @@ class Arm:
     labels, ``seed_choice`` of the attack (``random`` | ``sigma``), ``uncertainty`` (None: the
     System's; ``"forces_max"``: the largest per-atom force variance), ``energy_scale`` of the
     objective's Boltzmann factor (``"total"`` | ``"per_atom"``), ``seeds_per_label``: the attack
-    starts from this many training points per label of its budget (at least the System's)."""
+    starts from this many training points per label of its budget (at least the System's);
+    ``budget_unit``: ``"labels"`` (fill round(fraction × N) labels inside the energy window) or
+    ``"reference_calls"`` (pay exactly that many calls, train on those inside the window: a round
+    always fills); ``energy_floor_eV``: the selection's energy floor (eV below the training minimum;
+    None: the System's)."""
 
     name: str
     parent: str | None
@@ -103,6 +107,8 @@ class Arm:
     uncertainty: str | None = None
     energy_scale: str = "total"
     seeds_per_label: int = 2
+    budget_unit: str = "labels"
+    energy_floor_eV: float | None = None
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
@@ -129,12 +135,19 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 Arm("gen2+adversarial_forcesmax_N10", "md_N", "adversarial", 0.1, seed_choice, "forces_max"),
                 # per-atom energies push picks up in energy: more starts, so the round fills inside the window
                 Arm("gen2+adversarial_peratom_seeds8_N10", "md_N", "adversarial", 0.1, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8)]
+                    energy_scale="per_atom", seeds_per_label=8),
+                # at equal reference calls (N/5 calls each, at least what + N/10 MD-driven labels paid):
+                # the per-atom attack with a floor under its energy window (a reference artifact far below
+                # the training minimum collapsed a committee) and the MD-driven labels
+                Arm("gen2+adversarial_peratom_floor_callsN5", "md_N", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0),
+                Arm("gen2+md_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls")]
     return out
 
 
 def budget_of(arm: Arm, n_labels: int) -> int:
-    """Labels of ``arm``: round(fraction × N), at least 1 (0 for Gen1)."""
+    """Budget of ``arm`` (labels, or reference calls: ``arm.budget_unit``): round(fraction × N), at
+    least 1 (0 for Gen1)."""
     return 0 if arm.method is None else max(1, int(round(arm.fraction * n_labels)))
 
 
@@ -243,10 +256,11 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
-         run_dir: str):
+         run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None):
     """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
     validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
-    structures (a failed or out-of-window label is paid and replaced), continue training ``committee``
+    structures (a failed or out-of-window label is paid and replaced; ``budget_unit="reference_calls"``:
+    pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it), continue training ``committee``
     (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
     recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
     (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
@@ -254,9 +268,12 @@ def grow(system, committee, train, validation, sampler, objective, budget: int, 
     from advsample.loop import ActiveLearning
     from advsample.structures import labels_of
 
+    selection = replace(system.selection, budget=budget, budget_unit=budget_unit)
+    if energy_floor_eV is not None:
+        selection = replace(selection, energy_floor=energy_floor_eV)
     loop = ActiveLearning.from_system(
         system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
-        selection=replace(system.selection, budget=budget), train_config=replace(system.train, progress=False),
+        selection=selection, train_config=replace(system.train, progress=False),
         kT=objective.kT, uncertainty=objective.uncertainty, energy_scale=objective.energy_scale,
         force_reduction=objective.force_reduction, warm_start=not scratch, on_regression="accept",
         max_consecutive_failures=None, progress=False)
@@ -551,7 +568,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
         if not args.reuse:
             shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
         grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
-                             args.scratch, run_dir)
+                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV)
         try:
             committee, train, cost, points, picked = grown()
         except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it
@@ -559,7 +576,8 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
             committee, train, cost, points, picked = grown()
     evaluation, failure = stability(system, committee, args, seed)
     row = {"arm": arm.name, "seed": seed, "parent": arm.parent, "method": arm.method, "seed_choice": arm.seed_choice,
-           "uncertainty": arm.uncertainty, "budget": budget, "new_labels": len(picked),
+           "uncertainty": arm.uncertainty, "budget": budget, "budget_unit": arm.budget_unit,
+           "new_labels": len(picked),
            "n_train": len(train), "n_validation": len(validation), **cost, "picked": points,
            "stability": evaluation, "wall_s": time.perf_counter() - wall, "settings": settings}
     row = cumulative(row, state)

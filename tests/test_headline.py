@@ -258,3 +258,24 @@ def test_objective_sweep_adds_the_papers_objective_arms():
     assert (wide.n_seeds, narrow.n_seeds, wide_objective.energy_scale) == (16, 4, "per_atom")
     with pytest.raises(SystemExit):
         headline.parse(["--quick", "--objective-sweep", "--seed-choice", "sigma"])
+
+
+def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
+    """The --objective-sweep arms with ``budget_unit="reference_calls"`` (the per-atom attack with an
+    energy floor, and MD-driven labels) pay exactly their budget of calls and train on the labels
+    inside the window only; the floor reaches the round's selection."""
+    out, _, _ = first
+    extra = ("--objective-sweep", "--reuse", "--arms", "gen1,md_N,gen2+adversarial_peratom_floor_callsN5,gen2+md_callsN5")
+    _run(out, *extra)
+    with open(os.path.join(out, "rows.json")) as handle:
+        rows = {r["arm"]: r for r in json.load(handle)}
+    for arm in ("gen2+adversarial_peratom_floor_callsN5", "gen2+md_callsN5"):
+        row = rows[arm]
+        with open(os.path.join(out, "runs", f"{arm}__seed0", "round_001", "metrics.json")) as handle:
+            metrics = json.load(handle)
+        assert row["budget_unit"] == metrics["budget_unit"] == "reference_calls"
+        assert row["reference_calls"] == metrics["round_reference_calls"]["total"] == row["budget"]
+        assert row["new_labels"] == len(row["picked"]) <= row["budget"]
+        assert row["n_train"] == rows["md_N"]["n_train"] + row["new_labels"]
+    with open(os.path.join(out, "runs", "gen2+adversarial_peratom_floor_callsN5__seed0", "settings.json")) as handle:
+        assert "energy_floor=-5.0" in json.load(handle)["selection"]
