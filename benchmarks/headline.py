@@ -301,15 +301,15 @@ def train_from(system, train, validation, committee_seed: int):
     return committee, time.process_time() - start
 
 
-def stability(system, committee, args, seed: int) -> tuple[dict, list]:
+def stability(system, committee, args, seed: int, integrators=None) -> tuple[dict, list]:
     """({integrator: run_stability summary}, frames of the first failed run) of one committee:
     ``args.per_seed`` runs from the System's initial structures (NVE at ``temperature_K``; Langevin
-    at ``effective_temperature_K``)."""
+    at ``effective_temperature_K``), for ``integrators`` (None: ``args.integrators``)."""
     from advsample.dynamics import run_stability
 
     out, failure = {}, []
     reference = system.reference.build() if args.energy_tolerance is not None else None
-    for integrator in args.integrators:
+    for integrator in integrators or args.integrators:
         start = time.process_time()
         temperature = args.temperature_K if integrator == "nve" else args.effective_temperature_K
         result = run_stability(committee, list(system.initial), n_replicas=args.per_seed, temperature_K=temperature,
@@ -448,19 +448,36 @@ def run_job(name: str, options: dict, args, settings: dict, arm: Arm, seed: int,
     return run_arm(system, arm, state, args, settings, seed, log)[0]
 
 
+def added_integrators(row: dict, settings: dict) -> list[str]:
+    """The integrators ``settings`` tests that ``row`` was not tested with, when that is the only
+    difference in the test's settings (its other integrators' results still hold); else []."""
+    earlier = {**SETTING_DEFAULTS, **row["settings"]}
+    same = all(earlier.get(key) == settings.get(key) for key in TEST_SETTINGS if key != "integrators")
+    before, now = list(earlier.get("integrators") or []), list(settings.get("integrators") or [])
+    added = [i for i in now if i not in before]
+    return added if same and set(before) <= set(now) and all(i in row["stability"] for i in before) else []
+
+
 def retest(system, row: dict, committee, args, settings: dict, log) -> dict:
     """A finished arm's committee tested again at this run's test settings (:data:`TEST_SETTINGS`),
     its training, labels and costs kept; the row (and its first failed run's frames) rewritten, the
-    earlier test settings recorded as ``row["retested_from"]``."""
+    earlier test settings recorded as ``row["retested_from"]``. When only integrators were added
+    (``--integrators nve,langevin`` after ``nve``), only those are run and the earlier results kept."""
     start = time.perf_counter()
-    evaluation, failure = stability(system, committee, args, row["seed"])
+    added = added_integrators(row, settings)
+    evaluation, failure = stability(system, committee, args, row["seed"], added or None)
     earlier = {key: row["settings"].get(key) for key in TEST_SETTINGS}
+    if added:
+        evaluation = {i: {**row["stability"], **evaluation}[i] for i in settings["integrators"]}
     row = {**row, "stability": evaluation, "settings": settings, "retested_from": earlier,
            "retest_wall_s": time.perf_counter() - start}
     stem = f"{row['arm']}__seed{row['seed']}"
     stale = os.path.join(args.out, "failures", stem + ".extxyz")
     if os.path.exists(stale):
-        os.remove(stale)
+        if added:
+            failure = []  # the earlier test's first failure stays
+        else:
+            os.remove(stale)
     _write_frames(args.out, "failures", stem, failure)
     _write_json(arm_paths(args.out, row["arm"], row["seed"])["row"], row)
     log(f"seed {row['seed']} {row['arm']}: tested again, "

@@ -279,3 +279,33 @@ def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
         assert row["n_train"] == rows["md_N"]["n_train"] + row["new_labels"]
     with open(os.path.join(out, "runs", "gen2+adversarial_peratom_floor_callsN5__seed0", "settings.json")) as handle:
         assert "energy_floor=-5.0" in json.load(handle)["selection"]
+
+
+def test_an_added_integrator_is_tested_alone_and_the_earlier_results_kept(tmp_path, monkeypatch):
+    """--reuse with ``--integrators nve,langevin`` after ``nve``: only Langevin is run, NVE's results
+    stay as measured; any other change of the test runs every integrator again."""
+    import argparse
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    calls = []
+
+    def fake(system, committee, args, seed, integrators=None):
+        calls.append(list(integrators or args.integrators))
+        return {i: {"n_stable": 7, "n_runs": 9} for i in integrators or args.integrators}, []
+
+    monkeypatch.setattr(headline, "stability", fake)
+    old = {"system": "adatom", "per_seed": 9, "md_steps": 40, "integrators": ["nve"], "temperature_K": 1000.0,
+           "energy_tolerance": None}
+    row = {"arm": "md_N", "seed": 0, "settings": old, "stability": {"nve": {"n_stable": 3, "n_runs": 9}}}
+    both = {**old, "integrators": ["nve", "langevin"]}
+    assert headline.added_integrators(row, both) == ["langevin"]
+    assert headline.added_integrators(row, {**both, "md_steps": 80}) == []
+    args = argparse.Namespace(out=str(tmp_path), integrators=["nve", "langevin"])
+    os.makedirs(tmp_path / "arms")
+    new = headline.retest(None, row, None, args, both, log=lambda message: None)
+    assert calls == [["langevin"]]
+    assert new["stability"] == {"nve": {"n_stable": 3, "n_runs": 9}, "langevin": {"n_stable": 7, "n_runs": 9}}
+    again = headline.retest(None, row, None, args, {**both, "md_steps": 80}, log=lambda message: None)
+    assert calls[-1] == ["nve", "langevin"] and again["stability"]["nve"]["n_stable"] == 7
