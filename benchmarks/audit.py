@@ -50,6 +50,7 @@ from scipy import stats  # noqa: E402
 
 from advsample.audit import AuditConfig, audit  # noqa: E402
 from advsample.calibration import calibrate, calibration_report  # noqa: E402
+from advsample.geometry import GeometryError  # noqa: E402
 from advsample.metrics import md_stability  # noqa: E402
 from advsample.train import TrainConfig, train_committee  # noqa: E402
 
@@ -385,7 +386,9 @@ def fixed_calibration_set(system, calculator, settings: dict, cache_dir=None) ->
 
 def committee_minimum(committee, atoms):
     """``atoms`` relaxed by BFGS on the committee's mean surface (:data:`HEADLINE_RELAX`): the audit measures ΔE
-    on the committee's surface, so a reference minimum the committee puts elsewhere would give ΔE < 0 frames."""
+    on the committee's surface, so a reference minimum the committee puts elsewhere would give ΔE < 0 frames.
+    Raises :class:`~advsample.geometry.GeometryError` when the descent brings atoms closer than the model accepts
+    (a committee whose surface runs downhill from the reference minimum into overlapping atoms)."""
     from ase.optimize import BFGS
 
     from advsample.calculator import CommitteeCalculator
@@ -403,14 +406,25 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     a bound); ``fraction_over_tolerance_effective``: the fraction of evaluated frames over tolerance within
     thermal reach at the sweep's kT nearest ``effective_kT``, pooled over the cells; ``mean_error_effective``:
     their mean calibrated error bar (energy unit/Å, tolerance-free). ``relax``: start from each minimum relaxed
-    on the committee (:func:`committee_minimum`; its CPU counted in the audit's)."""
+    on the committee (:func:`committee_minimum`; its CPU counted in the audit's). A cell whose relaxation runs
+    into overlapping atoms (``GeometryError``) is unsafe at any temperature: safe T 0 at every tolerance, no frames
+    (it is listed in ``collapsed_cells``; the pooled fraction is NaN when no cell has frames)."""
     k_eff = min(config.kT_values, key=lambda kT: abs(kT - effective_kT))
     per_cell, over, n_frames, errors, cpu = {}, 0, 0, [], 0.0
     by_tolerance = {f"{t:g}": [] for t in TOLERANCE_GRID}
     over_by_tolerance = {f"{t:g}": 0 for t in TOLERANCE_GRID}
     for name, start in minima.items():
         relax_cpu = time.process_time()
-        start = committee_minimum(committee, start) if relax else start
+        try:
+            start = committee_minimum(committee, start) if relax else start
+        except GeometryError as error:  # downhill from the minimum into overlapping atoms: unsafe at any T
+            relax_cpu = time.process_time() - relax_cpu
+            cpu += relax_cpu
+            for t in TOLERANCE_GRID:
+                by_tolerance[f"{t:g}"].append(0.0)
+            per_cell[name] = {"safe_temperature_K": 0.0, "safe_bound": "estimate", "cpu_s": relax_cpu,
+                              "collapsed_on_relax": str(error), "per_kT": []}
+            continue
         relax_cpu = time.process_time() - relax_cpu
         result = audit(committee, [start], config, progress=False)
         cpu += result.time_s + relax_cpu
@@ -434,9 +448,10 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     bound = "lower" if all(c["safe_bound"] == "lower" for c in per_cell.values()) else "estimate"
     return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "effective_kT": k_eff,
             "safe_temperature_K_by_tolerance": {t: min(v) for t, v in by_tolerance.items()},
-            "fraction_over_tolerance_effective_by_tolerance": {t: v / max(n_frames, 1)
+            "fraction_over_tolerance_effective_by_tolerance": {t: v / n_frames if n_frames else float("nan")
                                                                 for t, v in over_by_tolerance.items()},
-            "fraction_over_tolerance_effective": over / max(n_frames, 1),
+            "fraction_over_tolerance_effective": over / n_frames if n_frames else float("nan"),
+            "collapsed_cells": [n for n, c in per_cell.items() if "collapsed_on_relax" in c],
             "mean_error_effective": float(np.mean(errors)) if errors else float("nan"), "per_cell": per_cell}
 
 
@@ -444,7 +459,10 @@ TOLERANCE_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # energy unit/Å: safe T at oth
 
 
 def spearman(x, y) -> dict:
-    """Spearman's rho and its two-sided p-value (NaN when either side is constant)."""
+    """Spearman's rho and its two-sided p-value over the pairs where both are finite (``n`` counts them; NaN
+    when either side is constant)."""
+    pairs = [(a, b) for a, b in zip(x, y) if np.isfinite(a) and np.isfinite(b)]
+    x, y = [a for a, _ in pairs], [b for _, b in pairs]
     if len(set(x)) < 2 or len(set(y)) < 2:
         return {"rho": float("nan"), "p": float("nan"), "n": len(x)}
     result = stats.spearmanr(x, y)

@@ -183,3 +183,34 @@ def test_merge_joins_parts_and_refuses_a_committee_twice(quick_headline, tmp_pat
             assert value == pytest.approx(printed["headline"]["spearman_vs_md_stable"][name], nan_ok=True)
     with pytest.raises(ValueError, match="appears twice"):
         benchmark.merge_headline([paths[0], paths[0]])
+
+
+def test_a_cell_whose_committee_relaxation_collapses_is_unsafe_and_the_others_are_audited(headline_dir):
+    """A committee whose descent from a cell's minimum reaches overlapping atoms (the model's GeometryError) gives
+    that cell safe T 0 at every tolerance, without stopping the audit of the other cells (a real headline committee
+    trained on a collapsed label did this)."""
+    from advsample.audit import AuditConfig
+    from advsample.committee import Committee
+
+    root, system = headline_dir
+    committee = Committee.load(root / "committees" / "gen1__seed0.pt")
+    cells = benchmark.cell_groups(system.initial)
+    (good, good_members), (bad, bad_members) = list(cells.items())[:2]
+    overlapping = bad_members[0].copy()
+    overlapping.positions[1] = overlapping.positions[0] + [0.1, 0.0, 0.0]  # under the model's 0.3 Å
+    config = AuditConfig(**{**benchmark.HEADLINE_AUDIT, "n_steps": 5, "n_replicas": 2}, energy_unit="eV")
+    result = benchmark.audit_cells(committee, {good: good_members[0], bad: overlapping}, config, 0.043)
+    assert result["collapsed_cells"] == [bad]
+    assert "overlapping" in result["per_cell"][bad]["collapsed_on_relax"]
+    assert result["per_cell"][good]["per_kT"] and "collapsed_on_relax" not in result["per_cell"][good]
+    assert result["safe_temperature_K"] == 0.0
+    assert set(result["safe_temperature_K_by_tolerance"].values()) == {0.0}
+    assert 0 <= result["fraction_over_tolerance_effective"] <= 1  # from the good cell's frames alone
+    only_bad = benchmark.audit_cells(committee, {bad: overlapping}, config, 0.043)
+    assert only_bad["fraction_over_tolerance_effective"] != only_bad["fraction_over_tolerance_effective"]  # NaN
+
+
+def test_spearman_uses_the_finite_pairs_only():
+    value = benchmark.spearman([1.0, 2.0, float("nan"), 3.0], [0.1, 0.2, 0.9, 0.3])
+    assert value["n"] == 3 and value["rho"] == pytest.approx(1.0)
+    assert benchmark.spearman([1.0, 1.0], [0.1, 0.2])["rho"] != benchmark.spearman([1.0, 1.0], [0.1, 0.2])["rho"]
