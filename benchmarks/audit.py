@@ -30,7 +30,7 @@ retraining and no NN-MD: each calibrated on ONE fixed set of fresh reference-MD 
 against the NN-MD stable fractions in rows.json beside the test-error baselines (docs/audit.md §3):
 
     python benchmarks/audit.py --from-headline DIR [--arms all] [--seeds 0,1] [--calibration-cache DIR] --json
-    python benchmarks/audit.py --from-headline DIR --merge part1.json part2.json --json
+    python benchmarks/audit.py --from-headline DIR --merge part1.json part2.json [--arms 'gen2+*'] [--exclude ARM:SEED] --json
 """
 from __future__ import annotations
 
@@ -325,7 +325,8 @@ HEADLINE_ARMS = ("gen1", "md_N", "adversarial_N10", "adversarial_N", "random_N10
 def headline_entries(directory, arms=None) -> list[dict]:
     """One dict per (arm, seed) of ``directory/rows.json`` whose committee file ``committees/<arm>__seed<s>.pt``
     exists: arm, seed, n_train, the NN-MD result of its first integrator (stable count and fraction of its runs,
-    temperature, steps, CPU s) and the committee's path. ``arms``: keep these arms only (None: all)."""
+    temperature, steps, CPU s) and the committee's path. ``arms``: keep these arms only (None: all; shell-style
+    patterns such as ``gen2+*`` match, :func:`arm_selected`)."""
     directory = Path(directory)
     rows_path = directory / "rows.json"
     if not rows_path.is_file():
@@ -333,7 +334,7 @@ def headline_entries(directory, arms=None) -> list[dict]:
     out = []
     for row in json.loads(rows_path.read_text()):
         path = directory / "committees" / f"{row['arm']}__seed{row['seed']}.pt"
-        if (arms is not None and row["arm"] not in arms) or not path.is_file() or not row.get("stability"):
+        if not arm_selected(row["arm"], arms) or not path.is_file() or not row.get("stability"):
             continue
         integrator, md = next(iter(row["stability"].items()))
         out.append({"arm": row["arm"], "seed": row["seed"], "n_train": row.get("n_train"), "committee": str(path),
@@ -344,6 +345,13 @@ def headline_entries(directory, arms=None) -> list[dict]:
         raise ValueError(f"--from-headline: no (arm, seed) of {str(rows_path)!r} has a committee and an NN-MD result"
                          + (f" among arms {sorted(arms)}" if arms is not None else ""))
     return out
+
+
+def arm_selected(arm: str, arms=None) -> bool:
+    """Whether ``arm`` is one of ``arms`` (names or shell-style patterns, ``gen2+*``; None: every arm)."""
+    from fnmatch import fnmatchcase
+
+    return arms is None or any(fnmatchcase(arm, pattern) for pattern in arms)
 
 
 def cell_groups(structures) -> dict:
@@ -530,9 +538,15 @@ def headline_summary(rows: list[dict]) -> dict:
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None}
 
 
-def merge_headline(paths) -> dict:
+MERGE_KEEPS = ("audit", "calibration_set", "relax_on_committee", "n_calibration_frames", "effective_temperature_K",
+               "cells", "source", "declared")  # settings of the parts; their summaries are computed again
+
+
+def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
     """One result from the ``--json`` outputs (last line of each file) of runs over disjoint parts of the committees
-    with the same settings: the committees of all, the rankings computed again, the setup CPU summed."""
+    with the same settings: the committees of all, the rankings computed again, the setup CPU summed. ``arms``,
+    ``seeds``: rank these committees only (None: all; patterns as :func:`arm_selected`); ``exclude``: (arm, seed)
+    pairs left out (a post-hoc exclusion, recorded in ``selection``)."""
     parts = [json.loads(Path(path).read_text().strip().splitlines()[-1])["headline"] for path in paths]
     for part in parts[1:]:
         for key in ("audit", "calibration_set", "n_calibration_frames", "cells", "source"):
@@ -542,8 +556,18 @@ def merge_headline(paths) -> dict:
     keys = [(r["arm"], r["seed"]) for r in rows]
     if len(set(keys)) != len(keys):
         raise ValueError(f"--merge: a committee appears twice: {sorted(k for k in keys if keys.count(k) > 1)}")
-    return {**parts[0], **headline_summary(rows), "setup_cpu_s": sum(p["setup_cpu_s"] for p in parts),
-            "merged_from": [str(path) for path in paths]}
+    exclude = [(arm, int(seed)) for arm, seed in exclude]
+    unknown = [k for k in exclude if k not in keys]
+    if unknown:
+        raise ValueError(f"--exclude: no committee {unknown} in the merged parts")
+    rows = [r for r in rows if arm_selected(r["arm"], arms) and (seeds is None or r["seed"] in seeds)
+            and (r["arm"], r["seed"]) not in exclude]
+    if not rows:
+        raise ValueError(f"--merge: no committee left among arms {arms} and seeds {seeds}")
+    return {**{k: parts[0][k] for k in MERGE_KEEPS if k in parts[0]}, **headline_summary(rows),
+            "setup_cpu_s": sum(p["setup_cpu_s"] for p in parts), "merged_from": [str(path) for path in paths],
+            "selection": {"arms": None if arms is None else list(arms), "seeds": seeds,
+                          "excluded_post_hoc": [list(k) for k in exclude]}}
 
 
 def asdict_config(config: AuditConfig) -> dict:
@@ -566,20 +590,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--from-headline", default=None, metavar="DIR",
                         help="audit the committees of a finished headline run (DIR/rows.json, DIR/committees/*.pt) "
                              "on one fixed calibration set, against the NN-MD stable fractions in rows.json")
-    parser.add_argument("--arms", default=",".join(HEADLINE_ARMS),
-                        help="--from-headline: comma-separated arms (default the Gen1-rooted ones; 'all': every arm)")
+    parser.add_argument("--arms", default=None,
+                        help="--from-headline: comma-separated arms or patterns ('gen2+*'; default the Gen1-rooted "
+                             "ones, with --merge every arm; 'all': every arm)")
     parser.add_argument("--seeds", default=None, help="--from-headline: comma-separated seeds (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="--from-headline: the first this many committees")
     parser.add_argument("--force-tolerance", type=float, default=None, help="--from-headline: override the tolerance")
     parser.add_argument("--kT", type=float, nargs="+", default=None, help="--from-headline: override the kT sweep")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="--from-headline: merge the JSON lines of runs over parts of the committees (e.g. "
-                             "--seeds 0,1,2 and 3,4,5 in two processes) into one ranking; DIR names the run")
+                             "--seeds 0,1,2 and 3,4,5 in two processes) into one ranking; DIR names the run; --arms "
+                             "and --seeds pick the committees ranked")
+    parser.add_argument("--exclude", default=None, metavar="ARM:SEED,...",
+                        help="--merge: committees left out of the ranking (a post-hoc exclusion, recorded)")
     parser.add_argument("--calibration-cache", default=None, help="--from-headline: folder caching the calibration "
                                                                   "frames (default: not cached)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.from_headline:
+        if args.exclude and not args.merge:
+            parser.error("--exclude applies to --merge only (a post-hoc exclusion from a ranking already measured)")
+        if args.exclude and any(":" not in item for item in args.exclude.split(",")):
+            parser.error(f"--exclude takes ARM:SEED,..., got {args.exclude!r}")
         return headline_main(args)
     calibrations = ("own", "fixed") if args.calibration == "both" else tuple(args.calibration.split(","))
     if not calibrations or any(mode not in CALIBRATIONS for mode in calibrations):
@@ -617,12 +649,15 @@ def headline_main(args) -> dict:
         audit_settings["kT_values"] = tuple(args.kT)
     if args.quick:
         audit_settings.update(n_steps=10, n_replicas=2)
-    arms = None if args.arms == "all" else tuple(args.arms.split(","))
+    arms = None if args.arms == "all" or (args.arms is None and args.merge) else tuple(
+        (args.arms or ",".join(HEADLINE_ARMS)).split(","))
+    seeds = None if args.seeds is None else [int(k) for k in args.seeds.split(",")]
+    exclude = [tuple(item.rsplit(":", 1)) for item in args.exclude.split(",")] if args.exclude else []
     started = time.perf_counter()
-    result = merge_headline(args.merge) if args.merge else run_headline(args.from_headline, arms, audit_settings,
-                          dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
-                          args.calibration_cache, args.limit,
-                          None if args.seeds is None else [int(k) for k in args.seeds.split(",")])
+    result = merge_headline(args.merge, arms, seeds, exclude) if args.merge else run_headline(
+        args.from_headline, arms, audit_settings,
+        dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
+        args.calibration_cache, args.limit, seeds)
     out = {"benchmark": "audit", "mode": "from_headline", "quick": args.quick, "headline": result,
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for row in result["committees"]:

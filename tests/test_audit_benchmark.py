@@ -214,3 +214,28 @@ def test_spearman_uses_the_finite_pairs_only():
     value = benchmark.spearman([1.0, 2.0, float("nan"), 3.0], [0.1, 0.2, 0.9, 0.3])
     assert value["n"] == 3 and value["rho"] == pytest.approx(1.0)
     assert benchmark.spearman([1.0, 1.0], [0.1, 0.2])["rho"] != benchmark.spearman([1.0, 1.0], [0.1, 0.2])["rho"]
+
+
+def test_merge_ranks_a_selection_and_records_a_post_hoc_exclusion(quick_headline, tmp_path, capsys):
+    import json
+
+    _, printed = quick_headline
+    part = {**printed, "headline": {**printed["headline"], "arm_level_exploratory": {"stale": 1}}}
+    path = tmp_path / "all.json"
+    path.write_text(json.dumps(part) + "\n")
+    merged = benchmark.merge_headline([path])
+    assert "arm_level_exploratory" not in merged  # a part's own summary is not carried as the merge's
+    assert merged["selection"] == {"arms": None, "seeds": None, "excluded_post_hoc": []}
+    only = benchmark.merge_headline([path], arms=("md*",))
+    assert [r["arm"] for r in only["committees"]] == ["md_N"]
+    left = benchmark.merge_headline([path], exclude=[("md_N", "0")])
+    assert [r["arm"] for r in left["committees"]] == ["gen1"] and left["selection"]["excluded_post_hoc"] == [["md_N", 0]]
+    with pytest.raises(ValueError, match="no committee"):
+        benchmark.merge_headline([path], exclude=[("md_N", 5)])
+    with pytest.raises(ValueError, match="no committee left"):
+        benchmark.merge_headline([path], seeds=[7])
+    root = str(tmp_path)
+    for argv in (["--exclude", "md_N:0"], ["--merge", str(path), "--exclude", "md_N"]):
+        with pytest.raises(SystemExit):
+            benchmark.main(["--from-headline", root, *argv])
+        assert "--exclude" in capsys.readouterr().err
