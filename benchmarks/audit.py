@@ -565,7 +565,9 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
     if not rows:
         raise ValueError(f"--merge: no committee left among arms {arms} and seeds {seeds}")
     return {**{k: parts[0][k] for k in MERGE_KEEPS if k in parts[0]}, **headline_summary(rows),
-            "setup_cpu_s": sum(p["setup_cpu_s"] for p in parts), "merged_from": [str(path) for path in paths],
+            "setup_cpu_s": sum(p.get("setup_cpu_s", 0.0) for p in parts),  # a part assembled from logs has none
+            "setup_cpu_s_unknown_in": [str(path) for path, p in zip(paths, parts) if "setup_cpu_s" not in p],
+            "merged_from": [str(path) for path in paths],
             "selection": {"arms": None if arms is None else list(arms), "seeds": seeds,
                           "excluded_post_hoc": [list(k) for k in exclude]}}
 
