@@ -617,7 +617,8 @@ class ActiveLearning:
         by_calls = self.selection.budget_unit == "reference_calls"
 
         def inside(index: int, atoms) -> bool:  # a label outside the energy window is paid, not trained on
-            return not outside_energy_window(atoms.get_potential_energy() - reference_energy, self.selection)
+            return not outside_energy_window(atoms.get_potential_energy() - reference_energy, self.selection,
+                                             labels=True)
 
         try:
             result = label_until(

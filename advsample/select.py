@@ -13,7 +13,7 @@ the budget is filled, so a failed label is replaced by the next one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ class SelectionConfig:
     ranking: str = "score"  # "score" (the run objective), "sigma" (σ only), "random"; a loop uses its sampler's
     energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
     energy_floor: float | None = None  # negative: drop candidates and labels this far below E_min (reference artifacts)
+    label_ceiling: float | None = None  # labels: train on reference energies up to this above E_min (None: energy_ceiling)
     window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
@@ -51,12 +52,22 @@ class SelectionConfig:
             raise ValueError(f"energy_ceiling must be positive (above the training minimum), got {self.energy_ceiling!r}")
         if self.energy_floor is not None and not self.energy_floor < 0:
             raise ValueError(f"energy_floor must be negative (below the training minimum), got {self.energy_floor!r}")
+        if self.label_ceiling is not None and not (
+                self.energy_ceiling is not None and self.label_ceiling >= self.energy_ceiling):
+            raise ValueError(f"label_ceiling={self.label_ceiling!r} needs an energy_ceiling at or below it (it widens "
+                             f"the window for labels only), got energy_ceiling={self.energy_ceiling!r}")
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
             raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
         if self.min_distance < 0:
             raise ValueError(f"min_distance must be >= 0 Å, got {self.min_distance!r}")
         if self.ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
+
+
+    def __repr__(self) -> str:  # label_ceiling only when set: run directories made before it still resume
+        shown = [(f.name, getattr(self, f.name)) for f in fields(self)
+                 if not (f.name == "label_ceiling" and self.label_ceiling is None)]
+        return f"SelectionConfig({', '.join(f'{name}={value!r}' for name, value in shown)})"
 
 
 class EnergyWindowWarning(RuntimeWarning):
@@ -96,21 +107,25 @@ def check_energy_window(energy_ceiling: float | None, atoms: Atoms, kT: float, s
             "sample, or None", EnergyWindowWarning, stacklevel=stacklevel)
 
 
-def outside_window(energy_above_min, config: SelectionConfig, energy_std=None) -> np.ndarray:
+def outside_window(energy_above_min, config: SelectionConfig, energy_std=None, labels: bool = False) -> np.ndarray:
     """[B] bool: energies above the training minimum [B] (Ē of candidates, or reference energies of
     labels) above ``config.energy_ceiling`` or below ``config.energy_floor`` (a reference energy far
     below every training structure's is an artifact, e.g. a fixed-topology force field at overlapping
     atoms, not a state the system reaches); with ``energy_std`` [B] (σ_E) the upper bound
-    E + window_sigmas·σ_E is tested against the ceiling instead. The run's one energy-window test."""
+    E + window_sigmas·σ_E is tested against the ceiling instead. ``labels=True`` (reference energies
+    of labels): the ceiling is ``config.label_ceiling`` when set, so a label the committee placed
+    inside the window but the reference puts higher (a hole NN-MD can fall into) is trained on.
+    The run's one energy-window test."""
     energy = np.asarray(energy_above_min, dtype=float)
     outside = np.zeros(energy.shape, dtype=bool)
     if config.energy_floor is not None:
         outside |= energy < config.energy_floor
-    if config.energy_ceiling is None:
+    ceiling = config.label_ceiling if labels and config.label_ceiling is not None else config.energy_ceiling
+    if ceiling is None:
         return outside
     if energy_std is not None:
         energy = energy + config.window_sigmas * np.asarray(energy_std, dtype=float)
-    return outside | (energy > config.energy_ceiling)
+    return outside | (energy > ceiling)
 
 
 def as_candidates(candidates: "Candidates | Sequence[Atoms]") -> Candidates:

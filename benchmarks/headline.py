@@ -97,7 +97,9 @@ class Arm:
     ``budget_unit``: ``"labels"`` (fill round(fraction × N) labels inside the energy window) or
     ``"reference_calls"`` (pay exactly that many calls, train on those inside the window: a round
     always fills); ``energy_floor_eV``: the selection's energy floor (eV below the training minimum;
-    None: the System's)."""
+    None: the System's); ``label_ceiling_eV``: train on labels up to this far above the training
+    minimum though candidates are chosen inside the System's ceiling (the committee's holes; None: the
+    ceiling)."""
 
     name: str
     parent: str | None
@@ -109,6 +111,7 @@ class Arm:
     seeds_per_label: int = 2
     budget_unit: str = "labels"
     energy_floor_eV: float | None = None
+    label_ceiling_eV: float | None = None
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
@@ -141,7 +144,12 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 # the training minimum collapsed a committee) and the MD-driven labels
                 Arm("gen2+adversarial_peratom_floor_callsN5", "md_N", "adversarial", 0.2, seed_choice,
                     energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0),
-                Arm("gen2+md_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls")]
+                Arm("gen2+md_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls"),
+                # the same attack training on the labels the reference puts above the window (up to 25 eV)
+                # though the committee placed them inside it: the holes NN-MD falls into
+                Arm("gen2+adversarial_peratom_holes_callsN5", "md_N", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0)]
     return out
 
 
@@ -256,11 +264,13 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
-         run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None):
+         run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None,
+         label_ceiling_eV: float | None = None):
     """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
     validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
     structures (a failed or out-of-window label is paid and replaced; ``budget_unit="reference_calls"``:
-    pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it), continue training ``committee``
+    pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it,
+    ``label_ceiling_eV`` its top for labels), continue training ``committee``
     (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
     recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
     (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
@@ -271,6 +281,8 @@ def grow(system, committee, train, validation, sampler, objective, budget: int, 
     selection = replace(system.selection, budget=budget, budget_unit=budget_unit)
     if energy_floor_eV is not None:
         selection = replace(selection, energy_floor=energy_floor_eV)
+    if label_ceiling_eV is not None:
+        selection = replace(selection, label_ceiling=label_ceiling_eV)
     loop = ActiveLearning.from_system(
         system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
         selection=selection, train_config=replace(system.train, progress=False),
@@ -585,7 +597,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
         if not args.reuse:
             shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
         grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
-                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV)
+                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV, arm.label_ceiling_eV)
         try:
             committee, train, cost, points, picked = grown()
         except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it

@@ -279,6 +279,15 @@ def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
         assert row["n_train"] == rows["md_N"]["n_train"] + row["new_labels"]
     with open(os.path.join(out, "runs", "gen2+adversarial_peratom_floor_callsN5__seed0", "settings.json")) as handle:
         assert "energy_floor=-5.0" in json.load(handle)["selection"]
+    holes = {a.name: a for a in headline_arms()}["gen2+adversarial_peratom_holes_callsN5"]
+    assert (holes.label_ceiling_eV, holes.energy_floor_eV, holes.budget_unit) == (25.0, -5.0, "reference_calls")
+
+
+def headline_arms():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    return headline.arms(objective_sweep=True)
 
 
 def test_an_added_integrator_is_tested_alone_and_the_earlier_results_kept(tmp_path, monkeypatch):

@@ -359,3 +359,27 @@ def saved_start_of_untrained(tmp_path):
     surface = double_well_1d()
     data = surface.sample(12, seed=0, max_energy=-1.0, region=[(-1.6, -0.2)])
     return Committee(MLPCommittee(4, (8,), input_axes=(0,), seed=0)), data[:10], data[10:]
+
+
+def test_a_label_ceiling_trains_on_the_holes_the_energy_window_would_leave_out(tmp_path):
+    """label_ceiling above energy_ceiling: candidates are still chosen by Ē inside the window, but a
+    label the reference puts above the ceiling (the committee placed it inside: a hole) is trained on.
+    Same seed, same calls: the labels left out without it are exactly the ones added with it."""
+    class Walled(CountingSurface):  # the reference 3 higher than the committee learned, right of x = -0.95
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            if self.atoms.positions[0, 0] > -0.95:
+                self.results["energy"] += 3.0
+
+    window = {"energy_ceiling": 1.0, "budget_unit": "reference_calls"}
+    narrow = make_loop(tmp_path / "narrow", Walled(double_well_1d()), epochs=60, selection=window).run(1)[1]
+    wide = make_loop(tmp_path / "wide", Walled(double_well_1d()), epochs=60,
+                     selection={**window, "label_ceiling": 100.0}).run(1)[1]
+    left_out = narrow.metrics["round_reference_calls"]["outside_window"]
+    assert left_out > 0 and wide.metrics["round_reference_calls"]["outside_window"] == 0
+    assert wide.metrics["new_labels"] == narrow.metrics["new_labels"] + left_out
+    minimum = min(a.get_potential_energy() for a in wide.train[: -len(wide.selected)])
+    assert max(a.get_potential_energy() - minimum for a in wide.selected) > 1.0  # trained on, above the ceiling
+    settings = {name: json.loads((tmp_path / name / "settings.json").read_text())["selection"] for name in ("wide", "narrow")}
+    assert "label_ceiling=100.0" in settings["wide"]
+    assert "label_ceiling" not in settings["narrow"]  # unset, it is not in the settings: older run directories resume

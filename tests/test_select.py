@@ -114,3 +114,20 @@ def test_selection_reads_typed_candidates_and_returns_them_reordered_with_their_
     ucb = SelectionConfig(budget=1, energy_ceiling=5.0, window_sigmas=1.0)
     assert outside_window([4.95], ucb, energy_std=[0.1]).tolist() == [True]
     assert not outside_window([1e9], SelectionConfig(budget=1)).any()  # no ceiling: no window
+
+
+def test_a_label_ceiling_widens_the_window_for_labels_only():
+    """outside_window(labels=True) tests reference energies against label_ceiling (the floor still
+    holds); candidates keep energy_ceiling; a label_ceiling below the ceiling, or without one, is refused."""
+    from advsample.select import outside_window
+
+    config = SelectionConfig(budget=1, energy_ceiling=5.0, energy_floor=-5.0, label_ceiling=25.0)
+    energies = [-70.0, 1.0, 12.0, 40.0]
+    assert outside_window(energies, config).tolist() == [True, False, True, True]
+    assert outside_window(energies, config, labels=True).tolist() == [True, False, False, True]
+    plain = SelectionConfig(budget=1, energy_ceiling=5.0)
+    assert outside_window(energies, plain, labels=True).tolist() == outside_window(energies, plain).tolist()
+    assert "label_ceiling" not in repr(plain) and "label_ceiling=25.0" in repr(config)
+    for bad in ({"energy_ceiling": 5.0, "label_ceiling": 4.0}, {"label_ceiling": 4.0}):
+        with pytest.raises(ValueError, match="label_ceiling"):
+            SelectionConfig(**bad)
