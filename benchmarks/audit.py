@@ -392,6 +392,18 @@ def fixed_calibration_set(system, calculator, settings: dict, cache_dir=None) ->
     return frames
 
 
+def weights_fingerprint(committee) -> str:
+    """The first 16 hex digits of the SHA-256 of the committee's state dict: two checkpoints with the same weights
+    (a continued round that kept its parent's weights) are one committee, however their files differ."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(committee.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def committee_minimum(committee, atoms):
     """``atoms`` relaxed by BFGS on the committee's mean surface (:data:`HEADLINE_RELAX`): the audit measures ΔE
     on the committee's surface, so a reference minimum the committee puts elsewhere would give ΔE < 0 frames.
@@ -512,7 +524,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
                                      "md_cpu_s", "md_steps", "md_temperature_K", "integrator")}
         row.update(audit_cells(committee, minima, config, effective_K * config.kB), force_scale=calibration.force_scale,
                    test_force_mae=errors["force_mae"], calibration_force_mae=held["force_mae"],
-                   calibration_mean_sigma=float(np.mean(sigma)), test_force_coverage=errors.get("force_coverage"))
+                   calibration_mean_sigma=float(np.mean(sigma)), test_force_coverage=errors.get("force_coverage"),
+                   weights_sha256=weights_fingerprint(committee))
         rows.append(row)
         (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
             {k: v for k, v in row.items() if k != "per_cell"}, default=float))
@@ -534,7 +547,12 @@ def headline_summary(rows: list[dict]) -> dict:
         correlations[key] = {t: spearman([r[key][t] for r in rows], stable) for t in rows[0][key]}
     audit_cpu = sum(r["audit_cpu_s"] for r in rows)
     md_cpu = sum(r["md_cpu_s"] or 0.0 for r in rows)
+    groups: dict = {}
+    for r in rows:
+        if r.get("weights_sha256"):
+            groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
     return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
+            "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None}
 
 

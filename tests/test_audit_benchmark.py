@@ -162,6 +162,9 @@ def test_from_headline_quick_json(quick_headline):
         assert list(tolerances.values()) == sorted(tolerances.values())  # a laxer tolerance is never less safe
         fractions = row["fraction_over_tolerance_effective_by_tolerance"]
         assert list(fractions.values()) == sorted(fractions.values(), reverse=True)
+    assert rows[0]["weights_sha256"] != rows[1]["weights_sha256"] and result["same_weights"] == []
+    copy = {**rows[1], "arm": "random_N10", "weights_sha256": rows[0]["weights_sha256"]}
+    assert benchmark.headline_summary([*rows, copy])["same_weights"] == [[["gen1", 0], ["random_N10", 0]]]
     correlation = result["spearman_vs_md_stable"]["test_force_mae"]
     assert correlation["n"] == 2 and (correlation["rho"] != correlation["rho"] or abs(correlation["rho"]) == pytest.approx(1))
     assert result["audit_over_md_cpu"] == pytest.approx(result["audit_cpu_s"] / 10.0)
