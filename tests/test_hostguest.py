@@ -200,6 +200,9 @@ def test_one_round_over_two_cells_of_different_sizes(tmp_path):
     again = get_system("host_guest", cells=["SOD:water", "CHA:methylamine"], smoke=True,
                        cache_dir=str(tmp_path / "cache"))  # by name, as workers rebuild it: from the cache
     assert again.spec[0] == "host_guest" and np.allclose(again.initial[0].get_forces(), system.initial[0].get_forces())
+    window = get_system("host_guest", cells=["SOD:water", "CHA:methylamine"], smoke=True, cache_dir=str(tmp_path / "cache"),
+                        energy_ceiling_eV=5.0, energy_floor_eV=-5.0, label_ceiling_eV=25.0).selection
+    assert (window.energy_ceiling, window.energy_floor, window.label_ceiling) == (5.0, -5.0, 25.0)
     setup = {a.info["cell_name"]: a for a in read(system.reference.kwargs["setup"], ":")}
     for frame in system.subset("window"):  # one guest moved rigidly 1-2 Å from its site, the framework as set up
         start = setup[frame.info["cell_name"]]

@@ -484,14 +484,15 @@ def host_guest_cells(cells: Sequence[str] | None = None, source: str = "builtin"
 
 def host_guest_settings(smoke: bool, epochs: int, budget: int, energy_ceiling_eV: float | None,
                         stability_temperature_K: float, stability_timestep_fs: float, batch_size: int,
-                        window: str, energy_floor_eV: float | None = None) -> dict:
+                        window: str, energy_floor_eV: float | None = None,
+                        label_ceiling_eV: float | None = None) -> dict:
     """``System`` keywords every host–guest system shares (this module's and :mod:`.sodalite`'s): training,
     selection, attack, MD, the metrics (MD stability; the force error of the subset described by ``window``)."""
     return dict(
         train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
                           batch_size=None if smoke else batch_size, progress=False),
         selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV,
-                                  energy_floor=energy_floor_eV),
+                                  energy_floor=energy_floor_eV, label_ceiling=label_ceiling_eV),
         attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
                 "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
         md={"temperature_K": stability_temperature_K, "timestep_fs": stability_timestep_fs,
@@ -534,6 +535,7 @@ def host_guest(
     budget: int | None = None,
     energy_ceiling_eV: float | None = 10.0,
     energy_floor_eV: float | None = None,
+    label_ceiling_eV: float | None = None,
     kT: float = 0.2,
     data_seed: int = 0,
     progress: bool = True,
@@ -553,7 +555,8 @@ def host_guest(
     GFN-FF − Σ_Z n_Z μ_Z (μ fitted to the cells as set up) so that cells share one energy
     scale for the objective and the ``energy_ceiling_eV`` window (``energy_floor_eV``, negative: labels
     that far below the training minimum are paid and not trained on — GFN-FF's fixed topology gives
-    such energies at overlapping atoms). Metrics: committee-MD
+    such energies at overlapping atoms; ``label_ceiling_eV`` ≥ the ceiling: labels up to that high are
+    trained on though candidates are chosen inside the ceiling — the committee's holes). Metrics: committee-MD
     stability at ``stability_temperature_K`` from every cell (energies checked against GFN-FF
     on 3 frames per run, ``energy_tolerance_eV``) and the window force error. The committee:
     SchNet, ``n_members`` × ``n_features`` (4 × 32, smoke 2 × 8), ``n_interactions`` (2, smoke 1),
@@ -600,5 +603,5 @@ def host_guest(
         evaluate=evaluate,
         **host_guest_settings(smoke, epochs, budget, energy_ceiling_eV, stability_temperature_K,
                               stability_timestep_fs, batch_size=8, window="guests pushed towards a window",
-                              energy_floor_eV=energy_floor_eV),
+                              energy_floor_eV=energy_floor_eV, label_ceiling_eV=label_ceiling_eV),
     )
