@@ -149,7 +149,9 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 # though the committee placed them inside it: the holes NN-MD falls into
                 Arm("gen2+adversarial_peratom_holes_callsN5", "md_N", "adversarial", 0.2, seed_choice,
                     energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0)]
+                    label_ceiling_eV=25.0),
+                Arm("gen2+md_holes_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0)]  # its control: MD-driven labels under the same label window
     return out
 
 

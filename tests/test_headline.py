@@ -281,6 +281,9 @@ def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
         assert "energy_floor=-5.0" in json.load(handle)["selection"]
     holes = {a.name: a for a in headline_arms()}["gen2+adversarial_peratom_holes_callsN5"]
     assert (holes.label_ceiling_eV, holes.energy_floor_eV, holes.budget_unit) == (25.0, -5.0, "reference_calls")
+    control = {a.name: a for a in headline_arms()}["gen2+md_holes_callsN5"]
+    assert (control.method, control.label_ceiling_eV, control.energy_floor_eV, control.budget_unit) == (
+        "md", 25.0, -5.0, "reference_calls")
 
 
 def headline_arms():
