@@ -63,7 +63,6 @@ class SelectionConfig:
         if self.ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
 
-
     def __repr__(self) -> str:  # label_ceiling only when set: run directories made before it still resume
         shown = [(f.name, getattr(self, f.name)) for f in fields(self)
                  if not (f.name == "label_ceiling" and self.label_ceiling is None)]
