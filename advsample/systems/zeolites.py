@@ -534,7 +534,7 @@ def host_guest(
     epochs: int | None = None,
     budget: int | None = None,
     energy_ceiling_eV: float | None = 10.0,
-    energy_floor_eV: float | None = None,
+    energy_floor_eV: float | None = -5.0,
     label_ceiling_eV: float | None = None,
     kT: float = 0.2,
     data_seed: int = 0,
@@ -553,9 +553,10 @@ def host_guest(
     bar over the cells while the data are made: ~30 s of CPU per cell at the full settings,
     ~660 GFN-FF calls; 0.3 s from the cache). Energies are
     GFN-FF − Σ_Z n_Z μ_Z (μ fitted to the cells as set up) so that cells share one energy
-    scale for the objective and the ``energy_ceiling_eV`` window (``energy_floor_eV``, negative: labels
-    that far below the training minimum are paid and not trained on — GFN-FF's fixed topology gives
-    such energies at overlapping atoms; ``label_ceiling_eV`` ≥ the ceiling: labels up to that high are
+    scale for the objective and the ``energy_ceiling_eV`` window (``energy_floor_eV``, negative, default
+    −5 eV: labels that far below the training minimum are paid and not trained on — GFN-FF's fixed
+    topology gives such energies at overlapping atoms, and two such labels, 66.5 and 140.9 eV below,
+    each collapsed a headline committee; None: no floor; ``label_ceiling_eV`` ≥ the ceiling: labels up to that high are
     trained on though candidates are chosen inside the ceiling — the committee's holes). Metrics: committee-MD
     stability at ``stability_temperature_K`` from every cell (energies checked against GFN-FF
     on 3 frames per run, ``energy_tolerance_eV``) and the window force error. The committee:
