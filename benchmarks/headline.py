@@ -29,15 +29,19 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   ``Objective(energy_scale="per_atom")``, as their zeolite attack) and
   ``gen2+adversarial_forcesmax_N10`` (the largest per-atom force variance, ``"forces_max"``) and
   ``gen2+adversarial_peratom_seeds8_N10`` (per-atom energies with 8 attack starts per label instead
-  of 2: their picks climb in energy, and with 2 a round can fail to fill its budget inside the window).
+  of 2: their picks climb in energy, and with 2 a round can fail to fill its budget inside the window),
+  and at equal reference calls (N/5 calls each, ``Arm.budget_unit``): ``gen2+adversarial_peratom_floor_callsN5``
+  (8 starts, window [−5, ceiling] eV), ``gen2+md_callsN5``, ``gen2+adversarial_peratom_holes_callsN5``
+  (the same attack training on labels up to 25 eV, ``SelectionConfig.label_ceiling``: the committee's
+  holes) and its control ``gen2+md_holes_callsN5``.
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
 to the parent's training set and continues training the parent's weights
 (``TrainConfig.continued()``; ``--scratch``: fresh weights and the full schedule, the parent's
 energy normalisation kept); a label outside the System's energy window is paid and replaced.
-Budgets are labels; the reference calls an arm paid (failed calls included) are counted beside
-them, so equal labels and equal calls can both be read off the rows.
+Budgets are labels (the ``_callsN5`` arms: reference calls); the reference calls an arm paid (failed
+calls included) are counted beside them, so equal labels and equal calls can both be read off the rows.
 
 Test protocol (the paper's): ``--trajectories`` NN-MD runs per arm pooled over the committee
 seeds, NVE from Maxwell–Boltzmann velocities at ``--temperature-K``, 0.5 fs, ``--md-steps``
