@@ -759,8 +759,9 @@ def survival_figure(rows: list[dict], integrator: str = "nve", arms_shown=None):
     from advsample import stats
 
     names = arms_shown or list(dict.fromkeys(r["arm"] for r in rows))
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = Figure(figsize=(10, 3.6 + 0.12 * len(names)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
+    colors = dict(zip(names, matplotlib_colors(len(names))))  # one colour per arm in both panels
     for arm in names:
         data = pooled(rows, arm, integrator)
         if data is None:
@@ -770,16 +771,24 @@ def survival_figure(rows: list[dict], integrator: str = "nve", arms_shown=None):
         for ax in axes[[not arm.startswith("gen2"), arm in ("gen1", "md_N") or arm.startswith("gen2")]]:
             x = np.append(curve.times, end)
             line, = ax.step(x, np.append(curve.survival, curve.survival[-1]), where="post",
-                            label=f"{arm} (n={curve.n})")
+                            label=f"{arm} (n={curve.n})", color=colors[arm])
             ax.fill_between(x, np.append(curve.low, curve.low[-1]), np.append(curve.high, curve.high[-1]),
                             step="post", color=line.get_color(), alpha=0.12, linewidth=0)
     for ax, title in zip(axes, ("from Gen1", "from Gen2 (= Gen1 + N MD-driven labels)")):
         ax.set_xlabel("NN-MD time (fs)")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: curves stay visible
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"fraction of runs stable ({integrator})")
     return fig
+
+
+def matplotlib_colors(n: int) -> list:
+    """``n`` distinct colours: tab10, or tab20 beyond 10 arms."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(k % cmap.N) for k in range(n)]
 
 
 def cost_figure(table: dict, integrator: str = "nve"):
