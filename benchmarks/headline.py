@@ -795,20 +795,21 @@ def cost_figure(table: dict, integrator: str = "nve"):
     """Stable fraction (Wilson 95 % bars) of each arm against its labels and its total CPU seconds."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = Figure(figsize=(10, 3.6 + 0.12 * len(table)), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
+    colors = matplotlib_colors(len(table))  # as survival_figure: no colour twice beyond 10 arms
     for k, (arm, line) in enumerate(table.items()):
         entry = line[integrator]
         low, high = entry["interval"]
         y, err = entry["stable_fraction"], [[entry["stable_fraction"] - low], [high - entry["stable_fraction"]]]
         marker = "s" if arm.startswith("gen2") else "o"
         for ax, x in zip(axes, (line["labels"], line["total_cpu_s"])):
-            ax.errorbar([x], [y], yerr=err, fmt=marker, color=f"C{k % 10}", capsize=3, label=arm)
+            ax.errorbar([x], [y], yerr=err, fmt=marker, color=colors[k], capsize=3, label=arm)
     axes[0].set_xlabel("labels beyond Gen1's reference-MD set")
     axes[1].set_xlabel("CPU seconds beyond Gen1 (reference + sampling + training)")
     axes[1].set_xscale("symlog", linthresh=1.0)
     axes[0].set_ylabel(f"stable fraction ({integrator}, Wilson 95 %)")
-    axes[1].legend(fontsize=7, loc="best")
+    fig.legend(*axes[1].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)  # below the points
     for ax in axes:
         ax.grid(alpha=0.3)
     return fig
