@@ -51,9 +51,10 @@ from .objective import Objective
 from .parameters import as_number
 from .rundir import RunDir, check_run_inputs, committee_fingerprint, deduplicate, fingerprint
 from .samplers import Proposal, Sampler
-from .select import SelectionConfig, check_energy_window, outside_window as outside_energy_window, select
+from .select import (SelectionConfig, check_energy_window, label_loss_weights, outside_window as outside_energy_window,
+                     select)
 from .structures import labels_of
-from .train import TrainConfig, regression_check, split_validation, train_committee
+from .train import LOSS_WEIGHT_KEYS, TrainConfig, regression_check, split_validation, train_committee
 
 ON_REGRESSION = ("keep", "continue", "accept")
 
@@ -552,9 +553,12 @@ class ActiveLearning:
                 ranked, budget, cache, reference_energy, number, streak, part_prepaid
             )
             self._phase_time(timings, "label", *start)
-            for atoms in labeled:
+            weights = label_loss_weights([a.get_potential_energy() - reference_energy for a in labeled], self.selection)
+            for atoms, (energy_weight, forces_weight) in zip(labeled, weights):
                 # labels of the stored structures (train.extxyz): a resumed run reads each label's round from them
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
+                if (energy_weight, forces_weight) != (1.0, 1.0):  # a hole above the window (above_window_weights)
+                    atoms.info.update(dict(zip(LOSS_WEIGHT_KEYS, (float(energy_weight), float(forces_weight)))))
             accepted += labeled
             committee_energies += part_energies
             failures += part_failures

@@ -37,6 +37,7 @@ class SelectionConfig:
     energy_ceiling: float | None = None  # drop candidates with Ē − E_min above this
     energy_floor: float | None = None  # negative: drop candidates and labels this far below E_min (reference artifacts)
     label_ceiling: float | None = None  # labels: train on reference energies up to this above E_min (None: energy_ceiling)
+    above_window_weights: tuple[float, float] | None = None  # (energy, forces) loss weights of labels above energy_ceiling
     window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
@@ -56,6 +57,15 @@ class SelectionConfig:
                 self.energy_ceiling is not None and self.label_ceiling >= self.energy_ceiling):
             raise ValueError(f"label_ceiling={self.label_ceiling!r} needs an energy_ceiling at or below it (it widens "
                              f"the window for labels only), got energy_ceiling={self.energy_ceiling!r}")
+        if self.above_window_weights is not None:
+            weights = tuple(self.above_window_weights)
+            if self.label_ceiling is None:
+                raise ValueError("above_window_weights needs a label_ceiling: without one no label above "
+                                 "energy_ceiling is trained on")
+            if len(weights) != 2 or not all(np.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+                raise ValueError(f"above_window_weights must be (energy, forces) loss weights >= 0, not both 0, "
+                                 f"got {self.above_window_weights!r}")
+            self.above_window_weights = (float(weights[0]), float(weights[1]))
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
             raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
         if self.min_distance < 0:
@@ -63,9 +73,9 @@ class SelectionConfig:
         if self.ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
 
-    def __repr__(self) -> str:  # label_ceiling only when set: run directories made before it still resume
+    def __repr__(self) -> str:  # fields added later only when set: run directories made before them still resume
         shown = [(f.name, getattr(self, f.name)) for f in fields(self)
-                 if not (f.name == "label_ceiling" and self.label_ceiling is None)]
+                 if not (f.name in ("label_ceiling", "above_window_weights") and getattr(self, f.name) is None)]
         return f"SelectionConfig({', '.join(f'{name}={value!r}' for name, value in shown)})"
 
 
@@ -125,6 +135,19 @@ def outside_window(energy_above_min, config: SelectionConfig, energy_std=None, l
     if energy_std is not None:
         energy = energy + config.window_sigmas * np.asarray(energy_std, dtype=float)
     return outside | (energy > ceiling)
+
+
+def label_loss_weights(energy_above_min, config: SelectionConfig) -> np.ndarray:
+    """[B, 2] (energy, forces) loss weights of labels with reference energies [B] above the training
+    minimum: ``config.above_window_weights`` for those above ``energy_ceiling`` (trained on because of
+    ``label_ceiling``: the committee's holes), 1 for the rest. A hole's energy error is tens of eV
+    where the committee's is tenths; weighted down (e.g. ``(0, 1)``: forces only) the label teaches
+    the slope out of the hole without bending the whole surface to meet its energy."""
+    energy = np.asarray(energy_above_min, dtype=float)
+    weights = np.ones((energy.size, 2))
+    if config.above_window_weights is not None and config.energy_ceiling is not None:
+        weights[energy > config.energy_ceiling] = config.above_window_weights
+    return weights
 
 
 def as_candidates(candidates: "Candidates | Sequence[Atoms]") -> Candidates:

@@ -117,17 +117,43 @@ def split_validation(atoms_list: Sequence[Atoms], fraction: float = 0.1, seed: i
     return train, validation
 
 
+LOSS_WEIGHT_KEYS = ("config_energy_weight", "config_forces_weight")  # atoms.info keys, as MACE's extxyz
+
+
+def loss_weights(atoms_list: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-structure loss weights [B], [B] (energy, forces): ``atoms.info["config_energy_weight"]`` and
+    ``["config_forces_weight"]`` (MACE's keys, so its extxyz files train alike), 1 where absent. They
+    multiply that structure's terms on top of :class:`TrainConfig`'s ``energy_weight`` and
+    ``forces_weight``; 0 leaves the term out (e.g. a label trained on its forces only). Raises
+    ``ValueError`` naming the structure for a negative or non-finite weight."""
+    weights = np.ones((2, len(atoms_list)))
+    for i, atoms in enumerate(atoms_list):
+        for k, key in enumerate(LOSS_WEIGHT_KEYS):
+            value = atoms.info.get(key, 1.0)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"structure {i} ({atoms.get_chemical_formula()}): info[{key!r}] = "
+                                 f"{atoms.info.get(key)!r}; a loss weight must be a finite number >= 0")
+            weights[k, i] = value
+    return weights[0], weights[1]
+
+
 class _Targets:
-    """A batch with its reference energies [B], forces [N, 3], free-coordinate mask [N, 3] and,
-    with ``reuse_geometry``, the model's fixed geometry of it (computed once; minibatches are
-    :meth:`subset` of it)."""
+    """A batch with its reference energies [B], forces [N, 3], free-coordinate mask [N, 3], the
+    structures' loss weights [B] (:func:`loss_weights`) and, with ``reuse_geometry``, the model's
+    fixed geometry of it (computed once; minibatches are :meth:`subset` of it)."""
 
     def __init__(self, atoms_list: Sequence[Atoms], committee: Committee, reuse_geometry: bool = True):
         energies, forces = labels_of(atoms_list)
+        energy_weights, forces_weights = loss_weights(atoms_list)
         self.batch = Batch.from_atoms(atoms_list).to(committee.device, committee.dtype)
         self.geometry = committee.fixed_geometry(self.batch) if reuse_geometry else None
-        self.energies = torch.as_tensor(energies, dtype=committee.dtype, device=committee.device)
-        self.forces = torch.as_tensor(forces, dtype=committee.dtype, device=committee.device)
+        as_tensor = lambda x: torch.as_tensor(x, dtype=committee.dtype, device=committee.device)  # noqa: E731
+        self.energies, self.forces = as_tensor(energies), as_tensor(forces)
+        self.energy_weights, self.forces_weights = as_tensor(energy_weights), as_tensor(forces_weights)
         self.free = (~self.batch.fixed).to(committee.dtype)
 
     def subset(self, index: np.ndarray) -> "_Targets":
@@ -138,25 +164,27 @@ class _Targets:
         part.batch, atoms = self.batch.select(keep)
         part.geometry = None if self.geometry is None else self.geometry.select(atoms)
         part.energies, part.forces, part.free = self.energies[keep], self.forces[atoms], self.free[atoms]
+        part.energy_weights, part.forces_weights = self.energy_weights[keep], self.forces_weights[keep]
         return part
 
     def member_losses(
         self, committee: Committee, config: TrainConfig, weights: torch.Tensor | None = None, create_graph=True
     ) -> torch.Tensor:
-        """[M] loss per member; ``weights`` [M, B] are per-member structure weights (bootstrap)."""
+        """[M] loss per member; ``weights`` [M, B] are per-member structure weights (bootstrap); each
+        structure's energy and force terms are scaled by its loss weights (:func:`loss_weights`), the
+        means still taken over all structures (a weight of 0 drops the term, not the structure)."""
         out = committee(self.batch, forces=config.forces_weight > 0, create_graph=create_graph, geometry=self.geometry)
         scale = committee.energy_scale
         n_structures = self.batch.n_structures
         if weights is None:
             weights = torch.ones(committee.n_members, n_structures, dtype=scale.dtype, device=scale.device)
         energy_error = ((out.energies - self.energies) / scale) ** 2  # [M, B]
-        loss = config.energy_weight * (weights * energy_error).sum(1) / weights.sum(1)
+        loss = config.energy_weight * (weights * self.energy_weights * energy_error).sum(1) / weights.sum(1)
         if config.forces_weight > 0:
             force_error = (((out.forces - self.forces) / scale) ** 2 * self.free).sum(-1)  # [M, N]
             atom_weights = weights[:, self.batch.structure_index] * self.free.sum(-1)  # [M, N]
-            loss = loss + config.forces_weight * (
-                (weights[:, self.batch.structure_index] * force_error).sum(1) / atom_weights.sum(1).clamp(min=1)
-            )
+            term_weights = (weights * self.forces_weights)[:, self.batch.structure_index]  # [M, N]
+            loss = loss + config.forces_weight * (term_weights * force_error).sum(1) / atom_weights.sum(1).clamp(min=1)
         return loss
 
 

@@ -33,7 +33,9 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   and at equal reference calls (N/5 calls each, ``Arm.budget_unit``): ``gen2+adversarial_peratom_floor_callsN5``
   (8 starts, window [−5, ceiling] eV), ``gen2+md_callsN5``, ``gen2+adversarial_peratom_holes_callsN5``
   (the same attack training on labels up to 25 eV, ``SelectionConfig.label_ceiling``: the committee's
-  holes) and its control ``gen2+md_holes_callsN5``.
+  holes) and its control ``gen2+md_holes_callsN5``, and the holes trained on their forces only
+  (``..._holesforces_callsN5``, attack and MD control; ``SelectionConfig.above_window_weights=(0, 1)``)
+  and at a tenth of the force weight (``gen2+adversarial_peratom_holesforces01_callsN5``, ``(0, 0.1)``).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -103,7 +105,8 @@ class Arm:
     always fills); ``energy_floor_eV``: the selection's energy floor (eV below the training minimum;
     None: the System's); ``label_ceiling_eV``: train on labels up to this far above the training
     minimum though candidates are chosen inside the System's ceiling (the committee's holes; None: the
-    ceiling)."""
+    ceiling); ``above_window_weights``: (energy, forces) loss weights of those labels above the ceiling
+    (``SelectionConfig.above_window_weights``; None: (1, 1))."""
 
     name: str
     parent: str | None
@@ -116,6 +119,7 @@ class Arm:
     budget_unit: str = "labels"
     energy_floor_eV: float | None = None
     label_ceiling_eV: float | None = None
+    above_window_weights: tuple[float, float] | None = None
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
@@ -155,7 +159,17 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                     energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
                     label_ceiling_eV=25.0),
                 Arm("gen2+md_holes_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0)]  # its control: MD-driven labels under the same label window
+                    label_ceiling_eV=25.0),  # its control: MD-driven labels under the same label window
+                # the holes trained on their forces only (their energy errors, tens of eV, bent the surface:
+                # one committee fell to 17/55), and with forces at a tenth; the MD control under the same rule
+                Arm("gen2+adversarial_peratom_holesforces_callsN5", "md_N", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0)),
+                Arm("gen2+adversarial_peratom_holesforces01_callsN5", "md_N", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0, above_window_weights=(0.0, 0.1)),
+                Arm("gen2+md_holesforces_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
+                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0))]
     return out
 
 
@@ -271,12 +285,13 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
          run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None,
-         label_ceiling_eV: float | None = None):
+         label_ceiling_eV: float | None = None, above_window_weights: tuple[float, float] | None = None):
     """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
     validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
     structures (a failed or out-of-window label is paid and replaced; ``budget_unit="reference_calls"``:
     pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it,
-    ``label_ceiling_eV`` its top for labels), continue training ``committee``
+    ``label_ceiling_eV`` its top for labels, ``above_window_weights`` the loss weights of labels above
+    the ceiling), continue training ``committee``
     (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
     recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
     (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
@@ -289,6 +304,8 @@ def grow(system, committee, train, validation, sampler, objective, budget: int, 
         selection = replace(selection, energy_floor=energy_floor_eV)
     if label_ceiling_eV is not None:
         selection = replace(selection, label_ceiling=label_ceiling_eV)
+    if above_window_weights is not None:
+        selection = replace(selection, above_window_weights=above_window_weights)
     loop = ActiveLearning.from_system(
         system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
         selection=selection, train_config=replace(system.train, progress=False),
@@ -603,7 +620,8 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
         if not args.reuse:
             shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
         grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
-                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV, arm.label_ceiling_eV)
+                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV, arm.label_ceiling_eV,
+                             arm.above_window_weights)
         try:
             committee, train, cost, points, picked = grown()
         except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it
