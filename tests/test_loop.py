@@ -383,3 +383,30 @@ def test_a_label_ceiling_trains_on_the_holes_the_energy_window_would_leave_out(t
     settings = {name: json.loads((tmp_path / name / "settings.json").read_text())["selection"] for name in ("wide", "narrow")}
     assert "label_ceiling=100.0" in settings["wide"]
     assert "label_ceiling" not in settings["narrow"]  # unset, it is not in the settings: older run directories resume
+
+
+def test_holes_trained_on_their_forces_only_carry_their_loss_weights_through_a_resume(tmp_path):
+    """above_window_weights=(0, 1): the labels above the energy ceiling are stored with
+    config_energy_weight 0 (forces only), those inside it without weights; a resumed run reads the
+    same weights back from its run directory."""
+
+    class Walled(CountingSurface):  # the reference 3 higher than the committee learned, right of x = -0.95
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            if self.atoms.positions[0, 0] > -0.95:
+                self.results["energy"] += 3.0
+
+    selection = {"energy_ceiling": 1.0, "budget_unit": "reference_calls", "label_ceiling": 100.0,
+                 "above_window_weights": (0.0, 1.0)}
+    record = make_loop(tmp_path / "run", Walled(double_well_1d()), epochs=60, selection=selection).run(1)[1]
+    minimum = min(a.get_potential_energy() for a in record.train[: -len(record.selected)])
+    above = [a.get_potential_energy() - minimum > 1.0 for a in record.selected]
+    assert any(above) and not all(above)
+    for atoms, hole in zip(record.selected, above):
+        assert (atoms.info.get("config_energy_weight"), atoms.info.get("config_forces_weight")) == (
+            (0.0, 1.0) if hole else (None, None))
+    reference = Walled(double_well_1d())
+    resumed = make_loop(tmp_path / "run", reference, epochs=60, selection=selection).run(1)[1]
+    assert reference.calls == []  # read back, not labeled again
+    assert [a.info.get("config_energy_weight") for a in resumed.selected] == [
+        a.info.get("config_energy_weight") for a in record.selected]

@@ -131,3 +131,23 @@ def test_a_label_ceiling_widens_the_window_for_labels_only():
     for bad in ({"energy_ceiling": 5.0, "label_ceiling": 4.0}, {"label_ceiling": 4.0}):
         with pytest.raises(ValueError, match="label_ceiling"):
             SelectionConfig(**bad)
+
+
+def test_labels_above_the_window_get_the_above_window_loss_weights():
+    """above_window_weights=(energy, forces): labels above energy_ceiling (trained because of
+    label_ceiling) get them, the rest 1; it needs a label_ceiling and weights >= 0, not both 0; unset,
+    it is not in the settings repr (older run directories resume)."""
+    from advsample.select import label_loss_weights
+
+    config = SelectionConfig(budget=1, energy_ceiling=5.0, label_ceiling=25.0, above_window_weights=(0, 1))
+    weights = label_loss_weights([-1.0, 4.9, 5.1, 20.0], config)
+    assert weights.tolist() == [[1, 1], [1, 1], [0, 1], [0, 1]]
+    plain = SelectionConfig(budget=1, energy_ceiling=5.0, label_ceiling=25.0)
+    assert label_loss_weights([20.0], plain).tolist() == [[1, 1]]
+    assert "above_window_weights" not in repr(plain) and "above_window_weights=(0.0, 1.0)" in repr(config)
+    for bad, match in (({"energy_ceiling": 5.0, "above_window_weights": (0, 1)}, "needs a label_ceiling"),
+                       ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (0, 0)}, "not both 0"),
+                       ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (-1, 1)}, ">= 0"),
+                       ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (1,)}, "energy, forces")):
+        with pytest.raises(ValueError, match=match):
+            SelectionConfig(**bad)

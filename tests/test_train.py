@@ -77,3 +77,38 @@ def test_a_training_step_gives_every_weight_its_full_gradient(reuse_geometry):
     for parameter, gradient in zip(committee.model.parameters(), expected):
         assert parameter.grad is not None
         torch.testing.assert_close(parameter.grad, gradient, rtol=1e-5, atol=1e-7)
+
+
+def test_a_structure_loss_weight_of_zero_takes_its_term_out_of_the_loss(left_well_data):
+    """atoms.info["config_energy_weight"] = 0 (MACE's key): that structure's energy label no longer
+    moves the loss, its forces still do; weight 0.5 halves its term; a negative weight is refused
+    naming the structure."""
+    from advsample.train import _Targets
+
+    committee = Committee(MLPCommittee(2, (8,), seed=0))
+    committee.fit_normalization(labels_of(left_well_data[:6])[0], [1] * 6)
+    config = TrainConfig(progress=False)
+
+    def losses(structures):
+        return _Targets(structures, committee).member_losses(committee, config, create_graph=False).detach().numpy()
+
+    def relabel(atoms, energy_shift=0.0, force_shift=0.0, **info):
+        energy, forces = labels_of([atoms])
+        out = labeled(atoms.copy(), float(energy[0]) + energy_shift, forces + force_shift)
+        out.info.update(info)
+        return out
+
+    data = [relabel(a) for a in left_well_data[:6]]
+    base = losses(data)
+    moved = data[:5] + [relabel(data[5], energy_shift=30.0)]
+    assert (losses(moved) > base + 1).all()  # a 30-unit energy error counts ...
+    forces_only = data[:5] + [relabel(data[5], energy_shift=30.0, config_energy_weight=0.0)]
+    unweighted_rest = losses(data[:5] + [relabel(data[5], config_energy_weight=0.0)])
+    np.testing.assert_allclose(losses(forces_only), unweighted_rest, rtol=1e-6)  # ... not with energy weight 0
+    off = losses(data[:5] + [relabel(data[5], force_shift=5.0, config_energy_weight=0.0, config_forces_weight=0.0)])
+    pushed = losses(data[:5] + [relabel(data[5], force_shift=5.0, config_energy_weight=0.0)])
+    assert (np.abs(pushed - off) > 1).all()  # its forces still count
+    half = losses(data[:5] + [relabel(data[5], force_shift=5.0, config_energy_weight=0.0, config_forces_weight=0.5)])
+    np.testing.assert_allclose(half - off, 0.5 * (pushed - off), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"structure 5 .*config_forces_weight"):
+        losses(data[:5] + [relabel(data[5], config_forces_weight=-1.0)])
