@@ -125,18 +125,23 @@ def fingerprint(atoms_list: Sequence[Atoms]) -> str:
     return h.hexdigest()[:32]
 
 
-def committee_fingerprint(committee) -> str:
+def committee_fingerprint(committee, weights_only: bool = False) -> str:
     """Hash of a committee's checkpoint: model class and config, every weight and buffer (the
-    energy normalisation included) bit for bit, and its calibration."""
+    energy normalisation included) bit for bit, and its calibration (32 hex digits).
+    ``weights_only``: the weights and buffers alone (names and bytes; 16 hex digits): two
+    checkpoints with the same weights (a continued round that kept its parent's) are one committee
+    however their files, configs or calibrations differ (the audit's test for copies)."""
     data = committee.checkpoint()
-    h = hashlib.sha256(b"advsample-committee-v1")
-    h.update(json.dumps([data["model_class"], data["model_config"], data.get("calibration")], sort_keys=True,
-                        default=repr).encode())
+    h = hashlib.sha256() if weights_only else hashlib.sha256(b"advsample-committee-v1")
+    if not weights_only:
+        h.update(json.dumps([data["model_class"], data["model_config"], data.get("calibration")], sort_keys=True,
+                            default=repr).encode())
     for key in sorted(data["state_dict"]):
         tensor = data["state_dict"][key].contiguous()
-        h.update(key.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        h.update(key.encode() if weights_only else
+                 key.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
         h.update(tensor.numpy().tobytes())
-    return h.hexdigest()[:32]
+    return h.hexdigest()[:16 if weights_only else 32]
 
 
 def file_record(path: Path, frames: int | None) -> dict:

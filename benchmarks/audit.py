@@ -52,6 +52,7 @@ from advsample.audit import AuditConfig, audit  # noqa: E402
 from advsample.calibration import calibrate, calibration_report  # noqa: E402
 from advsample.geometry import GeometryError  # noqa: E402
 from advsample.metrics import md_stability  # noqa: E402
+from advsample.rundir import committee_fingerprint  # noqa: E402
 from advsample.train import TrainConfig, train_committee  # noqa: E402
 
 
@@ -392,18 +393,6 @@ def fixed_calibration_set(system, calculator, settings: dict, cache_dir=None) ->
     return frames
 
 
-def weights_fingerprint(committee) -> str:
-    """The first 16 hex digits of the SHA-256 of the committee's state dict: two checkpoints with the same weights
-    (a continued round that kept its parent's weights) are one committee, however their files differ."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for key, value in sorted(committee.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def committee_minimum(committee, atoms):
     """``atoms`` relaxed by BFGS on the committee's mean surface (:data:`HEADLINE_RELAX`): the audit measures ΔE
     on the committee's surface, so a reference minimum the committee puts elsewhere would give ΔE < 0 frames.
@@ -525,7 +514,7 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
         row.update(audit_cells(committee, minima, config, effective_K * config.kB), force_scale=calibration.force_scale,
                    test_force_mae=errors["force_mae"], calibration_force_mae=held["force_mae"],
                    calibration_mean_sigma=float(np.mean(sigma)), test_force_coverage=errors.get("force_coverage"),
-                   weights_sha256=weights_fingerprint(committee))
+                   weights_sha256=committee_fingerprint(committee, weights_only=True))
         rows.append(row)
         (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
             {k: v for k, v in row.items() if k != "per_cell"}, default=float))

@@ -154,3 +154,24 @@ def test_an_unfinished_irun_holds_the_directory_until_it_is_closed(tmp_path):
     rounds.close()  # releases it
     records = make_loop(tmp_path / "run").run(1)
     assert records[0].resumed and not records[1].resumed and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_weights_only_fingerprint_sees_the_weights_and_nothing_else():
+    """committee_fingerprint(weights_only=True): a copy of the weights with another calibration is
+    the same committee (the audit's test for copies), while the full fingerprint (the run
+    directory's) tells them apart; one changed weight changes both."""
+    import torch
+
+    from advsample.committee import Committee
+    from advsample.models import MLPCommittee
+    from advsample.rundir import committee_fingerprint
+
+    committee, copy = (Committee(MLPCommittee(2, (8,), seed=0)) for _ in range(2))
+    copy.calibration = {"method": "scale", "force_scale": 2.0}
+    assert committee_fingerprint(committee, weights_only=True) == committee_fingerprint(copy, weights_only=True)
+    assert committee_fingerprint(committee) != committee_fingerprint(copy)
+    with torch.no_grad():
+        next(copy.model.parameters()).view(-1)[0] += 1e-6
+    assert committee_fingerprint(committee, weights_only=True) != committee_fingerprint(copy, weights_only=True)
+    copy.calibration = None
+    assert committee_fingerprint(committee) != committee_fingerprint(copy)
