@@ -553,7 +553,8 @@ class ActiveLearning:
                 ranked, budget, cache, reference_energy, number, streak, part_prepaid
             )
             self._phase_time(timings, "label", *start)
-            weights = label_loss_weights([a.get_potential_energy() - reference_energy for a in labeled], self.selection)
+            weights = label_loss_weights([a.get_potential_energy() - reference_energy for a in labeled], self.selection,
+                                         [math.sqrt(float((a.get_forces() ** 2).sum(1).mean())) for a in labeled])
             for atoms, (energy_weight, forces_weight) in zip(labeled, weights):
                 # labels of the stored structures (train.extxyz): a resumed run reads each label's round from them
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))

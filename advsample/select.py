@@ -24,6 +24,7 @@ from .geometry import pair_distances_numpy
 from .objective import Objective
 
 RANKINGS = ("score", "sigma", "random")
+LATER_FIELDS = ("label_ceiling", "above_window_weights", "above_window_force_cap")  # in the repr only when set
 BUDGET_UNITS = ("labels", "reference_calls")
 
 
@@ -38,6 +39,7 @@ class SelectionConfig:
     energy_floor: float | None = None  # negative: drop candidates and labels this far below E_min (reference artifacts)
     label_ceiling: float | None = None  # labels: train on reference energies up to this above E_min (None: energy_ceiling)
     above_window_weights: tuple[float, float] | None = None  # (energy, forces) loss weights of labels above energy_ceiling
+    above_window_force_cap: float | None = None  # such a label's RMS force above this: force weight × (cap / RMS)²
     window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
@@ -66,6 +68,13 @@ class SelectionConfig:
                 raise ValueError(f"above_window_weights must be (energy, forces) loss weights >= 0, not both 0, "
                                  f"got {self.above_window_weights!r}")
             self.above_window_weights = (float(weights[0]), float(weights[1]))
+        if self.above_window_force_cap is not None:
+            if self.label_ceiling is None:
+                raise ValueError("above_window_force_cap needs a label_ceiling: without one no label above "
+                                 "energy_ceiling is trained on")
+            if not (np.isfinite(self.above_window_force_cap) and self.above_window_force_cap > 0):
+                raise ValueError(f"above_window_force_cap must be a positive RMS force (the reference's force "
+                                 f"unit), got {self.above_window_force_cap!r}")
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
             raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
         if self.min_distance < 0:
@@ -75,7 +84,7 @@ class SelectionConfig:
 
     def __repr__(self) -> str:  # fields added later only when set: run directories made before them still resume
         shown = [(f.name, getattr(self, f.name)) for f in fields(self)
-                 if not (f.name in ("label_ceiling", "above_window_weights") and getattr(self, f.name) is None)]
+                 if not (f.name in LATER_FIELDS and getattr(self, f.name) is None)]
         return f"SelectionConfig({', '.join(f'{name}={value!r}' for name, value in shown)})"
 
 
@@ -137,16 +146,28 @@ def outside_window(energy_above_min, config: SelectionConfig, energy_std=None, l
     return outside | (energy > ceiling)
 
 
-def label_loss_weights(energy_above_min, config: SelectionConfig) -> np.ndarray:
+def label_loss_weights(energy_above_min, config: SelectionConfig, force_rms=None) -> np.ndarray:
     """[B, 2] (energy, forces) loss weights of labels with reference energies [B] above the training
     minimum: ``config.above_window_weights`` for those above ``energy_ceiling`` (trained on because of
-    ``label_ceiling``: the committee's holes), 1 for the rest. A hole's energy error is tens of eV
-    where the committee's is tenths; weighted down (e.g. ``(0, 1)``: forces only) the label teaches
-    the slope out of the hole without bending the whole surface to meet its energy."""
+    ``label_ceiling``: the committee's holes), 1 for the rest; with ``config.above_window_force_cap``
+    and the labels' RMS forces ``force_rms`` [B], such a label's force weight is also multiplied by
+    (cap / RMS)² where its RMS force is above the cap, so its force term counts as a relative error.
+    A hole's energy error is tens of eV where the committee's is tenths, its forces up to ~200 eV/Å
+    where training forces are ~2: weighted down (e.g. ``(0, 1)`` and a cap of 2: forces only, as a
+    relative error) the label teaches the slope out of the hole without bending the whole surface."""
     energy = np.asarray(energy_above_min, dtype=float)
     weights = np.ones((energy.size, 2))
-    if config.above_window_weights is not None and config.energy_ceiling is not None:
-        weights[energy > config.energy_ceiling] = config.above_window_weights
+    if config.energy_ceiling is None:
+        return weights
+    above = energy > config.energy_ceiling
+    if config.above_window_weights is not None:
+        weights[above] = config.above_window_weights
+    if config.above_window_force_cap is not None:
+        if force_rms is None:
+            raise ValueError("above_window_force_cap: give the labels' RMS forces (force_rms)")
+        rms = np.asarray(force_rms, dtype=float)
+        scale = np.minimum(1.0, (config.above_window_force_cap / np.maximum(rms, 1e-300)) ** 2)
+        weights[above, 1] *= scale[above]
     return weights
 
 

@@ -34,8 +34,9 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   (8 starts, window [−5, ceiling] eV), ``gen2+md_callsN5``, ``gen2+adversarial_peratom_holes_callsN5``
   (the same attack training on labels up to 25 eV, ``SelectionConfig.label_ceiling``: the committee's
   holes) and its control ``gen2+md_holes_callsN5``, and the holes trained on their forces only
-  (``..._holesforces_callsN5``, attack and MD control; ``SelectionConfig.above_window_weights=(0, 1)``)
-  and at a tenth of the force weight (``gen2+adversarial_peratom_holesforces01_callsN5``, ``(0, 0.1)``).
+  (``..._holesforces_callsN5``, attack and MD control; ``SelectionConfig.above_window_weights=(0, 1)``),
+  and forces only as a relative error above 2 eV/Å RMS (``..._holesrelative_callsN5``, attack and MD control;
+  ``SelectionConfig.above_window_force_cap=2.0``).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -106,7 +107,8 @@ class Arm:
     None: the System's); ``label_ceiling_eV``: train on labels up to this far above the training
     minimum though candidates are chosen inside the System's ceiling (the committee's holes; None: the
     ceiling); ``above_window_weights``: (energy, forces) loss weights of those labels above the ceiling
-    (``SelectionConfig.above_window_weights``; None: (1, 1))."""
+    (``SelectionConfig.above_window_weights``; None: (1, 1)) and ``above_window_force_cap`` (their force
+    weight × (cap / RMS force)² above it: a relative force error)."""
 
     name: str
     parent: str | None
@@ -120,6 +122,7 @@ class Arm:
     energy_floor_eV: float | None = None
     label_ceiling_eV: float | None = None
     above_window_weights: tuple[float, float] | None = None
+    above_window_force_cap: float | None = None
 
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
@@ -161,15 +164,20 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 Arm("gen2+md_holes_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0,
                     label_ceiling_eV=25.0),  # its control: MD-driven labels under the same label window
                 # the holes trained on their forces only (their energy errors, tens of eV, bent the surface:
-                # one committee fell to 17/55), and with forces at a tenth; the MD control under the same rule
+                # one committee fell to 17/55), and the MD control under the same rule
                 Arm("gen2+adversarial_peratom_holesforces_callsN5", "md_N", "adversarial", 0.2, seed_choice,
                     energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
                     label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0)),
-                Arm("gen2+adversarial_peratom_holesforces01_callsN5", "md_N", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0, above_window_weights=(0.0, 0.1)),
                 Arm("gen2+md_holesforces_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
-                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0))]
+                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0)),
+                # forces only, as a relative error above 2 eV/Å RMS: the holes' forces reach ~200 eV/Å
+                # (training ~2) and forces only still took a committee to 24/55
+                Arm("gen2+adversarial_peratom_holesrelative_callsN5", "md_N", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0), above_window_force_cap=2.0),
+                Arm("gen2+md_holesrelative_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
+                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0),
+                    above_window_force_cap=2.0)]
     return out
 
 
@@ -285,13 +293,14 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
          run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None,
-         label_ceiling_eV: float | None = None, above_window_weights: tuple[float, float] | None = None):
+         label_ceiling_eV: float | None = None, above_window_weights: tuple[float, float] | None = None,
+         above_window_force_cap: float | None = None):
     """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
     validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
     structures (a failed or out-of-window label is paid and replaced; ``budget_unit="reference_calls"``:
     pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it,
     ``label_ceiling_eV`` its top for labels, ``above_window_weights`` the loss weights of labels above
-    the ceiling), continue training ``committee``
+    the ceiling, ``above_window_force_cap`` their relative-force cap), continue training ``committee``
     (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
     recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
     (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
@@ -306,6 +315,8 @@ def grow(system, committee, train, validation, sampler, objective, budget: int, 
         selection = replace(selection, label_ceiling=label_ceiling_eV)
     if above_window_weights is not None:
         selection = replace(selection, above_window_weights=above_window_weights)
+    if above_window_force_cap is not None:
+        selection = replace(selection, above_window_force_cap=above_window_force_cap)
     loop = ActiveLearning.from_system(
         system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
         selection=selection, train_config=replace(system.train, progress=False),
@@ -621,7 +632,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
             shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
         grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
                              args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV, arm.label_ceiling_eV,
-                             arm.above_window_weights)
+                             arm.above_window_weights, arm.above_window_force_cap)
         try:
             committee, train, cost, points, picked = grown()
         except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it

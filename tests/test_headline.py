@@ -266,11 +266,11 @@ def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
     inside the window only; the floor reaches the round's selection."""
     out, _, _ = first
     extra = ("--objective-sweep", "--reuse", "--arms",
-             "gen1,md_N,gen2+adversarial_peratom_floor_callsN5,gen2+md_callsN5,gen2+md_holesforces_callsN5")
+             "gen1,md_N,gen2+adversarial_peratom_floor_callsN5,gen2+md_callsN5,gen2+md_holesrelative_callsN5")
     _run(out, *extra)
     with open(os.path.join(out, "rows.json")) as handle:
         rows = {r["arm"]: r for r in json.load(handle)}
-    for arm in ("gen2+adversarial_peratom_floor_callsN5", "gen2+md_callsN5", "gen2+md_holesforces_callsN5"):
+    for arm in ("gen2+adversarial_peratom_floor_callsN5", "gen2+md_callsN5", "gen2+md_holesrelative_callsN5"):
         row = rows[arm]
         with open(os.path.join(out, "runs", f"{arm}__seed0", "round_001", "metrics.json")) as handle:
             metrics = json.load(handle)
@@ -280,11 +280,13 @@ def test_arms_at_equal_reference_calls_pay_exactly_their_budget(first):
         assert row["n_train"] == rows["md_N"]["n_train"] + row["new_labels"]
     with open(os.path.join(out, "runs", "gen2+adversarial_peratom_floor_callsN5__seed0", "settings.json")) as handle:
         assert "energy_floor=-5.0" in json.load(handle)["selection"]
-    with open(os.path.join(out, "runs", "gen2+md_holesforces_callsN5__seed0", "settings.json")) as handle:
+    with open(os.path.join(out, "runs", "gen2+md_holesrelative_callsN5__seed0", "settings.json")) as handle:
         selection = json.load(handle)["selection"]  # the holes' loss weights reach the round's selection
-    assert "label_ceiling=25.0" in selection and "above_window_weights=(0.0, 1.0)" in selection
-    forces_only = {a.name: a for a in headline_arms()}["gen2+adversarial_peratom_holesforces01_callsN5"]
-    assert (forces_only.above_window_weights, forces_only.label_ceiling_eV) == ((0.0, 0.1), 25.0)
+    assert all(s in selection for s in ("label_ceiling=25.0", "above_window_weights=(0.0, 1.0)",
+                                        "above_window_force_cap=2.0"))
+    relative = {a.name: a for a in headline_arms()}["gen2+adversarial_peratom_holesrelative_callsN5"]
+    assert (relative.above_window_weights, relative.above_window_force_cap, relative.label_ceiling_eV) == (
+        (0.0, 1.0), 2.0, 25.0)
     holes = {a.name: a for a in headline_arms()}["gen2+adversarial_peratom_holes_callsN5"]
     assert (holes.label_ceiling_eV, holes.energy_floor_eV, holes.budget_unit) == (25.0, -5.0, "reference_calls")
     control = {a.name: a for a in headline_arms()}["gen2+md_holes_callsN5"]

@@ -145,7 +145,16 @@ def test_labels_above_the_window_get_the_above_window_loss_weights():
     plain = SelectionConfig(budget=1, energy_ceiling=5.0, label_ceiling=25.0)
     assert label_loss_weights([20.0], plain).tolist() == [[1, 1]]
     assert "above_window_weights" not in repr(plain) and "above_window_weights=(0.0, 1.0)" in repr(config)
+    capped = SelectionConfig(budget=1, energy_ceiling=5.0, label_ceiling=25.0, above_window_weights=(0, 1),
+                             above_window_force_cap=2.0)  # force weight x (2 / RMS force)^2 above the window only
+    np.testing.assert_allclose(label_loss_weights([1.0, 10.0, 10.0], capped, force_rms=[10.0, 10.0, 1.0]),
+                               [[1, 1], [0, 0.04], [0, 1]])
+    with pytest.raises(ValueError, match="force_rms"):
+        label_loss_weights([10.0], capped)
+    assert "above_window_force_cap" not in repr(config) and "above_window_force_cap=2.0" in repr(capped)
     for bad, match in (({"energy_ceiling": 5.0, "above_window_weights": (0, 1)}, "needs a label_ceiling"),
+                       ({"energy_ceiling": 5.0, "above_window_force_cap": 2.0}, "needs a label_ceiling"),
+                       ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_force_cap": 0.0}, "positive"),
                        ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (0, 0)}, "not both 0"),
                        ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (-1, 1)}, ">= 0"),
                        ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (1,)}, "energy, forces")):
