@@ -36,7 +36,8 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   holes) and its control ``gen2+md_holes_callsN5``, and the holes trained on their forces only
   (``..._holesforces_callsN5``, attack and MD control; ``SelectionConfig.above_window_weights=(0, 1)``),
   and forces only as a relative error above 2 eV/Å RMS (``..._holesrelative_callsN5``, attack and MD control;
-  ``SelectionConfig.above_window_force_cap=2.0``).
+  ``SelectionConfig.above_window_force_cap=2.0``), and from Gen1 ``adversarial_peratom_holesrelative_callsN5``
+  and ``md_callsN5`` (N/5 calls each against md_N's N labels).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -177,7 +178,13 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                     label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0), above_window_force_cap=2.0),
                 Arm("gen2+md_holesrelative_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
                     energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0),
-                    above_window_force_cap=2.0)]
+                    above_window_force_cap=2.0),
+                # the same rule from Gen1, as the paper's headline asks (N/5 calls against md_N's N labels),
+                # and MD-driven labels at those calls
+                Arm("adversarial_peratom_holesrelative_callsN5", "gen1", "adversarial", 0.2, seed_choice,
+                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
+                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0), above_window_force_cap=2.0),
+                Arm("md_callsN5", "gen1", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0)]
     return out
 
 
@@ -813,11 +820,13 @@ def survival_figure(rows: list[dict], integrator: str = "nve", arms_shown=None):
 
 
 def matplotlib_colors(n: int) -> list:
-    """``n`` distinct colours: tab10, or tab20 beyond 10 arms."""
+    """``n`` distinct colours: tab10, or tab20 beyond 10 arms, then tab20b and tab20c (60 in all)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(k % cmap.N) for k in range(n)]
+    if n <= 10:
+        return [colormaps["tab10"](k) for k in range(n)]
+    palette = [colormaps[name](k) for name in ("tab20", "tab20b", "tab20c") for k in range(20)]
+    return [palette[k % len(palette)] for k in range(n)]
 
 
 def cost_figure(table: dict, integrator: str = "nve"):
