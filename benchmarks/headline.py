@@ -738,21 +738,24 @@ def arm_table(rows: list[dict], integrators) -> dict:
 
 
 def headline_ratio(table: dict, integrator: str) -> dict:
-    """The fewest adversarial labels (arms from Gen1) whose stable fraction reaches md_N's, and
-    their total CPU against md_N's; the same from Gen2 (gen2+adversarial vs gen2+md)."""
+    """The adversarial arm from Gen1 (any whose method is an attack and whose parent is ``gen1``) with
+    the fewest labels whose stable fraction reaches md_N's, and its labels, reference calls and total
+    CPU against md_N's; the same from Gen2 (``gen2+adversarial*`` arms against gen2+md_N10)."""
     out = {}
-    for base, candidates, target in (("gen1", ("adversarial_N10", "adversarial_N"), "md_N"),
-                                     ("gen2", ("gen2+adversarial_N10",), "gen2+md_N10")):
+    for base, parent, target in (("gen1", "gen1", "md_N"), ("gen2", "md_N", "gen2+md_N10")):
         if target not in table:
             continue
         goal = table[target][integrator]["stable_fraction"]
-        reached = [a for a in candidates if a in table and table[a][integrator]["stable_fraction"] >= goal]
+        candidates = [a for a, line in table.items() if line.get("parent") == parent
+                      and str(line.get("method") or "").startswith("adversarial")]
+        reached = [a for a in candidates if table[a][integrator]["stable_fraction"] >= goal]
         best = min(reached, key=lambda a: table[a]["labels"]) if reached else None
+        ratio = lambda key: table[best][key] / table[target][key] if best and table[target][key] else None  # noqa: E731
         out[base] = {"target_arm": target, "target_stable_fraction": goal, "target_labels": table[target]["labels"],
                      "target_total_cpu_s": table[target]["total_cpu_s"], "adversarial_arm": best,
                      "adversarial_labels": table[best]["labels"] if best else None,
-                     "label_ratio": table[best]["labels"] / table[target]["labels"] if best else None,
-                     "cpu_ratio": table[best]["total_cpu_s"] / table[target]["total_cpu_s"] if best else None}
+                     "label_ratio": ratio("labels"), "calls_ratio": ratio("reference_calls_total"),
+                     "cpu_ratio": ratio("total_cpu_s")}
     return out
 
 

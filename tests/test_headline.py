@@ -329,3 +329,24 @@ def test_an_added_integrator_is_tested_alone_and_the_earlier_results_kept(tmp_pa
     assert new["stability"] == {"nve": {"n_stable": 3, "n_runs": 9}, "langevin": {"n_stable": 7, "n_runs": 9}}
     again = headline.retest(None, row, None, args, {**both, "md_steps": 80}, log=lambda message: None)
     assert calls[-1] == ["nve", "langevin"] and again["stability"]["nve"]["n_stable"] == 7
+
+
+def test_the_headline_ratio_takes_any_attack_arm_from_gen1():
+    """headline_ratio: among arms from Gen1 whose method is an attack, the one with the fewest labels
+    that reaches md_N's stable fraction, with its label, call and CPU ratios; None when none reaches it."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    def line(parent, method, labels, calls, cpu, fraction):
+        return {"parent": parent, "method": method, "labels": labels, "reference_calls_total": calls,
+                "total_cpu_s": cpu, "nve": {"stable_fraction": fraction}}
+
+    table = {"gen1": line(None, None, 0, 0, 0, 0.69), "md_N": line("gen1", "md", 150, 158, 52, 0.85),
+             "adversarial_N10": line("gen1", "adversarial", 15, 16, 120, 0.80),
+             "adversarial_peratom_holesrelative_callsN5": line("gen1", "adversarial", 20, 30, 260, 0.86),
+             "random_N10": line("gen1", "random", 15, 15, 10, 0.90)}  # not an attack: never the answer
+    ratio = headline.headline_ratio(table, "nve")["gen1"]
+    assert ratio["adversarial_arm"] == "adversarial_peratom_holesrelative_callsN5"
+    assert (ratio["label_ratio"], ratio["calls_ratio"], ratio["cpu_ratio"]) == pytest.approx((20 / 150, 30 / 158, 5.0))
+    table["adversarial_peratom_holesrelative_callsN5"]["nve"]["stable_fraction"] = 0.84
+    assert headline.headline_ratio(table, "nve")["gen1"]["adversarial_arm"] is None
