@@ -52,7 +52,7 @@ from .parameters import as_number
 from .rundir import RunDir, check_run_inputs, committee_fingerprint, deduplicate, fingerprint
 from .samplers import Proposal, Sampler
 from .select import (SelectionConfig, check_energy_window, label_loss_weights, outside_window as outside_energy_window,
-                     select)
+                     rms_force, select)
 from .structures import labels_of
 from .train import LOSS_WEIGHT_KEYS, TrainConfig, regression_check, split_validation, train_committee
 
@@ -554,7 +554,7 @@ class ActiveLearning:
             )
             self._phase_time(timings, "label", *start)
             weights = label_loss_weights([a.get_potential_energy() - reference_energy for a in labeled], self.selection,
-                                         [math.sqrt(float((a.get_forces() ** 2).sum(1).mean())) for a in labeled])
+                                         [rms_force(a) for a in labeled])
             for atoms, (energy_weight, forces_weight) in zip(labeled, weights):
                 # labels of the stored structures (train.extxyz): a resumed run reads each label's round from them
                 atoms.info.update(round_added=number, sampler=getattr(sampler, "name", "sampler"))
@@ -623,7 +623,7 @@ class ActiveLearning:
 
         def inside(index: int, atoms) -> bool:  # a label outside the energy window is paid, not trained on
             return not outside_energy_window(atoms.get_potential_energy() - reference_energy, self.selection,
-                                             labels=True)
+                                             labels=True, force_rms=rms_force(atoms))
 
         try:
             result = label_until(
@@ -640,7 +640,8 @@ class ActiveLearning:
             ) from exc
         failures = [{k: v for k, v in f.items() if k != "info"} for f in result.failures]
         outside = [{"reference_energy": atoms.get_potential_energy() - reference_energy,
-                    "committee_energy": float(ranked.energy_mean[pick]) - reference_energy}
+                    "committee_energy": float(ranked.energy_mean[pick]) - reference_energy,
+                    "reference_rms_force": rms_force(atoms)}
                    for pick, atoms in zip(result.rejected_indices, result.rejected)]
         accepted, energies = [], []
         for pick, atoms in zip(result.indices, result.labeled):

@@ -24,7 +24,7 @@ from .geometry import pair_distances_numpy
 from .objective import Objective
 
 RANKINGS = ("score", "sigma", "random")
-LATER_FIELDS = ("label_ceiling", "above_window_weights", "above_window_force_cap")  # in the repr only when set
+LATER_FIELDS = ("label_ceiling", "above_window_weights", "above_window_force_cap", "force_ceiling")  # in the repr only when set
 BUDGET_UNITS = ("labels", "reference_calls")
 
 
@@ -40,6 +40,7 @@ class SelectionConfig:
     label_ceiling: float | None = None  # labels: train on reference energies up to this above E_min (None: energy_ceiling)
     above_window_weights: tuple[float, float] | None = None  # (energy, forces) loss weights of labels above energy_ceiling
     above_window_force_cap: float | None = None  # such a label's RMS force above this: force weight × (cap / RMS)²
+    force_ceiling: float | None = None  # labels with an RMS force above this are reference artifacts: paid, not trained on
     window_sigmas: float = 0.0  # rank candidates with Ē + window_sigmas·σ_E above the ceiling last (loop adds σ_E)
     uncertainty_percentile: float | None = 50.0  # score/sigma rankings: prefer σ² above this percentile of the training σ²
     min_distance: float = 0.0  # to training structures and to each other (Å, see structure_distance)
@@ -75,6 +76,9 @@ class SelectionConfig:
             if not (np.isfinite(self.above_window_force_cap) and self.above_window_force_cap > 0):
                 raise ValueError(f"above_window_force_cap must be a positive RMS force (the reference's force "
                                  f"unit), got {self.above_window_force_cap!r}")
+        if self.force_ceiling is not None and not (np.isfinite(self.force_ceiling) and self.force_ceiling > 0):
+            raise ValueError(f"force_ceiling must be a positive RMS force (the reference's force unit), "
+                             f"got {self.force_ceiling!r}")
         if self.uncertainty_percentile is not None and not 0 <= self.uncertainty_percentile <= 100:
             raise ValueError(f"uncertainty_percentile must be in [0, 100], got {self.uncertainty_percentile!r}")
         if self.min_distance < 0:
@@ -125,25 +129,35 @@ def check_energy_window(energy_ceiling: float | None, atoms: Atoms, kT: float, s
             "sample, or None", EnergyWindowWarning, stacklevel=stacklevel)
 
 
-def outside_window(energy_above_min, config: SelectionConfig, energy_std=None, labels: bool = False) -> np.ndarray:
+def outside_window(energy_above_min, config: SelectionConfig, energy_std=None, labels: bool = False,
+                   force_rms=None) -> np.ndarray:
     """[B] bool: energies above the training minimum [B] (Ē of candidates, or reference energies of
     labels) above ``config.energy_ceiling`` or below ``config.energy_floor`` (a reference energy far
     below every training structure's is an artifact, e.g. a fixed-topology force field at overlapping
     atoms, not a state the system reaches); with ``energy_std`` [B] (σ_E) the upper bound
     E + window_sigmas·σ_E is tested against the ceiling instead. ``labels=True`` (reference energies
     of labels): the ceiling is ``config.label_ceiling`` when set, so a label the committee placed
-    inside the window but the reference puts higher (a hole NN-MD can fall into) is trained on.
+    inside the window but the reference puts higher (a hole NN-MD can fall into) is trained on; with
+    ``force_rms`` [B] (the labels' RMS forces), those above ``config.force_ceiling`` are outside too
+    (an artifact: a GFN-FF label 4.5 eV up with an RMS force of 462 eV/Å collapsed a committee).
     The run's one energy-window test."""
     energy = np.asarray(energy_above_min, dtype=float)
     outside = np.zeros(energy.shape, dtype=bool)
     if config.energy_floor is not None:
         outside |= energy < config.energy_floor
+    if labels and config.force_ceiling is not None and force_rms is not None:
+        outside |= np.asarray(force_rms, dtype=float) > config.force_ceiling
     ceiling = config.label_ceiling if labels and config.label_ceiling is not None else config.energy_ceiling
     if ceiling is None:
         return outside
     if energy_std is not None:
         energy = energy + config.window_sigmas * np.asarray(energy_std, dtype=float)
     return outside | (energy > ceiling)
+
+
+def rms_force(atoms: Atoms) -> float:
+    """√⟨|F_i|²⟩ over the atoms of a labeled structure (its reference forces, constraints applied)."""
+    return float(np.sqrt((atoms.get_forces() ** 2).sum(1).mean()))
 
 
 def label_loss_weights(energy_above_min, config: SelectionConfig, force_rms=None) -> np.ndarray:

@@ -385,6 +385,25 @@ def test_a_label_ceiling_trains_on_the_holes_the_energy_window_would_leave_out(t
     assert "label_ceiling" not in settings["narrow"]  # unset, it is not in the settings: older run directories resume
 
 
+def test_a_label_with_artifact_forces_is_paid_and_not_trained_on(tmp_path):
+    """force_ceiling: a reference that returns huge forces right of x = -0.95 (energy unchanged) has
+    those labels paid and left out, recorded with their RMS force; the same run without it trains on them."""
+    class Spiky(CountingSurface):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            if self.atoms.positions[0, 0] > -0.95:
+                self.results["forces"] = self.results["forces"] + 500.0
+
+    window = {"budget_unit": "reference_calls"}
+    plain = make_loop(tmp_path / "plain", Spiky(double_well_1d()), epochs=30, selection=window).run(1)[1]
+    guarded = make_loop(tmp_path / "guarded", Spiky(double_well_1d()), epochs=30,
+                        selection={**window, "force_ceiling": 100.0}).run(1)[1]
+    left_out = guarded.metrics["outside_energy_window"]
+    assert left_out and all(o["reference_rms_force"] > 100.0 for o in left_out)
+    assert guarded.metrics["new_labels"] == plain.metrics["new_labels"] - len(left_out)
+    assert all(a.get_forces().max() < 100.0 for a in guarded.selected)
+
+
 def test_holes_trained_on_their_forces_only_carry_their_loss_weights_through_a_resume(tmp_path):
     """above_window_weights=(0, 1): the labels above the energy ceiling are stored with
     config_energy_weight 0 (forces only), those inside it without weights; a resumed run reads the

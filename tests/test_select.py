@@ -160,3 +160,23 @@ def test_labels_above_the_window_get_the_above_window_loss_weights():
                        ({"energy_ceiling": 5.0, "label_ceiling": 25.0, "above_window_weights": (1,)}, "energy, forces")):
         with pytest.raises(ValueError, match=match):
             SelectionConfig(**bad)
+
+
+def test_a_force_ceiling_keeps_artifact_labels_out():
+    """force_ceiling: a label whose RMS force is above it is outside (paid, not trained on) whatever
+    its energy; candidates (no forces) are not tested; rms_force is √⟨|F_i|²⟩; non-positive refused."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from advsample.select import outside_window, rms_force
+
+    config = SelectionConfig(budget=1, energy_ceiling=5.0, force_ceiling=100.0)
+    assert outside_window([4.5, 4.5, 6.0], config, labels=True, force_rms=[462.0, 10.0, 10.0]).tolist() == [
+        True, False, True]
+    assert outside_window([4.5], config, force_rms=[462.0]).tolist() == [False]  # candidates: energy only
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 1]])
+    atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=[[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    assert rms_force(atoms) == pytest.approx(np.sqrt(25 / 2))
+    assert "force_ceiling=100.0" in repr(config) and "force_ceiling" not in repr(SelectionConfig(budget=1))
+    with pytest.raises(ValueError, match="force_ceiling"):
+        SelectionConfig(budget=1, force_ceiling=0.0)
