@@ -127,6 +127,13 @@ class Arm:
     above_window_force_cap: float | None = None
     force_ceiling_eV_A: float | None = None
 
+    def window(self) -> dict:
+        """The :class:`~advsample.select.SelectionConfig` fields this arm sets over the System's."""
+        fields = {"energy_floor": self.energy_floor_eV, "label_ceiling": self.label_ceiling_eV,
+                  "above_window_weights": self.above_window_weights,
+                  "above_window_force_cap": self.above_window_force_cap, "force_ceiling": self.force_ceiling_eV_A}
+        return {name: value for name, value in fields.items() if value is not None}
+
 
 def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = False,
          uncertainty_sweep: bool = False, objective_sweep: bool = False) -> list[Arm]:
@@ -304,16 +311,12 @@ def picked_points(picked, train, reference_energy: float, committee, objective) 
 
 
 def grow(system, committee, train, validation, sampler, objective, budget: int, seed: int, scratch: bool,
-         run_dir: str, budget_unit: str = "labels", energy_floor_eV: float | None = None,
-         label_ceiling_eV: float | None = None, above_window_weights: tuple[float, float] | None = None,
-         above_window_force_cap: float | None = None, force_ceiling_eV_A: float | None = None):
+         run_dir: str, budget_unit: str = "labels", window: dict | None = None):
     """One round of :class:`advsample.loop.ActiveLearning` started from ``committee`` and its training and
     validation sets, in ``run_dir`` (resumed if it holds the same run): propose, select, label ``budget``
     structures (a failed or out-of-window label is paid and replaced; ``budget_unit="reference_calls"``:
-    pay ``budget`` calls, keep those inside the window, ``energy_floor_eV`` below it,
-    ``label_ceiling_eV`` its top for labels, ``above_window_weights`` the loss weights of labels above
-    the ceiling, ``above_window_force_cap`` their relative-force cap, ``force_ceiling_eV_A`` the RMS force
-    above which a label is an artifact), continue training ``committee``
+    pay ``budget`` calls, keep those inside the window; ``window``: :class:`~advsample.select.SelectionConfig`
+    fields set over the System's, :meth:`Arm.window`), continue training ``committee``
     (``scratch``: fresh weights, the full schedule; the energy normalisation kept), regression check
     recorded, never acted on. Returns (committee, training set, cost, picks' places, picks); the cost
     (reference calls incl. failed ones, CPU seconds of reference, sampling, selection and training) is
@@ -321,17 +324,7 @@ def grow(system, committee, train, validation, sampler, objective, budget: int, 
     from advsample.loop import ActiveLearning
     from advsample.structures import labels_of
 
-    selection = replace(system.selection, budget=budget, budget_unit=budget_unit)
-    if energy_floor_eV is not None:
-        selection = replace(selection, energy_floor=energy_floor_eV)
-    if label_ceiling_eV is not None:
-        selection = replace(selection, label_ceiling=label_ceiling_eV)
-    if above_window_weights is not None:
-        selection = replace(selection, above_window_weights=above_window_weights)
-    if above_window_force_cap is not None:
-        selection = replace(selection, above_window_force_cap=above_window_force_cap)
-    if force_ceiling_eV_A is not None:
-        selection = replace(selection, force_ceiling=force_ceiling_eV_A)
+    selection = replace(system.selection, budget=budget, budget_unit=budget_unit, **(window or {}))
     loop = ActiveLearning.from_system(
         system, run_dir, sampler, seed=seed, start=(committee, train, validation), test=None, extra_metrics=None,
         selection=selection, train_config=replace(system.train, progress=False),
@@ -646,8 +639,7 @@ def run_arm(system, arm: Arm, state: dict, args, settings: dict, seed: int, log)
         if not args.reuse:
             shutil.rmtree(run_dir, ignore_errors=True)  # computed again, not resumed
         grown = lambda: grow(system, parent, train, validation, sampler, objective, budget, seed,  # noqa: E731
-                             args.scratch, run_dir, arm.budget_unit, arm.energy_floor_eV, arm.label_ceiling_eV,
-                             arm.above_window_weights, arm.above_window_force_cap, arm.force_ceiling_eV_A)
+                             args.scratch, run_dir, arm.budget_unit, arm.window())
         try:
             committee, train, cost, points, picked = grown()
         except RunDirMismatch:  # --reuse of a round made with other settings (or another parent): redo it
