@@ -549,12 +549,23 @@ MERGE_KEEPS = ("audit", "calibration_set", "relax_on_committee", "n_calibration_
                "cells", "source", "declared")  # settings of the parts; their summaries are computed again
 
 
+def _json_result(path) -> dict:
+    """A benchmark's JSON result: the whole file when it is one JSON document (indented or not), else its last
+    line (the ``--json`` output after the progress lines)."""
+    text = Path(path).read_text().strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads(text.splitlines()[-1])
+
+
 def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
-    """One result from the ``--json`` outputs (last line of each file) of runs over disjoint parts of the committees
-    with the same settings: the committees of all, the rankings computed again, the setup CPU summed. ``arms``,
-    ``seeds``: rank these committees only (None: all; patterns as :func:`arm_selected`); ``exclude``: (arm, seed)
-    pairs left out (a post-hoc exclusion, recorded in ``selection``)."""
-    parts = [json.loads(Path(path).read_text().strip().splitlines()[-1])["headline"] for path in paths]
+    """One result from the ``--json`` outputs (last line of each file, or a whole stored JSON file such as a
+    docs/results one) of runs over disjoint parts of the committees with the same settings: the committees of all,
+    the rankings computed again, the setup CPU summed. ``arms``, ``seeds``: rank these committees only (None: all;
+    patterns as :func:`arm_selected`); ``exclude``: (arm, seed) pairs left out (a post-hoc exclusion, recorded in
+    ``selection``)."""
+    parts = [_json_result(path)["headline"] for path in paths]
     for part in parts[1:]:
         for key in ("audit", "calibration_set", "n_calibration_frames", "cells", "source"):
             if part[key] != parts[0][key]:

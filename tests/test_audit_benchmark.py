@@ -179,6 +179,7 @@ def test_merge_joins_parts_and_refuses_a_committee_twice(quick_headline, tmp_pat
         part = {**printed, "headline": {**printed["headline"], "committees": [row]}}
         paths.append(tmp_path / f"part{k}.json")
         paths[-1].write_text("progress lines\n" + json.dumps(part) + "\n")
+    paths[0].write_text(json.dumps(json.loads(paths[0].read_text().splitlines()[-1]), indent=1))  # a stored file
     merged = benchmark.merge_headline(paths)
     assert [r["arm"] for r in merged["committees"]] == ["gen1", "md_N"]
     for name, value in merged["spearman_vs_md_stable"].items():  # the same ranking as the run over both
