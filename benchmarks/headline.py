@@ -155,6 +155,13 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
     if uncertainty_sweep:
         out.append(Arm("gen2+adversarial_energy_N10", "md_N", "adversarial", 0.1, seed_choice, "energy"))
     if objective_sweep:  # the authors' objective options, one at a time
+        # the settings the call-budget arms share: a call budget and the energy floor; the attack's per-atom
+        # energies with 8 starts per label; the holes' label window and their two training rules
+        md_calls = {"budget_unit": "reference_calls", "energy_floor_eV": -5.0}
+        attack_calls = {**md_calls, "energy_scale": "per_atom", "seeds_per_label": 8}
+        holes = {"label_ceiling_eV": 25.0}
+        forces_only = {"above_window_weights": (0.0, 1.0)}
+        relative = {**forces_only, "above_window_force_cap": 2.0}
         out += [Arm("gen2+adversarial_peratom_N10", "md_N", "adversarial", 0.1, seed_choice, energy_scale="per_atom"),
                 Arm("gen2+adversarial_forcesmax_N10", "md_N", "adversarial", 0.1, seed_choice, "forces_max"),
                 # per-atom energies push picks up in energy: more starts, so the round fills inside the window
@@ -163,40 +170,30 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 # at equal reference calls (N/5 calls each, at least what + N/10 MD-driven labels paid):
                 # the per-atom attack with a floor under its energy window (a reference artifact far below
                 # the training minimum collapsed a committee) and the MD-driven labels
-                Arm("gen2+adversarial_peratom_floor_callsN5", "md_N", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0),
+                Arm("gen2+adversarial_peratom_floor_callsN5", "md_N", "adversarial", 0.2, seed_choice, **attack_calls),
                 Arm("gen2+md_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls"),
                 # the same attack training on the labels the reference puts above the window (up to 25 eV)
                 # though the committee placed them inside it: the holes NN-MD falls into
-                Arm("gen2+adversarial_peratom_holes_callsN5", "md_N", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0),
-                Arm("gen2+md_holes_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0),  # its control: MD-driven labels under the same label window
+                Arm("gen2+adversarial_peratom_holes_callsN5", "md_N", "adversarial", 0.2, seed_choice, **attack_calls,
+                    **holes),
+                Arm("gen2+md_holes_callsN5", "md_N", "md", 0.2, **md_calls, **holes),  # its control: same window
                 # the holes trained on their forces only (their energy errors, tens of eV, bent the surface:
                 # one committee fell to 17/55), and the MD control under the same rule
                 Arm("gen2+adversarial_peratom_holesforces_callsN5", "md_N", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0)),
-                Arm("gen2+md_holesforces_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
-                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0)),
+                    **attack_calls, **holes, **forces_only),
+                Arm("gen2+md_holesforces_callsN5", "md_N", "md", 0.2, **md_calls, **holes, **forces_only),
                 # forces only, as a relative error above 2 eV/Å RMS: the holes' forces reach ~200 eV/Å
                 # (training ~2) and forces only still took a committee to 24/55
                 Arm("gen2+adversarial_peratom_holesrelative_callsN5", "md_N", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0), above_window_force_cap=2.0),
-                Arm("gen2+md_holesrelative_callsN5", "md_N", "md", 0.2, budget_unit="reference_calls",
-                    energy_floor_eV=-5.0, label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0),
-                    above_window_force_cap=2.0),
+                    **attack_calls, **holes, **relative),
+                Arm("gen2+md_holesrelative_callsN5", "md_N", "md", 0.2, **md_calls, **holes, **relative),
                 # the same rule from Gen1, as the paper's headline asks (N/5 calls against md_N's N labels),
                 # and MD-driven labels at those calls
                 # (with a force ceiling: a GFN-FF label 4.5 eV up with an RMS force of 462 eV/Å collapsed
                 # seed 2 to 0/55; every other label of these arms is below 46 eV/Å)
                 Arm("adversarial_peratom_holesrelative_callsN5", "gen1", "adversarial", 0.2, seed_choice,
-                    energy_scale="per_atom", seeds_per_label=8, budget_unit="reference_calls", energy_floor_eV=-5.0,
-                    label_ceiling_eV=25.0, above_window_weights=(0.0, 1.0), above_window_force_cap=2.0,
-                    force_ceiling_eV_A=100.0),
-                Arm("md_callsN5", "gen1", "md", 0.2, budget_unit="reference_calls", energy_floor_eV=-5.0)]
+                    **attack_calls, **holes, **relative, force_ceiling_eV_A=100.0),
+                Arm("md_callsN5", "gen1", "md", 0.2, **md_calls)]
     return out
 
 
