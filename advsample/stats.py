@@ -13,10 +13,15 @@ at that length) or fails at a time. From that:
   :func:`stratified_logrank` the same within strata (e.g. committee seeds), summed;
 * :func:`trajectories_needed` — how many trajectories per arm a two-sided two-proportion
   comparison needs at a given α and power (normal approximation, pooled variance under H0);
-* :func:`summary` — one line, e.g. ``"0.92 [0.86, 0.96] (n=128)"``.
+* :func:`summary` — one line, e.g. ``"0.92 [0.86, 0.96] (n=128)"``;
+* :func:`rank_reliability` — how well the stable fractions of many committees (k of n runs each) rank
+  the committees at all: the split-half Spearman between random halves of each committee's runs,
+  its Spearman–Brown step-up to all n runs, and the ceiling √(reliability) on the Spearman ρ any
+  predictor (an audit) can reach against those fractions — the NN-MD's own noise.
 
-scipy does the distributions; the formulas are the standard ones (Fleiss, *Statistical
-Methods for Rates and Proportions*, for the sample size) and are written out where scipy has
+scipy does the distributions and the rank correlation; the formulas are the standard ones (Fleiss, *Statistical
+Methods for Rates and Proportions*, for the sample size; Spearman 1904 for the correction for
+attenuation) and are written out where scipy has
 no function with this interface.
 """
 from __future__ import annotations
@@ -205,3 +210,61 @@ def trajectories_needed(p1: float, p2: float, alpha: float = 0.05, power: float 
     z_alpha, z_power = _scipy.norm.ppf(1 - alpha / 2), _scipy.norm.ppf(power)
     root = z_alpha * np.sqrt(2 * mean * (1 - mean)) + z_power * np.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
     return int(np.ceil(root**2 / (p1 - p2) ** 2))
+
+
+@dataclass
+class Reliability:
+    """How reliably stable fractions rank committees (:func:`rank_reliability`): the mean
+    Spearman ρ between the fractions of two random halves of each committee's runs
+    (``split_half``), stepped up to all the runs by Spearman–Brown (``full`` = 2r/(1 + r)), and
+    ``ceiling`` = √full, the largest Spearman ρ a predictor can be expected to reach against
+    the measured fractions (a perfect one: the noise of n runs alone); ``n_committees``,
+    ``n_splits``."""
+
+    split_half: float
+    full: float
+    ceiling: float
+    n_committees: int
+    n_splits: int
+
+    def disattenuated(self, rho: float) -> float:
+        """``rho`` against the measured fractions corrected for their noise: ρ / ceiling (Spearman's
+        correction for attenuation; NaN when the fractions rank nothing)."""
+        return float(rho / self.ceiling) if self.ceiling > 0 else float("nan")
+
+
+def rank_reliability(stable: Sequence[int], runs: Sequence[int], n_splits: int = 500,
+                     seed: int = 0) -> Reliability:
+    """Split-half reliability of committees' stable fractions (committee i: ``stable[i]`` of
+    ``runs[i]`` runs stable). Runs of one committee are exchangeable, so a random split of them
+    into halves of ⌊n/2⌋ (an odd run left out) puts a hypergeometric number of the stable ones in
+    each half; the Spearman ρ between the halves' fractions, averaged over ``n_splits`` random
+    splits (``seed``), is stepped up to n runs by Spearman–Brown. Near 0: the committees' fractions
+    differ by chance alone and no predictor can rank them; near 1: they rank the committees
+    reproducibly. Splits whose halves are constant are skipped (NaN when all are)."""
+    stable, runs = np.asarray(stable), np.asarray(runs)
+    if stable.shape != runs.shape or stable.ndim != 1:
+        raise ValueError(f"stable and runs must be two equal-length sequences, got shapes {stable.shape} and {runs.shape}")
+    if len(stable) < 3:
+        raise ValueError(f"a rank reliability needs at least 3 committees, got {len(stable)}")
+    for k, n in zip(stable, runs):
+        _check_counts(k, n)
+        if n < 2:
+            raise ValueError(f"each committee needs at least 2 runs to be split in halves, got n={n}")
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be a positive integer, got {n_splits}")
+    rng = np.random.default_rng(seed)
+    half = runs // 2
+    rhos = []
+    for _ in range(n_splits):
+        first = rng.hypergeometric(stable, runs - stable, half)  # stable runs drawn into the first half
+        left = stable - first  # the other half: the rest, an odd run dropped at random
+        dropped = rng.random(len(runs)) < np.where(runs % 2 == 1, left / np.maximum(runs - half, 1), 0)
+        second = left - dropped
+        if np.ptp(first) == 0 or np.ptp(second) == 0:
+            continue
+        rhos.append(_scipy.spearmanr(first / half, second / half).statistic)
+    r = float(np.mean(rhos)) if rhos else float("nan")
+    full = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
+    ceiling = float(np.sqrt(full)) if np.isfinite(full) and full > 0 else 0.0 if np.isfinite(full) else float("nan")
+    return Reliability(r, float(full), ceiling, int(len(stable)), int(n_splits))

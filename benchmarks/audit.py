@@ -540,9 +540,28 @@ def headline_summary(rows: list[dict]) -> dict:
     for r in rows:
         if r.get("weights_sha256"):
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
+    reliability = md_rank_reliability(rows)
     return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
+            "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None}
+
+
+def md_rank_reliability(rows: list[dict]) -> dict | None:
+    """How well the NN-MD stable fractions of ``rows`` rank the committees at all (:func:`advsample.stats.rank_reliability`
+    on each committee's stable runs of its runs): the split-half Spearman, its step-up to all runs, the ceiling
+    √reliability on any measure's Spearman against them, and each measure's ρ corrected for that noise (ρ / ceiling).
+    None for fewer than 3 committees."""
+    from advsample.stats import rank_reliability
+
+    if len(rows) < 3:
+        return None
+    reliability = rank_reliability([r["n_stable"] for r in rows], [r["n_runs"] for r in rows])
+    stable = [r["md_stable_fraction"] for r in rows]
+    return {"split_half": reliability.split_half, "full": reliability.full, "ceiling": reliability.ceiling,
+            "n_splits": reliability.n_splits,
+            "disattenuated": {name: reliability.disattenuated(spearman([r[name] for r in rows], stable)["rho"])
+                              for name in HEADLINE_MEASURES}}
 
 
 MERGE_KEEPS = ("audit", "calibration_set", "relax_on_committee", "n_calibration_frames", "effective_temperature_K",
@@ -690,6 +709,11 @@ def headline_main(args) -> dict:
             continue
         print(f"Spearman({name}, NN-MD stable fraction) = {value['rho']:+.2f} (p = {value['p']:.3f}, n = {value['n']}; "
               f"safer = sign {result['expected_sign'][name]:+d})")
+    reliability = result.get("md_rank_reliability")
+    if reliability:
+        print(f"NN-MD stable fractions rank these committees with split-half Spearman {reliability['split_half']:.2f} "
+              f"(all runs {reliability['full']:.2f}): no measure can be expected above rho = {reliability['ceiling']:.2f}; "
+              f"safe T corrected for that noise {reliability['disattenuated']['safe_temperature_K']:+.2f}")
     ratio = result["audit_over_md_cpu"]
     print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "NN-MD CPU not in rows.json")
     if args.json:

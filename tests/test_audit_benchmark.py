@@ -165,6 +165,9 @@ def test_from_headline_quick_json(quick_headline):
     assert rows[0]["weights_sha256"] != rows[1]["weights_sha256"] and result["same_weights"] == []
     copy = {**rows[1], "arm": "random_N10", "weights_sha256": rows[0]["weights_sha256"]}
     assert benchmark.headline_summary([*rows, copy])["same_weights"] == [[["gen1", 0], ["random_N10", 0]]]
+    assert result["md_rank_reliability"] is None  # two committees: nothing to rank
+    triple = benchmark.headline_summary([*rows, copy])["md_rank_reliability"]
+    assert set(triple) == {"split_half", "full", "ceiling", "n_splits", "disattenuated"}
     correlation = result["spearman_vs_md_stable"]["test_force_mae"]
     assert correlation["n"] == 2 and (correlation["rho"] != correlation["rho"] or abs(correlation["rho"]) == pytest.approx(1))
     assert result["audit_over_md_cpu"] == pytest.approx(result["audit_cpu_s"] / 10.0)
@@ -243,3 +246,23 @@ def test_merge_ranks_a_selection_and_records_a_post_hoc_exclusion(quick_headline
         with pytest.raises(SystemExit):
             benchmark.main(["--from-headline", root, *argv])
         assert "--exclude" in capsys.readouterr().err
+
+
+def test_md_rank_reliability_bounds_what_any_measure_can_reach():
+    """The NN-MD fractions' own noise: committees of clearly different stability rank reliably, and a measure's
+    Spearman is corrected by the ceiling; committees equal but for chance leave nothing to rank."""
+    from advsample.stats import rank_reliability
+
+    rng = np.random.default_rng(0)
+    truth = np.linspace(0.2, 0.95, 40)
+    stable = rng.binomial(55, truth)
+    rows = [{"n_stable": int(k), "n_runs": 55, "md_stable_fraction": k / 55, **{
+        name: sign * t for name, sign in benchmark.HEADLINE_MEASURES.items()}} for k, t in zip(stable, truth)]
+    out = benchmark.md_rank_reliability(rows)
+    expected = rank_reliability(stable, [55] * 40)
+    assert out["ceiling"] == pytest.approx(expected.ceiling) and out["ceiling"] > 0.9
+    rho = benchmark.spearman(truth, stable / 55)["rho"]  # every measure here is the truth itself (signed)
+    assert out["disattenuated"]["safe_temperature_K"] == pytest.approx(rho / out["ceiling"])
+    assert out["disattenuated"]["test_force_mae"] == pytest.approx(-rho / out["ceiling"])
+    flat = [{**r, "n_stable": int(k), "md_stable_fraction": k / 55} for r, k in zip(rows, rng.binomial(55, 0.8, 40))]
+    assert benchmark.md_rank_reliability(flat)["ceiling"] < 0.6

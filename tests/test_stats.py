@@ -91,6 +91,35 @@ def test_trajectories_needed_matches_the_issue():
     assert stats.trajectories_needed(0.97, 0.92) == 326  # symmetric
 
 
+def _binomial_committees(true_fractions, n_runs, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.binomial(n_runs, true_fractions), np.full(len(true_fractions), n_runs)
+
+
+def test_rank_reliability_tells_chance_from_real_differences():
+    # 60 committees of one true stability: their fractions differ by chance only, nothing ranks them
+    same = stats.rank_reliability(*_binomial_committees(np.full(60, 0.7), 55), n_splits=200)
+    assert abs(same.split_half) < 0.15 and same.ceiling < 0.5
+    # true stabilities spread over 0.1-0.9 with 55 runs each: halves agree, the ceiling is near 1
+    spread = np.linspace(0.1, 0.9, 60)
+    wide = stats.rank_reliability(*_binomial_committees(spread, 55), n_splits=200)
+    assert wide.split_half > 0.8 and wide.full > wide.split_half and wide.ceiling > 0.93
+    # the ceiling is what a perfect predictor (the true fractions) reaches against the measured ones
+    narrow_truth = np.linspace(0.75, 0.95, 60)
+    narrow = stats.rank_reliability(*_binomial_committees(narrow_truth, 55, seed=1), n_splits=300)
+    rhos = [scipy_stats.spearmanr(narrow_truth, _binomial_committees(narrow_truth, 55, seed=s)[0]).statistic
+            for s in range(2, 202)]
+    assert narrow.ceiling == pytest.approx(np.mean(rhos), abs=0.1)
+    assert narrow.ceiling < wide.ceiling
+    # more runs per committee: a more reliable ranking; Spearman's correction divides by the ceiling
+    more = stats.rank_reliability(*_binomial_committees(narrow_truth, 550, seed=1), n_splits=300)
+    assert more.ceiling > narrow.ceiling
+    assert narrow.disattenuated(0.4) == pytest.approx(0.4 / narrow.ceiling)
+    # a seed gives the same numbers twice
+    assert stats.rank_reliability([3, 9, 20, 30], [40, 40, 41, 41], seed=3) == \
+        stats.rank_reliability([3, 9, 20, 30], [40, 40, 41, 41], seed=3)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: stats.wilson_interval(11, 10), "k (stable trajectories)"),
     (lambda: stats.wilson_interval(1, 0), "n (number of trajectories)"),
@@ -99,6 +128,10 @@ def test_trajectories_needed_matches_the_issue():
     (lambda: stats.trajectories_needed(1.2, 0.9), "p1"),
     (lambda: stats.kaplan_meier([1, -2], [1, 0]), "non-negative"),
     (lambda: stats.kaplan_meier([1, 2], [1]), "same non-zero length"),
+    (lambda: stats.rank_reliability([1, 2], [5, 5]), "at least 3 committees"),
+    (lambda: stats.rank_reliability([1, 2, 9], [5, 5, 5]), "k (stable trajectories)"),
+    (lambda: stats.rank_reliability([1, 2, 1], [5, 5, 1]), "at least 2 runs"),
+    (lambda: stats.rank_reliability([1, 2, 1], [5, 5]), "equal-length"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
