@@ -201,9 +201,12 @@ def test_one_round_over_two_cells_of_different_sizes(tmp_path):
                        cache_dir=str(tmp_path / "cache"))  # by name, as workers rebuild it: from the cache
     assert again.spec[0] == "host_guest" and np.allclose(again.initial[0].get_forces(), system.initial[0].get_forces())
     window = get_system("host_guest", cells=["SOD:water", "CHA:methylamine"], smoke=True, cache_dir=str(tmp_path / "cache"),
-                        energy_ceiling_eV=5.0, energy_floor_eV=-5.0, label_ceiling_eV=25.0).selection
+                        energy_ceiling_eV=5.0, energy_floor_eV=-5.0, label_ceiling_eV=25.0,
+                        force_ceiling_eV_A=100.0).selection
     assert (window.energy_ceiling, window.energy_floor, window.label_ceiling) == (5.0, -5.0, 25.0)
+    assert window.force_ceiling == 100.0 and "force_ceiling" in repr(window)
     assert (system.selection.energy_floor, system.selection.label_ceiling) == (-5.0, None)  # GFN-FF artifacts kept out
+    assert system.selection.force_ceiling is None and "force_ceiling" not in repr(system.selection)  # old runs resume
     setup = {a.info["cell_name"]: a for a in read(system.reference.kwargs["setup"], ":")}
     for frame in system.subset("window"):  # one guest moved rigidly 1-2 Å from its site, the framework as set up
         start = setup[frame.info["cell_name"]]

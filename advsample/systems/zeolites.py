@@ -485,14 +485,15 @@ def host_guest_cells(cells: Sequence[str] | None = None, source: str = "builtin"
 def host_guest_settings(smoke: bool, epochs: int, budget: int, energy_ceiling_eV: float | None,
                         stability_temperature_K: float, stability_timestep_fs: float, batch_size: int,
                         window: str, energy_floor_eV: float | None = None,
-                        label_ceiling_eV: float | None = None) -> dict:
+                        label_ceiling_eV: float | None = None, force_ceiling_eV_A: float | None = None) -> dict:
     """``System`` keywords every host–guest system shares (this module's and :mod:`.sodalite`'s): training,
     selection, attack, MD, the metrics (MD stability; the force error of the subset described by ``window``)."""
     return dict(
         train=TrainConfig(epochs=epochs, patience=max(epochs // 4, 5), lr_patience=max(epochs // 10, 3),
                           batch_size=None if smoke else batch_size, progress=False),
         selection=SelectionConfig(budget=budget, min_distance=0.02, energy_ceiling=energy_ceiling_eV,
-                                  energy_floor=energy_floor_eV, label_ceiling=label_ceiling_eV),
+                                  energy_floor=energy_floor_eV, label_ceiling=label_ceiling_eV,
+                                  force_ceiling=force_ceiling_eV_A),
         attack={"n_steps": 10 if smoke else 40, "learning_rate": 0.01, "snapshot_every": 5,
                 "n_seeds": 4 if smoke else 8, "min_distance": 0.8},
         md={"temperature_K": stability_temperature_K, "timestep_fs": stability_timestep_fs,
@@ -536,6 +537,7 @@ def host_guest(
     energy_ceiling_eV: float | None = 10.0,
     energy_floor_eV: float | None = -5.0,
     label_ceiling_eV: float | None = None,
+    force_ceiling_eV_A: float | None = None,
     kT: float = 0.2,
     data_seed: int = 0,
     progress: bool = True,
@@ -557,7 +559,10 @@ def host_guest(
     −5 eV: labels that far below the training minimum are paid and not trained on — GFN-FF's fixed
     topology gives such energies at overlapping atoms, and two such labels, 66.5 and 140.9 eV below,
     each collapsed a headline committee; None: no floor; ``label_ceiling_eV`` ≥ the ceiling: labels up to that high are
-    trained on though candidates are chosen inside the ceiling — the committee's holes). Metrics: committee-MD
+    trained on though candidates are chosen inside the ceiling — the committee's holes; ``force_ceiling_eV_A``: labels with
+    an RMS force above it are reference artifacts, paid and not trained on — a GFN-FF label with 462 eV/Å RMS collapsed
+    a headline committee, every other label of those runs was below 46 eV/Å; None, the default, keeps old run
+    directories resumable). Metrics: committee-MD
     stability at ``stability_temperature_K`` from every cell (energies checked against GFN-FF
     on 3 frames per run, ``energy_tolerance_eV``) and the window force error. The committee:
     SchNet, ``n_members`` × ``n_features`` (4 × 32, smoke 2 × 8), ``n_interactions`` (2, smoke 1),
@@ -604,5 +609,6 @@ def host_guest(
         evaluate=evaluate,
         **host_guest_settings(smoke, epochs, budget, energy_ceiling_eV, stability_temperature_K,
                               stability_timestep_fs, batch_size=8, window="guests pushed towards a window",
-                              energy_floor_eV=energy_floor_eV, label_ceiling_eV=label_ceiling_eV),
+                              energy_floor_eV=energy_floor_eV, label_ceiling_eV=label_ceiling_eV,
+                              force_ceiling_eV_A=force_ceiling_eV_A),
     )
