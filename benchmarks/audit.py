@@ -478,12 +478,44 @@ def spearman(x, y) -> dict:
     return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(x)}
 
 
+def bond_barrier(committee, minima: dict) -> dict:
+    """The committee's lowest barrier against pulling a bond apart (:func:`advsample.bond_scan.bond_scan` from each
+    cell's reference minimum): over the guests' bonds (atoms outside the silica framework; every atom without Si)
+    that move an H (all bonds where none does), the smallest largest rise of the committee's energy along a 2 Å
+    stretch; with the cell and bond where it is, and its CPU seconds."""
+    from advsample.bond_scan import bond_scan
+    from advsample.systems.zeolites import framework_mask
+
+    started = time.process_time()
+    weakest = []
+    for name, atoms in minima.items():
+        scan = bond_scan(committee, atoms, mask=~framework_mask(atoms) if (atoms.numbers == 14).any() else None)
+        if len(scan.bonds) == 0:
+            continue
+        k = scan.weakest(hydrogen_only=bool((scan.moved_numbers == 1).any()))
+        weakest.append((float(scan.barrier[k]), f"{name}:{scan.symbols[k]}", float(scan.barrier_stretch_A[k])))
+    if not weakest:
+        raise ValueError(f"bond scan: no bond among the cells {list(minima)}")
+    barrier, where, stretch = min(weakest)
+    return {"bond_barrier": barrier, "bond_barrier_weakest": where, "bond_barrier_at_stretch_A": stretch,
+            "bond_scan_cpu_s": time.process_time() - started}
+
+
+HEADLINE_IDENTITY = ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_fraction", "md_cpu_s", "md_steps",
+                     "md_temperature_K", "integrator")  # a committee's row: what it is and its NN-MD result
+
+
 def run_headline(directory, arms=None, audit_settings=None, calibration_settings=None, cache_dir=None,
-                 limit: int | None = None, seeds=None, log=None) -> dict:
+                 limit: int | None = None, seeds=None, log=None, measures=("audit", "bond_scan")) -> dict:
     """Audit every committee of a finished headline run (``directory``: rows.json and committees/), each
     calibrated on ONE fixed calibration set (:func:`fixed_calibration_set`), from each cell's reference minimum
     (:func:`audit_cells`), and rank against the NN-MD stable fraction measured in rows.json; beside it the
-    plain baselines (test-set and calibration-set force MAE, mean σ on the calibration set)."""
+    plain baselines (test-set and calibration-set force MAE, mean σ on the calibration set) and the bond scan
+    (:func:`bond_barrier`). ``measures``: ``("bond_scan",)`` runs the bond scan alone (its rows join an audit's
+    by ``--merge``)."""
+    unknown = set(measures) - {"audit", "bond_scan"}
+    if unknown or not measures:
+        raise ValueError(f"measures must be audit and/or bond_scan, got {measures}")
     from advsample.committee import Committee
     from advsample.metrics import test_errors
     from advsample.reference import CalculatorSpec
@@ -496,7 +528,7 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
     calculator = system.reference.build() if isinstance(system.reference, CalculatorSpec) else system.reference
     build_cpu = time.process_time()
     calibration_settings = {**HEADLINE_CALIBRATION, **(calibration_settings or {})}
-    held_out = fixed_calibration_set(system, calculator, calibration_settings, cache_dir)
+    held_out = fixed_calibration_set(system, calculator, calibration_settings, cache_dir) if "audit" in measures else None
     minima = {name: relaxed_reference(members[0], calculator, steps=calibration_settings["relax_steps"])
               for name, members in cell_groups(system.initial).items()}
     build_cpu = time.process_time() - build_cpu
@@ -505,36 +537,46 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
     rows = []
     for entry in entries:
         committee = Committee.load(entry["committee"])
-        calibration = calibrate(committee, held_out, coverage=0.95)
-        errors = test_errors(committee, system.test)
-        held = test_errors(committee, held_out)
-        sigma = committee.predict(held_out)["forces_std_per_atom"]
-        row = {k: entry[k] for k in ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_fraction",
-                                     "md_cpu_s", "md_steps", "md_temperature_K", "integrator")}
-        row.update(audit_cells(committee, minima, config, effective_K * config.kB), force_scale=calibration.force_scale,
-                   test_force_mae=errors["force_mae"], calibration_force_mae=held["force_mae"],
-                   calibration_mean_sigma=float(np.mean(sigma)), test_force_coverage=errors.get("force_coverage"),
-                   weights_sha256=committee_fingerprint(committee, weights_only=True))
+        row = {k: entry[k] for k in HEADLINE_IDENTITY}
+        if "audit" in measures:
+            calibration = calibrate(committee, held_out, coverage=0.95)
+            errors = test_errors(committee, system.test)
+            held = test_errors(committee, held_out)
+            sigma = committee.predict(held_out)["forces_std_per_atom"]
+            row.update(audit_cells(committee, minima, config, effective_K * config.kB),
+                       force_scale=calibration.force_scale, test_force_mae=errors["force_mae"],
+                       calibration_force_mae=held["force_mae"], calibration_mean_sigma=float(np.mean(sigma)),
+                       test_force_coverage=errors.get("force_coverage"))
+        if "bond_scan" in measures:
+            row.update(bond_barrier(committee, minima))
+        row["weights_sha256"] = committee_fingerprint(committee, weights_only=True)
         rows.append(row)
         (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
             {k: v for k, v in row.items() if k != "per_cell"}, default=float))
-    return {**headline_summary(rows), "setup_cpu_s": build_cpu, "n_calibration_frames": len(held_out),
-            "audit": asdict_config(config), "calibration_set": calibration_settings, "relax_on_committee": HEADLINE_RELAX,
+    audited = "audit" in measures
+    return {**headline_summary(rows), "setup_cpu_s": build_cpu, "measures": list(measures),
+            "n_calibration_frames": len(held_out) if audited else None, "audit": asdict_config(config) if audited else None,
+            "calibration_set": calibration_settings if audited else None, "relax_on_committee": HEADLINE_RELAX,
             "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory)}
 
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
-                     "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1}  # safer: sign
+                     "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
+                     "bond_barrier": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:
     """Spearman (with p) of each measure of :data:`HEADLINE_MEASURES` (and the safe T and over-tolerance fraction
     at every tolerance of :data:`TOLERANCE_GRID`) against the NN-MD stable fraction, and the CPU totals."""
     stable = [r["md_stable_fraction"] for r in rows]
-    correlations = {name: spearman([r[name] for r in rows], stable) for name in HEADLINE_MEASURES}
+    correlations = {name: spearman([r.get(name, float("nan")) for r in rows], stable) for name in HEADLINE_MEASURES}
     for key in ("safe_temperature_K_by_tolerance", "fraction_over_tolerance_effective_by_tolerance"):
-        correlations[key] = {t: spearman([r[key][t] for r in rows], stable) for t in rows[0][key]}
-    audit_cpu = sum(r["audit_cpu_s"] for r in rows)
+        grid = next((r[key] for r in rows if key in r), None)
+        if grid is not None:
+            correlations[key] = {t: spearman([r[key][t] if key in r else float("nan") for r in rows], stable)
+                                 for t in grid}
+    audit_cpu = sum(r.get("audit_cpu_s", 0.0) for r in rows)
+    bond_cpu = sum(r.get("bond_scan_cpu_s", 0.0) for r in rows)
     md_cpu = sum(r["md_cpu_s"] or 0.0 for r in rows)
     groups: dict = {}
     for r in rows:
@@ -544,7 +586,8 @@ def headline_summary(rows: list[dict]) -> dict:
     return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
-            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None}
+            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None,
+            "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
 
 
 def md_rank_reliability(rows: list[dict]) -> dict | None:
@@ -560,7 +603,8 @@ def md_rank_reliability(rows: list[dict]) -> dict | None:
     stable = [r["md_stable_fraction"] for r in rows]
     return {"split_half": reliability.split_half, "full": reliability.full, "ceiling": reliability.ceiling,
             "n_splits": reliability.n_splits,
-            "disattenuated": {name: reliability.disattenuated(spearman([r[name] for r in rows], stable)["rho"])
+            "disattenuated": {name: reliability.disattenuated(spearman([r.get(name, float("nan")) for r in rows],
+                                                                         stable)["rho"])
                               for name in HEADLINE_MEASURES}}
 
 
@@ -585,14 +629,28 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
     patterns as :func:`arm_selected`); ``exclude``: (arm, seed) pairs left out (a post-hoc exclusion, recorded in
     ``selection``)."""
     parts = [_json_result(path)["headline"] for path in paths]
+    audited = [part for part in parts if part.get("audit") is not None]  # a bond-scan-only part has no audit settings
+    for part in audited[1:]:
+        for key in ("audit", "calibration_set", "n_calibration_frames"):
+            if part[key] != audited[0][key]:
+                raise ValueError(f"--merge: {key} differs between the parts; merge equal settings only")
     for part in parts[1:]:
-        for key in ("audit", "calibration_set", "n_calibration_frames", "cells", "source"):
+        for key in ("cells", "source"):
             if part[key] != parts[0][key]:
                 raise ValueError(f"--merge: {key} differs between {paths[0]!r} and the others; merge equal settings only")
-    rows = [row for part in parts for row in part["committees"]]
-    keys = [(r["arm"], r["seed"]) for r in rows]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"--merge: a committee appears twice: {sorted(k for k in keys if keys.count(k) > 1)}")
+    joined: dict = {}  # one committee's rows from parts that measured different things are joined
+    for row in (row for part in parts for row in part["committees"]):
+        key = (row["arm"], row["seed"])
+        if key not in joined:
+            joined[key] = dict(row)
+            continue
+        mine = set(joined[key]) - set(HEADLINE_IDENTITY) - {"weights_sha256"}
+        if mine & set(row) or any(joined[key][k] != row[k] for k in HEADLINE_IDENTITY + ("weights_sha256",)
+                                  if k in row and k in joined[key]):
+            raise ValueError(f"--merge: a committee appears twice: {key} (the same measures, or other weights)")
+        joined[key].update(row)
+    rows = list(joined.values())
+    keys = list(joined)
     exclude = [(arm, int(seed)) for arm, seed in exclude]
     unknown = [k for k in exclude if k not in keys]
     if unknown:
@@ -601,7 +659,8 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
             and (r["arm"], r["seed"]) not in exclude]
     if not rows:
         raise ValueError(f"--merge: no committee left among arms {arms} and seeds {seeds}")
-    return {**{k: parts[0][k] for k in MERGE_KEEPS if k in parts[0]}, **headline_summary(rows),
+    settings = audited[0] if audited else parts[0]
+    return {**{k: settings[k] for k in MERGE_KEEPS if k in settings}, **headline_summary(rows),
             "setup_cpu_s": sum(p.get("setup_cpu_s", 0.0) for p in parts),  # a part assembled from logs has none
             "setup_cpu_s_unknown_in": [str(path) for path, p in zip(paths, parts) if "setup_cpu_s" not in p],
             "merged_from": [str(path) for path in paths],
@@ -642,6 +701,9 @@ def main(argv=None) -> dict:
                              "and --seeds pick the committees ranked")
     parser.add_argument("--exclude", default=None, metavar="ARM:SEED,...",
                         help="--merge: committees left out of the ranking (a post-hoc exclusion, recorded)")
+    parser.add_argument("--measures", default="audit,bond_scan",
+                        help="--from-headline: audit and/or bond_scan (the committee's barrier against pulling each "
+                             "guest bond apart; bond_scan alone: ~1 s per committee, joined to an audit's rows by --merge)")
     parser.add_argument("--calibration-cache", default=None, help="--from-headline: folder caching the calibration "
                                                                   "frames (default: not cached)")
     args = parser.parse_args(argv)
@@ -696,16 +758,18 @@ def headline_main(args) -> dict:
     result = merge_headline(args.merge, arms, seeds, exclude) if args.merge else run_headline(
         args.from_headline, arms, audit_settings,
         dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
-        args.calibration_cache, args.limit, seeds)
+        args.calibration_cache, args.limit, seeds, measures=tuple(args.measures.split(",")))
     out = {"benchmark": "audit", "mode": "from_headline", "quick": args.quick, "headline": result,
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for row in result["committees"]:
-        print(f"  {row['arm']:>16} seed {row['seed']}: safe T {row['safe_temperature_K']:7.0f} K ({row['safe_bound']}), "
-              f"over tol at {row['effective_kT']:.3f} eV {row['fraction_over_tolerance_effective']:.3f}, "
-              f"NN-MD stable {row['n_stable']}/{row['n_runs']}, test force MAE {row['test_force_mae']:.3f}, "
-              f"audit {row['audit_cpu_s']:.1f} s")
+        audit_text = (f"safe T {row['safe_temperature_K']:7.0f} K ({row['safe_bound']}), over tol at "
+                      f"{row['effective_kT']:.3f} eV {row['fraction_over_tolerance_effective']:.3f}, test force MAE "
+                      f"{row['test_force_mae']:.3f}, audit {row['audit_cpu_s']:.1f} s, " if "safe_temperature_K" in row else "")
+        bond_text = (f"bond barrier {row['bond_barrier']:.2f} ({row['bond_barrier_weakest']}), "
+                     if "bond_barrier" in row else "")
+        print(f"  {row['arm']:>16} seed {row['seed']}: {audit_text}{bond_text}NN-MD stable {row['n_stable']}/{row['n_runs']}")
     for name, value in result["spearman_vs_md_stable"].items():
-        if name not in HEADLINE_MEASURES:
+        if name not in HEADLINE_MEASURES or value["n"] == 0:
             continue
         print(f"Spearman({name}, NN-MD stable fraction) = {value['rho']:+.2f} (p = {value['p']:.3f}, n = {value['n']}; "
               f"safer = sign {result['expected_sign'][name]:+d})")
@@ -714,8 +778,10 @@ def headline_main(args) -> dict:
         print(f"NN-MD stable fractions rank these committees with split-half Spearman {reliability['split_half']:.2f} "
               f"(all runs {reliability['full']:.2f}): no measure can be expected above rho = {reliability['ceiling']:.2f}; "
               f"safe T corrected for that noise {reliability['disattenuated']['safe_temperature_K']:+.2f}")
-    ratio = result["audit_over_md_cpu"]
-    print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "NN-MD CPU not in rows.json")
+    ratio, bond_ratio = result["audit_over_md_cpu"], result.get("bond_scan_over_md_cpu")
+    print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "no audit CPU or NN-MD CPU in rows.json")
+    if bond_ratio:
+        print(f"bond scan CPU / NN-MD CPU = {bond_ratio:.4f}")
     if args.json:
         print(json.dumps(out, default=float))
     return out

@@ -158,6 +158,8 @@ def test_from_headline_quick_json(quick_headline):
         assert 0 <= row["fraction_over_tolerance_effective"] <= 1 and row["test_force_mae"] > 0
         assert row["force_scale"] > 0 and row["audit_cpu_s"] > 0
         assert abs(row["effective_kT"] - 0.043) < 1e-9  # the sweep's kT nearest k_B * 500 K
+        assert row["bond_scan_cpu_s"] > 0 and row["bond_barrier_weakest"].rsplit(":", 1)[0] in result["cells"]
+        assert 0 < row["bond_barrier_at_stretch_A"] <= 2.0 and np.isfinite(row["bond_barrier"])
         tolerances = row["safe_temperature_K_by_tolerance"]
         assert list(tolerances.values()) == sorted(tolerances.values())  # a laxer tolerance is never less safe
         fractions = row["fraction_over_tolerance_effective_by_tolerance"]
@@ -266,3 +268,32 @@ def test_md_rank_reliability_bounds_what_any_measure_can_reach():
     assert out["disattenuated"]["test_force_mae"] == pytest.approx(-rho / out["ceiling"])
     flat = [{**r, "n_stable": int(k), "md_stable_fraction": k / 55} for r, k in zip(rows, rng.binomial(55, 0.8, 40))]
     assert benchmark.md_rank_reliability(flat)["ceiling"] < 0.6
+
+
+def test_a_bond_scan_alone_joins_an_audit_by_merge(quick_headline, headline_dir, tmp_path):
+    """--measures bond_scan gives the same barriers as the full run; --merge joins them to an audit's rows of the
+    same committees, and refuses a committee measured twice the same way."""
+    import json
+
+    _, printed = quick_headline
+    root, _ = headline_dir
+    bonds = benchmark.run_headline(root, None, calibration_settings=dict(n_frames=4, temperatures_K=(600.0, 1000.0),
+                                                                         relax_steps=20), measures=("bond_scan",))
+    full = {r["arm"]: r for r in printed["headline"]["committees"]}
+    for row in bonds["committees"]:
+        assert "safe_temperature_K" not in row and bonds["audit"] is None
+        assert row["bond_barrier"] == pytest.approx(full[row["arm"]]["bond_barrier"], abs=1e-6)
+    audit_only = {**printed, "headline": {**printed["headline"], "committees": [
+        {k: v for k, v in r.items() if not k.startswith("bond_")} for r in printed["headline"]["committees"]]}}
+    paths = [tmp_path / "audit.json", tmp_path / "bonds.json"]
+    paths[0].write_text(json.dumps(audit_only))
+    paths[1].write_text(json.dumps({"headline": bonds}, default=float))
+    merged = benchmark.merge_headline(paths)
+    assert [r["arm"] for r in merged["committees"]] == ["gen1", "md_N"]
+    for row in merged["committees"]:
+        assert "safe_temperature_K" in row and row["bond_barrier"] == pytest.approx(full[row["arm"]]["bond_barrier"], abs=1e-6)
+    assert merged["audit"] == printed["headline"]["audit"]  # the audited part's settings
+    with pytest.raises(ValueError, match="appears twice"):
+        benchmark.merge_headline([paths[1], paths[1]])
+    with pytest.raises(ValueError, match="measures must be"):
+        benchmark.run_headline(root, None, measures=("attack",))

@@ -1,0 +1,110 @@
+"""Bond scan: how much energy a committee puts against pulling each bond apart.
+
+NN-MD of host–guest cells fails mostly by a guest's hydrogen flying off ("atom isolated") or the
+guest breaking up. Training data from MD near the minimum never hold a stretched bond, so a
+committee may keep no barrier there. The scan measures it without a label: for each bond
+(i, j) of a structure, atom i (the lighter; ties: the higher index) is moved alone along the
+j→i direction (minimum image) by 0, ``step_A``, …, ``max_stretch_A`` Å, and the committee
+evaluates every frame in one batch. The **barrier** of a bond is the largest rise of the
+committee's mean energy along its scan; a low barrier says MD can break the bond with that much
+energy in the stretch. Bonds are the pairs closer than ``scale`` × the sum of ASE's natural
+(covalent) radii, H–H excluded, among the atoms ``mask`` selects (e.g. the guests of a cell).
+
+This is not the attack: it follows one fixed, physically chosen coordinate per bond and needs
+only the committee (no reference calls, no gradients), ~1 s per committee on 17 bonds × 21 frames.
+Shapes: K bonds, S stretches, M members.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.neighborlist import natural_cutoffs, neighbor_list
+
+
+@dataclass
+class BondScan:
+    """One structure's bond scan (:func:`bond_scan`): ``bonds`` [K, 2] (moved atom, anchor), ``r0_A`` [K] the
+    bond lengths, ``stretch_A`` [S] the displacements, ``energies`` [M, K, S] every member's energy minus its
+    energy of the unstretched structure, ``barrier`` [K] the largest rise of the members' mean along each scan,
+    ``barrier_stretch_A`` [K] where it is reached, ``moved_numbers`` [K] the moved atoms' atomic numbers,
+    ``symbols`` [K] e.g. ``"H41-C36"``."""
+
+    bonds: np.ndarray
+    r0_A: np.ndarray
+    stretch_A: np.ndarray
+    energies: np.ndarray
+    barrier: np.ndarray
+    barrier_stretch_A: np.ndarray
+    moved_numbers: np.ndarray
+    symbols: list[str]
+
+    def weakest(self, hydrogen_only: bool = False) -> int:
+        """Index of the bond with the lowest barrier (``hydrogen_only``: among bonds that move an H)."""
+        if len(self.bonds) == 0:
+            raise ValueError("no bond was scanned")
+        barrier = self.barrier.copy()
+        if hydrogen_only:
+            barrier[self.moved_numbers != 1] = np.inf
+            if not np.isfinite(barrier).any():
+                raise ValueError("no scanned bond moves a hydrogen")
+        return int(np.argmin(barrier))
+
+    def rows(self) -> list[dict]:
+        """One dict per bond: atoms, length, barrier and where (energy unit, Å)."""
+        return [{"bond": s, "moved": int(i), "anchor": int(j), "r0_A": float(r), "barrier": float(b),
+                 "at_stretch_A": float(x)}
+                for s, (i, j), r, b, x in zip(self.symbols, self.bonds, self.r0_A, self.barrier, self.barrier_stretch_A)]
+
+
+def covalent_bonds(atoms: Atoms, mask: np.ndarray | None = None, scale: float = 1.2) -> np.ndarray:
+    """[K, 2] bonds (moved, anchor) among the atoms of ``mask`` ([N] bool; None: all): pairs closer than
+    ``scale`` × the sum of ASE's natural cutoffs (covalent radii), minimum image, H–H excluded. The moved atom
+    is the lighter one (ties: the higher index)."""
+    mask = np.ones(len(atoms), bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != (len(atoms),):
+        raise ValueError(f"mask must be [N] = [{len(atoms)}] booleans, got shape {mask.shape}")
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    i, j = neighbor_list("ij", atoms, [scale * c for c in natural_cutoffs(atoms)])
+    keep = (i < j) & mask[i] & mask[j] & ~((atoms.numbers[i] == 1) & (atoms.numbers[j] == 1))
+    masses = atoms.get_masses()
+    bonds = []
+    for a, b in zip(i[keep], j[keep]):
+        lighter_a = masses[a] < masses[b] or (masses[a] == masses[b] and a > b)
+        bonds.append((a, b) if lighter_a else (b, a))
+    return np.array(sorted(set(bonds)), dtype=int).reshape(-1, 2)
+
+
+def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np.ndarray | None = None,
+              max_stretch_A: float = 2.0, step_A: float = 0.1, batch_size: int = 512) -> BondScan:
+    """Scan each bond of ``atoms`` (``bonds`` [K, 2] as :func:`covalent_bonds`; None: those of ``mask``) by
+    moving its first atom alone along the anchor→atom direction from 0 to ``max_stretch_A`` Å in ``step_A``
+    steps, every frame evaluated by ``committee.predict`` (energies [M, B]) in one batch."""
+    if max_stretch_A <= 0 or step_A <= 0 or step_A > max_stretch_A:
+        raise ValueError(f"need 0 < step_A <= max_stretch_A, got step_A={step_A}, max_stretch_A={max_stretch_A}")
+    bonds = covalent_bonds(atoms, mask) if bonds is None else np.asarray(bonds, int).reshape(-1, 2)
+    if len(bonds) and (bonds.min() < 0 or bonds.max() >= len(atoms) or (bonds[:, 0] == bonds[:, 1]).any()):
+        raise ValueError(f"bonds must be pairs of two different atom indices below {len(atoms)}")
+    stretch = np.arange(0.0, max_stretch_A + 1e-9, step_A)
+    start = atoms.copy()
+    start.calc = None
+    frames, r0 = [start], []
+    for moved, anchor in bonds:
+        vector = atoms.get_distance(anchor, moved, mic=True, vector=True)
+        r0.append(float(np.linalg.norm(vector)))
+        for x in stretch[1:]:
+            frame = start.copy()
+            frame.positions[moved] += x * vector / r0[-1]
+            frames.append(frame)
+    energies = np.asarray(committee.predict(frames, batch_size=batch_size)["energies"], float)  # [M, 1 + K (S-1)]
+    base = energies[:, :1]
+    scans = np.concatenate([np.repeat(base[:, None, :], len(bonds), axis=1),
+                            energies[:, 1:].reshape(len(energies), len(bonds), len(stretch) - 1)], axis=2) - base[:, :, None]
+    mean = scans.mean(axis=0)  # [K, S]
+    symbols = [f"{atoms[i].symbol}{i}-{atoms[j].symbol}{j}" for i, j in bonds]
+    return BondScan(bonds=bonds, r0_A=np.array(r0), stretch_A=stretch, energies=scans,
+                    barrier=mean.max(axis=1) if len(bonds) else np.zeros(0),
+                    barrier_stretch_A=stretch[mean.argmax(axis=1)] if len(bonds) else np.zeros(0),
+                    moved_numbers=atoms.numbers[bonds[:, 0]], symbols=symbols)

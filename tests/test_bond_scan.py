@@ -1,0 +1,64 @@
+"""Bond scan: a known Morse barrier recovered along each bond, the minimum image across a cell face, bad input."""
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+
+from advsample.bond_scan import bond_scan, covalent_bonds
+
+
+class MorseCommittee:
+    """Members with Morse bonds of depths ``depths`` (one per member) between each H and its heavy atom, at the
+    bond lengths of ``reference``: E_m = Σ D_m (1 − exp(−a (r − r_e)))², minimum image."""
+
+    def __init__(self, reference: Atoms, depths=(4.0, 5.0), a=1.8):
+        self.depths, self.a = np.asarray(depths), a
+        self.pairs = [(i, j) for i, j in covalent_bonds(reference)]
+        self.r_e = np.array([reference.get_distance(i, j, mic=True) for i, j in self.pairs])
+
+    def predict(self, frames, batch_size=512):
+        r = np.array([[f.get_distance(i, j, mic=True) for i, j in self.pairs] for f in frames])  # [B, K]
+        shape = ((1 - np.exp(-self.a * (r - self.r_e))) ** 2).sum(axis=1)  # [B]
+        return {"energies": self.depths[:, None] * shape[None, :]}  # [M, B]
+
+
+def test_scan_recovers_the_morse_barrier_of_each_bond():
+    methane = molecule("CH4")
+    committee = MorseCommittee(methane)
+    scan = bond_scan(committee, methane, max_stretch_A=2.0, step_A=0.1)
+    assert [methane[int(i)].symbol + methane[int(j)].symbol for i, j in scan.bonds] == ["HC"] * 4  # H moved, H–H not bonds
+    assert np.allclose(scan.r0_A, methane.get_distance(0, 1))
+    assert scan.energies.shape == (2, 4, 21) and np.allclose(scan.energies[:, :, 0], 0.0)
+    expected = np.mean(committee.depths) * (1 - np.exp(-committee.a * 2.0)) ** 2  # the mean member at 2 Å
+    assert np.allclose(scan.barrier, expected, rtol=1e-6)
+    assert np.allclose(scan.barrier_stretch_A, 2.0)  # a Morse well only rises along the stretch
+    assert np.allclose(scan.energies[1, :, 1:] / scan.energies[0, :, 1:], 5.0 / 4.0)  # each member its own depth
+    deeper = bond_scan(MorseCommittee(methane, depths=(8.0, 8.0)), methane)
+    assert np.all(deeper.barrier > scan.barrier)  # a deeper well, a higher barrier
+    assert scan.weakest(hydrogen_only=True) in range(4) and len(scan.rows()) == 4
+
+
+def test_scan_follows_the_minimum_image_and_the_mask():
+    cell = Atoms("OH", positions=[[0.2, 3.0, 3.0], [5.3, 3.0, 3.0]], cell=[6.0, 6.0, 6.0], pbc=True)  # 0.9 Å apart
+    bonds = covalent_bonds(cell)
+    assert bonds.tolist() == [[1, 0]]  # the H moves, across the cell face
+    committee = MorseCommittee(cell, depths=(3.0,))
+    scan = bond_scan(committee, cell, max_stretch_A=1.0, step_A=0.5)
+    assert scan.r0_A[0] == pytest.approx(0.9)
+    stretched = cell.copy()
+    stretched.positions[1, 0] -= 1.0  # away from O through the minimum image: -x
+    assert scan.barrier[0] == pytest.approx(committee.predict([stretched])["energies"][0, 0])
+    assert covalent_bonds(cell, mask=np.array([True, False])).shape == (0, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_stretch_A=0.0), "step_A"),
+    (dict(step_A=3.0), "step_A"),
+    (dict(bonds=[[0, 0]]), "two different atom indices"),
+    (dict(bonds=[[0, 9]]), "two different atom indices"),
+    (dict(mask=np.array([True])), "mask must be"),
+])
+def test_bad_scan_input_is_named(kwargs, message):
+    methane = molecule("CH4")
+    with pytest.raises(ValueError, match=message):
+        bond_scan(MorseCommittee(methane), methane, **kwargs)
