@@ -37,7 +37,8 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   (``..._holesforces_callsN5``, attack and MD control; ``SelectionConfig.above_window_weights=(0, 1)``),
   and forces only as a relative error above 2 eV/Å RMS (``..._holesrelative_callsN5``, attack and MD control;
   ``SelectionConfig.above_window_force_cap=2.0``), and from Gen1 ``adversarial_peratom_holesrelative_callsN5``
-  and ``md_callsN5`` (N/5 calls each against md_N's N labels).
+  and ``md_callsN5`` (N/5 calls each against md_N's N labels); from Gen2 ``gen2+bond_stretch_holesrelative_callsN5``
+  (stretched X–H bonds, ``samplers.BondStretchSampler``, under the holesrelative arm's rules).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -193,7 +194,12 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 # seed 2 to 0/55; every other label of these arms is below 46 eV/Å)
                 Arm("adversarial_peratom_holesrelative_callsN5", "gen1", "adversarial", 0.2, seed_choice,
                     **attack_calls, **holes, **relative, force_ceiling_eV_A=100.0),
-                Arm("md_callsN5", "gen1", "md", 0.2, **md_calls)]
+                Arm("md_callsN5", "gen1", "md", 0.2, **md_calls),
+                # what the bond scan points to (committees keep ~0.7 eV against pulling a guest's H off, GFN-FF
+                # 3.4-7.8 eV; NN-MD fails by isolated H): stretched X-H bonds as candidates, scored and trained
+                # as the holesrelative attack arm's (same objective, seeds per label, windows and rules)
+                Arm("gen2+bond_stretch_holesrelative_callsN5", "md_N", "bond_stretch", 0.2, seed_choice,
+                    **attack_calls, **holes, **relative)]
     return out
 
 
@@ -217,7 +223,7 @@ def build_system(name: str, options: dict, effective_temperature_K: float):
 def make_arm_sampler(system, arm: Arm, budget: int, n_train: int):
     """(sampler, objective) of ``arm``: the attack with ``arm.seeds_per_label`` seeds per label of the
     budget (2 unless the arm says; at least the System's), chosen at random or by highest σ."""
-    from advsample.samplers import AdversarialSampler, make_method
+    from advsample.samplers import AdversarialSampler, BondStretchSampler, make_method
 
     sampler, objective = make_method(system, arm.method)
     if arm.uncertainty is not None:
@@ -229,6 +235,8 @@ def make_arm_sampler(system, arm: Arm, budget: int, n_train: int):
         sampler = replace(sampler, n_seeds=n_seeds)
         if arm.seed_choice == "sigma":
             sampler = _sigma_seeded_class()(config=sampler.config, n_seeds=n_seeds, snapshot_every=sampler.snapshot_every)
+    elif isinstance(sampler, BondStretchSampler):  # as many seeds as the attack (10 stretches each)
+        sampler = replace(sampler, n_seeds=min(n_train, arm.seeds_per_label * budget))
     return sampler, objective
 
 

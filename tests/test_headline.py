@@ -256,6 +256,15 @@ def test_objective_sweep_adds_the_papers_objective_arms():
     wide, wide_objective = headline.make_arm_sampler(system, chosen["gen2+adversarial_peratom_seeds8_N10"], 2, 40)
     narrow, _ = headline.make_arm_sampler(system, chosen["gen2+adversarial_peratom_N10"], 2, 40)
     assert (wide.n_seeds, narrow.n_seeds, wide_objective.energy_scale) == (16, 4, "per_atom")
+    from advsample.samplers import BondStretchSampler
+
+    bonds = chosen["gen2+bond_stretch_holesrelative_callsN5"]  # the holesrelative attack arm's rules and objective
+    twin = chosen["gen2+adversarial_peratom_holesrelative_callsN5"]
+    assert (bonds.parent, bonds.method, bonds.window(), bonds.budget_unit) == ("md_N", "bond_stretch", twin.window(),
+                                                                               "reference_calls")
+    stretch, stretch_objective = headline.make_arm_sampler(system, bonds, 2, 40)
+    assert isinstance(stretch, BondStretchSampler) and stretch.n_seeds == 16
+    assert stretch_objective.energy_scale == "per_atom"
     with pytest.raises(SystemExit):
         headline.parse(["--quick", "--objective-sweep", "--seed-choice", "sigma"])
 

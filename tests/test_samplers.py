@@ -456,3 +456,41 @@ def test_a_method_name_builds_the_sampler_with_the_systems_settings(toy_system, 
     assert ActiveLearning.from_system(system, tmp_path / "given", given, progress=False).sampler is given
     with pytest.raises(TypeError, match="needs a System"):
         ActiveLearning.from_system("double_well_2d", tmp_path / "name", "adversarial")
+
+
+def test_bond_stretch_pulls_one_h_along_its_bond_and_scores_it():
+    """Each candidate is its seed with one N–H bond longer by 0.3–1.2 Å, the H moved alone along the bond;
+    scored once by the objective; seeded; a seed with no such bond is refused by name."""
+    from ase.build import molecule
+
+    from advsample.samplers import BondStretchSampler
+    from advsample.systems.ammonia import schnet_committee
+
+    committee = schnet_committee(n_members=2, n_features=8)
+    seeds = [molecule("NH3") for _ in range(3)]
+    for k, atoms in enumerate(seeds):
+        atoms.rattle(0.02, seed=k)
+    energies = np.zeros(len(seeds))
+    sampler = make_sampler("bond_stretch", n_per_seed=4)
+    assert isinstance(sampler, BondStretchSampler)
+    proposal = sampler.propose(committee, seeds, energies, Objective(kT=0.1), seed=3, progress=False)
+    candidates = proposal.candidates
+    assert len(candidates) == 12 and candidates.source == "bond_stretch"
+    for k, atoms in enumerate(candidates):
+        seed = seeds[k // 4]
+        moved = np.flatnonzero(np.linalg.norm(atoms.positions - seed.positions, axis=1) > 1e-9)
+        assert len(moved) == 1 and atoms.numbers[moved[0]] == 1  # one H, nothing else
+        h = moved[0]
+        stretch = atoms.get_distance(0, h) - seed.get_distance(0, h)
+        assert 0.3 - 1e-9 <= stretch <= 1.2 + 1e-9
+        direction = (atoms.positions[h] - seed.positions[h]) / np.linalg.norm(atoms.positions[h] - seed.positions[h])
+        bond = (seed.positions[h] - seed.positions[0]) / seed.get_distance(0, h)
+        assert direction @ bond == pytest.approx(1.0)  # along the N→H bond
+    fresh = Objective(kT=0.1).bind(energies).score(committee, candidates.structures)
+    np.testing.assert_allclose(candidates.score, fresh.score, rtol=1e-4, atol=1e-6)
+    again = sampler.propose(committee, seeds, energies, Objective(kT=0.1), seed=3, progress=False)
+    np.testing.assert_allclose([a.positions for a in candidates], [a.positions for a in again.candidates])
+    with pytest.raises(ValueError, match="no seed has a bond"):
+        BondStretchSampler(moved_numbers=(6,)).propose(committee, seeds, energies, Objective(kT=0.1), progress=False)
+    with pytest.raises(ValueError, match="stretch_A"):
+        BondStretchSampler(stretch_A=(1.0, 0.5))
