@@ -38,7 +38,8 @@ Arms (per committee seed; N = ``--labels``, N/10 rounded, at least 1):
   and forces only as a relative error above 2 eV/Å RMS (``..._holesrelative_callsN5``, attack and MD control;
   ``SelectionConfig.above_window_force_cap=2.0``), and from Gen1 ``adversarial_peratom_holesrelative_callsN5``
   and ``md_callsN5`` (N/5 calls each against md_N's N labels); from Gen2 ``gen2+bond_stretch_holesrelative_callsN5``
-  (stretched X–H bonds, ``samplers.BondStretchSampler``, under the holesrelative arm's rules).
+  (stretched X–H bonds, ``samplers.BondStretchSampler``, under the holesrelative arm's rules) and from Gen1
+  ``bond_stretch_holesrelative_callsN5`` (its Gen1 attack twin's rules, force ceiling included).
 
 An arm is one round of :class:`advsample.loop.ActiveLearning` started from its parent's committee
 and training set (``start=``; its run directory ``DIR/runs/<arm>__seed<s>/``): it adds its labels
@@ -199,7 +200,9 @@ def arms(kT_sweep=(), seed_choice: str = "random", seed_choice_sweep: bool = Fal
                 # 3.4-7.8 eV; NN-MD fails by isolated H): stretched X-H bonds as candidates, scored and trained
                 # as the holesrelative attack arm's (same objective, seeds per label, windows and rules)
                 Arm("gen2+bond_stretch_holesrelative_callsN5", "md_N", "bond_stretch", 0.2, seed_choice,
-                    **attack_calls, **holes, **relative)]
+                    **attack_calls, **holes, **relative),
+                Arm("bond_stretch_holesrelative_callsN5", "gen1", "bond_stretch", 0.2, seed_choice,  # and from Gen1
+                    **attack_calls, **holes, **relative, force_ceiling_eV_A=100.0)]
     return out
 
 

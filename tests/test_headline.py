@@ -262,6 +262,8 @@ def test_objective_sweep_adds_the_papers_objective_arms():
     twin = chosen["gen2+adversarial_peratom_holesrelative_callsN5"]
     assert (bonds.parent, bonds.method, bonds.window(), bonds.budget_unit) == ("md_N", "bond_stretch", twin.window(),
                                                                                "reference_calls")
+    from_gen1 = chosen["bond_stretch_holesrelative_callsN5"]
+    assert (from_gen1.parent, from_gen1.window()) == ("gen1", chosen["adversarial_peratom_holesrelative_callsN5"].window())
     stretch, stretch_objective = headline.make_arm_sampler(system, bonds, 2, 40)
     assert isinstance(stretch, BondStretchSampler) and stretch.n_seeds == 16
     assert stretch_objective.energy_scale == "per_atom"
