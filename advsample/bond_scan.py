@@ -77,6 +77,18 @@ def covalent_bonds(atoms: Atoms, mask: np.ndarray | None = None, scale: float = 
     return np.array(sorted(set(bonds)), dtype=int).reshape(-1, 2)
 
 
+def stretched(atoms: Atoms, moved: int, anchor: int, stretch_A: float) -> Atoms:
+    """A copy of ``atoms`` (no calculator) with atom ``moved`` alone pulled ``stretch_A`` Å further from ``anchor``
+    along their bond (minimum image); constraints are not applied to the move."""
+    vector = atoms.get_distance(anchor, moved, mic=True, vector=True)
+    copy = atoms.copy()
+    copy.calc = None
+    positions = copy.positions
+    positions[moved] += stretch_A * vector / np.linalg.norm(vector)
+    copy.set_positions(positions, apply_constraint=False)
+    return copy
+
+
 def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np.ndarray | None = None,
               max_stretch_A: float = 2.0, step_A: float = 0.1, batch_size: int = 512) -> BondScan:
     """Scan each bond of ``atoms`` (``bonds`` [K, 2] as :func:`covalent_bonds`; None: those of ``mask``) by
@@ -92,12 +104,8 @@ def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np
     start.calc = None
     frames, r0 = [start], []
     for moved, anchor in bonds:
-        vector = atoms.get_distance(anchor, moved, mic=True, vector=True)
-        r0.append(float(np.linalg.norm(vector)))
-        for x in stretch[1:]:
-            frame = start.copy()
-            frame.positions[moved] += x * vector / r0[-1]
-            frames.append(frame)
+        r0.append(float(atoms.get_distance(anchor, moved, mic=True)))
+        frames += [stretched(start, moved, anchor, x) for x in stretch[1:]]
     energies = np.asarray(committee.predict(frames, batch_size=batch_size)["energies"], float)  # [M, 1 + K (S-1)]
     base = energies[:, :1]
     scans = np.concatenate([np.repeat(base[:, None, :], len(bonds), axis=1),

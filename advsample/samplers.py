@@ -163,7 +163,7 @@ class BondStretchSampler(Sampler):
             raise ValueError(f"n_per_seed must be >= 1, got {self.n_per_seed}")
 
     def propose(self, committee, seeds, train_energies, objective, seed=0, progress=True) -> Proposal:
-        from .bond_scan import covalent_bonds
+        from .bond_scan import covalent_bonds, stretched
 
         rng = np.random.default_rng(seed)
         candidates = []
@@ -173,13 +173,7 @@ class BondStretchSampler(Sampler):
             bonds = bonds[np.isin(atoms.numbers[bonds[:, 0]], self.moved_numbers) & free[bonds[:, 0]]]
             for _ in range(self.n_per_seed if len(bonds) else 0):
                 moved, anchor = bonds[rng.integers(len(bonds))]
-                vector = atoms.get_distance(anchor, moved, mic=True, vector=True)
-                copy = atoms.copy()
-                copy.calc = None
-                positions = copy.positions
-                positions[moved] += rng.uniform(*self.stretch_A) * vector / np.linalg.norm(vector)
-                copy.set_positions(positions, apply_constraint=False)
-                candidates.append(copy)
+                candidates.append(stretched(atoms, moved, anchor, rng.uniform(*self.stretch_A)))
         if not candidates:
             raise ValueError(f"bond_stretch: no seed has a bond moving an atom of numbers {self.moved_numbers}")
         return Proposal(objective.bind(train_energies).score(committee, candidates, self.name))
