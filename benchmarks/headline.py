@@ -708,9 +708,16 @@ def pooled(rows: list[dict], arm: str, integrator: str) -> tuple[np.ndarray, np.
 def arm_table(rows: list[dict], integrators) -> dict:
     """{arm: labels, calls and CPU (mean over seeds), and per integrator the pooled stable fraction
     with its Wilson interval, n_trajectories, the log-rank p against md_N (and Gen2 arms against
-    gen2+md_N10) and the trajectories per arm a two-proportion test would need}."""
+    gen2+md_N10) and the trajectories per arm a two-proportion test would need}. Only the (arm, seed) rows
+    tested under every one of ``integrators`` count (an integrator added later to some arms with ``--reuse``);
+    none raises ``ValueError`` naming the integrators."""
     from advsample import stats
 
+    tested = [r for r in rows if all(r["stability"].get(i) for i in integrators)]
+    if rows and not tested:
+        raise ValueError(f"no arm of these rows was tested with {list(integrators)}; tested: "
+                         f"{sorted({i for r in rows for i in r['stability']})}")
+    rows = tested
     table = {}
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]

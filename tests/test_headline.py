@@ -361,3 +361,24 @@ def test_the_headline_ratio_takes_any_attack_arm_from_gen1():
     assert (ratio["label_ratio"], ratio["calls_ratio"], ratio["cpu_ratio"]) == pytest.approx((20 / 150, 30 / 158, 5.0))
     table["adversarial_peratom_holesrelative_callsN5"]["nve"]["stable_fraction"] = 0.84
     assert headline.headline_ratio(table, "nve")["gen1"]["adversarial_arm"] is None
+
+
+def test_arm_table_counts_only_the_arms_tested_with_the_integrator():
+    """An integrator added to some arms later (--reuse): the table of that integrator has those arms only; an
+    integrator no arm has is refused by name (notebook 06 with -p integrator langevin on such a folder)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import headline
+
+    def row(arm, integrators):
+        test = {"n_steps": 10, "timestep_fs": 0.5, "time_to_failure_fs": [None, 2.0, None, None]}
+        return {"arm": arm, "seed": 0, "parent": None if arm == "gen1" else "gen1", "method": None, "labels": 0.0,
+                "reference_calls_total": 0.0, "reference_cpu_s_total": 0.0, "sampling_cpu_s_total": 0.0,
+                "training_cpu_s_total": 0.0, "total_cpu_s": 0.0, "reference_cpu_s": 0.0, "training_cpu_s": 1.0,
+                "stability": {i: test for i in integrators}}
+
+    rows = [row("gen1", ["nve", "langevin"]), row("md_N", ["nve"])]
+    assert set(headline.arm_table(rows, ["nve"])) == {"gen1", "md_N"}
+    langevin = headline.arm_table(rows, ["langevin"])
+    assert set(langevin) == {"gen1"} and langevin["gen1"]["langevin"]["n_stable"] == 3
+    with pytest.raises(ValueError, match=r"no arm of these rows was tested with \['npt'\]"):
+        headline.arm_table(rows, ["npt"])
