@@ -107,9 +107,8 @@ def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np
         r0.append(float(atoms.get_distance(anchor, moved, mic=True)))
         frames += [stretched(start, moved, anchor, x) for x in stretch[1:]]
     energies = np.asarray(committee.predict(frames, batch_size=batch_size)["energies"], float)  # [M, 1 + K (S-1)]
-    base = energies[:, :1]
-    scans = np.concatenate([np.repeat(base[:, None, :], len(bonds), axis=1),
-                            energies[:, 1:].reshape(len(energies), len(bonds), len(stretch) - 1)], axis=2) - base[:, :, None]
+    stretched_energies = energies[:, 1:].reshape(len(energies), len(bonds), len(stretch) - 1) - energies[:, :1, None]
+    scans = np.concatenate([np.zeros((len(energies), len(bonds), 1)), stretched_energies], axis=2)  # [M, K, S]
     mean = scans.mean(axis=0)  # [K, S]
     symbols = [f"{atoms[i].symbol}{i}-{atoms[j].symbol}{j}" for i, j in bonds]
     return BondScan(bonds=bonds, r0_A=np.array(r0), stretch_A=stretch, energies=scans,

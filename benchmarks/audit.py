@@ -582,7 +582,7 @@ def headline_summary(rows: list[dict]) -> dict:
     for r in rows:
         if r.get("weights_sha256"):
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
-    reliability = md_rank_reliability(rows)
+    reliability = md_rank_reliability(rows, correlations)
     return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
@@ -590,22 +590,20 @@ def headline_summary(rows: list[dict]) -> dict:
             "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
 
 
-def md_rank_reliability(rows: list[dict]) -> dict | None:
+def md_rank_reliability(rows: list[dict], correlations: dict) -> dict | None:
     """How well the NN-MD stable fractions of ``rows`` rank the committees at all (:func:`advsample.stats.rank_reliability`
     on each committee's stable runs of its runs): the split-half Spearman, its step-up to all runs, the ceiling
-    √reliability on any measure's Spearman against them, and each measure's ρ corrected for that noise (ρ / ceiling).
-    None for fewer than 3 committees."""
+    √reliability on any measure's Spearman against them, and each measure's ρ (``correlations``: {measure:
+    :func:`spearman` against the stable fraction}, as :func:`headline_summary` computed them) corrected for that
+    noise (ρ / ceiling). None for fewer than 3 committees."""
     from advsample.stats import rank_reliability
 
     if len(rows) < 3:
         return None
     reliability = rank_reliability([r["n_stable"] for r in rows], [r["n_runs"] for r in rows])
-    stable = [r["md_stable_fraction"] for r in rows]
     return {"split_half": reliability.split_half, "full": reliability.full, "ceiling": reliability.ceiling,
             "n_splits": reliability.n_splits,
-            "disattenuated": {name: reliability.disattenuated(spearman([r.get(name, float("nan")) for r in rows],
-                                                                         stable)["rho"])
-                              for name in HEADLINE_MEASURES}}
+            "disattenuated": {name: reliability.disattenuated(correlations[name]["rho"]) for name in HEADLINE_MEASURES}}
 
 
 MERGE_KEEPS = ("audit", "calibration_set", "relax_on_committee", "n_calibration_frames", "effective_temperature_K",

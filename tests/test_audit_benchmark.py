@@ -260,14 +260,18 @@ def test_md_rank_reliability_bounds_what_any_measure_can_reach():
     stable = rng.binomial(55, truth)
     rows = [{"n_stable": int(k), "n_runs": 55, "md_stable_fraction": k / 55, **{
         name: sign * t for name, sign in benchmark.HEADLINE_MEASURES.items()}} for k, t in zip(stable, truth)]
-    out = benchmark.md_rank_reliability(rows)
+    def correlations(rows):
+        stable = [r["md_stable_fraction"] for r in rows]
+        return {name: benchmark.spearman([r[name] for r in rows], stable) for name in benchmark.HEADLINE_MEASURES}
+
+    out = benchmark.md_rank_reliability(rows, correlations(rows))
     expected = rank_reliability(stable, [55] * 40)
     assert out["ceiling"] == pytest.approx(expected.ceiling) and out["ceiling"] > 0.9
     rho = benchmark.spearman(truth, stable / 55)["rho"]  # every measure here is the truth itself (signed)
     assert out["disattenuated"]["safe_temperature_K"] == pytest.approx(rho / out["ceiling"])
     assert out["disattenuated"]["test_force_mae"] == pytest.approx(-rho / out["ceiling"])
     flat = [{**r, "n_stable": int(k), "md_stable_fraction": k / 55} for r, k in zip(rows, rng.binomial(55, 0.8, 40))]
-    assert benchmark.md_rank_reliability(flat)["ceiling"] < 0.6
+    assert benchmark.md_rank_reliability(flat, correlations(flat))["ceiling"] < 0.6
 
 
 def test_a_bond_scan_alone_joins_an_audit_by_merge(quick_headline, headline_dir, tmp_path):
