@@ -13,6 +13,12 @@ energy in the stretch. Bonds are the pairs closer than ``scale`` × the sum of A
 This is not the attack: it follows one fixed, physically chosen coordinate per bond and needs
 only the committee (no reference calls, no gradients), ~1 s per committee on 17 bonds × 21 frames.
 Shapes: K bonds, S stretches, M members.
+
+From the barriers, :meth:`BondScan.survival` estimates the chance that MD at ``kT_eV`` keeps every
+scanned bond for ``time_fs``: transition-state theory's rate per bond, ν·exp(−barrier/kT) with
+ν = kT/h (Eyring's prefactor, no fitted constant), summed over the bonds, survival exp(−t·Σ rate).
+The scan is a frozen one-atom coordinate, not a relaxed path, so the estimate ranks committees and
+bonds; it is not a calibrated probability.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 from ase.neighborlist import natural_cutoffs, neighbor_list
+
+PLANCK_eV_fs = 4.135667696  # h in eV·fs (CODATA 2018: 4.135667696e-15 eV·s)
 
 
 @dataclass
@@ -50,6 +58,23 @@ class BondScan:
             if not np.isfinite(barrier).any():
                 raise ValueError("no scanned bond moves a hydrogen")
         return int(np.argmin(barrier))
+
+    def escape_rates(self, kT_eV: float, prefactor_per_fs: float | None = None) -> np.ndarray:
+        """[K] each bond's transition-state breaking rate per fs, ν·exp(−barrier/kT) (``prefactor_per_fs`` ν;
+        None: kT/h). The barrier must be in eV (the committee's energy unit)."""
+        if kT_eV <= 0:
+            raise ValueError(f"kT_eV must be positive, got {kT_eV}")
+        nu = kT_eV / PLANCK_eV_fs if prefactor_per_fs is None else prefactor_per_fs
+        if nu <= 0:
+            raise ValueError(f"prefactor_per_fs must be positive, got {prefactor_per_fs}")
+        return nu * np.exp(-np.maximum(self.barrier, 0.0) / kT_eV)
+
+    def survival(self, kT_eV: float, time_fs: float, prefactor_per_fs: float | None = None) -> float:
+        """The estimated chance that no scanned bond breaks in ``time_fs`` of MD at ``kT_eV``:
+        exp(−time · Σ :meth:`escape_rates`) (1 when no bond was scanned)."""
+        if time_fs < 0:
+            raise ValueError(f"time_fs must be >= 0, got {time_fs}")
+        return float(np.exp(-time_fs * self.escape_rates(kT_eV, prefactor_per_fs).sum()))
 
     def rows(self) -> list[dict]:
         """One dict per bond: atoms, length, barrier and where (energy unit, Å)."""

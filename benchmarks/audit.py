@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -341,7 +342,8 @@ def headline_entries(directory, arms=None) -> list[dict]:
         out.append({"arm": row["arm"], "seed": row["seed"], "n_train": row.get("n_train"), "committee": str(path),
                     "integrator": integrator, "n_stable": md["n_stable"], "n_runs": md["n_runs"],
                     "md_stable_fraction": md["n_stable"] / md["n_runs"], "md_temperature_K": md["temperature_K"],
-                    "md_steps": md["n_steps"], "md_cpu_s": md.get("cpu_s"), "settings": row.get("settings") or {}})
+                    "md_steps": md["n_steps"], "md_cpu_s": md.get("cpu_s"), "settings": row.get("settings") or {},
+                    "md_timestep_fs": md.get("timestep_fs", 0.5), "failures": md.get("failures") or []})
     if not out:
         raise ValueError(f"--from-headline: no (arm, seed) of {str(rows_path)!r} has a committee and an NN-MD result"
                          + (f" among arms {sorted(arms)}" if arms is not None else ""))
@@ -478,27 +480,75 @@ def spearman(x, y) -> dict:
     return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(x)}
 
 
-def bond_barrier(committee, minima: dict) -> dict:
+def bond_barrier(committee, minima: dict, run_cells: list | None = None, kT_eV: float | None = None,
+                 time_fs: float | None = None) -> dict:
     """The committee's lowest barrier against pulling a bond apart (:func:`advsample.bond_scan.bond_scan` from each
     cell's reference minimum): over the guests' bonds (atoms outside the silica framework; every atom without Si)
     that move an H (all bonds where none does), the smallest largest rise of the committee's energy along a 2 Å
-    stretch; with the cell and bond where it is, and its CPU seconds."""
+    stretch; with the cell and bond where it is, and its CPU seconds.
+
+    With ``run_cells`` (the cell each NN-MD test run starts in, :func:`test_run_cells`), ``kT_eV`` and ``time_fs``
+    also ``bond_survival``: the test's stable fraction as the scan predicts it, the mean over the runs of their
+    cell's :meth:`~advsample.bond_scan.BondScan.survival` over every guest bond (H and heavy atoms: NN-MD also fails
+    by a guest's C–N coming apart), ``bond_survival_by_cell``, and per cell the bond likeliest to break
+    (``bond_likeliest_break``: {cell: [moved, anchor, symbol]}; ``bond_guest_bonds``: {cell: [[moved, anchor], ...]})."""
     from advsample.bond_scan import bond_scan
     from advsample.systems.zeolites import framework_mask
 
     started = time.process_time()
-    weakest = []
+    weakest, survival, likeliest, bonds = [], {}, {}, {}
     for name, atoms in minima.items():
         scan = bond_scan(committee, atoms, mask=~framework_mask(atoms) if (atoms.numbers == 14).any() else None)
         if len(scan.bonds) == 0:
             continue
         k = scan.weakest(hydrogen_only=bool((scan.moved_numbers == 1).any()))
         weakest.append((float(scan.barrier[k]), f"{name}:{scan.symbols[k]}", float(scan.barrier_stretch_A[k])))
+        if run_cells is not None:
+            survival[name] = scan.survival(kT_eV, time_fs)
+            b = int(np.argmax(scan.escape_rates(kT_eV)))
+            likeliest[name] = [int(scan.bonds[b, 0]), int(scan.bonds[b, 1]), scan.symbols[b]]
+            bonds[name] = scan.bonds.tolist()
     if not weakest:
         raise ValueError(f"bond scan: no bond among the cells {list(minima)}")
     barrier, where, stretch = min(weakest)
-    return {"bond_barrier": barrier, "bond_barrier_weakest": where, "bond_barrier_at_stretch_A": stretch,
-            "bond_scan_cpu_s": time.process_time() - started}
+    out = {"bond_barrier": barrier, "bond_barrier_weakest": where, "bond_barrier_at_stretch_A": stretch}
+    if run_cells is not None:
+        out.update(bond_survival=float(np.mean([survival.get(cell, 1.0) for cell in run_cells])),
+                   bond_survival_by_cell=survival, bond_likeliest_break=likeliest, bond_guest_bonds=bonds,
+                   bond_survival_kT_eV=kT_eV, bond_survival_time_fs=time_fs)
+    return {**out, "bond_scan_cpu_s": time.process_time() - started}
+
+
+def test_run_cells(starts, n_runs: int) -> list:
+    """The cell (``info["cell_name"]``, "all" without cells) each of ``n_runs`` NN-MD runs starts in: run k from
+    ``starts[k % len(starts)]``, as :func:`advsample.dynamics.run_stability` (and so the headline's test) assigns them."""
+    return [starts[k % len(starts)].info.get("cell_name", "all") for k in range(n_runs)]
+
+
+FAILURE_ATOMS = re.compile(r"run (\d+) \(start (\d+)\).*?: (?:atom isolated: [A-Z][a-z]?(\d+)|fragmented: [A-Z][a-z]?(\d+) "
+                           r"and [A-Z][a-z]?(\d+))")
+
+
+def failure_hits(failures: list, run_cells: list, likeliest: dict, bonds: dict) -> dict:
+    """Where the scan says NN-MD breaks against where it broke: of the failed runs whose message names atoms (an
+    isolated atom, or two atoms no longer joined), how many name an atom of their cell's likeliest-to-break bond
+    (``likeliest``: {cell: [moved, anchor, symbol]}), and how many a bond drawn at random from the cell's guest
+    bonds (``bonds``: {cell: [[moved, anchor], ...]}) would hit on average. Returns {"named", "hits", "chance"}."""
+    named = hits = 0
+    chance = 0.0
+    for message in failures:
+        match = FAILURE_ATOMS.search(message)
+        if match is None:
+            continue
+        run, atoms = int(match.group(1)), {int(a) for a in match.groups()[2:] if a is not None}
+        bond = likeliest.get(run_cells[run]) if run < len(run_cells) else None
+        if bond is None:
+            continue
+        named += 1
+        hits += bool(atoms & set(bond[:2]))
+        pairs = bonds[run_cells[run]]
+        chance += sum(bool(atoms & set(pair)) for pair in pairs) / len(pairs)
+    return {"named": named, "hits": hits, "chance": chance}
 
 
 HEADLINE_IDENTITY = ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_fraction", "md_cpu_s", "md_steps",
@@ -548,7 +598,11 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
                        calibration_force_mae=held["force_mae"], calibration_mean_sigma=float(np.mean(sigma)),
                        test_force_coverage=errors.get("force_coverage"))
         if "bond_scan" in measures:
-            row.update(bond_barrier(committee, minima))
+            cells = test_run_cells(list(system.initial), entry["n_runs"])
+            row.update(bond_barrier(committee, minima, cells, effective_K * units.kB,
+                                    entry["md_steps"] * entry["md_timestep_fs"]))
+            row["bond_break_where"] = failure_hits(entry["failures"], cells, row["bond_likeliest_break"],
+                                                   row["bond_guest_bonds"])
         row["weights_sha256"] = committee_fingerprint(committee, weights_only=True)
         rows.append(row)
         (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
@@ -557,12 +611,19 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
     return {**headline_summary(rows), "setup_cpu_s": build_cpu, "measures": list(measures),
             "n_calibration_frames": len(held_out) if audited else None, "audit": asdict_config(config) if audited else None,
             "calibration_set": calibration_settings if audited else None, "relax_on_committee": HEADLINE_RELAX,
-            "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory)}
+            "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory),
+            **({"declared_bond_survival": BOND_SURVIVAL_DECLARED} if "bond_scan" in measures else {})}
 
+
+BOND_SURVIVAL_DECLARED = (
+    "bond_survival (sign +1), written 2026-12-07 before any committee was scanned with it: the mean over the test's "
+    "runs of exp(-t * sum over the cell's guest bonds of (kT/h) exp(-barrier/kT)), kT at the headline's effective "
+    "temperature, t = the test's steps x timestep, barriers from the 2 A bond scan of the reference minima; "
+    "bond_break_where (hits against chance) as the check of where")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
-                     "bond_barrier": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
+                     "bond_barrier": +1, "bond_survival": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:
@@ -583,7 +644,9 @@ def headline_summary(rows: list[dict]) -> dict:
         if r.get("weights_sha256"):
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
     reliability = md_rank_reliability(rows, correlations)
-    return {"committees": rows, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
+    where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
+    return {"committees": rows, "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")}
+            if where else None, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None,
@@ -658,7 +721,8 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
     if not rows:
         raise ValueError(f"--merge: no committee left among arms {arms} and seeds {seeds}")
     settings = audited[0] if audited else parts[0]
-    return {**{k: settings[k] for k in MERGE_KEEPS if k in settings}, **headline_summary(rows),
+    declared = {k: v for part in reversed(parts) for k, v in part.items() if k.startswith("declared_")}
+    return {**{k: settings[k] for k in MERGE_KEEPS if k in settings}, **declared, **headline_summary(rows),
             "setup_cpu_s": sum(p.get("setup_cpu_s", 0.0) for p in parts),  # a part assembled from logs has none
             "setup_cpu_s_unknown_in": [str(path) for path, p in zip(paths, parts) if "setup_cpu_s" not in p],
             "merged_from": [str(path) for path in paths],
@@ -765,6 +829,7 @@ def headline_main(args) -> dict:
                       f"{row['test_force_mae']:.3f}, audit {row['audit_cpu_s']:.1f} s, " if "safe_temperature_K" in row else "")
         bond_text = (f"bond barrier {row['bond_barrier']:.2f} ({row['bond_barrier_weakest']}), "
                      if "bond_barrier" in row else "")
+        bond_text += f"predicted stable {row['bond_survival']:.2f}, " if "bond_survival" in row else ""
         print(f"  {row['arm']:>16} seed {row['seed']}: {audit_text}{bond_text}NN-MD stable {row['n_stable']}/{row['n_runs']}")
     for name, value in result["spearman_vs_md_stable"].items():
         if name not in HEADLINE_MEASURES or value["n"] == 0:
@@ -780,6 +845,10 @@ def headline_main(args) -> dict:
     print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "no audit CPU or NN-MD CPU in rows.json")
     if bond_ratio:
         print(f"bond scan CPU / NN-MD CPU = {bond_ratio:.4f}")
+    where = result.get("bond_break_where")
+    if where and where["named"]:
+        print(f"where: {where['hits']} of {where['named']} failed NN-MD runs broke at an atom of their cell's likeliest bond "
+              f"(a random guest bond: {where['chance']:.1f})")
     if args.json:
         print(json.dumps(out, default=float))
     return out

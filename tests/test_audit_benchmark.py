@@ -160,6 +160,10 @@ def test_from_headline_quick_json(quick_headline):
         assert abs(row["effective_kT"] - 0.043) < 1e-9  # the sweep's kT nearest k_B * 500 K
         assert row["bond_scan_cpu_s"] > 0 and row["bond_barrier_weakest"].rsplit(":", 1)[0] in result["cells"]
         assert 0 < row["bond_barrier_at_stretch_A"] <= 2.0 and np.isfinite(row["bond_barrier"])
+        assert 0 <= row["bond_survival"] <= 1 and set(row["bond_survival_by_cell"]) == set(result["cells"])
+        assert row["bond_survival_time_fs"] == pytest.approx(row["md_steps"] * 0.5)
+        for cell, (moved, anchor, _) in row["bond_likeliest_break"].items():
+            assert [moved, anchor] in row["bond_guest_bonds"][cell]
         tolerances = row["safe_temperature_K_by_tolerance"]
         assert list(tolerances.values()) == sorted(tolerances.values())  # a laxer tolerance is never less safe
         fractions = row["fraction_over_tolerance_effective_by_tolerance"]
@@ -297,7 +301,27 @@ def test_a_bond_scan_alone_joins_an_audit_by_merge(quick_headline, headline_dir,
     for row in merged["committees"]:
         assert "safe_temperature_K" in row and row["bond_barrier"] == pytest.approx(full[row["arm"]]["bond_barrier"], abs=1e-6)
     assert merged["audit"] == printed["headline"]["audit"]  # the audited part's settings
+    assert merged["declared_bond_survival"] == benchmark.BOND_SURVIVAL_DECLARED  # the scan part's declaration kept
     with pytest.raises(ValueError, match="appears twice"):
         benchmark.merge_headline([paths[1], paths[1]])
     with pytest.raises(ValueError, match="measures must be"):
         benchmark.run_headline(root, None, measures=("attack",))
+
+
+def test_test_runs_start_in_cells_round_robin_and_failures_are_matched_to_bonds():
+    """Run k starts in starts[k % len] (as run_stability assigns them); a failure names atoms, a hit is a named atom
+    of its cell's likeliest bond, chance the mean over the cell's bonds."""
+    from ase import Atoms
+
+    starts = [Atoms("H", info={"cell_name": name}) for name in ("A", "A", "B")]
+    cells = benchmark.test_run_cells(starts, 7)
+    assert cells == ["A", "A", "B", "A", "A", "B", "A"]
+    likeliest = {"A": [5, 1, "H5-C1"], "B": [7, 2, "H7-N2"]}
+    bonds = {"A": [[5, 1], [6, 1], [3, 2]], "B": [[7, 2], [8, 2]]}
+    failures = ["run 0 (start 0), step 10: atom isolated: H5 has no neighbour within bonding range (nearest 1.2 Å)",
+                "run 2 (start 2), step 20: fragmented: N2 and H8, bonded at the start, are no longer joined by bonds",
+                "run 3 (start 0), step 30: fragmented: C1 and N2, bonded at the start, are no longer joined by bonds",
+                "run 4 (start 1), step 40: energy 9.1 eV off the reference"]  # names no atom: not counted
+    hits = benchmark.failure_hits(failures, cells, likeliest, bonds)
+    assert hits["named"] == 3 and hits["hits"] == 3  # H5; N2 (the anchor of B's H7-N2); C1 (the anchor of A's)
+    assert hits["chance"] == pytest.approx(1 / 3 + 2 / 2 + 3 / 3)  # H5: 1 of A's 3; N2/H8: both of B's; C1/N2: all 3 of A's

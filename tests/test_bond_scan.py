@@ -62,3 +62,25 @@ def test_bad_scan_input_is_named(kwargs, message):
     methane = molecule("CH4")
     with pytest.raises(ValueError, match=message):
         bond_scan(MorseCommittee(methane), methane, **kwargs)
+
+
+def test_survival_is_transition_state_theory_over_the_bonds():
+    """Eyring's rate per bond, kT/h·exp(−B/kT), summed over the bonds; survival exp(−t Σ rate): a deeper well keeps
+    more, a hotter run less, no time keeps everything."""
+    from advsample.bond_scan import PLANCK_eV_fs
+
+    methane = molecule("CH4")
+    scan = bond_scan(MorseCommittee(methane, depths=(0.3, 0.3)), methane)  # shallow: 4 bonds of B = 0.3·(1−e^−3.6)²
+    kT = 0.05
+    barrier = 0.3 * (1 - np.exp(-1.8 * 2.0)) ** 2
+    rate = kT / PLANCK_eV_fs * np.exp(-barrier / kT)
+    assert np.allclose(scan.escape_rates(kT), rate)
+    assert scan.survival(kT, 1000.0) == pytest.approx(np.exp(-1000.0 * 4 * rate))
+    assert scan.survival(kT, 0.0) == 1.0
+    assert scan.survival(2 * kT, 1000.0) < scan.survival(kT, 1000.0)
+    deeper = bond_scan(MorseCommittee(methane, depths=(0.6, 0.6)), methane)
+    assert deeper.survival(kT, 1000.0) > scan.survival(kT, 1000.0)
+    assert np.allclose(scan.escape_rates(kT, prefactor_per_fs=1.0), np.exp(-barrier / kT))
+    for bad in (dict(kT_eV=0.0, time_fs=1.0), dict(kT_eV=kT, time_fs=-1.0)):
+        with pytest.raises(ValueError, match="kT_eV|time_fs"):
+            scan.survival(**bad)
