@@ -343,7 +343,8 @@ def headline_entries(directory, arms=None) -> list[dict]:
                     "integrator": integrator, "n_stable": md["n_stable"], "n_runs": md["n_runs"],
                     "md_stable_fraction": md["n_stable"] / md["n_runs"], "md_temperature_K": md["temperature_K"],
                     "md_steps": md["n_steps"], "md_cpu_s": md.get("cpu_s"), "settings": row.get("settings") or {},
-                    "md_timestep_fs": md.get("timestep_fs", 0.5), "failures": md.get("failures") or []})
+                    "md_timestep_fs": md.get("timestep_fs", 0.5), "failures": md.get("failures") or [],
+                    "survived": [t is None for t in md.get("time_to_failure_fs") or []]})
     if not out:
         raise ValueError(f"--from-headline: no (arm, seed) of {str(rows_path)!r} has a committee and an NN-MD result"
                          + (f" among arms {sorted(arms)}" if arms is not None else ""))
@@ -603,6 +604,9 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
                                     entry["md_steps"] * entry["md_timestep_fs"]))
             row["bond_break_where"] = failure_hits(entry["failures"], cells, row["bond_likeliest_break"],
                                                    row["bond_guest_bonds"])
+            if len(entry["survived"]) == len(cells):
+                row["md_stable_fraction_by_cell"] = {c: float(np.mean([ok for ok, run_cell in zip(entry["survived"], cells)
+                                                                       if run_cell == c])) for c in sorted(set(cells))}
         row["weights_sha256"] = committee_fingerprint(committee, weights_only=True)
         rows.append(row)
         (log or (lambda message: print(message, file=sys.stderr)))(json.dumps(
@@ -619,7 +623,8 @@ BOND_SURVIVAL_DECLARED = (
     "bond_survival (sign +1), written 2026-12-07 before any committee was scanned with it: the mean over the test's "
     "runs of exp(-t * sum over the cell's guest bonds of (kT/h) exp(-barrier/kT)), kT at the headline's effective "
     "temperature, t = the test's steps x timestep, barriers from the 2 A bond scan of the reference minima; "
-    "bond_break_where (hits against chance) as the check of where")
+    "as checks of where: bond_break_where (hits against chance) and bond_survival_by_cell_vs_md (each cell's "
+    "predicted against its runs' stable fraction, pooled over (committee, cell) and within each cell)")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
@@ -645,7 +650,14 @@ def headline_summary(rows: list[dict]) -> dict:
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
     reliability = md_rank_reliability(rows, correlations)
     where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
-    return {"committees": rows, "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")}
+    by_cell = [r for r in rows if "bond_survival_by_cell" in r and "md_stable_fraction_by_cell" in r]
+    cells = sorted({c for r in by_cell for c in r["md_stable_fraction_by_cell"]})
+    pairs = [(r["bond_survival_by_cell"].get(c, 1.0), r["md_stable_fraction_by_cell"][c])
+             for r in by_cell for c in cells if c in r["md_stable_fraction_by_cell"]]
+    return {"committees": rows, "bond_survival_by_cell_vs_md": {
+        "pooled": spearman(*zip(*pairs)) if pairs else None,
+        **{c: spearman([r["bond_survival_by_cell"].get(c, 1.0) for r in by_cell],
+                       [r["md_stable_fraction_by_cell"][c] for r in by_cell]) for c in cells}} if by_cell else None, "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")}
             if where else None, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
@@ -705,9 +717,9 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
         if key not in joined:
             joined[key] = dict(row)
             continue
-        mine = set(joined[key]) - set(HEADLINE_IDENTITY) - {"weights_sha256"}
-        if mine & set(row) or any(joined[key][k] != row[k] for k in HEADLINE_IDENTITY + ("weights_sha256",)
-                                  if k in row and k in joined[key]):
+        shared = HEADLINE_IDENTITY + ("weights_sha256", "md_stable_fraction_by_cell")  # the committee's, not a measure's
+        mine = set(joined[key]) - set(shared)
+        if mine & set(row) or any(joined[key][k] != row[k] for k in shared if k in row and k in joined[key]):
             raise ValueError(f"--merge: a committee appears twice: {key} (the same measures, or other weights)")
         joined[key].update(row)
     rows = list(joined.values())

@@ -90,7 +90,9 @@ def headline_dir(tmp_path_factory):
         rows.append({"arm": arm, "seed": 0, "n_train": n_train, "settings": {
             "system": "host_guest", "options": options, "effective_temperature_K": 500.0},
             "stability": {"nve": {"n_stable": n_stable, "n_runs": 8, "temperature_K": 1000.0, "n_steps": 10,
-                                  "cpu_s": 5.0}}})
+                                  "cpu_s": 5.0, "time_to_failure_fs": [None] * n_stable + [4.0] * (8 - n_stable),
+                                  "failures": [f"run {r} (start {r}), step 8: atom isolated: H{len(system.initial[0]) - 1}"
+                                               " has no neighbour within bonding range" for r in range(n_stable, 8)]}}})
     rows.append({**rows[0], "arm": "random_N10"})  # no committee file: skipped
     (root / "rows.json").write_text(json.dumps(rows))
     return root, system
@@ -162,12 +164,15 @@ def test_from_headline_quick_json(quick_headline):
         assert 0 < row["bond_barrier_at_stretch_A"] <= 2.0 and np.isfinite(row["bond_barrier"])
         assert 0 <= row["bond_survival"] <= 1 and set(row["bond_survival_by_cell"]) == set(result["cells"])
         assert row["bond_survival_time_fs"] == pytest.approx(row["md_steps"] * 0.5)
+        by_cell = row["md_stable_fraction_by_cell"]  # the runs of each cell: the fraction lies between the cells'
+        assert set(by_cell) == set(result["cells"]) and min(by_cell.values()) <= row["md_stable_fraction"] <= max(by_cell.values())
         for cell, (moved, anchor, _) in row["bond_likeliest_break"].items():
             assert [moved, anchor] in row["bond_guest_bonds"][cell]
         tolerances = row["safe_temperature_K_by_tolerance"]
         assert list(tolerances.values()) == sorted(tolerances.values())  # a laxer tolerance is never less safe
         fractions = row["fraction_over_tolerance_effective_by_tolerance"]
         assert list(fractions.values()) == sorted(fractions.values(), reverse=True)
+    assert result["bond_survival_by_cell_vs_md"]["pooled"]["n"] == 2 * len(result["cells"])  # (committee, cell) pairs
     assert rows[0]["weights_sha256"] != rows[1]["weights_sha256"] and result["same_weights"] == []
     copy = {**rows[1], "arm": "random_N10", "weights_sha256": rows[0]["weights_sha256"]}
     assert benchmark.headline_summary([*rows, copy])["same_weights"] == [[["gen1", 0], ["random_N10", 0]]]
