@@ -308,6 +308,24 @@ def _error_bars(committee, frames: Sequence[Atoms], calibration, batch_size: int
     return largest, prediction["energy_mean"], energy_bar, math.ceil(len(frames) / batch_size)
 
 
+def bond_table(committee, structures, kT_values: Sequence[float], time_fs: float, energy_unit: str = "eV",
+               max_structures: int | None = None) -> list[dict]:
+    """Every bond of each start structure (:func:`advsample.bond_scan.bond_scan`: the lighter atom pulled 0–2 Å
+    along it, H–H excluded), weakest first: its barrier (the committee's largest energy rise along the pull) and,
+    in eV only, the chance it holds ``time_fs`` of MD at each kT (``holds_<kT>``: transition-state estimate,
+    exp(−t·(kT/h)·exp(−barrier/kT)); it ranks bonds, it is not a calibrated probability). No labels are used."""
+    from .bond_scan import bond_scan
+
+    rows = []
+    for k, atoms in enumerate(read_structures(structures)[:max_structures]):
+        scan = bond_scan(committee, atoms)
+        rates = {kT: scan.escape_rates(kT) for kT in kT_values} if energy_unit == "eV" else {}
+        for b, row in enumerate(scan.rows()):
+            rows.append({"structure": k, **row, **{f"holds_{kT:g}": float(np.exp(-time_fs * rate[b]))
+                                                   for kT, rate in rates.items()}})
+    return sorted(rows, key=lambda row: row["barrier"])
+
+
 def _bound_text(bound: str) -> str:
     return "above" if bound == "lower" else "≈"
 
@@ -343,6 +361,8 @@ def command_line(args) -> int:
         else:
             structures = args.structures
         committee = Committee.load(args.committee, allow_pickle=args.allow_pickle)
+        if getattr(args, "bond_scan", False) and not args.md_time_fs > 0:
+            raise ValueError(f"--md-time-fs must be positive, got {args.md_time_fs}")
     except (ValueError, FileNotFoundError) as exc:
         print(f"advsample audit: error: {exc}", file=sys.stderr)
         return 2
@@ -356,4 +376,18 @@ def command_line(args) -> int:
     print(f"predicted safe temperature: {word} {result.safe_temperature_K:.0f} K "
           f"({'calibrated' if result.calibrated else 'UNCALIBRATED raw σ'}); "
           f"{result.time_s:.1f} s CPU, {result.committee_calls} committee calls; written to {folder}")
+    if getattr(args, "bond_scan", False):
+        started = time.process_time()
+        bonds = bond_table(committee, structures, config.kT_values, args.md_time_fs, config.energy_unit,
+                           config.max_starts)
+        if not bonds:
+            print("bond scan: no bond in the start structures (H–H pairs are not scanned)")
+            return 0
+        _write_csv(Path(folder) / "bonds.csv", bonds)
+        print(f"bond scan ({len(bonds)} bonds, {time.process_time() - started:.1f} s CPU; bonds.csv), weakest:")
+        for row in bonds[:3]:
+            holds = ", ".join(f"holds {args.md_time_fs:g} fs at kT {kT:g}: {row[f'holds_{kT:g}']:.2f}"
+                              for kT in config.kT_values if f"holds_{kT:g}" in row)
+            print(f"  structure {row['structure']} {row['bond']}: barrier {row['barrier']:.3g} {config.energy_unit} "
+                  f"at +{row['at_stretch_A']:.1f} Å" + (f"; {holds}" if holds else ""))
     return 0

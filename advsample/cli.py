@@ -75,6 +75,11 @@ def _add_audit(sub) -> None:
     audit.add_argument("--allow-pickle", action="store_true",
                        help="let the model unpickle the files its config names (a MACE committee from model files)")
     audit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    audit.add_argument("--bond-scan", action="store_true",
+                       help="also pull every bond of the start structures apart (no labels, ~1 s): bonds.csv, weakest "
+                            "first, with the barrier the committee keeps and (eV) the chance each bond holds")
+    audit.add_argument("--md-time-fs", type=float, default=1000.0,
+                       help="--bond-scan: the MD length the chance a bond holds refers to (default 1000 fs)")
 
 
 RUN_EPILOG = """\

@@ -212,3 +212,38 @@ def test_bad_audit_stop_settings_are_refused():
                             ({"kT_fractions": (2.0,)}, "kT_fractions"), ({"force_tolerance": 0.0}, "force_tolerance")]:
         with pytest.raises(ValueError, match=message):
             audit_stop(starts, **{"target_temperature_K": 500.0, "force_tolerance": 1.0, **kwargs})
+
+
+def test_command_line_bond_scan_writes_each_bond_weakest_first(tmp_path, capsys):
+    """--bond-scan: bonds.csv holds every N–H bond of the starts with the barrier bond_scan gives, weakest first,
+    and the chance it holds, lower at the larger kT; a non-positive --md-time-fs is refused before any work."""
+    from ase.build import molecule
+    from ase.io import write
+
+    from advsample.bond_scan import bond_scan
+    from advsample.cli import main
+    from advsample.systems.ammonia import schnet_committee
+
+    committee = schnet_committee(n_members=2, n_features=8)
+    checkpoint = committee.save(tmp_path / "committee.pt")
+    starts = [molecule("NH3"), molecule("NH3")]
+    starts[1].rattle(0.05, seed=1)
+    write(tmp_path / "starts.extxyz", starts)
+    code = main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "0.05", "0.2", "--force-tolerance",
+                 "2.0", "--n-steps", "4", "--n-replicas", "1", "-o", str(tmp_path / "out"), "--no-progress",
+                 "--bond-scan", "--md-time-fs", "500"])
+    assert code == 0 and "bond scan (6 bonds" in capsys.readouterr().out
+    with open(tmp_path / "out" / "bonds.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {r["bond"][0] for r in rows} == {"H"}  # 3 N–H per structure, the H moved
+    barriers = [float(r["barrier"]) for r in rows]
+    assert barriers == sorted(barriers)
+    direct = Committee.load(checkpoint)
+    for k, start in enumerate(read(tmp_path / "starts.extxyz", ":")):
+        expected = {row["bond"]: row["barrier"] for row in bond_scan(direct, start).rows()}
+        for row in (r for r in rows if int(r["structure"]) == k):
+            assert float(row["barrier"]) == pytest.approx(expected[row["bond"]], rel=1e-5, abs=1e-6)
+    assert all(0 <= float(r["holds_0.2"]) <= float(r["holds_0.05"]) <= 1 for r in rows)
+    assert main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "0.05", "--force-tolerance", "2",
+                 "--bond-scan", "--md-time-fs", "0"]) == 2
+    assert "md-time-fs" in capsys.readouterr().err
