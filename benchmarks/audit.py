@@ -305,13 +305,29 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
                            for key in ("safe_temperature_K", "safe_temperature_extrapolated_K")}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
-    return {"committees": rows, "spearman_safe_T_vs_md_stable": correlations[calibrations[0]]["safe_temperature_K"]["rho"],
+    return {"committees": rows, "md_rank_reliability": thermal_rank_reliability(rows),
+            "spearman_safe_T_vs_md_stable": correlations[calibrations[0]]["safe_temperature_K"]["rho"],
             "spearman_by_calibration": correlations, "calibration": calibrations[0],
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else float("nan"),
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
             "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
+
+
+def thermal_rank_reliability(rows: list[dict]) -> dict | None:
+    """How reliably a series' NN-MD ranks its committees (:func:`advsample.stats.rank_reliability`), their runs pooled
+    over the temperatures (the mean stable fraction is what is ranked): split-half Spearman, all runs, and the ceiling
+    on any measure's ρ. None for fewer than 3 committees."""
+    from advsample.stats import rank_reliability
+
+    if len(rows) < 3:
+        return None
+    runs = [r["md_runs_per_temperature"] * len(r["md_stable_fraction"]) for r in rows]
+    stable = [round(sum(f * r["md_runs_per_temperature"] for f in r["md_stable_fraction"].values())) for r in rows]
+    reliability = rank_reliability(stable, runs)
+    return {"split_half": reliability.split_half, "full": reliability.full, "ceiling": reliability.ceiling,
+            "n_splits": reliability.n_splits}
 
 
 # -- committees of a finished headline run (benchmarks/headline.py) ---------------------------------------------------
@@ -802,6 +818,9 @@ def main(argv=None) -> dict:
     for n, result in out["systems"].items():
         print(f"{n}: Spearman(safe T, NN-MD stable fraction) = {result['spearman_safe_T_vs_md_stable']:.2f} "
               f"(goal >= 0.8); audit CPU / NN-MD CPU = {result['audit_over_md_cpu']:.3f} (goal <= 0.1)")
+        if result.get("md_rank_reliability"):
+            print(f"  NN-MD ranks these committees with split-half Spearman {result['md_rank_reliability']['split_half']:.2f}: "
+                  f"no measure can be expected above rho = {result['md_rank_reliability']['ceiling']:.2f}")
         for mode, measures in result["spearman_by_calibration"].items():
             print(f"  calibration {mode}: " + ", ".join(f"Spearman({key}) = {v['rho']:+.2f} (p = {v['p']:.2f})"
                                                        for key, v in measures.items()))

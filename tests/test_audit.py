@@ -144,6 +144,9 @@ def test_benchmark_quick_json(tmp_path):
                 extrapolated == record["safe_temperature_K"]
     assert len({row["by_calibration"]["fixed"]["n_calibration"] for row in toy["committees"]}) == 1
     assert set(toy["spearman_by_calibration"]) == {"fixed", "own"}
+    reliability = toy["md_rank_reliability"]  # NN-MD's own noise bounds any measure's rho: ceiling = sqrt(full)
+    assert reliability["ceiling"] != reliability["ceiling"] or reliability["ceiling"] == pytest.approx(
+        max(reliability["full"], 0.0) ** 0.5)
 
 
 # -- the audit as the loop's stopping rule ------------------------------------------------------------
