@@ -636,7 +636,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
 
 
 BOND_SURVIVAL_DECLARED = (
-    "bond_survival (sign +1), written 2026-12-07 before any committee was scanned with it: the mean over the test's "
+    "bond_survival (sign +1), written 2026-12-07 before the full scan (a smoke run on gen1 seeds 0 and 1 came first, "
+    "changing nothing): the mean over the test's "
     "runs of exp(-t * sum over the cell's guest bonds of (kT/h) exp(-barrier/kT)), kT at the headline's effective "
     "temperature, t = the test's steps x timestep, barriers from the 2 A bond scan of the reference minima; "
     "as checks of where: bond_break_where (hits against chance) and bond_survival_by_cell_vs_md (each cell's "
