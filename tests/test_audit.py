@@ -250,3 +250,68 @@ def test_command_line_bond_scan_writes_each_bond_weakest_first(tmp_path, capsys)
     assert main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "0.05", "--force-tolerance", "2",
                  "--bond-scan", "--md-time-fs", "0"]) == 2
     assert "md-time-fs" in capsys.readouterr().err
+
+
+def _stopping_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "audit_stopping.py"
+    spec = importlib.util.spec_from_file_location("audit_stopping", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stopping_cuts_each_seed_at_the_first_round_its_rule_fires():
+    """A rule that fires at round 1 uses round 1's labels and NN-MD; one that never fires ends at the last round;
+    the paired difference and its signed-rank p are over the seeds."""
+    benchmark = _stopping_module()
+
+    def seed(fires_at, stable):
+        rounds = [{"round": r, "labels": 4 * r, "rules": {"a": "stop" if fires_at is not None and r >= fires_at else None,
+                                                           "never": None},
+                   "md_stable_fraction": {"100": stable[r]}} for r in range(3)]
+        return {"rounds": rounds, "rules": {"a": {"target_K": 100.0, "tolerance": 1.0},
+                                            "never": {"target_K": 100.0, "tolerance": 0.1}}}
+
+    seeds = [seed(1, [0.2, 0.5, 0.9]), seed(None, [0.1, 0.6, 0.7]), seed(0, [0.3, 0.3, 0.8])]
+    per_seed = benchmark.stopping(seeds[0])
+    assert per_seed["a"] == {"stop_round": 1, "labels": 4, "labels_saved": 4, "stable_at_stop": 0.5,
+                             "stable_last": 0.9, "stable_best": 0.9}
+    assert per_seed["never"]["stop_round"] is None and per_seed["never"]["labels_saved"] == 0
+    result = benchmark.summary(seeds)
+    assert result["a"]["stop_rounds"] == [1, None, 0] and result["a"]["n_stopped_early"] == 2
+    assert result["a"]["labels_saved_mean"] == pytest.approx((4 + 0 + 8) / 3)
+    assert result["a"]["stable_difference_mean"] == pytest.approx((-0.4 + 0.0 - 0.5) / 3)
+    assert result["a"]["wilcoxon_p"] is not None and result["never"]["wilcoxon_p"] is None
+
+
+def test_stopping_benchmark_quick_json(tmp_path):
+    """benchmarks/audit_stopping.py --quick --json: every round of every seed asked by every rule and tested by
+    NN-MD at its target; a second call resumes the runs (no round retrained)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "audit_stopping.py"
+    command = [sys.executable, str(script), "--quick", "--json", "--out", str(tmp_path / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])["systems"]["double_well_2d"]
+    assert len(result["seeds"]) == 2
+    for seed in result["seeds"]:
+        assert [r["round"] for r in seed["rounds"]] == [0, 1, 2]
+        assert [r["labels"] for r in seed["rounds"]] == [0, 4, 8]  # 4 labels a round
+        for row in seed["rounds"]:
+            assert set(row["rules"]) == set(result["summary"]) and set(row["md_stable_fraction"]) == {"5802", "11605"}
+            assert all(0 <= f <= 1 for f in row["md_stable_fraction"].values())
+    for rule in result["summary"].values():
+        assert rule["labels_fixed"] == 8 and len(rule["per_seed"]) == 2
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0
+    resumed = json.loads(again.stdout.strip().splitlines()[-1])["systems"]["double_well_2d"]
+    assert all(a["run_cpu_s"] < b["run_cpu_s"] / 2 for a, b in zip(resumed["seeds"], result["seeds"]))  # loaded, not run
+    assert resumed["summary"] == result["summary"]
