@@ -37,7 +37,8 @@ class BondScan:
     bond lengths, ``stretch_A`` [S] the displacements, ``energies`` [M, K, S] every member's energy minus its
     energy of the unstretched structure, ``barrier`` [K] the largest rise of the members' mean along each scan,
     ``barrier_stretch_A`` [K] where it is reached, ``moved_numbers`` [K] the moved atoms' atomic numbers,
-    ``symbols`` [K] e.g. ``"H41-C36"``."""
+    ``symbols`` [K] e.g. ``"H41-C36"``, ``scanned_to_A`` [K] the longest stretch evaluated (a pull that would put
+    the moved atom closer than ``min_distance_A`` to another atom stops there; ``energies`` are NaN beyond it)."""
 
     bonds: np.ndarray
     r0_A: np.ndarray
@@ -47,6 +48,7 @@ class BondScan:
     barrier_stretch_A: np.ndarray
     moved_numbers: np.ndarray
     symbols: list[str]
+    scanned_to_A: np.ndarray | None = None
 
     def weakest(self, hydrogen_only: bool = False) -> int:
         """Index of the bond with the lowest barrier (``hydrogen_only``: among bonds that move an H)."""
@@ -78,9 +80,11 @@ class BondScan:
 
     def rows(self) -> list[dict]:
         """One dict per bond: atoms, length, barrier and where (energy unit, Å)."""
+        reach = self.scanned_to_A if self.scanned_to_A is not None else np.full(len(self.bonds), self.stretch_A[-1])
         return [{"bond": s, "moved": int(i), "anchor": int(j), "r0_A": float(r), "barrier": float(b),
-                 "at_stretch_A": float(x)}
-                for s, (i, j), r, b, x in zip(self.symbols, self.bonds, self.r0_A, self.barrier, self.barrier_stretch_A)]
+                 "at_stretch_A": float(x), "scanned_to_A": float(t)}
+                for s, (i, j), r, b, x, t in zip(self.symbols, self.bonds, self.r0_A, self.barrier, self.barrier_stretch_A,
+                                                 reach)]
 
 
 def covalent_bonds(atoms: Atoms, mask: np.ndarray | None = None, scale: float = 1.2) -> np.ndarray:
@@ -115,10 +119,14 @@ def stretched(atoms: Atoms, moved: int, anchor: int, stretch_A: float) -> Atoms:
 
 
 def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np.ndarray | None = None,
-              max_stretch_A: float = 2.0, step_A: float = 0.1, batch_size: int = 512) -> BondScan:
+              max_stretch_A: float = 2.0, step_A: float = 0.1, batch_size: int = 512,
+              min_distance_A: float = 0.5) -> BondScan:
     """Scan each bond of ``atoms`` (``bonds`` [K, 2] as :func:`covalent_bonds`; None: those of ``mask``) by
     moving its first atom alone along the anchor→atom direction from 0 to ``max_stretch_A`` Å in ``step_A``
-    steps, every frame evaluated by ``committee.predict`` (energies [M, B]) in one batch."""
+    steps, every frame evaluated by ``committee.predict`` (energies [M, B]) in one batch. A bond's scan stops
+    before the first frame that puts the moved atom closer than ``min_distance_A`` Å to any other atom (minimum
+    image): pulling a framework O along its Si–O bond can run it into a neighbour, a frame no model should be
+    asked about; the barrier is then over the frames before it (``scanned_to_A``)."""
     if max_stretch_A <= 0 or step_A <= 0 or step_A > max_stretch_A:
         raise ValueError(f"need 0 < step_A <= max_stretch_A, got step_A={step_A}, max_stretch_A={max_stretch_A}")
     bonds = covalent_bonds(atoms, mask) if bonds is None else np.asarray(bonds, int).reshape(-1, 2)
@@ -127,16 +135,29 @@ def bond_scan(committee, atoms: Atoms, bonds: np.ndarray | None = None, mask: np
     stretch = np.arange(0.0, max_stretch_A + 1e-9, step_A)
     start = atoms.copy()
     start.calc = None
-    frames, r0 = [start], []
+    frames, r0, n_scanned = [start], [], []
     for moved, anchor in bonds:
         r0.append(float(atoms.get_distance(anchor, moved, mic=True)))
-        frames += [stretched(start, moved, anchor, x) for x in stretch[1:]]
-    energies = np.asarray(committee.predict(frames, batch_size=batch_size)["energies"], float)  # [M, 1 + K (S-1)]
-    stretched_energies = energies[:, 1:].reshape(len(energies), len(bonds), len(stretch) - 1) - energies[:, :1, None]
-    scans = np.concatenate([np.zeros((len(energies), len(bonds), 1)), stretched_energies], axis=2)  # [M, K, S]
-    mean = scans.mean(axis=0)  # [K, S]
+        others = np.delete(np.arange(len(atoms)), moved)
+        kept = 0
+        for x in stretch[1:]:
+            frame = stretched(start, moved, anchor, x)
+            if len(others) and frame.get_distances(moved, others, mic=True).min() < min_distance_A:
+                break
+            frames.append(frame)
+            kept += 1
+        n_scanned.append(kept)
+    energies = np.asarray(committee.predict(frames, batch_size=batch_size)["energies"], float)  # [M, 1 + Σ kept]
+    scans = np.full((len(energies), len(bonds), len(stretch)), np.nan)  # [M, K, S]
+    scans[:, :, 0] = 0.0
+    offset = 1
+    for k, kept in enumerate(n_scanned):
+        scans[:, k, 1:1 + kept] = energies[:, offset:offset + kept] - energies[:, :1]
+        offset += kept
+    mean = scans.mean(axis=0)  # [K, S]; NaN where the scan stopped (for every member alike)
     symbols = [f"{atoms[i].symbol}{i}-{atoms[j].symbol}{j}" for i, j in bonds]
     return BondScan(bonds=bonds, r0_A=np.array(r0), stretch_A=stretch, energies=scans,
-                    barrier=mean.max(axis=1) if len(bonds) else np.zeros(0),
-                    barrier_stretch_A=stretch[mean.argmax(axis=1)] if len(bonds) else np.zeros(0),
-                    moved_numbers=atoms.numbers[bonds[:, 0]], symbols=symbols)
+                    barrier=np.nanmax(mean, axis=1) if len(bonds) else np.zeros(0),
+                    barrier_stretch_A=stretch[np.nanargmax(mean, axis=1)] if len(bonds) else np.zeros(0),
+                    moved_numbers=atoms.numbers[bonds[:, 0]], symbols=symbols,
+                    scanned_to_A=stretch[np.array(n_scanned, int)] if len(bonds) else np.zeros(0))

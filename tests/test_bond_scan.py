@@ -84,3 +84,17 @@ def test_survival_is_transition_state_theory_over_the_bonds():
     for bad in (dict(kT_eV=0.0, time_fs=1.0), dict(kT_eV=kT, time_fs=-1.0)):
         with pytest.raises(ValueError, match="kT_eV|time_fs"):
             scan.survival(**bad)
+
+
+def test_a_pull_into_another_atom_stops_before_it():
+    """O–H with a third atom 1.5 Å beyond the H on the bond's line: the pull stops before the H comes within
+    min_distance_A of it; energies beyond are NaN, the barrier is over the frames before."""
+    line = Atoms("OHAr", positions=[[0.0, 0.0, 0.0], [0.97, 0.0, 0.0], [2.47, 0.0, 0.0]])
+    committee = MorseCommittee(line, depths=(3.0,))
+    scan = bond_scan(committee, line, bonds=[[1, 0]], max_stretch_A=2.0, step_A=0.1, min_distance_A=0.5)
+    assert scan.scanned_to_A[0] == pytest.approx(1.0)  # at 1.1 Å the H would be 0.4 Å from the Ar
+    assert np.isnan(scan.energies[0, 0, 11:]).all() and np.isfinite(scan.energies[0, 0, :11]).all()
+    assert scan.barrier[0] == pytest.approx(scan.energies[0, 0, 10]) and scan.barrier_stretch_A[0] == pytest.approx(1.0)
+    assert scan.rows()[0]["scanned_to_A"] == pytest.approx(1.0)
+    free = bond_scan(MorseCommittee(line[:2], depths=(3.0,)), line[:2], max_stretch_A=2.0, step_A=0.1)  # the whole 2 Å
+    assert free.scanned_to_A[0] == pytest.approx(2.0) and np.isfinite(free.energies).all()
