@@ -504,7 +504,7 @@ def bond_barrier(committee, minima: dict, run_cells: list | None = None, kT_eV: 
     that move an H (all bonds where none does), the smallest largest rise of the committee's energy along a 2 Å
     stretch; with the cell and bond where it is, and its CPU seconds.
 
-    With ``run_cells`` (the cell each NN-MD test run starts in, :func:`test_run_cells`), ``kT_eV`` and ``time_fs``
+    With ``run_cells`` (the cell each NN-MD test run starts in, :func:`run_start_cells`), ``kT_eV`` and ``time_fs``
     also ``bond_survival``: the test's stable fraction as the scan predicts it, the mean over the runs of their
     cell's :meth:`~advsample.bond_scan.BondScan.survival` over every guest bond (H and heavy atoms: NN-MD also fails
     by a guest's C–N coming apart), ``bond_survival_by_cell``, and per cell the bond likeliest to break
@@ -536,7 +536,7 @@ def bond_barrier(committee, minima: dict, run_cells: list | None = None, kT_eV: 
     return {**out, "bond_scan_cpu_s": time.process_time() - started}
 
 
-def test_run_cells(starts, n_runs: int) -> list:
+def run_start_cells(starts, n_runs: int) -> list:
     """The cell (``info["cell_name"]``, "all" without cells) each of ``n_runs`` NN-MD runs starts in: run k from
     ``starts[k % len(starts)]``, as :func:`advsample.dynamics.run_stability` (and so the headline's test) assigns them."""
     return [starts[k % len(starts)].info.get("cell_name", "all") for k in range(n_runs)]
@@ -615,7 +615,7 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
                        calibration_force_mae=held["force_mae"], calibration_mean_sigma=float(np.mean(sigma)),
                        test_force_coverage=errors.get("force_coverage"))
         if "bond_scan" in measures:
-            cells = test_run_cells(list(system.initial), entry["n_runs"])
+            cells = run_start_cells(list(system.initial), entry["n_runs"])
             row.update(bond_barrier(committee, minima, cells, effective_K * units.kB,
                                     entry["md_steps"] * entry["md_timestep_fs"]))
             row["bond_break_where"] = failure_hits(entry["failures"], cells, row["bond_likeliest_break"],
@@ -667,19 +667,28 @@ def headline_summary(rows: list[dict]) -> dict:
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
     reliability = md_rank_reliability(rows, correlations)
     where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
-    by_cell = [r for r in rows if "bond_survival_by_cell" in r and "md_stable_fraction_by_cell" in r]
-    cells = sorted({c for r in by_cell for c in r["md_stable_fraction_by_cell"]})
-    pairs = [(r["bond_survival_by_cell"].get(c, 1.0), r["md_stable_fraction_by_cell"][c])
-             for r in by_cell for c in cells if c in r["md_stable_fraction_by_cell"]]
-    return {"committees": rows, "bond_survival_by_cell_vs_md": {
-        "pooled": spearman(*zip(*pairs)) if pairs else None,
-        **{c: spearman([r["bond_survival_by_cell"].get(c, 1.0) for r in by_cell],
-                       [r["md_stable_fraction_by_cell"][c] for r in by_cell]) for c in cells}} if by_cell else None, "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")}
-            if where else None, "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
+    return {"committees": rows, "bond_survival_by_cell_vs_md": survival_by_cell_vs_md(rows),
+            "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")} if where else None,
+            "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None,
             "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
+
+
+def survival_by_cell_vs_md(rows: list[dict]) -> dict | None:
+    """The bond scan's per-cell survival against each cell's NN-MD stable fraction: Spearman pooled over the
+    (committee, cell) pairs and within each cell across committees (None when no row has both)."""
+    by_cell = [r for r in rows if "bond_survival_by_cell" in r and "md_stable_fraction_by_cell" in r]
+    if not by_cell:
+        return None
+    cells = sorted({c for r in by_cell for c in r["md_stable_fraction_by_cell"]})
+    pairs = [(r["bond_survival_by_cell"].get(c, 1.0), r["md_stable_fraction_by_cell"][c])
+             for r in by_cell for c in cells if c in r["md_stable_fraction_by_cell"]]
+    within = {c: spearman([r["bond_survival_by_cell"].get(c, 1.0) for r in by_cell if c in r["md_stable_fraction_by_cell"]],
+                          [r["md_stable_fraction_by_cell"][c] for r in by_cell if c in r["md_stable_fraction_by_cell"]])
+              for c in cells}
+    return {"pooled": spearman(*zip(*pairs)), **within}
 
 
 def md_rank_reliability(rows: list[dict], correlations: dict) -> dict | None:

@@ -319,7 +319,7 @@ def test_test_runs_start_in_cells_round_robin_and_failures_are_matched_to_bonds(
     from ase import Atoms
 
     starts = [Atoms("H", info={"cell_name": name}) for name in ("A", "A", "B")]
-    cells = benchmark.test_run_cells(starts, 7)
+    cells = benchmark.run_start_cells(starts, 7)
     assert cells == ["A", "A", "B", "A", "A", "B", "A"]
     likeliest = {"A": [5, 1, "H5-C1"], "B": [7, 2, "H7-N2"]}
     bonds = {"A": [[5, 1], [6, 1], [3, 2]], "B": [[7, 2], [8, 2]]}
