@@ -48,7 +48,7 @@ class BondScan:
     barrier_stretch_A: np.ndarray
     moved_numbers: np.ndarray
     symbols: list[str]
-    scanned_to_A: np.ndarray | None = None
+    scanned_to_A: np.ndarray
 
     def weakest(self, hydrogen_only: bool = False) -> int:
         """Index of the bond with the lowest barrier (``hydrogen_only``: among bonds that move an H)."""
@@ -80,11 +80,10 @@ class BondScan:
 
     def rows(self) -> list[dict]:
         """One dict per bond: atoms, length, barrier and where (energy unit, Å)."""
-        reach = self.scanned_to_A if self.scanned_to_A is not None else np.full(len(self.bonds), self.stretch_A[-1])
         return [{"bond": s, "moved": int(i), "anchor": int(j), "r0_A": float(r), "barrier": float(b),
                  "at_stretch_A": float(x), "scanned_to_A": float(t)}
                 for s, (i, j), r, b, x, t in zip(self.symbols, self.bonds, self.r0_A, self.barrier, self.barrier_stretch_A,
-                                                 reach)]
+                                                 self.scanned_to_A)]
 
 
 def covalent_bonds(atoms: Atoms, mask: np.ndarray | None = None, scale: float = 1.2) -> np.ndarray:
