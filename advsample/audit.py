@@ -16,6 +16,22 @@ the highest T at which no frame over tolerance is within reach: min ΔE_fail / (
 every frame the attacks found (continuous, no interpolation needed). With no frame over
 tolerance the audit only bounds it: safe T ≥ the largest T of the sweep ("lower").
 
+**Reach along the path** (``reach="path"``): a frame's energy above the minimum says how likely the geometry
+is, not whether MD can get there. An attack may climb a barrier and find a hole below the start behind it; with
+``reach="frame"`` (the default) that hole counts at any temperature. With ``reach="path"`` a frame is judged by
+the highest committee energy its attack path climbed to reach it (max ΔE over the seed's steps up to the frame:
+an upper bound on the barrier along that path). Both safe temperatures are reported (``safe_temperature_by_reach``).
+
+**Checked by the reference** (``verify_per_kT`` > 0, ``reference=``): the calibrated error bar is the
+committee's own word on its error. Where the members agree and are wrong together, the bar is small and the
+frame is passed. With a reference calculator the audit checks its findings: per kT, each attack seed's
+farthest frame within reach (the last evaluated one; up to ``verify_per_kT`` of them, largest bar first) is
+labeled, and its *true* error is measured — the largest force-component error of the committee mean over the
+free atoms, and the error of its energy above the start (ΔE_committee − ΔE_reference). ``result.verified``
+reports those frames, how often the bar and the truth agree (flagged / failed), and a verified safe
+temperature: min ΔE over frames whose true error exceeds the tolerance, over (q k_B). The labels cost one
+reference call per frame plus one for the lowest start; failed calculations are recorded and skipped.
+
 E_min and log Q come from the committee's own energies of the start structures (they need
 no labels). Shapes: B seeds, T recorded steps, N atoms. Energies in the committee's unit.
 """
@@ -40,6 +56,9 @@ from .calibration import calibration_of
 from .structures import Batch
 
 
+REACHES = ("frame", "path")  # AuditConfig.reach
+
+
 @dataclass
 class AuditConfig:
     """Audit settings: kT in the committee's energy unit, lengths in Å, tolerance in energy unit/Å."""
@@ -60,6 +79,9 @@ class AuditConfig:
     kB: float = units.kB  # energy unit per kelvin (ASE's eV/K; a toy's arbitrary unit is read as eV)
     energy_unit: str = "eV"
     seed: int = 0
+    reach: str = "frame"  # a frame's energy for thermal reach: its own ΔE ("frame") or its path's highest ("path")
+    verify_per_kT: int = 0  # frames per kT checked with the reference (needs audit(..., reference=)); 0: none
+    energy_tolerance: float | None = None  # verified frames: |ΔE error| above this also fails (energy unit); None: forces only
 
     def __post_init__(self):
         kTs = list(self.kT_values)
@@ -72,6 +94,12 @@ class AuditConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.tail_probability < 1:
             raise ValueError(f"tail_probability must be in (0, 1), got {self.tail_probability!r}")
+        if self.reach not in REACHES:
+            raise ValueError(f"reach must be one of {REACHES}, got {self.reach!r}")
+        if int(self.verify_per_kT) < 0:
+            raise ValueError(f"verify_per_kT must be >= 0 (0: no reference check), got {self.verify_per_kT!r}")
+        if self.energy_tolerance is not None and not self.energy_tolerance > 0:
+            raise ValueError(f"energy_tolerance must be a positive energy or None, got {self.energy_tolerance!r}")
         self.kT_values = tuple(sorted(float(k) for k in kTs))
 
 
@@ -92,13 +120,17 @@ class AuditResult:
     time_s: float = 0.0
     committee_calls: int = 0
     structure_evaluations: int = 0
+    verified: dict | None = None  # the reference check (verify_per_kT > 0): see :func:`verify_frames`
+    safe_temperature_by_reach: dict = field(default_factory=dict)  # "frame" / "path" -> (safe T in K, bound)
 
     def summary(self) -> dict:
-        """Plain JSON data: safe temperature, per-kT table, time and calls."""
+        """Plain JSON data: safe temperature, per-kT table, time and calls (and the reference check, if run)."""
         return {"safe_temperature_K": self.safe_temperature_K, "safe_bound": self.safe_bound, "reach_kT": self.reach_kT,
                 "calibrated": self.calibrated, "time_s": self.time_s, "committee_calls": self.committee_calls,
                 "structure_evaluations": self.structure_evaluations, "per_kT": self.per_kT,
-                "config": {k: v for k, v in asdict(self.config).items()}}
+                "config": {k: v for k, v in asdict(self.config).items()},
+                "safe_temperature_by_reach": self.safe_temperature_by_reach,
+                **({"verified": self.verified} if self.verified is not None else {})}
 
     def write(self, directory: str | Path) -> Path:
         """audit.csv (geometries), audit_per_kT.csv, audit.json, geometries.extxyz and audit.png."""
@@ -106,6 +138,8 @@ class AuditResult:
         directory.mkdir(parents=True, exist_ok=True)
         _write_csv(directory / "audit.csv", self.rows)
         _write_csv(directory / "audit_per_kT.csv", self.per_kT)
+        if self.verified is not None:
+            _write_csv(directory / "verified.csv", self.verified["frames"])
         (directory / "audit.json").write_text(json.dumps(self.summary(), indent=1, default=float))
         write(directory / "geometries.extxyz", self.geometries or [], format="extxyz")
         self.figure().savefig(directory / "audit.png", dpi=120)
@@ -123,13 +157,21 @@ class AuditResult:
                                   label=f"kT = {kT:.3g} {self.config.energy_unit} ({kT / self.config.kB:.0f} K)")
             axes.axvline(self.reach_kT * kT, color=points.get_facecolor()[0], ls=":", lw=1)  # thermal reach at kT
         axes.axhline(self.config.force_tolerance, color="k", ls="--", lw=1, label="tolerance")
+        if self.verified is not None and self.verified["frames"]:
+            checked = self.verified["frames"]
+            axes.scatter([f["energy_above_min"] for f in checked], [max(f["true_error"], 1e-6) for f in checked],
+                         marker="x", c="k", s=18, lw=0.8, label="true error (reference-checked frames)")
         axes.plot([], [], color="gray", ls=":", lw=1, label="thermal reach q·kT")
         unit = self.config.energy_unit
         axes.set_xlabel(f"committee energy above the minimum ({unit})")
         kind = "calibrated" if self.calibrated else "raw (uncalibrated)"
         axes.set_ylabel(f"{kind} force error bar ({unit}/Å)")
         axes.set_yscale("log")
-        axes.set_title(f"audit: predicted safe T {_bound_text(self.safe_bound)} {self.safe_temperature_K:.0f} K")
+        title = f"audit: predicted safe T {_bound_text(self.safe_bound)} {self.safe_temperature_K:.0f} K"
+        if self.verified is not None:
+            title += (f"; checked {_bound_text(self.verified['safe_bound'])} "
+                      f"{self.verified['safe_temperature_K']:.0f} K")
+        axes.set_title(title, fontsize=9)
         axes.legend(fontsize=7)
         return figure
 
@@ -151,9 +193,18 @@ def read_structures(source) -> list[Atoms]:
     return out
 
 
-def audit(committee, structures, config: AuditConfig | None = None, progress: bool = True) -> AuditResult:
-    """Audit ``committee`` from ``structures`` (System, extxyz path(s) or Atoms) at every kT of ``config``."""
+def audit(committee, structures, config: AuditConfig | None = None, progress: bool = True,
+          reference=None) -> AuditResult:
+    """Audit ``committee`` from ``structures`` (System, extxyz path(s) or Atoms) at every kT of ``config``.
+
+    ``reference``: an ASE calculator (or :class:`~advsample.label.CalculatorSpec`) that checks the frames when
+    ``config.verify_per_kT`` > 0 (``result.verified``); a System's own reference is used when none is given."""
     config = config or AuditConfig()
+    if config.verify_per_kT and reference is None:
+        reference = getattr(structures, "reference", None)
+    if config.verify_per_kT and reference is None:
+        raise ValueError("verify_per_kT > 0 checks the audit's frames with the reference: pass reference= (an ASE "
+                         "calculator or a CalculatorSpec), or give a System")
     start_time = time.process_time()
     calibration = calibration_of(committee)
     starts = read_structures(structures)
@@ -165,8 +216,9 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     reach = float(stats.gamma.ppf(1.0 - config.tail_probability, max(n_free, 1) / 2.0))
     seeds = [atoms for atoms in starts for _ in range(config.n_replicas)]
     counts = {"calls": 1, "evaluations": len(start_energies)}
-    rows, per_kT, geometries, frames = [], [], [], {"kT": [], "energy_above_min": [], "error": []}
-    failing_energies = []
+    rows, per_kT, geometries = [], [], []
+    frames = {"kT": [], "energy_above_min": [], "path_energy_above_min": [], "error": []}
+    failing_energies, failing_paths, to_verify = [], [], []
     for kT in tqdm(config.kT_values, desc="audit kT", disable=not progress, leave=False):
         result = attack(committee, seeds, start_energies[order], _attack_config(config, kT), progress=False)
         candidates = _evaluated_frames(result, config.frames_every)
@@ -174,16 +226,22 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
         counts["calls"] += config.n_steps + 1 + n_calls
         counts["evaluations"] += len(candidates) + len(seeds) * (config.n_steps + 1)
         delta_e = energies - e_min
-        for key, values in (("kT", [kT] * len(candidates)), ("energy_above_min", delta_e), ("error", errors)):
+        path_e = np.maximum(path_energies(result, candidates) - e_min, delta_e)  # the climb to each frame
+        for key, values in (("kT", [kT] * len(candidates)), ("energy_above_min", delta_e),
+                            ("path_energy_above_min", path_e), ("error", errors)):
             frames[key].extend(np.asarray(values, dtype=float).tolist())
         over = errors > config.force_tolerance
         failing_energies.extend(delta_e[over].tolist())
-        within = np.flatnonzero(over & (delta_e <= reach * kT))
+        failing_paths.extend(path_e[over].tolist())
+        reach_e = path_e if config.reach == "path" else delta_e
+        within = np.flatnonzero(over & (reach_e <= reach * kT))
+        to_verify.extend((kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]))
+                         for k in farthest_within_reach(candidates, reach_e, errors, reach * kT, config.verify_per_kT))
         ranked = within[np.argsort(delta_e[within], kind="stable")][: config.top_k]
         per_kT.append({"kT": kT, "temperature_K": kT / config.kB, "n_frames": len(candidates),
                        "n_over_tolerance": int(over.sum()), "n_over_tolerance_within_reach": int(len(within)),
                        "max_error": float(errors.max()), "max_error_within_reach": float(
-                           errors[delta_e <= reach * kT].max(initial=0.0)),
+                           errors[reach_e <= reach * kT].max(initial=0.0)),
                        "min_energy_above_min_over_tolerance": float(delta_e[over].min()) if over.any() else None})
         for rank, k in enumerate(ranked):
             atoms = candidates[k]
@@ -195,13 +253,94 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
             rows.append(row)
             atoms.info.update(row)
             geometries.append(atoms)
-    if failing_energies:
-        safe, bound = max(min(failing_energies), 0.0) / (reach * config.kB), "estimate"
-    else:
-        safe, bound = config.kT_values[-1] / config.kB, "lower"
+    by_reach = {"frame": safe_temperature(failing_energies, reach, config),
+                "path": safe_temperature(failing_paths, reach, config)}
+    safe, bound = by_reach[config.reach]
     frames = {key: np.asarray(value, dtype=float) for key, value in frames.items()}
+    verified = verify_frames(committee, reference, starts[0], to_verify, config, reach) if config.verify_per_kT else None
     return AuditResult(config, rows, per_kT, float(safe), bound, geometries, frames, reach, calibration is not None,
-                       time.process_time() - start_time, counts["calls"], counts["evaluations"])
+                       time.process_time() - start_time, counts["calls"] + (verified["committee_calls"] if verified
+                                                                             else 0), counts["evaluations"], verified,
+                       by_reach)
+
+
+def safe_temperature(failing_energies: Sequence[float], reach: float, config: AuditConfig) -> tuple[float, str]:
+    """(safe T in K, bound): the lowest energy above the minimum of a frame over tolerance, over q·k_B ("estimate");
+    with none, the sweep's largest T ("lower": safe T is at least that)."""
+    if len(failing_energies):
+        return float(max(min(failing_energies), 0.0) / (reach * config.kB)), "estimate"
+    return float(config.kT_values[-1] / config.kB), "lower"
+
+
+def path_energies(result, candidates: Sequence[Atoms]) -> np.ndarray:
+    """[B] for each frame, the highest committee energy (absolute) its seed's attack climbed to reach it: the
+    running maximum of ``result.energy_mean`` over the seed's steps up to the frame's."""
+    running = np.maximum.accumulate(np.where(result.active, result.energy_mean, -np.inf), axis=0)
+    return np.array([running[a.info["attack_step"], a.info["attack_seed"]] for a in candidates], dtype=float)
+
+
+def farthest_within_reach(candidates: Sequence[Atoms], delta_e: np.ndarray, errors: np.ndarray, reach_energy: float,
+                          n: int) -> list[int]:
+    """Indices of each attack seed's last evaluated frame with ΔE ≤ ``reach_energy`` (the farthest the attack got
+    while still within thermal reach), at most ``n`` of them, largest error bar first."""
+    if n <= 0:
+        return []
+    last: dict[int, int] = {}
+    for k, atoms in enumerate(candidates):
+        if delta_e[k] <= reach_energy:
+            seed = atoms.info["attack_seed"]
+            if seed not in last or atoms.info["attack_step"] > candidates[last[seed]].info["attack_step"]:
+                last[seed] = k
+    picked = sorted(last.values(), key=lambda k: (-errors[k], k))
+    return picked[:n]
+
+
+def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], config: AuditConfig,
+                  reach: float) -> dict:
+    """Label ``items`` ((kT, frame, ΔE committee, error bar, path ΔE), …) and ``start`` (the lowest start: the energy zero)
+    with ``reference``; compare with the committee mean. Returns plain data: ``frames`` (one dict per labeled frame:
+    kT, ΔE committee and reference, energy error, error bar, true error = the largest |force-component error| over
+    free atoms, flagged = bar over tolerance, failed = true error over tolerance or |energy error| over
+    ``energy_tolerance``), the agreement counts, the verified safe temperature and its bound, reference calls,
+    failures (recorded, skipped) and seconds. Without the start's label, energy errors are NaN and only forces judge."""
+    from .label import label_structures
+
+    labels = label_structures([start] + [item[1] for item in items], reference, progress=False)
+    by_index = dict(zip(labels.indices, labels.labeled))
+    zero = by_index[0].get_potential_energy() if 0 in by_index else math.nan
+    kept = [(items[i - 1], by_index[i]) for i in sorted(by_index) if i > 0]
+    rows = []
+    if kept:
+        frames = [label for _, label in kept]
+        prediction = committee.predict(frames)
+        batch = Batch.from_atoms(frames)
+        free = ~batch.fixed.numpy()
+        reference_forces = np.concatenate([a.get_forces(apply_constraint=False) for a in frames])
+        component_error = np.where(free, np.abs(prediction["forces_mean"] - reference_forces), 0.0).max(-1)
+        true_error = np.zeros(len(frames))
+        np.maximum.at(true_error, batch.structure_index.numpy(), component_error)
+        for j, ((kT, atoms, delta_e, bar, path_e), label) in enumerate(kept):
+            delta_ref = label.get_potential_energy() - zero
+            energy_error = delta_e - delta_ref
+            failed = bool(true_error[j] > config.force_tolerance or (
+                config.energy_tolerance is not None and abs(energy_error) > config.energy_tolerance))
+            rows.append({"kT": kT, "temperature_K": kT / config.kB, "attack_seed": atoms.info["attack_seed"],
+                         "attack_step": atoms.info["attack_step"], "energy_above_min": delta_e,
+                         "path_energy_above_min": path_e, "reference_energy_above_min": float(delta_ref), "energy_error": float(energy_error),
+                         "error_bar": bar, "true_error": float(true_error[j]),
+                         "flagged": bool(bar > config.force_tolerance), "failed": failed})
+    by_reach = {kind: safe_temperature([r[key] for r in rows if r["failed"]], reach, config)
+                for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
+    safe, bound = by_reach[config.reach]
+    count = lambda flagged, failed: sum(r["flagged"] == flagged and r["failed"] == failed for r in rows)  # noqa: E731
+    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound, "safe_temperature_by_reach": by_reach,
+            "flagged_and_failed": count(True, True), "flagged_not_failed": count(True, False),
+            "failed_not_flagged": count(False, True), "neither": count(False, False),
+            "median_true_error": float(np.median([r["true_error"] for r in rows])) if rows else math.nan,
+            "reference_calls": labels.n_calls, "reference_failures": [
+                {k: f[k] for k in ("index", "reason")} for f in labels.failures],
+            "reference_s": labels.compute_seconds, "committee_calls": 1 if kept else 0,
+            "energy_zero_labeled": 0 in by_index}
 
 
 class AuditStop:
@@ -353,29 +492,53 @@ def command_line(args) -> int:
                              uncertainty=args.uncertainty, n_replicas=args.n_replicas, max_starts=args.max_starts,
                              n_steps=args.n_steps, learning_rate=args.learning_rate,
                              initial_displacement=args.initial_displacement, min_distance=args.min_distance,
-                             energy_unit=args.energy_unit, seed=args.seed)
+                             energy_unit=args.energy_unit, seed=args.seed,
+                             reach=getattr(args, "reach", "frame"), verify_per_kT=getattr(args, "verify", 0),
+                             energy_tolerance=getattr(args, "energy_tolerance", None))
         if args.system:
             from .systems import get_system
 
             structures = get_system(args.system)
         else:
             structures = args.structures
+        reference = getattr(args, "reference", None)
+        if config.verify_per_kT:
+            if reference is not None:
+                from .reference import as_spec
+
+                reference = as_spec(reference)
+                reference.check(build=True)  # a bad import path is refused here (ReferenceSpecError), before any work
+            elif args.system:
+                reference = structures.reference
+            else:
+                raise ValueError("--verify needs a reference: --reference MODULE:ATTR (e.g. ase.calculators.emt:EMT) "
+                                 "or --system NAME")
         committee = Committee.load(args.committee, allow_pickle=args.allow_pickle)
         if getattr(args, "bond_scan", False) and not args.md_time_fs > 0:
             raise ValueError(f"--md-time-fs must be positive, got {args.md_time_fs}")
     except (ValueError, FileNotFoundError) as exc:
         print(f"advsample audit: error: {exc}", file=sys.stderr)
         return 2
-    result = audit(committee, structures, config, progress=not args.no_progress)
+    result = audit(committee, structures, config, progress=not args.no_progress, reference=reference)
     folder = result.write(args.output)
     for row in result.per_kT:
         print(f"kT {row['kT']:g} {config.energy_unit} ({row['temperature_K']:.0f} K): "
               f"{row['n_over_tolerance_within_reach']} of {row['n_frames']} frames over tolerance within reach, "
               f"largest error bar {row['max_error_within_reach']:.3g} {config.energy_unit}/Å")
     word = "at least" if result.safe_bound == "lower" else "about"
+    other = "path" if config.reach == "frame" else "frame"
+    other_T, other_bound = result.safe_temperature_by_reach[other]
     print(f"predicted safe temperature: {word} {result.safe_temperature_K:.0f} K "
-          f"({'calibrated' if result.calibrated else 'UNCALIBRATED raw σ'}); "
+          f"(reach by {config.reach}; by {other}: {'at least' if other_bound == 'lower' else 'about'} {other_T:.0f} K; "
+          f"{'calibrated' if result.calibrated else 'UNCALIBRATED raw σ'}); "
           f"{result.time_s:.1f} s CPU, {result.committee_calls} committee calls; written to {folder}")
+    if result.verified is not None:
+        v = result.verified
+        word = "at least" if v["safe_bound"] == "lower" else "about"
+        print(f"checked by the reference ({len(v['frames'])} frames, {v['reference_calls']} calls, "
+              f"{len(v['reference_failures'])} failed; verified.csv): {v['flagged_and_failed']} flagged and wrong, "
+              f"{v['flagged_not_failed']} flagged but right, {v['failed_not_flagged']} wrong but not flagged; "
+              f"verified safe temperature: {word} {v['safe_temperature_K']:.0f} K")
     if getattr(args, "bond_scan", False):
         started = time.process_time()
         bonds = bond_table(committee, structures, config.kT_values, args.md_time_fs, config.energy_unit,

@@ -80,6 +80,19 @@ def _add_audit(sub) -> None:
                             "first, with the barrier the committee keeps and (eV) the chance each bond holds")
     audit.add_argument("--md-time-fs", type=float, default=1000.0,
                        help="--bond-scan: the MD length the chance a bond holds refers to (default 1000 fs)")
+    audit.add_argument("--reach", choices=("frame", "path"), default="frame",
+                       help="thermal reach of a frame: its own energy above the minimum (frame, default) or the highest "
+                            "its attack path climbed (path: a hole behind a barrier counts at the barrier's height)")
+    audit.add_argument("--verify", type=int, default=0, metavar="N",
+                       help="check N frames per kT with the reference (each attack seed's farthest frame within "
+                            "reach): their true errors, verified.csv and a verified safe T; costs N reference calls "
+                            "per kT + 1 (default 0: none)")
+    audit.add_argument("--reference", default=None, metavar="MODULE:ATTR",
+                       help="--verify: the reference calculator's import path (a class or factory, e.g. "
+                            "ase.calculators.emt:EMT); default: the --system's own reference")
+    audit.add_argument("--energy-tolerance", type=float, default=None,
+                       help="--verify: a checked frame also fails when its energy above the start is off by more "
+                            "than this (energy unit; default: forces only)")
 
 
 RUN_EPILOG = """\

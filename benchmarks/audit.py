@@ -249,24 +249,60 @@ def extrapolated_safe_T(result, tolerance: float) -> float:
     return result.safe_temperature_K * tolerance / max(top["max_error_within_reach"], 1e-12)
 
 
-def _audit_record(committee, held_out, test_half, starts, audit_config) -> dict:
+def _audit_record(committee, held_out, test_half, starts, audit_config, reference=None) -> dict:
     calibration = calibrate(committee, held_out, coverage=0.95)
     report = calibration_report(calibration, committee, test_half)
-    result = audit(committee, starts, audit_config, progress=False)
-    return {"safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
-            "safe_temperature_extrapolated_K": extrapolated_safe_T(result, audit_config.force_tolerance),
-            "audit_cpu_s": result.time_s, "audit_committee_calls": result.committee_calls,
-            "force_scale": calibration.force_scale, "n_calibration": len(held_out), "audit_per_kT": [
-                {k: row[k] for k in ("kT", "n_over_tolerance", "max_error", "max_error_within_reach",
-                                     "min_energy_above_min_over_tolerance")} for row in result.per_kT],
-            **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
-                                      "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
+    result = audit(committee, starts, audit_config, progress=False, reference=reference)
+    record = {"safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
+              "safe_temperature_extrapolated_K": extrapolated_safe_T(result, audit_config.force_tolerance),
+              "safe_temperature_path_K": result.safe_temperature_by_reach["path"][0],
+              "audit_cpu_s": result.time_s, "audit_committee_calls": result.committee_calls,
+              "force_scale": calibration.force_scale, "n_calibration": len(held_out), "audit_per_kT": [
+                  {k: row[k] for k in ("kT", "n_over_tolerance", "max_error", "max_error_within_reach",
+                                       "min_energy_above_min_over_tolerance")} for row in result.per_kT],
+              **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
+                                        "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
+    if result.verified is not None:
+        record.update(verified_record(result.verified))
+    return record
 
 
-def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=("own",), extend_kT: int = 0) -> dict:
+def verified_record(verified: dict) -> dict:
+    """The reference check's numbers for a benchmark row: the verified safe T (and its bound), the median true
+    error of the checked frames (tolerance-free), how often the calibrated bar and the truth agreed, calls."""
+    frames = verified["frames"]
+    return {"verified_safe_temperature_K": verified["safe_temperature_K"], "verified_bound": verified["safe_bound"],
+            "verified_safe_temperature_path_K": verified["safe_temperature_by_reach"]["path"][0],
+            "verified_median_true_error": verified["median_true_error"],
+            "verified_max_energy_error": max((abs(f["energy_error"]) for f in frames), default=float("nan")),
+            "verified_counts": {k: verified[k] for k in ("flagged_and_failed", "flagged_not_failed",
+                                                         "failed_not_flagged", "neither")},
+            "verified_reference_calls": verified["reference_calls"],
+            "verified_reference_failures": len(verified["reference_failures"]),
+            "verified_reference_s": verified["reference_s"]}
+
+
+def reused_md(path, name: str) -> dict:
+    """``--md-from``: the NN-MD rows of an earlier run of this series (its JSON output), keyed by stage."""
+    data = _json_result(path)
+    if name not in data.get("systems", {}):
+        raise SystemExit(f"--md-from {path}: no series {name!r} in it (it has {sorted(data.get('systems', {}))})")
+    return {row["stage"]: row for row in data["systems"][name]["committees"]}
+
+
+MD_KEYS = ("md_stable_fraction", "md_stable_fraction_mean", "md_cpu_s", "md_runs_per_temperature", "md_steps")
+
+
+def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=("own",), extend_kT: int = 0,
+               verify: int = 0, md_from=None) -> dict:
     """One series: train, audit under each of ``calibrations`` (the first is the headline number), NN-MD.
-    ``extend_kT``: append this many doublings of the sweep's largest kT (a sweep that reaches past the bound)."""
+    ``extend_kT``: append this many doublings of the sweep's largest kT (a sweep that reaches past the bound).
+    ``verify``: frames per kT checked with the reference (:func:`advsample.audit.verify_frames`); a frame fails on
+    its true force error over the tolerance, or, where the series' NN-MD checks energies, on an energy error over
+    that NN-MD tolerance. ``md_from``: take the NN-MD rows from that earlier JSON output instead of running NN-MD
+    again; refused unless every committee's unverified audit repeats that file's exactly (same committees)."""
     settings = SETTINGS[name]
+    reused = reused_md(md_from, name) if md_from else None
     build_cpu = time.process_time()
     series = settings["stages"](quick, settings["series"])
     stages, test, reference = series["stages"], series["test"], series["reference"]
@@ -277,7 +313,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     audit_settings = {**settings["audit"], **({"n_steps": 30, "n_replicas": 1} if quick else {})}
     top = max(audit_settings["kT_values"])
     audit_settings["kT_values"] = tuple(audit_settings["kT_values"]) + tuple(top * 2 ** (k + 1) for k in range(extend_kT))
-    audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"])
+    audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"], verify_per_kT=verify,
+                               energy_tolerance=settings["md"].get("energy_tolerance_eV") if verify else None)
     n_runs = md_runs or (16 if quick else 64)
     fixed = fixed_split(stages)
     for stage, train, validation in stages:
@@ -286,23 +323,20 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
         train_committee(committee, train, None, train_config)
         train_s = time.perf_counter() - started
         by_calibration = {mode: _audit_record(committee, validation if mode == "own" else fixed, test[half:],
-                                              series["audit_starts"], audit_config) for mode in calibrations}
-        md_cpu, fractions = time.process_time(), {}
-        for kT in settings["md_kT"]:
-            md = md_stability(committee, series["md_starts"][:8], temperature_K=kT / units.kB, n_runs=n_runs, seed=0,
-                              n_steps=settings["md_steps"][0 if quick else 1],
-                              reference=reference if settings["md_reference"] else None, **settings["md"])
-            fractions[f"{kT / units.kB:.0f}"] = md["md_stable_fraction"]
-        md_cpu = time.process_time() - md_cpu
+                                              series["audit_starts"], audit_config, reference)
+                          for mode in calibrations}
+        if reused is not None:
+            md = reused_stage(reused, stage, len(train), by_calibration, md_from)
+        else:
+            md = run_md(committee, series, settings, quick, n_runs, reference)
         row = {"stage": stage, "n_train": len(train), "train_s": train_s, **by_calibration[calibrations[0]],
-               "calibration": calibrations[0], "by_calibration": by_calibration,
-               "md_stable_fraction": fractions, "md_stable_fraction_mean": float(np.mean(list(fractions.values()))),
-               "md_cpu_s": md_cpu, "md_runs_per_temperature": n_runs, "md_steps": settings["md_steps"][0 if quick else 1]}
+               "calibration": calibrations[0], "by_calibration": by_calibration, **md}
         rows.append(row)
         print(json.dumps({name: row}), file=sys.stderr)
     stable = [r["md_stable_fraction_mean"] for r in rows]
-    correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable)
-                           for key in ("safe_temperature_K", "safe_temperature_extrapolated_K")}
+    keys = ("safe_temperature_K", "safe_temperature_extrapolated_K", "safe_temperature_path_K") + (
+        ("verified_safe_temperature_K", "verified_median_true_error", "verified_safe_temperature_path_K") if verify else ())
+    correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable) for key in keys}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
     return {"committees": rows, "md_rank_reliability": thermal_rank_reliability(rows),
@@ -312,7 +346,38 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
-            "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
+            "verify_per_kT": verify, "md_from": str(md_from) if md_from else None,
+            "verified_energy_tolerance": audit_config.energy_tolerance, "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
+
+
+def run_md(committee, series, settings, quick: bool, n_runs: int, reference) -> dict:
+    """Batched NN-MD of one committee at each of the series' temperatures: stable fractions, their mean, CPU."""
+    md_cpu, fractions = time.process_time(), {}
+    for kT in settings["md_kT"]:
+        md = md_stability(committee, series["md_starts"][:8], temperature_K=kT / units.kB, n_runs=n_runs, seed=0,
+                          n_steps=settings["md_steps"][0 if quick else 1],
+                          reference=reference if settings["md_reference"] else None, **settings["md"])
+        fractions[f"{kT / units.kB:.0f}"] = md["md_stable_fraction"]
+    return {"md_stable_fraction": fractions, "md_stable_fraction_mean": float(np.mean(list(fractions.values()))),
+            "md_cpu_s": time.process_time() - md_cpu, "md_runs_per_temperature": n_runs,
+            "md_steps": settings["md_steps"][0 if quick else 1]}
+
+
+def reused_stage(reused: dict, stage: str, n_train: int, by_calibration: dict, path) -> dict:
+    """The NN-MD of ``stage`` from an earlier run, if that run trained the same committee: its stage, training-set
+    size and unverified safe T under every calibration it recorded must repeat (they do on one machine: training
+    and the audit are seeded). Otherwise SystemExit naming what differs: NN-MD of another committee is no measure."""
+    old = reused.get(stage)
+    if old is None or old["n_train"] != n_train:
+        raise SystemExit(f"--md-from {path}: stage {stage!r} with {n_train} training structures is not in it")
+    for mode, record in by_calibration.items():
+        before = old.get("by_calibration", {}).get(mode, old if old.get("calibration", "own") == mode else None)
+        if before is not None and abs(before["safe_temperature_K"] - record["safe_temperature_K"]) > 1e-6 * max(
+                1.0, record["safe_temperature_K"]):
+            raise SystemExit(f"--md-from {path}: stage {stage!r} ({mode} calibration) audits to safe T "
+                             f"{record['safe_temperature_K']:.3f} K here, {before['safe_temperature_K']:.3f} K there: "
+                             "not the same committee; run the NN-MD again (drop --md-from)")
+    return {key: old[key] for key in MD_KEYS}
 
 
 def thermal_rank_reliability(rows: list[dict]) -> dict | None:
@@ -428,7 +493,8 @@ def committee_minimum(committee, atoms):
     return moved
 
 
-def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: float, relax: bool = True) -> dict:
+def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: float, relax: bool = True,
+                reference=None) -> dict:
     """The audit from each cell's reference minimum (``minima``: cell name -> Atoms), the cells' results
     combined: safe T = the lowest cell's (the system is unsafe where any cell is; "lower" only if every cell's is
     a bound); ``fraction_over_tolerance_effective``: the fraction of evaluated frames over tolerance within
@@ -436,9 +502,10 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     their mean calibrated error bar (energy unit/Å, tolerance-free). ``relax``: start from each minimum relaxed
     on the committee (:func:`committee_minimum`; its CPU counted in the audit's). A cell whose relaxation runs
     into overlapping atoms (``GeometryError``) is unsafe at any temperature: safe T 0 at every tolerance, no frames
-    (it is listed in ``collapsed_cells``; the pooled fraction is NaN when no cell has frames)."""
+    (it is listed in ``collapsed_cells``; the pooled fraction is NaN when no cell has frames). With
+    ``config.verify_per_kT`` > 0 each cell's frames are checked with ``reference`` (:func:`verified_cells`)."""
     k_eff = min(config.kT_values, key=lambda kT: abs(kT - effective_kT))
-    per_cell, over, n_frames, errors, cpu = {}, 0, 0, [], 0.0
+    per_cell, over, n_frames, errors, cpu, checked = {}, 0, 0, [], 0.0, {}
     by_tolerance = {f"{t:g}": [] for t in TOLERANCE_GRID}
     over_by_tolerance = {f"{t:g}": 0 for t in TOLERANCE_GRID}
     for name, start in minima.items():
@@ -450,12 +517,15 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
             cpu += relax_cpu
             for t in TOLERANCE_GRID:
                 by_tolerance[f"{t:g}"].append(0.0)
-            per_cell[name] = {"safe_temperature_K": 0.0, "safe_bound": "estimate", "cpu_s": relax_cpu,
+            per_cell[name] = {"safe_temperature_K": 0.0, "safe_temperature_path_K": 0.0, "safe_bound": "estimate",
+                              "cpu_s": relax_cpu,
                               "collapsed_on_relax": str(error), "per_kT": []}
             continue
         relax_cpu = time.process_time() - relax_cpu
-        result = audit(committee, [start], config, progress=False)
+        result = audit(committee, [start], config, progress=False, reference=reference)
         cpu += result.time_s + relax_cpu
+        if result.verified is not None:
+            checked[name] = result.verified
         for t in TOLERANCE_GRID:  # the same frames judged at other tolerances (sensitivity; the attack is the same)
             failing = result.frames["energy_above_min"][result.frames["error"] > t]
             by_tolerance[f"{t:g}"].append(max(failing.min(), 0.0) / (result.reach_kT * config.kB) if len(failing)
@@ -468,6 +538,7 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
         n_frames += int(keep.sum())
         errors.extend(result.frames["error"][keep].tolist())
         per_cell[name] = {"safe_temperature_K": result.safe_temperature_K, "safe_bound": result.safe_bound,
+                          "safe_temperature_path_K": result.safe_temperature_by_reach["path"][0],
                           "cpu_s": result.time_s, "per_kT": [
                               {k: row[k] for k in ("kT", "n_over_tolerance", "n_over_tolerance_within_reach",
                                                    "max_error", "min_energy_above_min_over_tolerance")}
@@ -475,12 +546,36 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     safe = min(c["safe_temperature_K"] for c in per_cell.values())
     bound = "lower" if all(c["safe_bound"] == "lower" for c in per_cell.values()) else "estimate"
     return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "effective_kT": k_eff,
+            "safe_temperature_path_K": min(c["safe_temperature_path_K"] for c in per_cell.values()),
             "safe_temperature_K_by_tolerance": {t: min(v) for t, v in by_tolerance.items()},
             "fraction_over_tolerance_effective_by_tolerance": {t: v / n_frames if n_frames else float("nan")
                                                                 for t, v in over_by_tolerance.items()},
             "fraction_over_tolerance_effective": over / n_frames if n_frames else float("nan"),
             "collapsed_cells": [n for n, c in per_cell.items() if "collapsed_on_relax" in c],
-            "mean_error_effective": float(np.mean(errors)) if errors else float("nan"), "per_cell": per_cell}
+            "mean_error_effective": float(np.mean(errors)) if errors else float("nan"), "per_cell": per_cell,
+            **(verified_cells(checked, per_cell) if config.verify_per_kT else {})}
+
+
+def verified_cells(checked: dict, per_cell: dict) -> dict:
+    """The cells' reference checks (``checked``: cell -> ``AuditResult.verified``) combined like their audits: the
+    verified safe T is the lowest cell's (a cell that collapsed on relaxation counts 0), the median true error over
+    every checked frame, the counts summed; each cell's verified safe T also in ``verified_by_cell``."""
+    by_cell = {name: v["safe_temperature_K"] for name, v in checked.items()}
+    checked = list(checked.values())
+    collapsed = any("collapsed_on_relax" in c for c in per_cell.values())
+    safe = min([0.0] * collapsed + [v["safe_temperature_K"] for v in checked], default=0.0)
+    path = min([0.0] * collapsed + [v["safe_temperature_by_reach"]["path"][0] for v in checked], default=0.0)
+    bound = "lower" if checked and not collapsed and all(v["safe_bound"] == "lower" for v in checked) else "estimate"
+    frames = [f for v in checked for f in v["frames"]]
+    combined = {"frames": frames, "safe_temperature_K": safe, "safe_bound": bound,
+                "safe_temperature_by_reach": {"path": (path, None)},
+                "median_true_error": float(np.median([f["true_error"] for f in frames])) if frames else float("nan"),
+                "reference_calls": sum(v["reference_calls"] for v in checked),
+                "reference_failures": [f for v in checked for f in v["reference_failures"]],
+                "reference_s": sum(v["reference_s"] for v in checked),
+                **{k: sum(v[k] for v in checked) for k in ("flagged_and_failed", "flagged_not_failed",
+                                                          "failed_not_flagged", "neither")}}
+    return {**verified_record(combined), "verified_by_cell": by_cell}
 
 
 TOLERANCE_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # energy unit/Å: safe T at other tolerances, from the same frames
@@ -573,7 +668,7 @@ HEADLINE_IDENTITY = ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_
 
 
 def run_headline(directory, arms=None, audit_settings=None, calibration_settings=None, cache_dir=None,
-                 limit: int | None = None, seeds=None, log=None, measures=("audit", "bond_scan")) -> dict:
+                 limit: int | None = None, seeds=None, log=None, measures=("audit", "bond_scan"), verify: int = 0) -> dict:
     """Audit every committee of a finished headline run (``directory``: rows.json and committees/), each
     calibrated on ONE fixed calibration set (:func:`fixed_calibration_set`), from each cell's reference minimum
     (:func:`audit_cells`), and rank against the NN-MD stable fraction measured in rows.json; beside it the
@@ -599,7 +694,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
     minima = {name: relaxed_reference(members[0], calculator, steps=calibration_settings["relax_steps"])
               for name, members in cell_groups(system.initial).items()}
     build_cpu = time.process_time() - build_cpu
-    config = AuditConfig(**{**HEADLINE_AUDIT, **(audit_settings or {})}, energy_unit=system.energy_unit)
+    config = AuditConfig(**{**HEADLINE_AUDIT, **(audit_settings or {})}, energy_unit=system.energy_unit,
+                         verify_per_kT=verify)
     effective_K = settings.get("effective_temperature_K", entries[0]["md_temperature_K"] / 2)
     rows = []
     for entry in entries:
@@ -610,7 +706,7 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
             errors = test_errors(committee, system.test)
             held = test_errors(committee, held_out)
             sigma = committee.predict(held_out)["forces_std_per_atom"]
-            row.update(audit_cells(committee, minima, config, effective_K * config.kB),
+            row.update(audit_cells(committee, minima, config, effective_K * config.kB, reference=calculator),
                        force_scale=calibration.force_scale, test_force_mae=errors["force_mae"],
                        calibration_force_mae=held["force_mae"], calibration_mean_sigma=float(np.mean(sigma)),
                        test_force_coverage=errors.get("force_coverage"))
@@ -645,7 +741,9 @@ BOND_SURVIVAL_DECLARED = (
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
-                     "bond_barrier": +1, "bond_survival": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
+                     "bond_barrier": +1, "bond_survival": +1, "safe_temperature_path_K": +1,
+                     "verified_safe_temperature_K": +1, "verified_median_true_error": -1,
+                     "verified_safe_temperature_path_K": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:
@@ -785,6 +883,11 @@ def main(argv=None) -> dict:
                         "(every committee on one set: the union of the splits) or both (own,fixed / fixed,own: the "
                         "audit under each, the first reported as the headline)")
     parser.add_argument("--extend-kT", type=int, default=0, help="append this many doublings of the largest kT")
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="check N frames per kT of every audit with the reference (true errors, a verified safe T)")
+    parser.add_argument("--md-from", default=None, metavar="JSON",
+                        help="reuse the NN-MD of an earlier --json output of the same series (refused unless every "
+                             "committee's audit repeats it exactly)")
     parser.add_argument("--from-headline", default=None, metavar="DIR",
                         help="audit the committees of a finished headline run (DIR/rows.json, DIR/committees/*.pt) "
                              "on one fixed calibration set, against the NN-MD stable fractions in rows.json")
@@ -823,7 +926,8 @@ def main(argv=None) -> dict:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
     started = time.perf_counter()
     out = {"benchmark": "audit", "quick": args.quick, "systems": {
-        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT) for n in names},
+        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT, args.verify, args.md_from)
+        for n in names},
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for n, result in out["systems"].items():
         print(f"{n}: Spearman(safe T, NN-MD stable fraction) = {result['spearman_safe_T_vs_md_stable']:.2f} "
@@ -835,6 +939,10 @@ def main(argv=None) -> dict:
             print(f"  calibration {mode}: " + ", ".join(f"Spearman({key}) = {v['rho']:+.2f} (p = {v['p']:.2f})"
                                                        for key, v in measures.items()))
         for row in result["committees"]:
+            if "verified_safe_temperature_K" in row:
+                print(f"  {row['stage']:>8}: verified safe T {row['verified_safe_temperature_K']:8.0f} K "
+                      f"({row['verified_bound']}), median true error {row['verified_median_true_error']:.3f}, "
+                      f"bar vs truth {row['verified_counts']}, {row['verified_reference_calls']} reference calls")
             print(f"  {row['stage']:>8}: safe T {row['safe_temperature_K']:8.0f} K ({row['safe_bound']}), "
                   f"MD stable {row['md_stable_fraction_mean']:.2f} {row['md_stable_fraction']}, "
                   f"coverage {row['force_coverage_conformal']:.3f}, audit {row['audit_cpu_s']:.1f} s, "
@@ -861,7 +969,7 @@ def headline_main(args) -> dict:
     result = merge_headline(args.merge, arms, seeds, exclude) if args.merge else run_headline(
         args.from_headline, arms, audit_settings,
         dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
-        args.calibration_cache, args.limit, seeds, measures=tuple(args.measures.split(",")))
+        args.calibration_cache, args.limit, seeds, measures=tuple(args.measures.split(",")), verify=args.verify)
     out = {"benchmark": "audit", "mode": "from_headline", "quick": args.quick, "headline": result,
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for row in result["committees"]:

@@ -10,7 +10,11 @@ from advsample.audit import AuditConfig, audit, collective_motion
 from advsample.calibration import calibrate
 from advsample.committee import Committee
 from advsample.models import MLPCommittee
-from advsample.surfaces import double_well_2d
+from dataclasses import replace
+
+from ase.calculators.calculator import all_changes
+
+from advsample.surfaces import ToySurface, double_well_2d
 from advsample.train import TrainConfig, train_committee
 
 SURFACE = double_well_2d()
@@ -62,6 +66,21 @@ def test_planted_hole_is_ranked_less_safe(audits):
     assert hole.calibrated and hole.committee_calls > 3 * CONFIG.n_steps and hole.time_s > 0
 
 
+def test_reach_along_the_path_counts_the_barrier_climbed(committees, audits):
+    """A frame in the right well was reached over the barrier: its path energy is the climb, not the well's depth."""
+    result = audits["hole"]
+    frame, path = result.frames["energy_above_min"], result.frames["path_energy_above_min"]
+    assert np.all(path >= frame - 1e-9)  # a path is at least as high as where it ends
+    assert np.any(path > frame + 0.5)  # some attacks climbed and came down again (over the barrier)
+    by_reach = result.safe_temperature_by_reach
+    assert by_reach["frame"] == (result.safe_temperature_K, result.safe_bound)  # reach="frame" is the default
+    assert by_reach["path"][0] >= by_reach["frame"][0]
+    on_path = audit(committees["hole"], committees["starts"], replace(CONFIG, reach="path"), progress=False)
+    assert on_path.safe_temperature_K == pytest.approx(by_reach["path"][0])
+    with pytest.raises(ValueError, match="reach"):
+        AuditConfig(reach="barrier")
+
+
 def test_audit_outputs_and_reproducibility(committees, audits, tmp_path):
     result = audits["hole"]
     folder = result.write(tmp_path / "audit")
@@ -76,6 +95,76 @@ def test_audit_outputs_and_reproducibility(committees, audits, tmp_path):
     small = AuditConfig(kT_values=(1.0,), force_tolerance=2.0, n_replicas=1, max_starts=4, n_steps=10)
     first, second = (audit(committees["hole"], committees["starts"], small, progress=False) for _ in range(2))
     np.testing.assert_array_equal(first.frames["error"], second.frames["error"])
+
+
+# -- the audit checked by the reference --------------------------------------------------------------
+VERIFY = replace(CONFIG, verify_per_kT=6)
+
+
+class FailsOnTheRight(ToySurface):
+    """The double well, but the calculation fails (an exception, as a non-converged SCF) for x > 0.3."""
+
+    def __init__(self):
+        surface = double_well_2d()
+        super().__init__(surface.energy_fn, surface.n_dims, surface.bounds, name="fails on the right")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if atoms is not None and atoms.positions[0, 0] > 0.3:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_verified_audit_checks_its_frames_and_ranks_the_planted_hole(committees):
+    results = {name: audit(committees[name], committees["starts"], VERIFY, progress=False, reference=double_well_2d())
+               for name in ("hole", "full")}
+    hole, full = results["hole"].verified, results["full"].verified
+    frames = hole["frames"]
+    assert 0 < len(frames) <= VERIFY.verify_per_kT * len(VERIFY.kT_values)
+    assert hole["reference_calls"] == len(frames) + 1 and not hole["reference_failures"]  # + the lowest start
+    assert sum(hole[k] for k in ("flagged_and_failed", "flagged_not_failed", "failed_not_flagged", "neither")) == len(
+        frames)
+    for row in frames:  # each checked frame is within thermal reach at its kT, and judged by its true error
+        assert row["energy_above_min"] <= results["hole"].reach_kT * row["kT"] + 1e-9
+        assert row["energy_error"] == pytest.approx(row["energy_above_min"] - row["reference_energy_above_min"])
+        assert row["failed"] == (row["true_error"] > VERIFY.force_tolerance)  # no energy tolerance set
+        assert row["flagged"] == (row["error_bar"] > VERIFY.force_tolerance)
+    # the planted hole fails the check at lower energy than the committee trained on both wells
+    assert hole["safe_bound"] == "estimate" and hole["safe_temperature_K"] < full["safe_temperature_K"]
+    assert results["hole"].summary()["verified"]["safe_temperature_K"] == hole["safe_temperature_K"]
+
+
+def test_verified_true_error_is_the_force_error_against_the_reference(committees):
+    from advsample.audit import verify_frames
+
+    start = committees["starts"][0]
+    atoms = start.copy()
+    atoms.positions[0, :2] = [0.7, 0.1]  # the right well, never trained on
+    atoms.info.update(attack_seed=0, attack_step=0)
+    energy_above = float(committees["hole"].predict([atoms, start])["energy_mean"] @ [1.0, -1.0])
+    out = verify_frames(committees["hole"], double_well_2d(), start, [(1.0, atoms, energy_above, 0.0, energy_above)],
+                       VERIFY, 1.0)
+    exact = atoms.copy()
+    exact.calc = double_well_2d()
+    expected = np.abs(committees["hole"].predict([atoms])["forces_mean"] - exact.get_forces()).max()
+    row = out["frames"][0]
+    assert row["true_error"] == pytest.approx(expected, rel=1e-5)
+    true_above = float(SURFACE.energy(atoms.positions[0, :2][None])[0] - SURFACE.energy(start.positions[0, :2][None])[0])
+    assert row["reference_energy_above_min"] == pytest.approx(true_above, abs=1e-6)
+    assert row["failed"] == (expected > VERIFY.force_tolerance) and row["flagged"] is False
+    assert out["failed_not_flagged"] == int(row["failed"])  # a miss of the bar: the committee agreed and was wrong
+
+
+def test_verification_needs_a_reference_and_skips_failed_calculations(committees):
+    with pytest.raises(ValueError, match="reference"):
+        audit(committees["hole"], committees["starts"], VERIFY, progress=False)
+    with pytest.raises(ValueError, match="verify_per_kT"):
+        AuditConfig(verify_per_kT=-1)
+    verified = audit(committees["hole"], committees["starts"], VERIFY, progress=False,
+                     reference=FailsOnTheRight()).verified
+    assert verified["reference_failures"], "no checked frame reached x > 0.3: the test lost its point"
+    assert all("SCF did not converge" in f["reason"] for f in verified["reference_failures"])
+    assert len(verified["frames"]) + len(verified["reference_failures"]) == verified["reference_calls"] - 1
+    assert all(np.isfinite(row["true_error"]) for row in verified["frames"])  # failures skipped, never used
 
 
 def test_collective_motion_names_atoms_and_distances():
@@ -113,6 +202,21 @@ def test_command_line_audit(committees, tmp_path, capsys):
     assert main(["audit", str(checkpoint), "--kT", "1.0", "--force-tolerance", "2.0"]) == 2
     assert main(["audit", str(checkpoint), "x.extxyz", "--kT", "-1", "--force-tolerance", "2.0"]) == 2
     assert "kT_values" in capsys.readouterr().err
+    # --verify: the frames checked with a reference given by import path; none given, or a bad path: refused
+    code = main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "3.0", "--force-tolerance",
+                 "2.0", "--n-steps", "10", "--n-replicas", "1", "-o", str(tmp_path / "checked"), "--no-progress",
+                 "--verify", "2", "--reference", "advsample.surfaces:double_well_2d"])
+    assert code == 0 and "checked by the reference" in capsys.readouterr().out
+    with open(tmp_path / "checked" / "verified.csv") as handle:
+        checked = list(csv.DictReader(handle))
+    assert 1 <= len(checked) <= 4 and all(float(row["true_error"]) >= 0 for row in checked)
+    assert "verified" in json.loads((tmp_path / "checked" / "audit.json").read_text())
+    assert main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2",
+                 "--verify", "2"]) == 2
+    assert "--verify needs a reference" in capsys.readouterr().err
+    assert main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2",
+                 "--verify", "2", "--reference", "no_such_module:Calc"]) == 2
+    assert "cannot be imported" in capsys.readouterr().err
 
 
 def test_benchmark_quick_json(tmp_path):
@@ -124,7 +228,7 @@ def test_benchmark_quick_json(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "audit.py"
     done = subprocess.run([sys.executable, str(script), "--quick", "--json", "--calibration", "fixed,own",
-                           "--extend-kT", "1"], cwd=tmp_path, capture_output=True,
+                           "--extend-kT", "1", "--verify", "2"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,6 +242,11 @@ def test_benchmark_quick_json(tmp_path):
         assert row["calibration"] == "fixed" and row["safe_temperature_K"] == fixed["safe_temperature_K"]
         assert fixed["n_calibration"] == toy["n_fixed_calibration"] >= own["n_calibration"]  # one set for all
         assert [r["kT"] for r in fixed["audit_per_kT"]] == toy["audit_kT_values"] == [0.3, 1.0, 3.0, 6.0]
+        for record in (own, fixed):  # checked by the toy's reference: 2 frames per kT at most, + the start
+            assert 1 <= record["verified_reference_calls"] <= 2 * 4 + 1 and record["verified_reference_failures"] == 0
+            assert sum(record["verified_counts"].values()) == record["verified_reference_calls"] - 1
+        assert "verified_safe_temperature_K" in toy["spearman_by_calibration"]["own"]
+        assert toy["verified_energy_tolerance"] == 0.5  # the toy's NN-MD checks energies to 0.5: so does the check
         for record in (own, fixed):  # the tie-breaking score: the safe T itself unless the audit was censored
             extrapolated = record["safe_temperature_extrapolated_K"]
             assert extrapolated >= record["safe_temperature_K"] if record["safe_bound"] == "lower" else \

@@ -330,3 +330,45 @@ def test_test_runs_start_in_cells_round_robin_and_failures_are_matched_to_bonds(
     hits = benchmark.failure_hits(failures, cells, likeliest, bonds)
     assert hits["named"] == 3 and hits["hits"] == 3  # H5; N2 (the anchor of B's H7-N2); C1 (the anchor of A's)
     assert hits["chance"] == pytest.approx(1 / 3 + 2 / 2 + 3 / 3)  # H5: 1 of A's 3; N2/H8: both of B's; C1/N2: all 3 of A's
+
+
+def test_reused_md_only_for_the_same_committees(tmp_path):
+    """--md-from takes an earlier run's NN-MD only where the committee audits exactly as it did there."""
+    import json
+
+    earlier = {"systems": {"toy": {"committees": [
+        {"stage": "pool", "n_train": 10, "calibration": "own", "safe_temperature_K": 300.0,
+         "by_calibration": {"own": {"safe_temperature_K": 300.0}, "fixed": {"safe_temperature_K": 250.0}},
+         "md_stable_fraction": {"300": 0.5}, "md_stable_fraction_mean": 0.5, "md_cpu_s": 9.0,
+         "md_runs_per_temperature": 64, "md_steps": 100}]}}}
+    path = tmp_path / "earlier.json"
+    path.write_text("progress line\n" + json.dumps(earlier))
+    reused = benchmark.reused_md(path, "toy")
+    same = {"own": {"safe_temperature_K": 300.0}, "fixed": {"safe_temperature_K": 250.0}}
+    md = benchmark.reused_stage(reused, "pool", 10, same, path)
+    assert md == {k: earlier["systems"]["toy"]["committees"][0][k] for k in benchmark.MD_KEYS}
+    with pytest.raises(SystemExit, match="not the same committee"):
+        benchmark.reused_stage(reused, "pool", 10, {**same, "fixed": {"safe_temperature_K": 251.0}}, path)
+    with pytest.raises(SystemExit, match="not in it"):
+        benchmark.reused_stage(reused, "pool", 11, same, path)
+    with pytest.raises(SystemExit, match="no series"):
+        benchmark.reused_md(path, "ethanol")
+
+
+def test_verified_cells_combine_like_the_audit():
+    frames = lambda *errors: [{"true_error": e, "energy_error": -e / 10} for e in errors]  # noqa: E731
+    counts = dict(flagged_and_failed=1, flagged_not_failed=0, failed_not_flagged=2, neither=3)
+    checked = {"A": dict(frames=frames(1.0, 5.0), safe_temperature_K=40.0, safe_bound="estimate", reference_calls=3,
+                         safe_temperature_by_reach={"frame": (40.0, "estimate"), "path": (60.0, "estimate")},
+                         reference_failures=[], reference_s=0.5, median_true_error=3.0, **counts),
+               "B": dict(frames=frames(2.0), safe_temperature_K=900.0, safe_bound="lower", reference_calls=2,
+                         safe_temperature_by_reach={"frame": (900.0, "lower"), "path": (900.0, "lower")},
+                         reference_failures=[{"index": 1, "reason": "SCF"}], reference_s=0.25, median_true_error=2.0,
+                         **counts)}
+    out = benchmark.verified_cells(checked, {"A": {}, "B": {}})
+    assert out["verified_safe_temperature_K"] == 40.0 and out["verified_bound"] == "estimate"
+    assert out["verified_median_true_error"] == 2.0 and out["verified_reference_calls"] == 5
+    assert out["verified_reference_failures"] == 1 and out["verified_counts"]["failed_not_flagged"] == 4
+    assert out["verified_by_cell"] == {"A": 40.0, "B": 900.0} and out["verified_safe_temperature_path_K"] == 60.0
+    collapsed = benchmark.verified_cells({"B": checked["B"]}, {"B": {}, "C": {"collapsed_on_relax": "overlap"}})
+    assert collapsed["verified_safe_temperature_K"] == 0.0 and collapsed["verified_bound"] == "estimate"
