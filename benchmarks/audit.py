@@ -263,7 +263,8 @@ def _audit_record(committee, held_out, test_half, starts, audit_config, referenc
               **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
                                         "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
     if result.verified is not None:
-        record.update(verified_record(result.verified))
+        record.update(verified_record(result.verified), verified_frames=[
+            {k: round(v, 5) if isinstance(v, float) else v for k, v in f.items()} for f in result.verified["frames"]])
     return record
 
 
@@ -275,11 +276,20 @@ def verified_record(verified: dict) -> dict:
             "verified_safe_temperature_path_K": verified["safe_temperature_by_reach"]["path"][0],
             "verified_median_true_error": verified["median_true_error"],
             "verified_max_energy_error": max((abs(f["energy_error"]) for f in frames), default=float("nan")),
+            "verified_hole_depth": hole_depth(frames),
             "verified_counts": {k: verified[k] for k in ("flagged_and_failed", "flagged_not_failed",
                                                          "failed_not_flagged", "neither")},
             "verified_reference_calls": verified["reference_calls"],
             "verified_reference_failures": len(verified["reference_failures"]),
             "verified_reference_s": verified["reference_s"]}
+
+
+def hole_depth(frames: list[dict]) -> float:
+    """The most the committee put a checked frame *below* the reference (energy unit): max(ΔE_reference − ΔE_committee)
+    over the frames, 0 if it overestimates them all; NaN without frames or energies. A deep hole is where MD can fall
+    into geometries the reference forbids."""
+    gaps = [-f["energy_error"] for f in frames if f["energy_error"] == f["energy_error"]]
+    return max(max(gaps), 0.0) if gaps else float("nan")
 
 
 def reused_md(path, name: str) -> dict:
@@ -335,7 +345,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
         print(json.dumps({name: row}), file=sys.stderr)
     stable = [r["md_stable_fraction_mean"] for r in rows]
     keys = ("safe_temperature_K", "safe_temperature_extrapolated_K", "safe_temperature_path_K") + (
-        ("verified_safe_temperature_K", "verified_median_true_error", "verified_safe_temperature_path_K") if verify else ())
+        ("verified_safe_temperature_K", "verified_median_true_error", "verified_safe_temperature_path_K",
+         "verified_hole_depth") if verify else ())
     correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable) for key in keys}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
@@ -728,7 +739,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
             "n_calibration_frames": len(held_out) if audited else None, "audit": asdict_config(config) if audited else None,
             "calibration_set": calibration_settings if audited else None, "relax_on_committee": HEADLINE_RELAX,
             "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory),
-            **({"declared_bond_survival": BOND_SURVIVAL_DECLARED} if "bond_scan" in measures else {})}
+            **({"declared_bond_survival": BOND_SURVIVAL_DECLARED} if "bond_scan" in measures else {}),
+            **({"declared_verified": VERIFIED_DECLARED} if verify else {})}
 
 
 BOND_SURVIVAL_DECLARED = (
@@ -739,11 +751,17 @@ BOND_SURVIVAL_DECLARED = (
     "as checks of where: bond_break_where (hits against chance) and bond_survival_by_cell_vs_md (each cell's "
     "predicted against its runs' stable fraction, pooled over (committee, cell) and within each cell)")
 
+VERIFIED_DECLARED = (
+    "verified_safe_temperature_K (sign +1; primary) and verified_median_true_error (sign -1; secondary), written "
+    "2026-12-07 03:56 UTC before any verified number of these committees: --verify 4 (every attack seed of each cell "
+    "at each kT), HEADLINE_AUDIT otherwise. Added after the thermal series' first results were seen (04:10-04:16 UTC), "
+    "exploratory: safe_temperature_path_K, verified_safe_temperature_path_K (sign +1) and verified_hole_depth (sign -1)")
+
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
                      "bond_barrier": +1, "bond_survival": +1, "safe_temperature_path_K": +1,
                      "verified_safe_temperature_K": +1, "verified_median_true_error": -1,
-                     "verified_safe_temperature_path_K": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
+                     "verified_safe_temperature_path_K": +1, "verified_hole_depth": -1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:
@@ -858,6 +876,8 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
         raise ValueError(f"--merge: no committee left among arms {arms} and seeds {seeds}")
     settings = audited[0] if audited else parts[0]
     declared = {k: v for part in reversed(parts) for k, v in part.items() if k.startswith("declared_")}
+    if any("verified_safe_temperature_K" in row for row in rows):
+        declared.setdefault("declared_verified", VERIFIED_DECLARED)
     return {**{k: settings[k] for k in MERGE_KEEPS if k in settings}, **declared, **headline_summary(rows),
             "setup_cpu_s": sum(p.get("setup_cpu_s", 0.0) for p in parts),  # a part assembled from logs has none
             "setup_cpu_s_unknown_in": [str(path) for path, p in zip(paths, parts) if "setup_cpu_s" not in p],

@@ -368,6 +368,9 @@ def test_verified_cells_combine_like_the_audit():
     out = benchmark.verified_cells(checked, {"A": {}, "B": {}})
     assert out["verified_safe_temperature_K"] == 40.0 and out["verified_bound"] == "estimate"
     assert out["verified_median_true_error"] == 2.0 and out["verified_reference_calls"] == 5
+    assert out["verified_hole_depth"] == pytest.approx(0.5)  # the committee 0.5 below the reference at its worst
+    assert benchmark.hole_depth([{"energy_error": -0.3}, {"energy_error": 0.1}]) == pytest.approx(0.3)
+    assert benchmark.hole_depth([{"energy_error": 0.2}]) == 0.0  # above the reference everywhere: no hole
     assert out["verified_reference_failures"] == 1 and out["verified_counts"]["failed_not_flagged"] == 4
     assert out["verified_by_cell"] == {"A": 40.0, "B": 900.0} and out["verified_safe_temperature_path_K"] == 60.0
     collapsed = benchmark.verified_cells({"B": checked["B"]}, {"B": {}, "C": {"collapsed_on_relax": "overlap"}})
