@@ -242,8 +242,11 @@ class RunDir:
         """PermissionError (naming the path) unless the directory can be created and written."""
         try:
             if not self.path.exists():
-                self.path.mkdir(parents=True)
-                self._created = True
+                try:
+                    self.path.mkdir(parents=True)
+                    self._created = True
+                except FileExistsError:  # another process made it at the same moment: the lock decides who runs
+                    pass
             with tempfile.TemporaryFile(dir=self.path):
                 pass
             labels = self.path / "labels.jsonl"
@@ -272,6 +275,16 @@ class RunDir:
             return json.loads(self.lock_path.read_text() or "{}")
         except (OSError, ValueError):
             return {}
+
+    def _holder_named(self, patience_s: float = 2.0) -> dict:
+        """The holder, given up to ``patience_s`` to write its pid: a process that has just taken the lock writes
+        it a moment later, and a refusal should name whom it is refused for."""
+        deadline = time.monotonic() + patience_s
+        holder = self.holder()
+        while not holder and time.monotonic() < deadline and self.lock_path.exists():
+            time.sleep(0.02)
+            holder = self.holder()
+        return holder
 
     def _describe(self, holder: dict) -> str:
         if not holder:
@@ -314,7 +327,7 @@ class RunDir:
             return
         start, warned = time.monotonic(), False
         while not self._try_lock():
-            holder = self.holder()
+            holder = self._holder_named()
             if not wait or (timeout_s is not None and time.monotonic() - start > timeout_s):
                 waited = f" after waiting {time.monotonic() - start:.0f} s" if wait else ""
                 raise RunDirBusy(
