@@ -354,7 +354,7 @@ class AuditStop:
 
     def __init__(self, structures, target_temperature_K: float, force_tolerance: float,
                  config: AuditConfig | None = None, kT_fractions: Sequence[float] = (0.25, 0.5, 1.0), every: int = 1,
-                 progress: bool = False):
+                 progress: bool = False, reference=None):
         if not (isinstance(target_temperature_K, (int, float)) and target_temperature_K > 0):
             raise ValueError(f"target_temperature_K must be a positive temperature (K), got {target_temperature_K!r}")
         if not (isinstance(every, int) and every >= 1):
@@ -364,6 +364,10 @@ class AuditStop:
         base = config or AuditConfig()
         self.config = replace(base, force_tolerance=force_tolerance,
                               kT_values=tuple(f * base.kB * target_temperature_K for f in kT_fractions))
+        self.reference = reference if reference is not None else getattr(structures, "reference", None)
+        if self.config.verify_per_kT and self.reference is None:  # refused here, before any round is paid for
+            raise ValueError("config.verify_per_kT > 0 checks each audit with the reference: pass reference= (an ASE "
+                             "calculator or a CalculatorSpec), or give a System")
         self.structures = read_structures(structures)
         self.target_temperature_K = float(target_temperature_K)
         self.every, self.progress = every, progress
@@ -372,21 +376,26 @@ class AuditStop:
     def __call__(self, committee, round_index: int, train=None) -> str | None:
         if round_index % self.every:
             return None
-        result = audit(committee, self.structures, self.config, progress=self.progress)
+        result = audit(committee, self.structures, self.config, progress=self.progress, reference=self.reference)
         self.results.append((round_index, result))
-        if result.safe_bound != "lower" and result.safe_temperature_K < self.target_temperature_K * (1 - 1e-9):
+        checked = result.verified is not None  # checked by the reference: the truth decides, not the error bar
+        safe, bound = ((result.verified["safe_temperature_K"], result.verified["safe_bound"]) if checked
+                       else (result.safe_temperature_K, result.safe_bound))
+        if bound != "lower" and safe < self.target_temperature_K * (1 - 1e-9):
             return None
         unit, raw = self.config.energy_unit, "" if result.calibrated else ", raw σ: the committee is not calibrated"
-        return (f"audit: no geometry over {self.config.force_tolerance:g} {unit}/Å within thermal reach below "
-                f"{self.target_temperature_K:.0f} K (predicted safe T {_bound_text(result.safe_bound)} "
-                f"{result.safe_temperature_K:.0f} K{raw}; {result.time_s:.1f} s CPU)")
+        what = "truly wrong (checked by the reference) by more than" if checked else "over"
+        return (f"audit: no geometry {what} {self.config.force_tolerance:g} {unit}/Å within thermal reach below "
+                f"{self.target_temperature_K:.0f} K ({'verified' if checked else 'predicted'} safe T "
+                f"{_bound_text(bound)} {safe:.0f} K{raw}; {result.time_s:.1f} s CPU)")
 
 
 def audit_stop(structures, target_temperature_K: float, force_tolerance: float, config: AuditConfig | None = None,
-               kT_fractions: Sequence[float] = (0.25, 0.5, 1.0), every: int = 1, progress: bool = False) -> AuditStop:
+               kT_fractions: Sequence[float] = (0.25, 0.5, 1.0), every: int = 1, progress: bool = False,
+               reference=None) -> AuditStop:
     """The audit as a stopping rule: ``ActiveLearning(..., stop_when=audit_stop(starts, 600, 0.5))``
     stops when the audit finds no geometry over 0.5 eV/Å within thermal reach below 600 K (see :class:`AuditStop`)."""
-    return AuditStop(structures, target_temperature_K, force_tolerance, config, kT_fractions, every, progress)
+    return AuditStop(structures, target_temperature_K, force_tolerance, config, kT_fractions, every, progress, reference)
 
 
 def _attack_config(config: AuditConfig, kT: float) -> AttackConfig:

@@ -291,6 +291,20 @@ def test_audit_stop_ends_a_run_when_safe_to_the_target_and_not_otherwise(tmp_pat
     assert max(result.safe_temperature_K for _, result in high.results) < 1e5 / 2
 
 
+def test_a_checked_stopping_rule_stops_on_the_truth(committees):
+    """With verify_per_kT the rule stops on the verified safe T: the hole committee is cleared at 1000 K (nothing
+    truly wrong in reach of the left well) and not at 10⁵ K (the right well, truly wrong, is within reach)."""
+    from advsample.audit import audit_stop
+
+    checked = replace(STOP_CONFIG, verify_per_kT=4)
+    low = audit_stop(committees["starts"], 1000.0, 2.0, checked, reference=double_well_2d())
+    assert low(committees["hole"], 0).startswith("audit: no geometry truly wrong (checked by the reference)")
+    high = audit_stop(committees["starts"], 1e5, 2.0, checked, reference=double_well_2d())
+    assert high(committees["hole"], 0) is None
+    verified = high.results[-1][1].verified
+    assert verified["safe_bound"] == "estimate" and verified["safe_temperature_K"] < 1e5
+
+
 @pytest.mark.filterwarnings("ignore::advsample.loop.RoundRegressionWarning")  # 40 epochs: a rough toy
 def test_stop_when_is_recorded_and_honoured_on_resume(tmp_path):
     asked = []
@@ -321,9 +335,12 @@ def test_bad_audit_stop_settings_are_refused():
 
     starts = SURFACE.sample(2, seed=7)
     for kwargs, message in [({"target_temperature_K": -1.0}, "target_temperature_K"), ({"every": 0}, "every"),
-                            ({"kT_fractions": (2.0,)}, "kT_fractions"), ({"force_tolerance": 0.0}, "force_tolerance")]:
+                            ({"kT_fractions": (2.0,)}, "kT_fractions"), ({"force_tolerance": 0.0}, "force_tolerance"),
+                            ({"config": AuditConfig(verify_per_kT=2)}, "reference")]:  # before any round is paid
         with pytest.raises(ValueError, match=message):
             audit_stop(starts, **{"target_temperature_K": 500.0, "force_tolerance": 1.0, **kwargs})
+    checked = audit_stop(starts, 500.0, 1.0, AuditConfig(verify_per_kT=2), reference=double_well_2d())
+    assert checked.config.verify_per_kT == 2 and checked.reference is not None
 
 
 def test_command_line_bond_scan_writes_each_bond_weakest_first(tmp_path, capsys):
