@@ -297,8 +297,8 @@ def farthest_within_reach(candidates: Sequence[Atoms], delta_e: np.ndarray, erro
 
 def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], config: AuditConfig,
                   reach: float) -> dict:
-    """Label ``items`` ((kT, frame, ΔE committee, error bar, path ΔE), …) and ``start`` (the lowest start: the energy zero)
-    with ``reference``; compare with the committee mean. Returns plain data: ``frames`` (one dict per labeled frame:
+    """Label ``items`` ((kT, frame, ΔE committee, error bar, path ΔE), …) and ``start`` (the lowest start: the
+    energy zero) with ``reference``; compare with the committee mean. Returns plain data: ``frames`` (one dict per labeled frame:
     kT, ΔE committee and reference, energy error, error bar, true error = the largest |force-component error| over
     free atoms, flagged = bar over tolerance, failed = true error over tolerance or |energy error| over
     ``energy_tolerance``), the agreement counts, the verified safe temperature and its bound, reference calls,
@@ -314,11 +314,9 @@ def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], co
         frames = [label for _, label in kept]
         prediction = committee.predict(frames)
         batch = Batch.from_atoms(frames)
-        free = ~batch.fixed.numpy()
         reference_forces = np.concatenate([a.get_forces(apply_constraint=False) for a in frames])
-        component_error = np.where(free, np.abs(prediction["forces_mean"] - reference_forces), 0.0).max(-1)
-        true_error = np.zeros(len(frames))
-        np.maximum.at(true_error, batch.structure_index.numpy(), component_error)
+        component_error = np.where(~batch.fixed.numpy(), np.abs(prediction["forces_mean"] - reference_forces), 0.0)
+        true_error = _largest_per_structure(component_error.max(-1), batch)
         for j, ((kT, atoms, delta_e, bar, path_e), label) in enumerate(kept):
             delta_ref = label.get_potential_energy() - zero
             energy_error = delta_e - delta_ref
@@ -326,14 +324,15 @@ def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], co
                 config.energy_tolerance is not None and abs(energy_error) > config.energy_tolerance))
             rows.append({"kT": kT, "temperature_K": kT / config.kB, "attack_seed": atoms.info["attack_seed"],
                          "attack_step": atoms.info["attack_step"], "energy_above_min": delta_e,
-                         "path_energy_above_min": path_e, "reference_energy_above_min": float(delta_ref), "energy_error": float(energy_error),
-                         "error_bar": bar, "true_error": float(true_error[j]),
+                         "path_energy_above_min": path_e, "reference_energy_above_min": float(delta_ref),
+                         "energy_error": float(energy_error), "error_bar": bar, "true_error": float(true_error[j]),
                          "flagged": bool(bar > config.force_tolerance), "failed": failed})
     by_reach = {kind: safe_temperature([r[key] for r in rows if r["failed"]], reach, config)
                 for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
     safe, bound = by_reach[config.reach]
     count = lambda flagged, failed: sum(r["flagged"] == flagged and r["failed"] == failed for r in rows)  # noqa: E731
-    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound, "safe_temperature_by_reach": by_reach,
+    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound,
+            "safe_temperature_by_reach": by_reach,
             "flagged_and_failed": count(True, True), "flagged_not_failed": count(True, False),
             "failed_not_flagged": count(False, True), "neither": count(False, False),
             "median_true_error": float(np.median([r["true_error"] for r in rows])) if rows else math.nan,
@@ -447,13 +446,16 @@ def _error_bars(committee, frames: Sequence[Atoms], calibration, batch_size: int
     sigma = prediction["forces_std_per_atom"]
     bar = calibration.force_interval(sigma) if calibration is not None else sigma
     batch = Batch.from_atoms(list(frames))
-    free_atom = (~batch.fixed.numpy()).any(-1)
-    bar = np.where(free_atom, bar, 0.0)
-    index = batch.structure_index.numpy()
-    largest = np.zeros(batch.n_structures)
-    np.maximum.at(largest, index, bar)
+    largest = _largest_per_structure(np.where((~batch.fixed.numpy()).any(-1), bar, 0.0), batch)
     energy_bar = prediction["energy_std"] if calibration is None else calibration.energy_interval(prediction["energy_std"])
     return largest, prediction["energy_mean"], energy_bar, math.ceil(len(frames) / batch_size)
+
+
+def _largest_per_structure(per_atom: np.ndarray, batch: Batch) -> np.ndarray:
+    """[B] the largest of ``per_atom`` [N] (non-negative) over each structure's atoms."""
+    largest = np.zeros(batch.n_structures)
+    np.maximum.at(largest, batch.structure_index.numpy(), per_atom)
+    return largest
 
 
 def bond_table(committee, structures, kT_values: Sequence[float], time_fs: float, energy_unit: str = "eV",

@@ -1,19 +1,17 @@
 """The audit on the 2D double well, whose right well a committee trained on the left never saw."""
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import all_changes
 from ase.io import read
 
 from advsample.audit import AuditConfig, audit, collective_motion
 from advsample.calibration import calibrate
 from advsample.committee import Committee
 from advsample.models import MLPCommittee
-from dataclasses import replace
-
-from ase.calculators.calculator import all_changes
-
 from advsample.surfaces import ToySurface, double_well_2d
 from advsample.train import TrainConfig, train_committee
 
