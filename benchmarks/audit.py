@@ -753,8 +753,8 @@ BOND_SURVIVAL_DECLARED = (
 
 VERIFIED_DECLARED = (
     "verified_safe_temperature_K (sign +1; primary) and verified_median_true_error (sign -1; secondary), written "
-    "2026-12-07 03:56 UTC before any verified number of these committees: --verify 4 (every attack seed of each cell "
-    "at each kT), HEADLINE_AUDIT otherwise. Added after the thermal series' first results were seen (04:10-04:16 UTC), "
+    "2026-12-07 03:55 UTC before any verified number of these committees: --verify 4 (every attack seed of each cell "
+    "at each kT), HEADLINE_AUDIT otherwise. Added after the thermal series' first results were seen (04:03-04:11 UTC), "
     "exploratory: safe_temperature_path_K, verified_safe_temperature_path_K (sign +1) and verified_hole_depth (sign -1)")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
