@@ -165,7 +165,8 @@ class AuditResult:
         unit = self.config.energy_unit
         axes.set_xlabel(f"committee energy above the minimum ({unit})")
         kind = "calibrated" if self.calibrated else "raw (uncalibrated)"
-        axes.set_ylabel(f"{kind} force error bar ({unit}/Å)")
+        checked = " and true error (×)" if self.verified is not None else ""
+        axes.set_ylabel(f"{kind} force error bar{checked} ({unit}/Å)")
         axes.set_yscale("log")
         title = f"audit: predicted safe T {_bound_text(self.safe_bound)} {self.safe_temperature_K:.0f} K"
         if self.verified is not None:
