@@ -201,11 +201,7 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     ``reference``: an ASE calculator (or :class:`~advsample.label.CalculatorSpec`) that checks the frames when
     ``config.verify_per_kT`` > 0 (``result.verified``); a System's own reference is used when none is given."""
     config = config or AuditConfig()
-    if config.verify_per_kT and reference is None:
-        reference = getattr(structures, "reference", None)
-    if config.verify_per_kT and reference is None:
-        raise ValueError("verify_per_kT > 0 checks the audit's frames with the reference: pass reference= (an ASE "
-                         "calculator or a CalculatorSpec), or give a System")
+    reference = checking_reference(config, structures, reference)
     start_time = time.process_time()
     calibration = calibration_of(committee)
     starts = read_structures(structures)
@@ -263,6 +259,18 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
                        time.process_time() - start_time, counts["calls"] + (verified["committee_calls"] if verified
                                                                              else 0), counts["evaluations"], verified,
                        by_reach)
+
+
+def checking_reference(config: AuditConfig, structures, reference=None):
+    """The reference that checks the audit's frames: ``reference``, else the System's own (``structures`` a System);
+    None when ``config.verify_per_kT`` is 0. ValueError when a check is asked for and there is no reference."""
+    if not config.verify_per_kT:
+        return reference
+    reference = reference if reference is not None else getattr(structures, "reference", None)
+    if reference is None:
+        raise ValueError("verify_per_kT > 0 checks the audit's frames with the reference: pass reference= (an ASE "
+                         "calculator or a CalculatorSpec), or give a System")
+    return reference
 
 
 def safe_temperature(failing_energies: Sequence[float], reach: float, config: AuditConfig) -> tuple[float, str]:
@@ -364,10 +372,7 @@ class AuditStop:
         base = config or AuditConfig()
         self.config = replace(base, force_tolerance=force_tolerance,
                               kT_values=tuple(f * base.kB * target_temperature_K for f in kT_fractions))
-        self.reference = reference if reference is not None else getattr(structures, "reference", None)
-        if self.config.verify_per_kT and self.reference is None:  # refused here, before any round is paid for
-            raise ValueError("config.verify_per_kT > 0 checks each audit with the reference: pass reference= (an ASE "
-                             "calculator or a CalculatorSpec), or give a System")
+        self.reference = checking_reference(self.config, structures, reference)  # refused before any round is paid
         self.structures = read_structures(structures)
         self.target_temperature_K = float(target_temperature_K)
         self.every, self.progress = every, progress
@@ -520,9 +525,7 @@ def command_line(args) -> int:
 
                 reference = as_spec(reference)
                 reference.check(build=True)  # a bad import path is refused here (ReferenceSpecError), before any work
-            elif args.system:
-                reference = structures.reference
-            else:
+            elif not args.system:  # a System brings its own (checking_reference)
                 raise ValueError("--verify needs a reference: --reference MODULE:ATTR (e.g. ase.calculators.emt:EMT) "
                                  "or --system NAME")
         committee = Committee.load(args.committee, allow_pickle=args.allow_pickle)
