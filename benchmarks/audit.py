@@ -269,16 +269,19 @@ def _audit_record(committee, held_out, test_half, starts, audit_config, referenc
 
 
 def verified_record(verified: dict) -> dict:
-    """The reference check's numbers for a benchmark row: the verified safe T (and its bound), the median true
-    error of the checked frames (tolerance-free), how often the calibrated bar and the truth agreed, calls."""
+    """The reference check's numbers for a benchmark row (``verified``: an ``AuditResult.verified``, or cells'
+    combined by :func:`verified_cells`): the verified safe T (and its bound) by frame and path reach, and from the
+    checked frames the median true error (tolerance-free), the hole depth and how often the calibrated bar and the
+    truth agreed; reference calls, failures and seconds."""
     frames = verified["frames"]
+    count = lambda flagged, failed: sum(f["flagged"] == flagged and f["failed"] == failed for f in frames)  # noqa: E731
     return {"verified_safe_temperature_K": verified["safe_temperature_K"], "verified_bound": verified["safe_bound"],
             "verified_safe_temperature_path_K": verified["safe_temperature_by_reach"]["path"][0],
-            "verified_median_true_error": verified["median_true_error"],
+            "verified_median_true_error": float(np.median([f["true_error"] for f in frames])) if frames else float("nan"),
             "verified_max_energy_error": max((abs(f["energy_error"]) for f in frames), default=float("nan")),
             "verified_hole_depth": hole_depth(frames),
-            "verified_counts": {k: verified[k] for k in ("flagged_and_failed", "flagged_not_failed",
-                                                         "failed_not_flagged", "neither")},
+            "verified_counts": {"flagged_and_failed": count(True, True), "flagged_not_failed": count(True, False),
+                                "failed_not_flagged": count(False, True), "neither": count(False, False)},
             "verified_reference_calls": verified["reference_calls"],
             "verified_reference_failures": len(verified["reference_failures"]),
             "verified_reference_s": verified["reference_s"]}
@@ -358,7 +361,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
             "verify_per_kT": verify, "md_from": str(md_from) if md_from else None,
-            "verified_energy_tolerance": audit_config.energy_tolerance, "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
+            "verified_energy_tolerance": audit_config.energy_tolerance,
+            "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
 
 
 def run_md(committee, series, settings, quick: bool, n_runs: int, reference) -> dict:
@@ -554,8 +558,7 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
                               {k: row[k] for k in ("kT", "n_over_tolerance", "n_over_tolerance_within_reach",
                                                    "max_error", "min_energy_above_min_over_tolerance")}
                               for row in result.per_kT]}
-    safe = min(c["safe_temperature_K"] for c in per_cell.values())
-    bound = "lower" if all(c["safe_bound"] == "lower" for c in per_cell.values()) else "estimate"
+    safe, bound = lowest([(c["safe_temperature_K"], c["safe_bound"]) for c in per_cell.values()])
     return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "effective_kT": k_eff,
             "safe_temperature_path_K": min(c["safe_temperature_path_K"] for c in per_cell.values()),
             "safe_temperature_K_by_tolerance": {t: min(v) for t, v in by_tolerance.items()},
@@ -568,25 +571,28 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
 
 
 def verified_cells(checked: dict, per_cell: dict) -> dict:
-    """The cells' reference checks (``checked``: cell -> ``AuditResult.verified``) combined like their audits: the
-    verified safe T is the lowest cell's (a cell that collapsed on relaxation counts 0), the median true error over
-    every checked frame, the counts summed; each cell's verified safe T also in ``verified_by_cell``."""
-    by_cell = {name: v["safe_temperature_K"] for name, v in checked.items()}
-    checked = list(checked.values())
-    collapsed = any("collapsed_on_relax" in c for c in per_cell.values())
-    safe = min([0.0] * collapsed + [v["safe_temperature_K"] for v in checked], default=0.0)
-    path = min([0.0] * collapsed + [v["safe_temperature_by_reach"]["path"][0] for v in checked], default=0.0)
-    bound = "lower" if checked and not collapsed and all(v["safe_bound"] == "lower" for v in checked) else "estimate"
-    frames = [f for v in checked for f in v["frames"]]
-    combined = {"frames": frames, "safe_temperature_K": safe, "safe_bound": bound,
-                "safe_temperature_by_reach": {"path": (path, None)},
-                "median_true_error": float(np.median([f["true_error"] for f in frames])) if frames else float("nan"),
-                "reference_calls": sum(v["reference_calls"] for v in checked),
-                "reference_failures": [f for v in checked for f in v["reference_failures"]],
-                "reference_s": sum(v["reference_s"] for v in checked),
-                **{k: sum(v[k] for v in checked) for k in ("flagged_and_failed", "flagged_not_failed",
-                                                          "failed_not_flagged", "neither")}}
-    return {**verified_record(combined), "verified_by_cell": by_cell}
+    """The cells' reference checks (``checked``: cell -> ``AuditResult.verified``) combined like their audits
+    (:func:`lowest`; a cell that collapsed on relaxation is unsafe at 0 K), the checked frames pooled, calls and
+    seconds summed; each cell's verified safe T also in ``verified_by_cell``."""
+    collapsed = [(0.0, "estimate")] * any("collapsed_on_relax" in c for c in per_cell.values())
+    results = list(checked.values())
+    by_reach = {kind: lowest(collapsed + [v["safe_temperature_by_reach"][kind] for v in results])
+                for kind in ("frame", "path")}
+    combined = {"frames": [f for v in results for f in v["frames"]], "safe_temperature_by_reach": by_reach,
+                "safe_temperature_K": by_reach["frame"][0], "safe_bound": by_reach["frame"][1],
+                "reference_calls": sum(v["reference_calls"] for v in results),
+                "reference_failures": [f for v in results for f in v["reference_failures"]],
+                "reference_s": sum(v["reference_s"] for v in results)}
+    return {**verified_record(combined), "verified_by_cell": {name: v["safe_temperature_K"] for name, v in checked.items()}}
+
+
+def lowest(pairs) -> tuple[float, str]:
+    """Cells' (safe T, bound) combined: the lowest T (the system is unsafe where any cell is); "lower" only when every
+    cell's is a bound. No cells: (0, "estimate")."""
+    pairs = list(pairs)
+    if not pairs:
+        return 0.0, "estimate"
+    return min(t for t, _ in pairs), "lower" if all(b == "lower" for _, b in pairs) else "estimate"
 
 
 TOLERANCE_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # energy unit/Å: safe T at other tolerances, from the same frames

@@ -356,22 +356,26 @@ def test_reused_md_only_for_the_same_committees(tmp_path):
 
 
 def test_verified_cells_combine_like_the_audit():
-    frames = lambda *errors: [{"true_error": e, "energy_error": -e / 10} for e in errors]  # noqa: E731
-    counts = dict(flagged_and_failed=1, flagged_not_failed=0, failed_not_flagged=2, neither=3)
-    checked = {"A": dict(frames=frames(1.0, 5.0), safe_temperature_K=40.0, safe_bound="estimate", reference_calls=3,
-                         safe_temperature_by_reach={"frame": (40.0, "estimate"), "path": (60.0, "estimate")},
-                         reference_failures=[], reference_s=0.5, median_true_error=3.0, **counts),
-               "B": dict(frames=frames(2.0), safe_temperature_K=900.0, safe_bound="lower", reference_calls=2,
-                         safe_temperature_by_reach={"frame": (900.0, "lower"), "path": (900.0, "lower")},
-                         reference_failures=[{"index": 1, "reason": "SCF"}], reference_s=0.25, median_true_error=2.0,
-                         **counts)}
+    def frame(true_error, flagged, failed):  # the committee -true_error/10 below the reference there
+        return {"true_error": true_error, "energy_error": -true_error / 10, "flagged": flagged, "failed": failed}
+
+    checked = {"A": dict(frames=[frame(1.0, False, False), frame(5.0, False, True)], safe_temperature_K=40.0,
+                         safe_bound="estimate", reference_calls=3, reference_failures=[], reference_s=0.5,
+                         safe_temperature_by_reach={"frame": (40.0, "estimate"), "path": (60.0, "estimate")}),
+               "B": dict(frames=[frame(2.0, True, True)], safe_temperature_K=900.0, safe_bound="lower",
+                         reference_calls=2, reference_failures=[{"index": 1, "reason": "SCF"}], reference_s=0.25,
+                         safe_temperature_by_reach={"frame": (900.0, "lower"), "path": (900.0, "lower")})}
     out = benchmark.verified_cells(checked, {"A": {}, "B": {}})
     assert out["verified_safe_temperature_K"] == 40.0 and out["verified_bound"] == "estimate"
     assert out["verified_median_true_error"] == 2.0 and out["verified_reference_calls"] == 5
     assert out["verified_hole_depth"] == pytest.approx(0.5)  # the committee 0.5 below the reference at its worst
     assert benchmark.hole_depth([{"energy_error": -0.3}, {"energy_error": 0.1}]) == pytest.approx(0.3)
     assert benchmark.hole_depth([{"energy_error": 0.2}]) == 0.0  # above the reference everywhere: no hole
-    assert out["verified_reference_failures"] == 1 and out["verified_counts"]["failed_not_flagged"] == 4
+    assert out["verified_reference_failures"] == 1 and out["verified_counts"] == {  # over every cell's frames
+        "flagged_and_failed": 1, "flagged_not_failed": 0, "failed_not_flagged": 1, "neither": 1}
     assert out["verified_by_cell"] == {"A": 40.0, "B": 900.0} and out["verified_safe_temperature_path_K"] == 60.0
     collapsed = benchmark.verified_cells({"B": checked["B"]}, {"B": {}, "C": {"collapsed_on_relax": "overlap"}})
     assert collapsed["verified_safe_temperature_K"] == 0.0 and collapsed["verified_bound"] == "estimate"
+    assert collapsed["verified_safe_temperature_path_K"] == 0.0
+    assert benchmark.verified_cells({"B": checked["B"]}, {"B": {}})["verified_bound"] == "lower"  # all bounds: a bound
+    assert benchmark.lowest([]) == (0.0, "estimate")
