@@ -32,6 +32,15 @@ reports those frames, how often the bar and the truth agree (flagged / failed), 
 temperature: min ΔE over frames whose true error exceeds the tolerance, over (q k_B). The labels cost one
 reference call per frame plus one for the lowest start; failed calculations are recorded and skipped.
 
+**Checked by short NN-MD** (``md_per_kT`` > 0): a frame that is wrong need not make MD fail; the committee may
+pull it back. From each attack seed's farthest frame within reach (up to ``md_per_kT`` per kT, largest bar first,
+as for the reference check) a short Langevin run at T = kT/k_B (``md_steps`` × ``md_timestep_fs``, one batched
+run per kT, :func:`advsample.dynamics.run_stability`) asks whether MD from there runs away: a collapse, an
+isolated atom or a fragmentation judged against the bonds of the frame's start structure, a non-finite energy,
+or with ``md_energy_tolerance`` and a reference, a committee energy that far off the reference's on one of three
+frames. ``result.md_checked`` reports each run and an MD-checked safe temperature: min ΔE over the frames whose
+run ran away, over (q k_B). No labels are needed unless the energy is checked.
+
 E_min and log Q come from the committee's own energies of the start structures (they need
 no labels). Shapes: B seeds, T recorded steps, N atoms. Energies in the committee's unit.
 """
@@ -82,6 +91,11 @@ class AuditConfig:
     reach: str = "frame"  # a frame's energy for thermal reach: its own ΔE ("frame") or its path's highest ("path")
     verify_per_kT: int = 0  # frames per kT checked with the reference (needs audit(..., reference=)); 0: none
     energy_tolerance: float | None = None  # verified frames: |ΔE error| above this also fails (energy unit); None: forces only
+    md_per_kT: int = 0  # frames per kT from which a short NN-MD asks "does it run away?" (0: none)
+    md_steps: int = 200  # steps of each short run
+    md_timestep_fs: float = 0.5
+    md_friction: float = 0.02  # Langevin friction of the short runs (ASE's Langevin, as in run_stability)
+    md_energy_tolerance: float | None = None  # short runs: committee energy this far off the reference's fails (needs a reference)
 
     def __post_init__(self):
         kTs = list(self.kT_values)
@@ -100,6 +114,13 @@ class AuditConfig:
             raise ValueError(f"verify_per_kT must be >= 0 (0: no reference check), got {self.verify_per_kT!r}")
         if self.energy_tolerance is not None and not self.energy_tolerance > 0:
             raise ValueError(f"energy_tolerance must be a positive energy or None, got {self.energy_tolerance!r}")
+        if int(self.md_per_kT) < 0:
+            raise ValueError(f"md_per_kT must be >= 0 (0: no short NN-MD check), got {self.md_per_kT!r}")
+        if int(self.md_steps) < 1 or not self.md_timestep_fs > 0 or not self.md_friction > 0:
+            raise ValueError(f"md_steps must be >= 1 and md_timestep_fs, md_friction positive, got {self.md_steps!r}, "
+                             f"{self.md_timestep_fs!r}, {self.md_friction!r}")
+        if self.md_energy_tolerance is not None and not self.md_energy_tolerance > 0:
+            raise ValueError(f"md_energy_tolerance must be a positive energy or None, got {self.md_energy_tolerance!r}")
         self.kT_values = tuple(sorted(float(k) for k in kTs))
 
 
@@ -121,6 +142,7 @@ class AuditResult:
     committee_calls: int = 0
     structure_evaluations: int = 0
     verified: dict | None = None  # the reference check (verify_per_kT > 0): see :func:`verify_frames`
+    md_checked: dict | None = None  # the short NN-MD check (md_per_kT > 0): see :func:`md_check_frames`
     safe_temperature_by_reach: dict = field(default_factory=dict)  # "frame" / "path" -> (safe T in K, bound)
 
     def summary(self) -> dict:
@@ -130,16 +152,20 @@ class AuditResult:
                 "structure_evaluations": self.structure_evaluations, "per_kT": self.per_kT,
                 "config": {k: v for k, v in asdict(self.config).items()},
                 "safe_temperature_by_reach": self.safe_temperature_by_reach,
-                **({"verified": self.verified} if self.verified is not None else {})}
+                **({"verified": self.verified} if self.verified is not None else {}),
+                **({"md_checked": self.md_checked} if self.md_checked is not None else {})}
 
     def write(self, directory: str | Path) -> Path:
-        """audit.csv (geometries), audit_per_kT.csv, audit.json, geometries.extxyz and audit.png."""
+        """audit.csv (geometries), audit_per_kT.csv, audit.json, geometries.extxyz and audit.png (and verified.csv,
+        md_checked.csv when checked)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _write_csv(directory / "audit.csv", self.rows)
         _write_csv(directory / "audit_per_kT.csv", self.per_kT)
         if self.verified is not None:
             _write_csv(directory / "verified.csv", self.verified["frames"])
+        if self.md_checked is not None:
+            _write_csv(directory / "md_checked.csv", self.md_checked["frames"])
         (directory / "audit.json").write_text(json.dumps(self.summary(), indent=1, default=float))
         write(directory / "geometries.extxyz", self.geometries or [], format="extxyz")
         self.figure().savefig(directory / "audit.png", dpi=120)
@@ -161,6 +187,10 @@ class AuditResult:
             checked = self.verified["frames"]
             axes.scatter([f["energy_above_min"] for f in checked], [max(f["true_error"], 1e-6) for f in checked],
                          marker="x", c="k", s=18, lw=0.8, label="true error (reference-checked frames)")
+        if self.md_checked is not None:
+            away = [f for f in self.md_checked["frames"] if f["ran_away"]]
+            axes.scatter([f["energy_above_min"] for f in away], [f["error_bar"] for f in away], s=40,
+                         facecolors="none", edgecolors="r", lw=0.8, label="short NN-MD from here ran away")
         axes.plot([], [], color="gray", ls=":", lw=1, label="thermal reach q·kT")
         unit = self.config.energy_unit
         axes.set_xlabel(f"committee energy above the minimum ({unit})")
@@ -172,6 +202,9 @@ class AuditResult:
         if self.verified is not None:
             title += (f"; checked {_bound_text(self.verified['safe_bound'])} "
                       f"{self.verified['safe_temperature_K']:.0f} K")
+        if self.md_checked is not None:
+            title += (f"; by short NN-MD {_bound_text(self.md_checked['safe_bound'])} "
+                      f"{self.md_checked['safe_temperature_K']:.0f} K")
         axes.set_title(title, fontsize=9)
         axes.legend(fontsize=7)
         return figure
@@ -215,7 +248,7 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     counts = {"calls": 1, "evaluations": len(start_energies)}
     rows, per_kT, geometries = [], [], []
     frames = {"kT": [], "energy_above_min": [], "path_energy_above_min": [], "error": []}
-    failing_energies, failing_paths, to_verify = [], [], []
+    failing_energies, failing_paths, to_verify, to_run = [], [], [], []
     for kT in tqdm(config.kT_values, desc="audit kT", disable=not progress, leave=False):
         result = attack(committee, seeds, start_energies[order], _attack_config(config, kT), progress=False)
         candidates = _evaluated_frames(result, config.frames_every)
@@ -234,6 +267,9 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
         within = np.flatnonzero(over & (reach_e <= reach * kT))
         to_verify.extend((kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]))
                          for k in farthest_within_reach(candidates, reach_e, errors, reach * kT, config.verify_per_kT))
+        to_run.extend((kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]),
+                       seeds[candidates[k].info["attack_seed"]])
+                      for k in farthest_within_reach(candidates, reach_e, errors, reach * kT, config.md_per_kT))
         ranked = within[np.argsort(delta_e[within], kind="stable")][: config.top_k]
         per_kT.append({"kT": kT, "temperature_K": kT / config.kB, "n_frames": len(candidates),
                        "n_over_tolerance": int(over.sum()), "n_over_tolerance_within_reach": int(len(within)),
@@ -255,21 +291,26 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     safe, bound = by_reach[config.reach]
     frames = {key: np.asarray(value, dtype=float) for key, value in frames.items()}
     verified = verify_frames(committee, reference, starts[0], to_verify, config, reach) if config.verify_per_kT else None
+    md_checked = md_check_frames(committee, to_run, config, reach, reference) if config.md_per_kT else None
+    extra_calls = (verified["committee_calls"] if verified else 0) + (md_checked["committee_calls"] if md_checked else 0)
     return AuditResult(config, rows, per_kT, float(safe), bound, geometries, frames, reach, calibration is not None,
-                       time.process_time() - start_time, counts["calls"] + (verified["committee_calls"] if verified
-                                                                             else 0), counts["evaluations"], verified,
-                       by_reach)
+                       time.process_time() - start_time, counts["calls"] + extra_calls, counts["evaluations"],
+                       verified=verified, safe_temperature_by_reach=by_reach, md_checked=md_checked)
 
 
 def checking_reference(config: AuditConfig, structures, reference=None):
     """The reference that checks the audit's frames: ``reference``, else the System's own (``structures`` a System);
-    None when ``config.verify_per_kT`` is 0. ValueError when a check is asked for and there is no reference."""
-    if not config.verify_per_kT:
+    None when no check needs one (``verify_per_kT`` 0, and no ``md_energy_tolerance`` on a short-NN-MD check).
+    ValueError when a check needs a reference and there is none."""
+    needs = [name for name, wanted in (("verify_per_kT > 0", config.verify_per_kT),
+                                       ("md_energy_tolerance", config.md_per_kT and config.md_energy_tolerance))
+             if wanted]
+    if not needs:
         return reference
     reference = reference if reference is not None else getattr(structures, "reference", None)
     if reference is None:
-        raise ValueError("verify_per_kT > 0 checks the audit's frames with the reference: pass reference= (an ASE "
-                         "calculator or a CalculatorSpec), or give a System")
+        raise ValueError(f"{' and '.join(needs)} check(s) the audit's frames with the reference: pass reference= (an "
+                         "ASE calculator or a CalculatorSpec), or give a System")
     return reference
 
 
@@ -349,6 +390,47 @@ def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], co
                 {k: f[k] for k in ("index", "reason")} for f in labels.failures],
             "reference_s": labels.compute_seconds, "committee_calls": 1 if kept else 0,
             "energy_zero_labeled": 0 in by_index}
+
+
+def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reach: float, reference=None) -> dict:
+    """Short NN-MD from each of ``items`` ((kT, frame, ΔE, error bar, path ΔE, start), …): one batched Langevin run
+    per kT at T = kT/k_B, ``config.md_steps`` steps, judged by the failure criteria of each frame's ``start``
+    (:func:`advsample.dynamics.run_stability` with ``bonds_from``), and with ``config.md_energy_tolerance`` by the
+    reference's energy on three frames. Returns plain data: ``frames`` (one dict per run: kT, ΔE, path ΔE, error
+    bar, ran_away, survived = the fraction of the steps it ran, reason), ``n_ran_away``, ``mean_survival`` overall
+    and ``survival_by_kT``, the MD-checked safe temperature (min ΔE of the frames that ran away over q·k_B; with
+    none, the sweep's largest T as a lower bound) by frame and path reach, steps, committee and reference calls."""
+    from .dynamics import run_stability
+
+    started = time.process_time()
+    rows, calls, reference_calls = [], 0, 0
+    energy_check = config.md_energy_tolerance is not None
+    for kT in sorted({item[0] for item in items}):
+        group = [item for item in items if item[0] == kT]
+        out = run_stability(committee, [item[1] for item in group], n_replicas=len(group),
+                            temperature_K=kT / config.kB, n_steps=int(config.md_steps),
+                            timestep_fs=config.md_timestep_fs, integrator="langevin", friction=config.md_friction,
+                            reference=reference if energy_check else None,
+                            energy_tolerance_eV=config.md_energy_tolerance if energy_check else 0.5,
+                            seed=config.seed, bonds_from=[item[5] for item in group])
+        reasons = {int(text.split()[1]): text.split(": ", 1)[1] for text in out["failures"]}
+        calls += max(out["steps_completed"], default=0) + 1
+        reference_calls += out["md_reference_calls"]
+        for r, (_, atoms, delta_e, bar, path_e, _) in enumerate(group):
+            rows.append({"kT": kT, "temperature_K": kT / config.kB, "attack_seed": atoms.info["attack_seed"],
+                         "attack_step": atoms.info["attack_step"], "energy_above_min": delta_e,
+                         "path_energy_above_min": path_e, "error_bar": bar, "ran_away": r in reasons,
+                         "survived": out["steps_completed"][r] / config.md_steps, "reason": reasons.get(r, "")})
+    by_reach = {kind: safe_temperature([r[key] for r in rows if r["ran_away"]], reach, config)
+                for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
+    safe, bound = by_reach[config.reach]
+    survival_by_kT = {f"{kT:g}": float(np.mean([r["survived"] for r in rows if r["kT"] == kT]))
+                      for kT in sorted({r["kT"] for r in rows})}
+    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound, "safe_temperature_by_reach": by_reach,
+            "n_ran_away": sum(r["ran_away"] for r in rows),
+            "mean_survival": float(np.mean([r["survived"] for r in rows])) if rows else math.nan,
+            "survival_by_kT": survival_by_kT, "md_steps": int(config.md_steps), "committee_calls": calls,
+            "reference_calls": reference_calls, "cpu_s": time.process_time() - started}
 
 
 class AuditStop:

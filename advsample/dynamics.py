@@ -695,7 +695,7 @@ def run_stability(
     max_drift_eV_per_atom: float | None = 0.05, bond_stretch: float = 1.5, bond_scale: float = 1.2,
     min_distance: float = 0.6, seed: int = 0, frames_every: int | None = None, confidence: float = 0.95,
     progress: bool = False, force_fn: ForceFn | None = None, max_atoms_per_call: int | None = MAX_ATOMS_PER_CALL,
-    compile: bool = False,
+    compile: bool = False, bonds_from: Sequence[Atoms] | None = None,
 ) -> dict:
     """Batched NN-MD stability: ``n_replicas`` runs, all live ones in one committee call per step.
 
@@ -718,6 +718,9 @@ def run_stability(
     less cost per step on the slab at R = 64 on CPU (1.1–1.3× on NH3), after tens of seconds of compiling on the
     first call (once per model class and process); eager, with one warning naming the reason,
     where it cannot compile.
+    ``bonds_from``: one geometry per start (same atoms, same order) whose bonds and reach define the failure
+    criteria instead of the start's own: a run started from a distorted frame (the audit's) is judged against the
+    minimum it was distorted from, so a bond already stretched at step 0 still counts.
 
     Returns :func:`~advsample.metrics.md_stability`'s dict (``md_stable_fraction``, ``n_runs``,
     ``n_stable``, ``failures``, ``steps_completed``, ``time_to_failure_fs``,
@@ -743,7 +746,13 @@ def run_stability(
     else:
         init_fn, step_fn = langevin(force_fn, replicas, timestep_fs, temperature_K, friction)
     check_steps = set(np.linspace(n_steps, 0, max(n_check_frames, 0), endpoint=False).round().astype(int).tolist())
-    monitor = _Monitor(replicas, starts, n_steps, check_every, check_steps, (bond_stretch, bond_scale, min_distance),
+    if bonds_from is not None:
+        bonds_from = [bonds_from] if isinstance(bonds_from, Atoms) else list(bonds_from)
+        if len(bonds_from) != len(starts) or any(len(a) != len(b) or (a.numbers != b.numbers).any()
+                                                 for a, b in zip(bonds_from, starts)):
+            raise ValueError("bonds_from must give one geometry per start, with the start's atoms in its order")
+    monitor = _Monitor(replicas, bonds_from if bonds_from is not None else starts, n_steps, check_every, check_steps,
+                       (bond_stretch, bond_scale, min_distance),
                        reference, energy_tolerance_eV, max_drift_eV_per_atom if integrator == "nve" else None,
                        frames_every)
     state = init_fn()

@@ -520,7 +520,7 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     (it is listed in ``collapsed_cells``; the pooled fraction is NaN when no cell has frames). With
     ``config.verify_per_kT`` > 0 each cell's frames are checked with ``reference`` (:func:`verified_cells`)."""
     k_eff = min(config.kT_values, key=lambda kT: abs(kT - effective_kT))
-    per_cell, over, n_frames, errors, cpu, checked = {}, 0, 0, [], 0.0, {}
+    per_cell, over, n_frames, errors, cpu, checked, md_checked = {}, 0, 0, [], 0.0, {}, {}
     by_tolerance = {f"{t:g}": [] for t in TOLERANCE_GRID}
     over_by_tolerance = {f"{t:g}": 0 for t in TOLERANCE_GRID}
     for name, start in minima.items():
@@ -541,6 +541,8 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
         cpu += result.time_s + relax_cpu
         if result.verified is not None:
             checked[name] = result.verified
+        if result.md_checked is not None:
+            md_checked[name] = result.md_checked
         for t in TOLERANCE_GRID:  # the same frames judged at other tolerances (sensitivity; the attack is the same)
             failing = result.frames["energy_above_min"][result.frames["error"] > t]
             by_tolerance[f"{t:g}"].append(max(failing.min(), 0.0) / (result.reach_kT * config.kB) if len(failing)
@@ -567,7 +569,29 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
             "fraction_over_tolerance_effective": over / n_frames if n_frames else float("nan"),
             "collapsed_cells": [n for n, c in per_cell.items() if "collapsed_on_relax" in c],
             "mean_error_effective": float(np.mean(errors)) if errors else float("nan"), "per_cell": per_cell,
-            **(verified_cells(checked, per_cell) if config.verify_per_kT else {})}
+            **(verified_cells(checked, per_cell) if config.verify_per_kT else {}),
+            **(md_checked_cells(md_checked, per_cell, k_eff) if config.md_per_kT else {})}
+
+
+def md_checked_cells(checked: dict, per_cell: dict, effective_kT: float) -> dict:
+    """The cells' short-NN-MD checks (``checked``: cell -> ``AuditResult.md_checked``) combined: the MD-checked safe T
+    by frame and path reach as the lowest cell's (:func:`lowest`; a cell that collapsed on relaxation: 0 K); the mean
+    survival (fraction of the short run's steps) over every run of every cell, and over the runs at
+    ``effective_kT``; runs, runs that ran away, their reasons (first 5) and the check's CPU."""
+    collapsed = [(0.0, "estimate")] * any("collapsed_on_relax" in c for c in per_cell.values())
+    results = list(checked.values())
+    by_reach = {kind: lowest(collapsed + [v["safe_temperature_by_reach"][kind] for v in results])
+                for kind in ("frame", "path")}
+    frames = [f for v in results for f in v["frames"]]
+    at_effective = [f["survived"] for f in frames if f["kT"] == effective_kT]
+    return {"md_checked_safe_temperature_K": by_reach["frame"][0], "md_checked_bound": by_reach["frame"][1],
+            "md_checked_safe_temperature_path_K": by_reach["path"][0],
+            "runaway_survival": float(np.mean([f["survived"] for f in frames])) if frames else float("nan"),
+            "runaway_survival_effective": float(np.mean(at_effective)) if at_effective else float("nan"),
+            "runaway_runs": len(frames), "runaway_ran_away": sum(f["ran_away"] for f in frames),
+            "runaway_reasons": [f["reason"] for f in frames if f["ran_away"]][:5],
+            "md_check_cpu_s": sum(v["cpu_s"] for v in results),
+            "md_checked_by_cell": {name: v["safe_temperature_K"] for name, v in checked.items()}}
 
 
 def verified_cells(checked: dict, per_cell: dict) -> dict:
@@ -685,7 +709,8 @@ HEADLINE_IDENTITY = ("arm", "seed", "n_train", "n_stable", "n_runs", "md_stable_
 
 
 def run_headline(directory, arms=None, audit_settings=None, calibration_settings=None, cache_dir=None,
-                 limit: int | None = None, seeds=None, log=None, measures=("audit", "bond_scan"), verify: int = 0) -> dict:
+                 limit: int | None = None, seeds=None, log=None, measures=("audit", "bond_scan"), verify: int = 0,
+                 md_check: int = 0) -> dict:
     """Audit every committee of a finished headline run (``directory``: rows.json and committees/), each
     calibrated on ONE fixed calibration set (:func:`fixed_calibration_set`), from each cell's reference minimum
     (:func:`audit_cells`), and rank against the NN-MD stable fraction measured in rows.json; beside it the
@@ -712,12 +737,12 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
               for name, members in cell_groups(system.initial).items()}
     build_cpu = time.process_time() - build_cpu
     config = AuditConfig(**{**HEADLINE_AUDIT, **(audit_settings or {})}, energy_unit=system.energy_unit,
-                         verify_per_kT=verify)
+                         verify_per_kT=verify, md_per_kT=md_check)
     effective_K = settings.get("effective_temperature_K", entries[0]["md_temperature_K"] / 2)
     rows = []
     for entry in entries:
         committee = Committee.load(entry["committee"])
-        row = {k: entry[k] for k in HEADLINE_IDENTITY}
+        row = {**{k: entry[k] for k in HEADLINE_IDENTITY}, "survived": entry["survived"]}
         if "audit" in measures:
             calibration = calibrate(committee, held_out, coverage=0.95)
             errors = test_errors(committee, system.test)
@@ -746,7 +771,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
             "calibration_set": calibration_settings if audited else None, "relax_on_committee": HEADLINE_RELAX,
             "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory),
             **({"declared_bond_survival": BOND_SURVIVAL_DECLARED} if "bond_scan" in measures else {}),
-            **({"declared_verified": VERIFIED_DECLARED} if verify else {})}
+            **({"declared_verified": VERIFIED_DECLARED} if verify else {}),
+            **({"declared_md_check": MD_CHECK_DECLARED} if md_check else {})}
 
 
 BOND_SURVIVAL_DECLARED = (
@@ -763,11 +789,20 @@ VERIFIED_DECLARED = (
     "at each kT), HEADLINE_AUDIT otherwise. Added after the thermal series' first results were seen (04:03-04:11 UTC), "
     "exploratory: safe_temperature_path_K, verified_safe_temperature_path_K (sign +1) and verified_hole_depth (sign -1)")
 
+MD_CHECK_DECLARED = (
+    "runaway_survival (sign +1; primary), md_checked_safe_temperature_K (sign +1; secondary), runaway_survival_effective "
+    "(sign +1; tertiary), written 2026-12-07 06:39 UTC before the full run: --md-check 4 --md-steps 200 "
+    "--kT 0.043 0.086 0.172 (short Langevin runs at kT/k_B, 0.5 fs, friction 0.02, from every attack seed's farthest "
+    "frame within reach), HEADLINE_AUDIT otherwise. A probe on gen1 seeds 0 and 1 (cost and run-away rate) came "
+    "first: with kT 0.043 and 0.086 only 1 of 48 short runs ran away, so 0.172 (2000 K) was added; nothing else "
+    "changed. The baseline to beat: the NN-MD test itself at the same CPU fraction (subsampled_md_baseline)")
+
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
                      "bond_barrier": +1, "bond_survival": +1, "safe_temperature_path_K": +1,
                      "verified_safe_temperature_K": +1, "verified_median_true_error": -1,
-                     "verified_safe_temperature_path_K": +1, "verified_hole_depth": -1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
+                     "verified_safe_temperature_path_K": +1, "verified_hole_depth": -1,
+                     "runaway_survival": +1, "md_checked_safe_temperature_K": +1, "runaway_survival_effective": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:
@@ -789,12 +824,16 @@ def headline_summary(rows: list[dict]) -> dict:
             groups.setdefault(r["weights_sha256"], []).append([r["arm"], r["seed"]])
     reliability = md_rank_reliability(rows, correlations)
     where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
+    audit_ratio = audit_cpu / md_cpu if md_cpu else None
+    baseline = {f"{fraction:.3g}": subsampled_md_baseline(rows, fraction)
+                for fraction in sorted({0.1, round(audit_ratio, 3)} if audit_ratio else {0.1})}
     return {"committees": rows, "bond_survival_by_cell_vs_md": survival_by_cell_vs_md(rows),
             "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")} if where else None,
             "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
-            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else None,
+            "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_ratio,
+            "nn_md_at_cpu_fraction": baseline,
             "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
 
 
@@ -811,6 +850,33 @@ def survival_by_cell_vs_md(rows: list[dict]) -> dict | None:
                           [r["md_stable_fraction_by_cell"][c] for r in by_cell if c in r["md_stable_fraction_by_cell"]])
               for c in cells}
     return {"pooled": spearman(*zip(*pairs)), **within}
+
+
+def subsampled_md_baseline(rows: list[dict], cpu_fraction: float, draws: int = 200, seed: int = 0) -> dict | None:
+    """The baseline every predictor must beat: the test itself at ``cpu_fraction`` of its CPU. Each committee's
+    NN-MD runs (``row["survived"]``, one bool per run) are independent, so k = round(``cpu_fraction`` × runs) (at least
+    1) of them, drawn at random, are an NN-MD test at that CPU; its Spearman against the stable fraction of the
+    committee's *other* runs is what the cheap test achieves (the held-out runs are n − k, not n: a slight
+    underestimate of ρ against all n). Over ``draws`` draws: mean, 5th and 95th percentile of ρ, and k. None when
+    fewer than 3 rows have their runs."""
+    runs = [np.asarray(r["survived"], dtype=float) for r in rows if len(r.get("survived") or []) >= 2]
+    if len(runs) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(draws):
+        cheap, rest = [], []
+        for survived in runs:
+            k = min(max(1, round(cpu_fraction * len(survived))), len(survived) - 1)
+            pick = rng.permutation(len(survived))
+            cheap.append(survived[pick[:k]].mean())
+            rest.append(survived[pick[k:]].mean())
+        rho = stats.spearmanr(cheap, rest).statistic
+        rhos.append(0.0 if not np.isfinite(rho) else float(rho))  # all draws tied: no ranking at all
+    k = [min(max(1, round(cpu_fraction * len(s))), len(s) - 1) for s in runs]
+    return {"cpu_fraction": cpu_fraction, "runs_drawn": [min(k), max(k)], "rho_mean": float(np.mean(rhos)),
+            "rho_5": float(np.percentile(rhos, 5)), "rho_95": float(np.percentile(rhos, 95)), "draws": draws,
+            "n": len(runs)}
 
 
 def md_rank_reliability(rows: list[dict], correlations: dict) -> dict | None:
@@ -865,7 +931,7 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
         if key not in joined:
             joined[key] = dict(row)
             continue
-        shared = HEADLINE_IDENTITY + ("weights_sha256", "md_stable_fraction_by_cell")  # the committee's, not a measure's
+        shared = HEADLINE_IDENTITY + ("weights_sha256", "md_stable_fraction_by_cell", "survived")  # the committee's, not a measure's
         mine = set(joined[key]) - set(shared)
         if mine & set(row) or any(joined[key][k] != row[k] for k in shared if k in row and k in joined[key]):
             raise ValueError(f"--merge: a committee appears twice: {key} (the same measures, or other weights)")
@@ -911,6 +977,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--extend-kT", type=int, default=0, help="append this many doublings of the largest kT")
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="check N frames per kT of every audit with the reference (true errors, a verified safe T)")
+    parser.add_argument("--md-check", type=int, default=0, metavar="N",
+                        help="--from-headline: run short NN-MD from N frames per kT of every audit (does it run away?)")
+    parser.add_argument("--md-steps", type=int, default=200, help="--md-check: steps of each short run (0.5 fs)")
     parser.add_argument("--md-from", default=None, metavar="JSON",
                         help="reuse the NN-MD of an earlier --json output of the same series (refused unless every "
                              "committee's audit repeats it exactly)")
@@ -987,6 +1056,8 @@ def headline_main(args) -> dict:
         audit_settings["kT_values"] = tuple(args.kT)
     if args.quick:
         audit_settings.update(n_steps=10, n_replicas=2)
+    if args.md_check:
+        audit_settings["md_steps"] = args.md_steps
     arms = None if args.arms == "all" or (args.arms is None and args.merge) else tuple(
         (args.arms or ",".join(HEADLINE_ARMS)).split(","))
     seeds = None if args.seeds is None else [int(k) for k in args.seeds.split(",")]
@@ -995,7 +1066,8 @@ def headline_main(args) -> dict:
     result = merge_headline(args.merge, arms, seeds, exclude) if args.merge else run_headline(
         args.from_headline, arms, audit_settings,
         dict(n_frames=4, temperatures_K=(600.0, 1000.0), relax_steps=20) if args.quick else None,
-        args.calibration_cache, args.limit, seeds, measures=tuple(args.measures.split(",")), verify=args.verify)
+        args.calibration_cache, args.limit, seeds, measures=tuple(args.measures.split(",")), verify=args.verify,
+        md_check=args.md_check)
     out = {"benchmark": "audit", "mode": "from_headline", "quick": args.quick, "headline": result,
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for row in result["committees"]:
@@ -1005,6 +1077,8 @@ def headline_main(args) -> dict:
         bond_text = (f"bond barrier {row['bond_barrier']:.2f} ({row['bond_barrier_weakest']}), "
                      if "bond_barrier" in row else "")
         bond_text += f"predicted stable {row['bond_survival']:.2f}, " if "bond_survival" in row else ""
+        bond_text += (f"short NN-MD survival {row['runaway_survival']:.2f} ({row['runaway_ran_away']} of "
+                      f"{row['runaway_runs']} ran away, {row['md_check_cpu_s']:.1f} s), " if "runaway_survival" in row else "")
         print(f"  {row['arm']:>16} seed {row['seed']}: {audit_text}{bond_text}NN-MD stable {row['n_stable']}/{row['n_runs']}")
     for name, value in result["spearman_vs_md_stable"].items():
         if name not in HEADLINE_MEASURES or value["n"] == 0:
@@ -1016,6 +1090,11 @@ def headline_main(args) -> dict:
         print(f"NN-MD stable fractions rank these committees with split-half Spearman {reliability['split_half']:.2f} "
               f"(all runs {reliability['full']:.2f}): no measure can be expected above rho = {reliability['ceiling']:.2f}; "
               f"safe T corrected for that noise {reliability['disattenuated']['safe_temperature_K']:+.2f}")
+    for fraction, value in (result.get("nn_md_at_cpu_fraction") or {}).items():
+        if value:
+            print(f"baseline: the NN-MD test itself at {fraction} of its CPU ({value['runs_drawn'][0]}-"
+                  f"{value['runs_drawn'][1]} runs per committee) ranks them with Spearman {value['rho_mean']:+.2f} "
+                  f"({value['rho_5']:+.2f} to {value['rho_95']:+.2f} over {value['draws']} draws)")
     ratio, bond_ratio = result["audit_over_md_cpu"], result.get("bond_scan_over_md_cpu")
     print(f"audit CPU / NN-MD CPU = {ratio:.3f} (goal <= 0.1)" if ratio else "no audit CPU or NN-MD CPU in rows.json")
     if bond_ratio:
