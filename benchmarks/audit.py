@@ -791,7 +791,7 @@ VERIFIED_DECLARED = (
 
 MD_CHECK_DECLARED = (
     "runaway_survival (sign +1; primary), md_checked_safe_temperature_K (sign +1; secondary), runaway_survival_effective "
-    "(sign +1; tertiary), written 2026-12-07 06:39 UTC before the full run: --md-check 4 --md-steps 200 "
+    "(sign +1; tertiary), written 2026-12-07 06:36 UTC before the full run: --md-check 4 --md-steps 200 "
     "--kT 0.043 0.086 0.172 (short Langevin runs at kT/k_B, 0.5 fs, friction 0.02, from every attack seed's farthest "
     "frame within reach), HEADLINE_AUDIT otherwise. A probe on gen1 seeds 0 and 1 (cost and run-away rate) came "
     "first: with kT 0.043 and 0.086 only 1 of 48 short runs ran away, so 0.172 (2000 K) was added; nothing else "
