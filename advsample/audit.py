@@ -397,7 +397,7 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
     per kT at T = kT/k_B, ``config.md_steps`` steps, judged by the failure criteria of each frame's ``start``
     (:func:`advsample.dynamics.run_stability` with ``bonds_from``), and with ``config.md_energy_tolerance`` by the
     reference's energy on three frames. Returns plain data: ``frames`` (one dict per run: kT, ΔE, path ΔE, error
-    bar, ran_away, survived = the fraction of the steps it ran, reason), ``n_ran_away``, ``mean_survival`` overall
+    bar, ran_away, survived = the fraction of the steps it ran: 1 also for a run that failed at its last step, reason), ``n_ran_away``, ``mean_survival`` overall
     and ``survival_by_kT``, the MD-checked safe temperature (min ΔE of the frames that ran away over q·k_B; with
     none, the sweep's largest T as a lower bound) by frame and path reach, steps, committee and reference calls."""
     from .dynamics import run_stability
@@ -593,7 +593,9 @@ def command_line(args) -> int:
                              initial_displacement=args.initial_displacement, min_distance=args.min_distance,
                              energy_unit=args.energy_unit, seed=args.seed,
                              reach=getattr(args, "reach", "frame"), verify_per_kT=getattr(args, "verify", 0),
-                             energy_tolerance=getattr(args, "energy_tolerance", None))
+                             energy_tolerance=getattr(args, "energy_tolerance", None),
+                             md_per_kT=getattr(args, "md_check", 0), md_steps=getattr(args, "md_steps", 200),
+                             md_timestep_fs=getattr(args, "md_timestep_fs", 0.5))
         if args.system:
             from .systems import get_system
 
@@ -636,6 +638,13 @@ def command_line(args) -> int:
               f"{len(v['reference_failures'])} failed; verified.csv): {v['flagged_and_failed']} flagged and wrong, "
               f"{v['flagged_not_failed']} flagged but right, {v['failed_not_flagged']} wrong but not flagged; "
               f"verified safe temperature: {word} {v['safe_temperature_K']:.0f} K")
+    if result.md_checked is not None:
+        m = result.md_checked
+        word = "at least" if m["safe_bound"] == "lower" else "about"
+        by_kT = ", ".join(f"kT {kT}: {survival:.2f}" for kT, survival in m["survival_by_kT"].items())
+        print(f"short NN-MD from the frames ({len(m['frames'])} runs of {m['md_steps']} steps, {m['cpu_s']:.1f} s CPU; "
+              f"md_checked.csv): {m['n_ran_away']} ran away; mean fraction survived {by_kT}; "
+              f"MD-checked safe temperature: {word} {m['safe_temperature_K']:.0f} K")
     if getattr(args, "bond_scan", False):
         started = time.process_time()
         bonds = bond_table(committee, structures, config.kT_values, args.md_time_fs, config.energy_unit,

@@ -93,6 +93,12 @@ def _add_audit(sub) -> None:
     audit.add_argument("--energy-tolerance", type=float, default=None,
                        help="--verify: a checked frame also fails when its energy above the start is off by more "
                             "than this (energy unit; default: forces only)")
+    audit.add_argument("--md-check", type=int, default=0, metavar="N",
+                       help="run a short NN-MD (Langevin at kT/k_B) from N frames per kT (each attack seed's farthest "
+                            "within reach): does MD from there run away? md_checked.csv and an MD-checked safe T; no "
+                            "labels (default 0: none)")
+    audit.add_argument("--md-steps", type=int, default=200, help="--md-check: steps of each short run (default 200)")
+    audit.add_argument("--md-timestep-fs", type=float, default=0.5, help="--md-check: time step (default 0.5 fs)")
 
 
 RUN_EPILOG = """\

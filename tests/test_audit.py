@@ -165,6 +165,56 @@ def test_verification_needs_a_reference_and_skips_failed_calculations(committees
     assert all(np.isfinite(row["true_error"]) for row in verified["frames"])  # failures skipped, never used
 
 
+MD_CHECK = replace(CONFIG, kT_values=(0.3, 1.0), md_per_kT=4, md_steps=100, md_timestep_fs=1.0,
+                   md_energy_tolerance=0.5)
+
+
+def test_short_md_from_the_unseen_well_runs_away_only_where_the_committee_is_wrong(committees):
+    """From frames in the right well, MD at kT 0.3 stays there (the barrier is ~8 kT); the committee trained without
+    that well is off the reference there and its runs fail the energy check, the one trained on both survive."""
+    from advsample.audit import md_check_frames
+
+    start = committees["starts"][0]
+    right = SURFACE.sample(8, seed=3, max_energy=-0.5, region=[(0.3, 1.5), (-1.2, 1.2)])
+    for atoms in right:
+        atoms.info.update(attack_seed=0, attack_step=0)
+    out = {}
+    for name in ("hole", "full"):
+        energies = committees[name].predict(right + [start])["energy_mean"]
+        items = [(0.3, atoms, float(energies[k] - energies[-1]), 0.0, float(energies[k] - energies[-1]), start)
+                 for k, atoms in enumerate(right)]
+        out[name] = md_check_frames(committees[name], items, MD_CHECK, 1.0, double_well_2d())
+    hole, full = out["hole"], out["full"]
+    assert hole["n_ran_away"] >= 1 and full["n_ran_away"] == 0
+    assert all("off the reference" in f["reason"] for f in hole["frames"] if f["ran_away"])
+    assert all(f["survived"] == 1 for f in hole["frames"] if not f["ran_away"])  # (a run may fail at its last step)
+    assert hole["mean_survival"] < full["mean_survival"] == 1.0
+    assert hole["safe_bound"] == "estimate" and full["safe_bound"] == "lower"
+    away = [f["energy_above_min"] for f in hole["frames"] if f["ran_away"]]
+    assert hole["safe_temperature_K"] == pytest.approx(max(min(away), 0.0) / MD_CHECK.kB)  # reach q = 1 here
+    assert hole["reference_calls"] > 0 and full["reference_calls"] == 3 * len(right)  # three checked frames per run
+
+
+def test_audit_with_the_md_check_reports_each_run(committees, tmp_path):
+    result = audit(committees["hole"], committees["starts"], MD_CHECK, progress=False, reference=double_well_2d())
+    checked = result.md_checked
+    assert 0 < len(checked["frames"]) <= MD_CHECK.md_per_kT * len(MD_CHECK.kT_values)
+    for row in checked["frames"]:  # each run starts from a frame within thermal reach at its kT
+        assert row["energy_above_min"] <= result.reach_kT * row["kT"] + 1e-9
+        assert row["ran_away"] == bool(row["reason"]) and 0 <= row["survived"] <= 1
+    assert checked["n_ran_away"] == sum(row["ran_away"] for row in checked["frames"])
+    assert set(checked["survival_by_kT"]) <= {f"{kT:g}" for kT in MD_CHECK.kT_values}
+    assert checked["cpu_s"] > 0 and result.time_s >= checked["cpu_s"]
+    result.write(tmp_path)
+    with open(tmp_path / "md_checked.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(checked["frames"])
+    assert json.loads((tmp_path / "audit.json").read_text())["md_checked"]["n_ran_away"] == checked["n_ran_away"]
+    with pytest.raises(ValueError, match="md_energy_tolerance"):  # the energy check needs a reference
+        audit(committees["hole"], committees["starts"], MD_CHECK, progress=False)
+    unchecked = replace(MD_CHECK, md_energy_tolerance=None)  # geometry only: a one-atom toy never fails it
+    assert audit(committees["hole"], committees["starts"], unchecked, progress=False).md_checked["n_ran_away"] == 0
+
+
 def test_collective_motion_names_atoms_and_distances():
     from ase import Atoms
 
@@ -179,7 +229,9 @@ def test_collective_motion_names_atoms_and_distances():
 @pytest.mark.parametrize("options, message", [({"kT_values": ()}, "kT_values"), ({"kT_values": (-1.0,)}, "kT_values"),
                                               ({"force_tolerance": 0.0}, "force_tolerance"),
                                               ({"tail_probability": 1.5}, "tail_probability"),
-                                              ({"n_steps": 0}, "n_steps")])
+                                              ({"n_steps": 0}, "n_steps"), ({"md_per_kT": -1}, "md_per_kT"),
+                                              ({"md_steps": 0}, "md_steps"), ({"md_friction": 0.0}, "md_friction"),
+                                              ({"md_energy_tolerance": -1.0}, "md_energy_tolerance")])
 def test_bad_audit_settings_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         AuditConfig(**options)
@@ -215,6 +267,13 @@ def test_command_line_audit(committees, tmp_path, capsys):
     assert main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2",
                  "--verify", "2", "--reference", "no_such_module:Calc"]) == 2
     assert "cannot be imported" in capsys.readouterr().err
+    # --md-check: short NN-MD from the frames, no reference needed
+    code = main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2.0",
+                 "--n-steps", "10", "--n-replicas", "1", "-o", str(tmp_path / "md"), "--no-progress",
+                 "--md-check", "2", "--md-steps", "20"])
+    assert code == 0 and "short NN-MD from the frames" in capsys.readouterr().out
+    with open(tmp_path / "md" / "md_checked.csv") as handle:
+        assert 1 <= len(list(csv.DictReader(handle))) <= 2
 
 
 def test_benchmark_quick_json(tmp_path):

@@ -144,7 +144,7 @@ def quick_headline(headline_dir):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         out = benchmark.main(["--from-headline", str(root), "--arms", "all", "--quick", "--json",
-                              "--calibration-cache", str(root / "calibration")])
+                              "--calibration-cache", str(root / "calibration"), "--md-check", "2", "--md-steps", "5"])
     return out, json.loads(printed.getvalue().strip().splitlines()[-1])
 
 
@@ -159,6 +159,9 @@ def test_from_headline_quick_json(quick_headline):
         assert row["safe_temperature_K"] == min(c["safe_temperature_K"] for c in row["per_cell"].values())
         assert 0 <= row["fraction_over_tolerance_effective"] <= 1 and row["test_force_mae"] > 0
         assert row["force_scale"] > 0 and row["audit_cpu_s"] > 0
+        assert 0 < row["runaway_runs"] <= 2 * len(result["cells"]) * len(result["audit"]["kT_values"])  # --md-check 2
+        assert 0 <= row["runaway_survival"] <= 1 and 0 < row["md_check_cpu_s"] < row["audit_cpu_s"]
+        assert row["survived"] == [True] * row["n_stable"] + [False] * (8 - row["n_stable"])
         assert abs(row["effective_kT"] - 0.043) < 1e-9  # the sweep's kT nearest k_B * 500 K
         assert row["bond_scan_cpu_s"] > 0 and row["bond_barrier_weakest"].rsplit(":", 1)[0] in result["cells"]
         assert 0 < row["bond_barrier_at_stretch_A"] <= 2.0 and np.isfinite(row["bond_barrier"])
@@ -182,6 +185,8 @@ def test_from_headline_quick_json(quick_headline):
     correlation = result["spearman_vs_md_stable"]["test_force_mae"]
     assert correlation["n"] == 2 and (correlation["rho"] != correlation["rho"] or abs(correlation["rho"]) == pytest.approx(1))
     assert result["audit_over_md_cpu"] == pytest.approx(result["audit_cpu_s"] / 10.0)
+    assert "runaway_survival" in result["declared_md_check"] and result["audit"]["md_steps"] == 5
+    assert result["nn_md_at_cpu_fraction"]["0.1"] is None  # two committees: no baseline ranking
 
 
 def test_merge_joins_parts_and_refuses_a_committee_twice(quick_headline, tmp_path):
@@ -379,3 +384,36 @@ def test_verified_cells_combine_like_the_audit():
     assert collapsed["verified_safe_temperature_path_K"] == 0.0
     assert benchmark.verified_cells({"B": checked["B"]}, {"B": {}})["verified_bound"] == "lower"  # all bounds: a bound
     assert benchmark.lowest([]) == (0.0, "estimate")
+
+
+def test_md_checked_cells_combine_like_the_audit():
+    def run(kT, survived, ran_away):
+        return {"kT": kT, "survived": survived, "ran_away": ran_away, "reason": "fragmented" if ran_away else ""}
+
+    checked = {"A": dict(frames=[run(0.043, 1.0, False), run(0.172, 0.25, True)], safe_temperature_K=300.0,
+                         safe_bound="estimate", cpu_s=2.0,
+                         safe_temperature_by_reach={"frame": (300.0, "estimate"), "path": (700.0, "estimate")}),
+               "B": dict(frames=[run(0.043, 0.5, True)], safe_temperature_K=100.0, safe_bound="estimate", cpu_s=1.0,
+                         safe_temperature_by_reach={"frame": (100.0, "estimate"), "path": (150.0, "estimate")})}
+    out = benchmark.md_checked_cells(checked, {"A": {}, "B": {}}, 0.043)
+    assert out["md_checked_safe_temperature_K"] == 100.0 and out["md_checked_safe_temperature_path_K"] == 150.0
+    assert out["runaway_survival"] == pytest.approx((1.0 + 0.25 + 0.5) / 3)
+    assert out["runaway_survival_effective"] == pytest.approx(0.75)  # the runs at kT 0.043 only
+    assert out["runaway_runs"] == 3 and out["runaway_ran_away"] == 2 and out["md_check_cpu_s"] == 3.0
+    collapsed = benchmark.md_checked_cells({"A": checked["A"]}, {"A": {}, "C": {"collapsed_on_relax": "x"}}, 0.043)
+    assert collapsed["md_checked_safe_temperature_K"] == 0.0  # a cell that collapsed is unsafe at 0 K
+
+
+def test_the_nn_md_test_subsampled_to_a_cpu_fraction_is_the_baseline():
+    """Committees whose runs survive with probabilities far apart: a tenth of the runs ranks them almost as the rest
+    do; committees that are all alike: the subsample ranks nothing (ρ near 0)."""
+    rng = np.random.default_rng(1)
+    apart = [{"survived": (rng.random(200) < p).tolist()} for p in np.linspace(0.05, 0.95, 12)]
+    alike = [{"survived": (rng.random(200) < 0.5).tolist()} for _ in range(12)]
+    strong = benchmark.subsampled_md_baseline(apart, 0.1, draws=50)
+    weak = benchmark.subsampled_md_baseline(alike, 0.1, draws=50)
+    assert strong["runs_drawn"] == [20, 20] and strong["n"] == 12 and strong["draws"] == 50
+    assert strong["rho_mean"] > 0.8 and abs(weak["rho_mean"]) < 0.3
+    assert strong["rho_5"] <= strong["rho_mean"] <= strong["rho_95"]
+    assert benchmark.subsampled_md_baseline(apart[:2], 0.1) is None  # two committees: nothing to rank
+    assert benchmark.subsampled_md_baseline([{"survived": [True] * 10}] * 3, 0.01)["runs_drawn"] == [1, 1]

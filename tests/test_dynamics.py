@@ -202,6 +202,29 @@ def test_batched_checks_agree_with_one_check_per_replica(starts):
     assert {"atoms collapsed", "atom isolated", "fragmented"} <= kinds and expected.count(None) >= 4
 
 
+def test_a_run_from_a_distorted_frame_is_judged_by_the_bonds_of_its_minimum():
+    """Ethane with one CH3 pulled 1.5 Å off: by its own geometry the C–C pair is no bond (each methyl intact, no
+    failure); judged by the bonds of the minimum it came from (bonds_from), the molecule is fragmented at step 0."""
+    ethane = molecule("C2H6")
+    pulled = ethane.copy()
+    carbon = [k for k, z in enumerate(ethane.numbers) if z == 6]
+    axis = ethane.positions[carbon[1]] - ethane.positions[carbon[0]]
+    second = [k for k in range(len(ethane)) if k == carbon[1] or (ethane.numbers[k] == 1 and np.linalg.norm(
+        ethane.positions[k] - ethane.positions[carbon[1]]) < 1.3)]
+    pulled.positions[second] += 1.5 * axis / np.linalg.norm(axis)
+
+    def still(batch):  # no forces: the frame stays where it is
+        return torch.zeros(batch.n_structures, dtype=torch.float64), torch.zeros(len(batch.positions), 3)
+
+    own = run_stability(None, [pulled], n_replicas=1, n_steps=1, temperature_K=0.0, force_fn=still)
+    judged = run_stability(None, [pulled], n_replicas=1, n_steps=1, temperature_K=0.0, force_fn=still,
+                           bonds_from=[ethane])
+    assert own["n_stable"] == 1
+    assert judged["n_stable"] == 0 and "fragmented: C" in judged["failures"][0] and "step 0" in judged["failures"][0]
+    with pytest.raises(ValueError, match="bonds_from"):
+        run_stability(None, [pulled], n_replicas=1, n_steps=1, force_fn=still, bonds_from=[molecule("CH4")])
+
+
 def test_bad_input_is_named_before_any_md(committee, starts):
     with pytest.raises(ValueError, match="integrator"):
         run_stability(committee, starts, n_replicas=2, integrator="verlet")
