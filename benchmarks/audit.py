@@ -39,6 +39,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -357,6 +358,7 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
             "spearman_safe_T_vs_md_stable": correlations[calibrations[0]]["safe_temperature_K"]["rho"],
             "spearman_by_calibration": correlations, "calibration": calibrations[0],
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else float("nan"),
+            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_cpu / md_cpu if md_cpu else None),
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
@@ -825,15 +827,13 @@ def headline_summary(rows: list[dict]) -> dict:
     reliability = md_rank_reliability(rows, correlations)
     where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
     audit_ratio = audit_cpu / md_cpu if md_cpu else None
-    baseline = {f"{fraction:.3g}": subsampled_md_baseline(rows, fraction)
-                for fraction in sorted({0.1, round(audit_ratio, 3)} if audit_ratio else {0.1})}
     return {"committees": rows, "bond_survival_by_cell_vs_md": survival_by_cell_vs_md(rows),
             "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")} if where else None,
             "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_ratio,
-            "nn_md_at_cpu_fraction": baseline,
+            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_ratio),
             "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
 
 
@@ -852,31 +852,49 @@ def survival_by_cell_vs_md(rows: list[dict]) -> dict | None:
     return {"pooled": spearman(*zip(*pairs)), **within}
 
 
+def cpu_baselines(rows: list[dict], audit_ratio: float | None) -> dict:
+    """:func:`subsampled_md_baseline` at the goal's CPU fraction (0.1) and at the audit's measured one."""
+    fractions = {0.1} | ({round(audit_ratio, 3)} if audit_ratio and audit_ratio > 0 else set())
+    return {f"{fraction:.3g}": subsampled_md_baseline(rows, fraction) for fraction in sorted(fractions)}
+
+
+def md_groups(row: dict) -> list[tuple[int, int]]:
+    """A committee's NN-MD test as (stable runs, runs) per temperature: one group for a headline row, one per
+    temperature of a thermal-series row (``md_stable_fraction`` {T: fraction} of ``md_runs_per_temperature``)."""
+    if isinstance(row.get("md_stable_fraction"), dict):
+        n = int(row["md_runs_per_temperature"])
+        return [(round(f * n), n) for f in row["md_stable_fraction"].values()]
+    return [(int(row["n_stable"]), int(row["n_runs"]))]
+
+
 def subsampled_md_baseline(rows: list[dict], cpu_fraction: float, draws: int = 200, seed: int = 0) -> dict | None:
-    """The baseline every predictor must beat: the test itself at ``cpu_fraction`` of its CPU. Each committee's
-    NN-MD runs (``row["survived"]``, one bool per run) are independent, so k = round(``cpu_fraction`` × runs) (at least
-    1) of them, drawn at random, are an NN-MD test at that CPU; its Spearman against the stable fraction of the
-    committee's *other* runs is what the cheap test achieves (the held-out runs are n − k, not n: a slight
-    underestimate of ρ against all n). Over ``draws`` draws: mean, 5th and 95th percentile of ρ, and k. None when
-    fewer than 3 rows have their runs."""
-    runs = [np.asarray(r["survived"], dtype=float) for r in rows if len(r.get("survived") or []) >= 2]
-    if len(runs) < 3:
+    """The baseline every predictor must beat: the NN-MD test itself at ``cpu_fraction`` of its CPU. A committee's
+    runs at one temperature are exchangeable and independent, so k = round(``cpu_fraction`` × runs) of them (at least
+    1, at most all but one), drawn without replacement (a hypergeometric draw of its stable runs), are an NN-MD test
+    at that CPU. Its Spearman against the stable fraction of the committee's *other* runs (means over temperatures,
+    :func:`md_groups`) is what the cheap test achieves; the held-out runs are n − k, not n, so it slightly
+    underestimates ρ against all n. Over ``draws`` draws: mean, 5th and 95th percentile of ρ (a draw with every
+    committee tied counts 0), and k. None for fewer than 3 committees."""
+    groups = [md_groups(r) for r in rows]
+    if len(groups) < 3:
         return None
     rng = np.random.default_rng(seed)
+    drawn = [[min(max(1, round(cpu_fraction * n)), n - 1) for _, n in g] for g in groups]
     rhos = []
     for _ in range(draws):
         cheap, rest = [], []
-        for survived in runs:
-            k = min(max(1, round(cpu_fraction * len(survived))), len(survived) - 1)
-            pick = rng.permutation(len(survived))
-            cheap.append(survived[pick[:k]].mean())
-            rest.append(survived[pick[k:]].mean())
-        rho = stats.spearmanr(cheap, rest).statistic
-        rhos.append(0.0 if not np.isfinite(rho) else float(rho))  # all draws tied: no ranking at all
-    k = [min(max(1, round(cpu_fraction * len(s))), len(s) - 1) for s in runs]
-    return {"cpu_fraction": cpu_fraction, "runs_drawn": [min(k), max(k)], "rho_mean": float(np.mean(rhos)),
+        for g, ks in zip(groups, drawn):
+            picked = [rng.hypergeometric(stable, n - stable, k) for (stable, n), k in zip(g, ks)]
+            cheap.append(np.mean([p / k for p, k in zip(picked, ks)]))
+            rest.append(np.mean([(stable - p) / (n - k) for (stable, n), p, k in zip(g, picked, ks)]))
+        with warnings.catch_warnings():  # every committee tied in a draw: no ranking, counted 0
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            rho = stats.spearmanr(cheap, rest).statistic
+        rhos.append(float(rho) if np.isfinite(rho) else 0.0)
+    ks = [k for g in drawn for k in g]
+    return {"cpu_fraction": cpu_fraction, "runs_drawn": [min(ks), max(ks)], "rho_mean": float(np.mean(rhos)),
             "rho_5": float(np.percentile(rhos, 5)), "rho_95": float(np.percentile(rhos, 95)), "draws": draws,
-            "n": len(runs)}
+            "n": len(groups)}
 
 
 def md_rank_reliability(rows: list[dict], correlations: dict) -> dict | None:
@@ -980,6 +998,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--md-check", type=int, default=0, metavar="N",
                         help="--from-headline: run short NN-MD from N frames per kT of every audit (does it run away?)")
     parser.add_argument("--md-steps", type=int, default=200, help="--md-check: steps of each short run (0.5 fs)")
+    parser.add_argument("--baselines", nargs="+", default=None, metavar="JSON",
+                        help="for stored results (a series' or a --from-headline --json output): the NN-MD test itself "
+                             "subsampled to 0.1 and to the audit's CPU fraction, against which any measure's rho compares")
     parser.add_argument("--md-from", default=None, metavar="JSON",
                         help="reuse the NN-MD of an earlier --json output of the same series (refused unless every "
                              "committee's audit repeats it exactly)")
@@ -1006,6 +1027,8 @@ def main(argv=None) -> dict:
                                                                   "frames (default: not cached)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    if args.baselines:
+        return baselines_main(args.baselines, args.json)
     if args.from_headline:
         if args.exclude and not args.merge:
             parser.error("--exclude applies to --merge only (a post-hoc exclusion from a ranking already measured)")
@@ -1030,6 +1053,11 @@ def main(argv=None) -> dict:
         if result.get("md_rank_reliability"):
             print(f"  NN-MD ranks these committees with split-half Spearman {result['md_rank_reliability']['split_half']:.2f}: "
                   f"no measure can be expected above rho = {result['md_rank_reliability']['ceiling']:.2f}")
+        for fraction, value in (result.get("nn_md_at_cpu_fraction") or {}).items():
+            if value:
+                print(f"  baseline: the NN-MD test itself at {fraction} of its CPU ({value['runs_drawn'][0]}-"
+                      f"{value['runs_drawn'][1]} runs per temperature) ranks them with Spearman {value['rho_mean']:+.2f} "
+                      f"({value['rho_5']:+.2f} to {value['rho_95']:+.2f} over {value['draws']} draws)")
         for mode, measures in result["spearman_by_calibration"].items():
             print(f"  calibration {mode}: " + ", ".join(f"Spearman({key}) = {v['rho']:+.2f} (p = {v['p']:.2f})"
                                                        for key, v in measures.items()))
@@ -1044,6 +1072,26 @@ def main(argv=None) -> dict:
                   f"MD {row['md_cpu_s']:.1f} s")
     if args.json:
         print(json.dumps(out, default=float))
+    return out
+
+
+def baselines_main(paths, as_json: bool) -> dict:
+    """``--baselines FILE ...``: :func:`cpu_baselines` of each stored result (each series of a thermal run, or the
+    committees of a headline one), printed beside the audit's CPU fraction."""
+    out = {}
+    for path in paths:
+        result = _json_result(path)
+        parts = result["systems"] if "systems" in result else {"headline": result["headline"]}
+        for name, part in parts.items():
+            ratio = part["audit_over_md_cpu"]
+            out[f"{path}:{name}"] = {"n": len(part["committees"]), "audit_over_md_cpu": ratio,
+                                     "baselines": cpu_baselines(part["committees"], ratio)}
+            for fraction, value in out[f"{path}:{name}"]["baselines"].items():
+                text = (f"{value['rho_mean']:+.2f} ({value['rho_5']:+.2f} to {value['rho_95']:+.2f}), "
+                        f"{value['runs_drawn'][0]}-{value['runs_drawn'][1]} runs" if value else "n < 3")
+                print(f"{path} {name} ({len(part['committees'])} committees): NN-MD at {fraction} of its CPU: {text}")
+    if as_json:
+        print(json.dumps({"benchmark": "audit", "mode": "baselines", "results": out, "machine": machine()}))
     return out
 
 

@@ -406,14 +406,30 @@ def test_md_checked_cells_combine_like_the_audit():
 
 def test_the_nn_md_test_subsampled_to_a_cpu_fraction_is_the_baseline():
     """Committees whose runs survive with probabilities far apart: a tenth of the runs ranks them almost as the rest
-    do; committees that are all alike: the subsample ranks nothing (ρ near 0)."""
+    do; committees that are all alike: the subsample ranks nothing (ρ near 0). Thermal rows: one group per T."""
     rng = np.random.default_rng(1)
-    apart = [{"survived": (rng.random(200) < p).tolist()} for p in np.linspace(0.05, 0.95, 12)]
-    alike = [{"survived": (rng.random(200) < 0.5).tolist()} for _ in range(12)]
+    apart = [{"n_stable": int(rng.binomial(200, p)), "n_runs": 200} for p in np.linspace(0.05, 0.95, 12)]
+    alike = [{"n_stable": int(rng.binomial(200, 0.5)), "n_runs": 200} for _ in range(12)]
     strong = benchmark.subsampled_md_baseline(apart, 0.1, draws=50)
     weak = benchmark.subsampled_md_baseline(alike, 0.1, draws=50)
     assert strong["runs_drawn"] == [20, 20] and strong["n"] == 12 and strong["draws"] == 50
     assert strong["rho_mean"] > 0.8 and abs(weak["rho_mean"]) < 0.3
     assert strong["rho_5"] <= strong["rho_mean"] <= strong["rho_95"]
     assert benchmark.subsampled_md_baseline(apart[:2], 0.1) is None  # two committees: nothing to rank
-    assert benchmark.subsampled_md_baseline([{"survived": [True] * 10}] * 3, 0.01)["runs_drawn"] == [1, 1]
+    assert benchmark.subsampled_md_baseline([{"n_stable": 5, "n_runs": 10}] * 3, 0.01)["runs_drawn"] == [1, 1]
+    thermal = {"md_stable_fraction": {"300": 0.75, "600": 0.25}, "md_runs_per_temperature": 64}
+    assert benchmark.md_groups(thermal) == [(48, 64), (16, 64)]
+    assert benchmark.subsampled_md_baseline([thermal] * 3, 0.5, draws=5)["runs_drawn"] == [32, 32]
+
+
+def test_baselines_of_stored_results(tmp_path, capsys):
+    import json
+
+    rows = [{"n_stable": n, "n_runs": 50} for n in (5, 20, 35, 48)]
+    (tmp_path / "h.json").write_text(json.dumps({"headline": {"committees": rows, "audit_over_md_cpu": 0.2}}))
+    out = benchmark.main(["--baselines", str(tmp_path / "h.json"), "--json"])
+    result = out[f"{tmp_path / 'h.json'}:headline"]
+    assert result["n"] == 4 and set(result["baselines"]) == {"0.1", "0.2"}
+    assert result["baselines"]["0.2"]["runs_drawn"] == [10, 10]
+    printed = capsys.readouterr().out
+    assert "NN-MD at 0.1 of its CPU" in printed and json.loads(printed.splitlines()[-1])["mode"] == "baselines"
