@@ -263,6 +263,12 @@ def _audit_record(committee, held_out, test_half, starts, audit_config, referenc
                                        "min_energy_above_min_over_tolerance")} for row in result.per_kT],
               **{k: report[k] for k in ("force_coverage_conformal", "force_coverage_power",
                                         "force_miscalibration_area_raw", "force_miscalibration_area_calibrated")}}
+    if result.md_checked is not None:
+        checked = result.md_checked
+        record.update(md_checked_safe_temperature_K=checked["safe_temperature_K"], md_checked_bound=checked["safe_bound"],
+                      runaway_survival=checked["mean_survival"], runaway_runs=len(checked["frames"]),
+                      runaway_ran_away=checked["n_ran_away"], runaway_survival_by_kT=checked["survival_by_kT"],
+                      md_check_cpu_s=checked["cpu_s"], md_check_reference_calls=checked["reference_calls"])
     if result.verified is not None:
         record.update(verified_record(result.verified), verified_frames=[
             {k: round(v, 5) if isinstance(v, float) else v for k, v in f.items()} for f in result.verified["frames"]])
@@ -308,13 +314,15 @@ MD_KEYS = ("md_stable_fraction", "md_stable_fraction_mean", "md_cpu_s", "md_runs
 
 
 def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=("own",), extend_kT: int = 0,
-               verify: int = 0, md_from=None) -> dict:
+               verify: int = 0, md_from=None, md_check: int = 0) -> dict:
     """One series: train, audit under each of ``calibrations`` (the first is the headline number), NN-MD.
     ``extend_kT``: append this many doublings of the sweep's largest kT (a sweep that reaches past the bound).
     ``verify``: frames per kT checked with the reference (:func:`advsample.audit.verify_frames`); a frame fails on
     its true force error over the tolerance, or, where the series' NN-MD checks energies, on an energy error over
     that NN-MD tolerance. ``md_from``: take the NN-MD rows from that earlier JSON output instead of running NN-MD
-    again; refused unless every committee's unverified audit repeats that file's exactly (same committees)."""
+    again; refused unless every committee's unverified audit repeats that file's exactly (same committees).
+    ``md_check``: frames per kT from which a short NN-MD is run (:func:`advsample.audit.md_check_frames`): a tenth of
+    the series' NN-MD steps, its time step, and its energy check against the reference where it has one."""
     settings = SETTINGS[name]
     reused = reused_md(md_from, name) if md_from else None
     build_cpu = time.process_time()
@@ -327,8 +335,12 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     audit_settings = {**settings["audit"], **({"n_steps": 30, "n_replicas": 1} if quick else {})}
     top = max(audit_settings["kT_values"])
     audit_settings["kT_values"] = tuple(audit_settings["kT_values"]) + tuple(top * 2 ** (k + 1) for k in range(extend_kT))
+    energy_check = settings["md"].get("energy_tolerance_eV") if settings["md_reference"] else None
     audit_config = AuditConfig(**audit_settings, energy_unit=settings["energy_unit"], verify_per_kT=verify,
-                               energy_tolerance=settings["md"].get("energy_tolerance_eV") if verify else None)
+                               energy_tolerance=settings["md"].get("energy_tolerance_eV") if verify else None,
+                               md_per_kT=md_check, md_steps=max(1, settings["md_steps"][0 if quick else 1] // 10),
+                               md_timestep_fs=settings["md"].get("timestep_fs", 0.5),
+                               md_energy_tolerance=energy_check if md_check else None)
     n_runs = md_runs or (16 if quick else 64)
     fixed = fixed_split(stages)
     for stage, train, validation in stages:
@@ -350,7 +362,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     stable = [r["md_stable_fraction_mean"] for r in rows]
     keys = ("safe_temperature_K", "safe_temperature_extrapolated_K", "safe_temperature_path_K") + (
         ("verified_safe_temperature_K", "verified_median_true_error", "verified_safe_temperature_path_K",
-         "verified_hole_depth") if verify else ())
+         "verified_hole_depth") if verify else ()) + (
+        ("md_checked_safe_temperature_K", "runaway_survival") if md_check else ())
     correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable) for key in keys}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
@@ -362,7 +375,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
-            "verify_per_kT": verify, "md_from": str(md_from) if md_from else None,
+            "verify_per_kT": verify, "md_from": str(md_from) if md_from else None, "md_check_per_kT": md_check,
+            "md_check_steps": audit_config.md_steps if md_check else None,
             "verified_energy_tolerance": audit_config.energy_tolerance,
             "settings": {k: settings[k] for k in ("series", "epochs", "audit", "md_kT", "md_steps", "md", "md_reference")}}
 
@@ -996,8 +1010,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="check N frames per kT of every audit with the reference (true errors, a verified safe T)")
     parser.add_argument("--md-check", type=int, default=0, metavar="N",
-                        help="--from-headline: run short NN-MD from N frames per kT of every audit (does it run away?)")
-    parser.add_argument("--md-steps", type=int, default=200, help="--md-check: steps of each short run (0.5 fs)")
+                        help="run short NN-MD from N frames per kT of every audit (does it run away?)")
+    parser.add_argument("--md-steps", type=int, default=200, help="--from-headline --md-check: steps of each short run "
+                                                                  "(0.5 fs; a series runs a tenth of its NN-MD steps)")
     parser.add_argument("--baselines", nargs="+", default=None, metavar="JSON",
                         help="for stored results (a series' or a --from-headline --json output): the NN-MD test itself "
                              "subsampled to 0.1 and to the audit's CPU fraction, against which any measure's rho compares")
@@ -1044,7 +1059,7 @@ def main(argv=None) -> dict:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
     started = time.perf_counter()
     out = {"benchmark": "audit", "quick": args.quick, "systems": {
-        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT, args.verify, args.md_from)
+        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT, args.verify, args.md_from, args.md_check)
         for n in names},
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for n, result in out["systems"].items():
@@ -1062,6 +1077,10 @@ def main(argv=None) -> dict:
             print(f"  calibration {mode}: " + ", ".join(f"Spearman({key}) = {v['rho']:+.2f} (p = {v['p']:.2f})"
                                                        for key, v in measures.items()))
         for row in result["committees"]:
+            if "runaway_survival" in row:
+                print(f"  {row['stage']:>8}: short NN-MD from the audit's frames: {row['runaway_ran_away']} of "
+                      f"{row['runaway_runs']} ran away, mean survival {row['runaway_survival']:.2f}, MD-checked safe T "
+                      f"{row['md_checked_safe_temperature_K']:.0f} K ({row['md_checked_bound']})")
             if "verified_safe_temperature_K" in row:
                 print(f"  {row['stage']:>8}: verified safe T {row['verified_safe_temperature_K']:8.0f} K "
                       f"({row['verified_bound']}), median true error {row['verified_median_true_error']:.3f}, "

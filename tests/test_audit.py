@@ -285,7 +285,7 @@ def test_benchmark_quick_json(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "audit.py"
     done = subprocess.run([sys.executable, str(script), "--quick", "--json", "--calibration", "fixed,own",
-                           "--extend-kT", "1", "--verify", "2"], cwd=tmp_path, capture_output=True,
+                           "--extend-kT", "1", "--verify", "2", "--md-check", "2"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -304,6 +304,11 @@ def test_benchmark_quick_json(tmp_path):
             assert sum(record["verified_counts"].values()) == record["verified_reference_calls"] - 1
         assert "verified_safe_temperature_K" in toy["spearman_by_calibration"]["own"]
         assert toy["verified_energy_tolerance"] == 0.5  # the toy's NN-MD checks energies to 0.5: so does the check
+        for record in (fixed, own):  # --md-check 2: short runs of a tenth of the toy's NN-MD steps, energy checked
+            assert 1 <= record["runaway_runs"] <= 2 * 4 and 0 <= record["runaway_survival"] <= 1
+            assert record["md_check_reference_calls"] > 0 and record["md_checked_safe_temperature_K"] >= 0
+        assert toy["md_check_steps"] == 10 and "runaway_survival" in toy["spearman_by_calibration"]["own"]
+        assert set(toy["nn_md_at_cpu_fraction"]) >= {"0.1"}
         for record in (own, fixed):  # the tie-breaking score: the safe T itself unless the audit was censored
             extrapolated = record["safe_temperature_extrapolated_K"]
             assert extrapolated >= record["safe_temperature_K"] if record["safe_bound"] == "lower" else \
