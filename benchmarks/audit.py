@@ -1013,6 +1013,9 @@ def main(argv=None) -> dict:
                         help="run short NN-MD from N frames per kT of every audit (does it run away?)")
     parser.add_argument("--md-steps", type=int, default=200, help="--from-headline --md-check: steps of each short run "
                                                                   "(0.5 fs; a series runs a tenth of its NN-MD steps)")
+    parser.add_argument("--md-energy-tolerance", type=float, default=None, metavar="EV",
+                        help="--from-headline --md-check: a short run also fails where its committee energy is this far "
+                             "off the reference's (as the headline's NN-MD test with --energy-tolerance)")
     parser.add_argument("--baselines", nargs="+", default=None, metavar="JSON",
                         help="for stored results (a series' or a --from-headline --json output): the NN-MD test itself "
                              "subsampled to 0.1 and to the audit's CPU fraction, against which any measure's rho compares")
@@ -1125,6 +1128,7 @@ def headline_main(args) -> dict:
         audit_settings.update(n_steps=10, n_replicas=2)
     if args.md_check:
         audit_settings["md_steps"] = args.md_steps
+        audit_settings["md_energy_tolerance"] = args.md_energy_tolerance
     arms = None if args.arms == "all" or (args.arms is None and args.merge) else tuple(
         (args.arms or ",".join(HEADLINE_ARMS)).split(","))
     seeds = None if args.seeds is None else [int(k) for k in args.seeds.split(",")]
