@@ -268,6 +268,7 @@ def _audit_record(committee, held_out, test_half, starts, audit_config, referenc
         record.update(md_checked_safe_temperature_K=checked["safe_temperature_K"], md_checked_bound=checked["safe_bound"],
                       runaway_survival=checked["mean_survival"], runaway_runs=len(checked["frames"]),
                       runaway_ran_away=checked["n_ran_away"], runaway_survival_by_kT=checked["survival_by_kT"],
+                      runaway_fraction=checked["n_ran_away"] / len(checked["frames"]) if checked["frames"] else float("nan"),
                       md_check_cpu_s=checked["cpu_s"], md_check_reference_calls=checked["reference_calls"])
     if result.verified is not None:
         record.update(verified_record(result.verified), verified_frames=[
@@ -363,7 +364,7 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     keys = ("safe_temperature_K", "safe_temperature_extrapolated_K", "safe_temperature_path_K") + (
         ("verified_safe_temperature_K", "verified_median_true_error", "verified_safe_temperature_path_K",
          "verified_hole_depth") if verify else ()) + (
-        ("md_checked_safe_temperature_K", "runaway_survival") if md_check else ())
+        ("md_checked_safe_temperature_K", "runaway_survival", "runaway_fraction") if md_check else ())
     correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable) for key in keys}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
@@ -605,6 +606,7 @@ def md_checked_cells(checked: dict, per_cell: dict, effective_kT: float) -> dict
             "runaway_survival": float(np.mean([f["survived"] for f in frames])) if frames else float("nan"),
             "runaway_survival_effective": float(np.mean(at_effective)) if at_effective else float("nan"),
             "runaway_runs": len(frames), "runaway_ran_away": sum(f["ran_away"] for f in frames),
+            "runaway_fraction": float(np.mean([f["ran_away"] for f in frames])) if frames else float("nan"),
             "runaway_reasons": [f["reason"] for f in frames if f["ran_away"]][:5],
             "md_check_cpu_s": sum(v["cpu_s"] for v in results),
             "md_checked_by_cell": {name: v["safe_temperature_K"] for name, v in checked.items()}}
@@ -818,7 +820,8 @@ HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effectiv
                      "bond_barrier": +1, "bond_survival": +1, "safe_temperature_path_K": +1,
                      "verified_safe_temperature_K": +1, "verified_median_true_error": -1,
                      "verified_safe_temperature_path_K": +1, "verified_hole_depth": -1,
-                     "runaway_survival": +1, "md_checked_safe_temperature_K": +1, "runaway_survival_effective": +1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
+                     "runaway_survival": +1, "md_checked_safe_temperature_K": +1, "runaway_survival_effective": +1,
+                     "runaway_fraction": -1}  # safer: sign (a measure a row lacks is NaN there, and left out of its ρ)
 
 
 def headline_summary(rows: list[dict]) -> dict:

@@ -400,6 +400,7 @@ def test_md_checked_cells_combine_like_the_audit():
     assert out["runaway_survival"] == pytest.approx((1.0 + 0.25 + 0.5) / 3)
     assert out["runaway_survival_effective"] == pytest.approx(0.75)  # the runs at kT 0.043 only
     assert out["runaway_runs"] == 3 and out["runaway_ran_away"] == 2 and out["md_check_cpu_s"] == 3.0
+    assert out["runaway_fraction"] == pytest.approx(2 / 3)
     collapsed = benchmark.md_checked_cells({"A": checked["A"]}, {"A": {}, "C": {"collapsed_on_relax": "x"}}, 0.043)
     assert collapsed["md_checked_safe_temperature_K"] == 0.0  # a cell that collapsed is unsafe at 0 K
 
