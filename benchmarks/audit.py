@@ -972,6 +972,9 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
             raise ValueError(f"--merge: a committee appears twice: {key} (the same measures, or other weights)")
         joined[key].update(row)
     rows = list(joined.values())
+    for row in rows:  # parts written before runaway_fraction was reported: the same number from their counts
+        if "runaway_runs" in row and "runaway_fraction" not in row:
+            row["runaway_fraction"] = row["runaway_ran_away"] / row["runaway_runs"] if row["runaway_runs"] else float("nan")
     keys = list(joined)
     exclude = [(arm, int(seed)) for arm, seed in exclude]
     unknown = [k for k in exclude if k not in keys]
