@@ -413,14 +413,13 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
                             reference=reference if energy_check else None,
                             energy_tolerance_eV=config.md_energy_tolerance if energy_check else 0.5,
                             seed=config.seed, bonds_from=[item[5] for item in group])
-        reasons = {int(text.split()[1]): text.split(": ", 1)[1] for text in out["failures"]}
         calls += max(out["steps_completed"], default=0) + 1
         reference_calls += out["md_reference_calls"]
         for r, (_, atoms, delta_e, bar, path_e, _) in enumerate(group):
             rows.append({"kT": kT, "temperature_K": kT / config.kB, "attack_seed": atoms.info["attack_seed"],
                          "attack_step": atoms.info["attack_step"], "energy_above_min": delta_e,
-                         "path_energy_above_min": path_e, "error_bar": bar, "ran_away": r in reasons,
-                         "survived": out["steps_completed"][r] / config.md_steps, "reason": reasons.get(r, "")})
+                         "path_energy_above_min": path_e, "error_bar": bar, "ran_away": out["reasons"][r] is not None,
+                         "survived": out["steps_completed"][r] / config.md_steps, "reason": out["reasons"][r] or ""})
     by_reach = {kind: safe_temperature([r[key] for r in rows if r["ran_away"]], reach, config)
                 for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
     safe, bound = by_reach[config.reach]

@@ -723,7 +723,7 @@ def run_stability(
     minimum it was distorted from, so a bond already stretched at step 0 still counts.
 
     Returns :func:`~advsample.metrics.md_stability`'s dict (``md_stable_fraction``, ``n_runs``,
-    ``n_stable``, ``failures``, ``steps_completed``, ``time_to_failure_fs``,
+    ``n_stable``, ``failures``, ``reasons`` (per run, None if stable), ``steps_completed``, ``time_to_failure_fs``,
     ``mean_time_to_failure_fs``, ``md_reference_calls``, ``temperature_K``, ``n_steps``,
     ``timestep_fs``, ``frames`` with ``frames_every``) plus ``md_stable_fraction_interval``
     (Wilson, at ``confidence``), ``md_stable_fraction_summary`` (one line), ``integrator``,
@@ -787,6 +787,7 @@ def _stability_result(state, replicas, n_starts, n_steps, timestep_fs, temperatu
         "n_runs": n,
         "n_stable": n_stable,
         "failures": [f"run {r} (start {r % n_starts}), step {state.steps[r]}: {state.reasons[r]}" for r in failed],
+        "reasons": list(state.reasons),  # [R] why each run failed, None for a stable one
         "steps_completed": [int(s) for s in state.steps],
         "time_to_failure_fs": times,
         "mean_time_to_failure_fs": float(np.mean([full if t is None else t for t in times])),
