@@ -435,7 +435,9 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
 class AuditStop:
     """A stopping rule for :class:`~advsample.loop.ActiveLearning` (``stop_when=``): after a round, audit its
     committee from ``structures`` at kT up to k_B·``target_temperature_K`` and stop when no geometry over
-    ``force_tolerance`` is within thermal reach below the target (predicted safe T ≥ the target).
+    ``force_tolerance`` is within thermal reach below the target (predicted safe T ≥ the target); with
+    ``config.verify_per_kT``, nothing *truly* wrong (the verified safe T); with ``config.md_per_kT``, also no short NN-MD
+    run from a frame within reach that ran away (the MD-checked safe T ≥ the target).
 
     ``kT_fractions``: the sweep as fractions of k_B·T_target; ``every``: audit every this many rounds
     (others return None); ``config``: the other :class:`AuditConfig` settings. ``results``: (round,
@@ -469,11 +471,16 @@ class AuditStop:
                        else (result.safe_temperature_K, result.safe_bound))
         if bound != "lower" and safe < self.target_temperature_K * (1 - 1e-9):
             return None
+        ran = result.md_checked  # with the short NN-MD check, no run from a frame within reach may run away either
+        if ran is not None and ran["safe_bound"] != "lower" and ran["safe_temperature_K"] < self.target_temperature_K * (1 - 1e-9):
+            return None
         unit, raw = self.config.energy_unit, "" if result.calibrated else ", raw σ: the committee is not calibrated"
         what = "truly wrong (checked by the reference) by more than" if checked else "over"
+        short = (f"; none of {len(ran['frames'])} short NN-MD runs from its frames ran away below the target"
+                 if ran is not None else "")
         return (f"audit: no geometry {what} {self.config.force_tolerance:g} {unit}/Å within thermal reach below "
                 f"{self.target_temperature_K:.0f} K ({'verified' if checked else 'predicted'} safe T "
-                f"{_bound_text(bound)} {safe:.0f} K{raw}; {result.time_s:.1f} s CPU)")
+                f"{_bound_text(bound)} {safe:.0f} K{raw}{short}; {result.time_s:.1f} s CPU)")
 
 
 def audit_stop(structures, target_temperature_K: float, force_tolerance: float, config: AuditConfig | None = None,

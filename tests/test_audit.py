@@ -367,6 +367,24 @@ def test_a_checked_stopping_rule_stops_on_the_truth(committees):
     assert verified["safe_bound"] == "estimate" and verified["safe_temperature_K"] < 1e5
 
 
+def test_a_stopping_rule_with_the_md_check_needs_no_run_to_run_away(committees):
+    """At 10⁵ K the error bar alone (tolerance 100, never reached) would stop; the hole committee's short runs from
+    the frames the attack reaches run off the reference there (energy check), so the rule with the MD check does not
+    stop. At 10⁴ K no short run runs away and it stops, saying so."""
+    from advsample.audit import audit_stop
+
+    config = replace(STOP_CONFIG, md_per_kT=4, md_steps=100, md_timestep_fs=1.0, md_energy_tolerance=0.5)
+    hot = audit_stop(committees["starts"], 1e5, 100.0, config, reference=double_well_2d())
+    assert hot(committees["hole"], 0) is None
+    result = hot.results[-1][1]
+    assert result.safe_bound == "lower"  # the bar alone: safe to the target
+    assert result.md_checked["n_ran_away"] >= 1 and result.md_checked["safe_temperature_K"] < 1e5
+    cool = audit_stop(committees["starts"], 1e4, 100.0, config, reference=double_well_2d())
+    outcome = cool(committees["hole"], 0)
+    assert outcome.startswith("audit: no geometry over") and "short NN-MD runs from its frames ran away" in outcome
+    assert "none of " in outcome and cool.results[-1][1].md_checked["n_ran_away"] == 0
+
+
 @pytest.mark.filterwarnings("ignore::advsample.loop.RoundRegressionWarning")  # 40 epochs: a rough toy
 def test_stop_when_is_recorded_and_honoured_on_resume(tmp_path):
     asked = []
