@@ -1,4 +1,5 @@
-"""Shared fixtures: a committee trained on the left well of the 2D double well (built once)."""
+"""Shared fixtures: a committee trained on the left well of the 2D double well (built once), and each notebook's first
+smoke run under papermill (made once per session, read by every test that checks it)."""
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -34,3 +35,29 @@ def trained_committee(left_well_data):
     committee = Committee(MLPCommittee(5, (64, 64, 64), seed=0))
     train_committee(committee, train, validation, TrainConfig(epochs=1200, progress=False))
     return committee, train, validation
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``smoke_run(stem)`` -> (executed notebook, summary.json as a dict, its folder): the notebook's first Run All
+    with ``smoke=True`` under papermill, made on first request and shared by the session's tests (a notebook's own
+    test and tests/test_notebooks.py's run-twice test, which runs it again in the same folder)."""
+    import json
+    from pathlib import Path
+
+    import nbformat
+    import papermill
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    runs = {}
+
+    def run(stem: str):
+        if stem not in runs:
+            folder = tmp_path_factory.mktemp(f"smoke_{stem}")
+            out = folder / f"{stem}.out.ipynb"
+            papermill.execute_notebook(str(notebooks / f"{stem}.ipynb"), str(out), parameters={"smoke": True},
+                                       kernel_name="python3", cwd=str(folder), progress_bar=False)
+            runs[stem] = (nbformat.read(out, as_version=4), json.loads((folder / "summary.json").read_text()), folder)
+        return runs[stem]
+
+    return run

@@ -136,25 +136,19 @@ def test_viz_draws_the_values_it_is_given():
     assert len(traces.axes[0].lines) == 2 + 1 + 2  # every seed, the highlighted one, both edges
 
 
-def test_notebook_smoke_under_papermill(tmp_path):
-    papermill = pytest.importorskip("papermill")
-    output = tmp_path / "03_ammonia_inversion.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(output), parameters={"smoke": True}, kernel_name="python3", cwd=str(tmp_path),
-        progress_bar=False,
-    )
-    summary = json.loads((tmp_path / "summary.json").read_text())
+def test_notebook_smoke_under_papermill(smoke_run):
+    """The notebook's smoke run (shared with tests/test_notebooks.py: conftest.smoke_run) and what it measured."""
+    executed, summary, _ = smoke_run("03_ammonia_inversion")
     assert SUMMARY_KEYS <= set(summary)
     assert summary["smoke"] is True and summary["labels_used"] > 0
     assert 0.0 <= summary["md_stable_initial"] <= 1.0 and 0.0 <= summary["md_stable_final"] <= 1.0
     # even the smoke committee's round-1 attack leaves the data (every training |h| >= 0.2 Å) towards planar
     # (measured: 0.134 Å with the 15-epoch smoke committee; near planar, < 0.05 Å, takes a trained one)
     assert summary["min_abs_height_round1_A"] < MIN_HEIGHT_A
-    executed = json.loads(output.read_text())
-    images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 4
-    assert not any(o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", []))
+    assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
 
 
 def test_notebook_runs_on_the_system():

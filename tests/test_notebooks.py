@@ -105,11 +105,11 @@ def test_code_cells_are_short(stem):
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_smoke_run_twice_shows_every_figure(stem, tmp_path):
-    """Run All, then Run All again on the same run directory (the second run resumes)."""
-    first = execute(stem, tmp_path, **SMOKE)
+def test_smoke_run_twice_shows_every_figure(stem, smoke_run):
+    """Run All (the session's shared first run, conftest.smoke_run), then Run All again on the same run directory
+    (the second run resumes)."""
+    first, summary, tmp_path = smoke_run(stem)
     assert figure_problems(first) == []
-    summary = json.loads((tmp_path / "summary.json").read_text())
     second = execute(stem, tmp_path, **SMOKE)
     assert figure_problems(second) == []
     assert figure_signature(second) == figure_signature(first)

@@ -189,23 +189,19 @@ def test_a_cell_attack_round_labels_strained_slabs(tmp_path):
     assert all(np.abs(np.linalg.solve(cell, a.cell.array) - np.eye(3)).max() <= 0.03 + 1e-6 for a in saved)
 
 
-def test_notebook_05_runs_in_smoke_mode(tmp_path):
-    import json
+def test_notebook_05_runs_in_smoke_mode(smoke_run):
+    """The notebook's smoke run (shared with tests/test_notebooks.py: conftest.smoke_run) and what it measured."""
     from pathlib import Path
 
     nbformat = pytest.importorskip("nbformat")
-    papermill = pytest.importorskip("papermill")
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_periodic.ipynb"
     committed = nbformat.read(notebook, as_version=4)
     code = [c for c in committed.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert "parameters" in code[0].metadata.get("tags", []) and "smoke: bool = False" in code[0].source
-    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"smoke": True},
-                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    executed, summary, _ = smoke_run("05_periodic")
     assert summary["notebook"] == "05_periodic" and summary["smoke"] is True and summary["labels_used"] == 2
     assert len(summary["md_stable_fraction"]) == 2 and summary["barrier_reference_eV"] == pytest.approx(0.374, abs=2e-3)
-    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # slab views, σ on the path, attack strip, NEB profiles, survival curves
 
