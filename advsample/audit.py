@@ -95,7 +95,7 @@ class AuditConfig:
     md_steps: int = 200  # steps of each short run
     md_timestep_fs: float = 0.5
     md_friction: float = 0.02  # Langevin friction of the short runs (ASE's Langevin, as in run_stability)
-    md_energy_tolerance: float | None = None  # short runs: committee energy this far off the reference's fails (needs a reference)
+    md_energy_tolerance: float | None = None  # short runs also fail this far off the reference's energy (needs one)
 
     def __post_init__(self):
         kTs = list(self.kT_values)
@@ -292,7 +292,7 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     frames = {key: np.asarray(value, dtype=float) for key, value in frames.items()}
     verified = verify_frames(committee, reference, starts[0], to_verify, config, reach) if config.verify_per_kT else None
     md_checked = md_check_frames(committee, to_run, config, reach, reference) if config.md_per_kT else None
-    extra_calls = (verified["committee_calls"] if verified else 0) + (md_checked["committee_calls"] if md_checked else 0)
+    extra_calls = sum(check["committee_calls"] for check in (verified, md_checked) if check)
     return AuditResult(config, rows, per_kT, float(safe), bound, geometries, frames, reach, calibration is not None,
                        time.process_time() - start_time, counts["calls"] + extra_calls, counts["evaluations"],
                        verified=verified, safe_temperature_by_reach=by_reach, md_checked=md_checked)
@@ -397,9 +397,10 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
     per kT at T = kT/k_B, ``config.md_steps`` steps, judged by the failure criteria of each frame's ``start``
     (:func:`advsample.dynamics.run_stability` with ``bonds_from``), and with ``config.md_energy_tolerance`` by the
     reference's energy on three frames. Returns plain data: ``frames`` (one dict per run: kT, ΔE, path ΔE, error
-    bar, ran_away, survived = the fraction of the steps it ran: 1 also for a run that failed at its last step, reason), ``n_ran_away``, ``mean_survival`` overall
-    and ``survival_by_kT``, the MD-checked safe temperature (min ΔE of the frames that ran away over q·k_B; with
-    none, the sweep's largest T as a lower bound) by frame and path reach, steps, committee and reference calls."""
+    bar, ran_away, survived = the fraction of the steps it ran (1 also for a run that failed at its last step),
+    reason), ``n_ran_away``, ``mean_survival`` overall and ``survival_by_kT``, the MD-checked safe temperature (min
+    ΔE of the frames that ran away over q·k_B; with none, the sweep's largest T as a lower bound) by frame and path
+    reach, steps, committee and reference calls, CPU seconds."""
     from .dynamics import run_stability
 
     started = time.process_time()
@@ -425,7 +426,8 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
     safe, bound = by_reach[config.reach]
     survival_by_kT = {f"{kT:g}": float(np.mean([r["survived"] for r in rows if r["kT"] == kT]))
                       for kT in sorted({r["kT"] for r in rows})}
-    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound, "safe_temperature_by_reach": by_reach,
+    return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound,
+            "safe_temperature_by_reach": by_reach,
             "n_ran_away": sum(r["ran_away"] for r in rows),
             "mean_survival": float(np.mean([r["survived"] for r in rows])) if rows else math.nan,
             "survival_by_kT": survival_by_kT, "md_steps": int(config.md_steps), "committee_calls": calls,
@@ -436,8 +438,8 @@ class AuditStop:
     """A stopping rule for :class:`~advsample.loop.ActiveLearning` (``stop_when=``): after a round, audit its
     committee from ``structures`` at kT up to k_B·``target_temperature_K`` and stop when no geometry over
     ``force_tolerance`` is within thermal reach below the target (predicted safe T ≥ the target); with
-    ``config.verify_per_kT``, nothing *truly* wrong (the verified safe T); with ``config.md_per_kT``, also no short NN-MD
-    run from a frame within reach that ran away (the MD-checked safe T ≥ the target).
+    ``config.verify_per_kT``, nothing *truly* wrong (the verified safe T); with ``config.md_per_kT``, also no short
+    NN-MD run from a frame within reach that ran away (the MD-checked safe T ≥ the target).
 
     ``kT_fractions``: the sweep as fractions of k_B·T_target; ``every``: audit every this many rounds
     (others return None); ``config``: the other :class:`AuditConfig` settings. ``results``: (round,
@@ -472,7 +474,8 @@ class AuditStop:
         if bound != "lower" and safe < self.target_temperature_K * (1 - 1e-9):
             return None
         ran = result.md_checked  # with the short NN-MD check, no run from a frame within reach may run away either
-        if ran is not None and ran["safe_bound"] != "lower" and ran["safe_temperature_K"] < self.target_temperature_K * (1 - 1e-9):
+        if (ran is not None and ran["safe_bound"] != "lower"
+                and ran["safe_temperature_K"] < self.target_temperature_K * (1 - 1e-9)):
             return None
         unit, raw = self.config.energy_unit, "" if result.calibrated else ", raw σ: the committee is not calibrated"
         what = "truly wrong (checked by the reference) by more than" if checked else "over"
