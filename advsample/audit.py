@@ -322,6 +322,13 @@ def safe_temperature(failing_energies: Sequence[float], reach: float, config: Au
     return float(config.kT_values[-1] / config.kB), "lower"
 
 
+def safe_temperatures_of(failing: Sequence[dict], reach: float, config: AuditConfig) -> dict:
+    """{"frame": (safe T, bound), "path": (safe T, bound)} from the checked frames that failed (dicts with
+    ``energy_above_min`` and ``path_energy_above_min``): :func:`safe_temperature` by each reach."""
+    return {kind: safe_temperature([f[key] for f in failing], reach, config)
+            for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
+
+
 def path_energies(result, candidates: Sequence[Atoms]) -> np.ndarray:
     """[B] for each frame, the highest committee energy (absolute) its seed's attack climbed to reach it: the
     running maximum of ``result.energy_mean`` over the seed's steps up to the frame's."""
@@ -377,8 +384,7 @@ def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], co
                          "path_energy_above_min": path_e, "reference_energy_above_min": float(delta_ref),
                          "energy_error": float(energy_error), "error_bar": bar, "true_error": float(true_error[j]),
                          "flagged": bool(bar > config.force_tolerance), "failed": failed})
-    by_reach = {kind: safe_temperature([r[key] for r in rows if r["failed"]], reach, config)
-                for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
+    by_reach = safe_temperatures_of([r for r in rows if r["failed"]], reach, config)
     safe, bound = by_reach[config.reach]
     count = lambda flagged, failed: sum(r["flagged"] == flagged and r["failed"] == failed for r in rows)  # noqa: E731
     return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound,
@@ -421,8 +427,7 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
                          "attack_step": atoms.info["attack_step"], "energy_above_min": delta_e,
                          "path_energy_above_min": path_e, "error_bar": bar, "ran_away": out["reasons"][r] is not None,
                          "survived": out["steps_completed"][r] / config.md_steps, "reason": out["reasons"][r] or ""})
-    by_reach = {kind: safe_temperature([r[key] for r in rows if r["ran_away"]], reach, config)
-                for kind, key in (("frame", "energy_above_min"), ("path", "path_energy_above_min"))}
+    by_reach = safe_temperatures_of([r for r in rows if r["ran_away"]], reach, config)
     safe, bound = by_reach[config.reach]
     survival_by_kT = {f"{kT:g}": float(np.mean([r["survived"] for r in rows if r["kT"] == kT]))
                       for kT in sorted({r["kT"] for r in rows})}

@@ -760,7 +760,7 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
     rows = []
     for entry in entries:
         committee = Committee.load(entry["committee"])
-        row = {**{k: entry[k] for k in HEADLINE_IDENTITY}, "survived": entry["survived"]}
+        row = {k: entry[k] for k in HEADLINE_IDENTITY}
         if "audit" in measures:
             calibration = calibrate(committee, held_out, coverage=0.95)
             errors = test_errors(committee, system.test)
@@ -966,7 +966,8 @@ def merge_headline(paths, arms=None, seeds=None, exclude=()) -> dict:
         if key not in joined:
             joined[key] = dict(row)
             continue
-        shared = HEADLINE_IDENTITY + ("weights_sha256", "md_stable_fraction_by_cell", "survived")  # the committee's, not a measure's
+        # the committee's, not a measure's ("survived": per-run outcomes that parts of the tenth session carry)
+        shared = HEADLINE_IDENTITY + ("weights_sha256", "md_stable_fraction_by_cell", "survived")
         mine = set(joined[key]) - set(shared)
         if mine & set(row) or any(joined[key][k] != row[k] for k in shared if k in row and k in joined[key]):
             raise ValueError(f"--merge: a committee appears twice: {key} (the same measures, or other weights)")
