@@ -875,6 +875,40 @@ def cpu_baselines(rows: list[dict], audit_ratio: float | None) -> dict:
     return {f"{fraction:.3g}": subsampled_md_baseline(rows, fraction) for fraction in sorted(fractions)}
 
 
+def combined_with_runs(rows: list[dict], measure: str, cpu_fraction: float, k: int, draws: int = 300,
+                       seed: int = 0) -> dict | None:
+    """Does ``measure`` add to a cheap NN-MD test? For each draw, k runs of each committee (as
+    :func:`subsampled_md_baseline`) ranked together with the measure (the mean of the two ranks, the measure signed by
+    :data:`HEADLINE_MEASURES`), against the committee's other runs; beside it the k runs alone and the test alone at
+    the same total CPU (``cpu_fraction`` of the measure + k/n). Mean Spearman of each over ``draws`` (5th–95th
+    percentile of the first two). Headline rows (one temperature) with a finite measure only; None for fewer than 3."""
+    rows = [r for r in rows if np.isfinite(r.get(measure, float("nan")))]
+    if len(rows) < 3:
+        return None
+    sign = HEADLINE_MEASURES[measure]
+    score = stats.rankdata([sign * r[measure] for r in rows])
+    n = [int(r["n_runs"]) for r in rows]
+    equal = min(max(1, round((cpu_fraction + k / min(n)) * min(n))), min(n) - 1)
+    rng = np.random.default_rng(seed)
+
+    def draw(size):
+        picked = [rng.hypergeometric(r["n_stable"], m - r["n_stable"], size) for r, m in zip(rows, n)]
+        return (np.array([p / size for p in picked]),
+                np.array([(r["n_stable"] - p) / (m - size) for r, p, m in zip(rows, picked, n)]))
+
+    together, runs, alone = [], [], []
+    for _ in range(draws):
+        cheap, rest = draw(k)
+        together.append(stats.spearmanr(score + stats.rankdata(cheap), rest).statistic)
+        runs.append(stats.spearmanr(cheap, rest).statistic)
+        cheap, rest = draw(equal)
+        alone.append(stats.spearmanr(cheap, rest).statistic)
+    summary = lambda values: (float(np.nanmean(values)), float(np.nanpercentile(values, 5)),  # noqa: E731
+                              float(np.nanpercentile(values, 95)))
+    return {"measure": measure, "k": k, "cpu_fraction": cpu_fraction + k / min(n), "with_runs": summary(together),
+            "runs_alone": summary(runs)[0], "test_at_same_cpu": summary(alone), "test_runs": equal, "n": len(rows)}
+
+
 def md_groups(row: dict) -> list[tuple[int, int]]:
     """A committee's NN-MD test as (stable runs, runs) per temperature: one group for a headline row, one per
     temperature of a thermal-series row (``md_stable_fraction`` {T: fraction} of ``md_runs_per_temperature``)."""
@@ -1026,6 +1060,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--baselines", nargs="+", default=None, metavar="JSON",
                         help="for stored results (a series' or a --from-headline --json output): the NN-MD test itself "
                              "subsampled to 0.1 and to the audit's CPU fraction, against which any measure's rho compares")
+    parser.add_argument("--combine", default=None, metavar="MEASURE",
+                        help="--baselines of headline results: MEASURE ranked together with 3, 6 and 9 NN-MD runs per "
+                             "committee, against the test alone at the same total CPU (does it add to a cheap test?)")
     parser.add_argument("--md-from", default=None, metavar="JSON",
                         help="reuse the NN-MD of an earlier --json output of the same series (refused unless every "
                              "committee's audit repeats it exactly)")
@@ -1053,7 +1090,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.baselines:
-        return baselines_main(args.baselines, args.json)
+        return baselines_main(args.baselines, args.json, args.combine)
     if args.from_headline:
         if args.exclude and not args.merge:
             parser.error("--exclude applies to --merge only (a post-hoc exclusion from a ranking already measured)")
@@ -1104,7 +1141,7 @@ def main(argv=None) -> dict:
     return out
 
 
-def baselines_main(paths, as_json: bool) -> dict:
+def baselines_main(paths, as_json: bool, combine: str | None = None) -> dict:
     """``--baselines FILE ...``: :func:`cpu_baselines` of each stored result (each series of a thermal run, or the
     committees of a headline one), printed beside the audit's CPU fraction."""
     out = {}
@@ -1119,6 +1156,14 @@ def baselines_main(paths, as_json: bool) -> dict:
                 text = (f"{value['rho_mean']:+.2f} ({value['rho_5']:+.2f} to {value['rho_95']:+.2f}), "
                         f"{value['runs_drawn'][0]}-{value['runs_drawn'][1]} runs" if value else "n < 3")
                 print(f"{path} {name} ({len(part['committees'])} committees): NN-MD at {fraction} of its CPU: {text}")
+            if combine and name == "headline":
+                out[f"{path}:{name}"]["combined"] = [combined_with_runs(part["committees"], combine, ratio, k)
+                                                     for k in (3, 6, 9)]
+                for c in filter(None, out[f"{path}:{name}"]["combined"]):
+                    print(f"  {combine} with {c['k']} runs per committee (CPU {c['cpu_fraction']:.3f}): "
+                          f"{c['with_runs'][0]:+.2f} ({c['with_runs'][1]:+.2f} to {c['with_runs'][2]:+.2f}); "
+                          f"the {c['k']} runs alone {c['runs_alone']:+.2f}; the test alone at that CPU "
+                          f"({c['test_runs']} runs) {c['test_at_same_cpu'][0]:+.2f}")
     if as_json:
         print(json.dumps({"benchmark": "audit", "mode": "baselines", "results": out, "machine": machine()}))
     return out

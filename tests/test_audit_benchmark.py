@@ -433,3 +433,18 @@ def test_baselines_of_stored_results(tmp_path, capsys):
     assert result["baselines"]["0.2"]["runs_drawn"] == [10, 10]
     printed = capsys.readouterr().out
     assert "NN-MD at 0.1 of its CPU" in printed and json.loads(printed.splitlines()[-1])["mode"] == "baselines"
+
+
+def test_a_measure_combined_with_a_few_runs_against_the_test_at_the_same_cpu():
+    """A measure that knows each committee's true survival probability lifts a few runs' ranking; one that is noise
+    does not; the test alone gets the combined CPU's runs."""
+    rng = np.random.default_rng(2)
+    p = np.linspace(0.2, 0.9, 20)
+    rows = [{"n_stable": int(rng.binomial(55, q)), "n_runs": 55, "runaway_survival": q,
+             "runaway_fraction": rng.random()} for q in p]
+    informed = benchmark.combined_with_runs(rows, "runaway_survival", 0.1, 3, draws=40)
+    noise = benchmark.combined_with_runs(rows, "runaway_fraction", 0.1, 3, draws=40)
+    assert informed["with_runs"][0] > informed["runs_alone"] + 0.1 and informed["k"] == 3 and informed["n"] == 20
+    assert noise["with_runs"][0] < informed["with_runs"][0]
+    assert informed["test_runs"] == round((0.1 + 3 / 55) * 55) and informed["cpu_fraction"] == pytest.approx(0.1 + 3 / 55)
+    assert benchmark.combined_with_runs(rows[:2], "runaway_survival", 0.1, 3) is None
