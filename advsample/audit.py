@@ -404,7 +404,7 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
     (:func:`advsample.dynamics.run_stability` with ``bonds_from``), and with ``config.md_energy_tolerance`` by the
     reference's energy on three frames. Returns plain data: ``frames`` (one dict per run: kT, ΔE, path ΔE, error
     bar, ran_away, survived = the fraction of the steps it ran (1 also for a run that failed at its last step),
-    reason), ``n_ran_away``, ``mean_survival`` overall and ``survival_by_kT``, the MD-checked safe temperature (min
+    reason), ``n_ran_away`` and ``fraction_ran_away``, ``mean_survival`` overall and ``survival_by_kT``, the MD-checked safe temperature (min
     ΔE of the frames that ran away over q·k_B; with none, the sweep's largest T as a lower bound) by frame and path
     reach, steps, committee and reference calls, CPU seconds."""
     from .dynamics import run_stability
@@ -434,6 +434,7 @@ def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reac
     return {"frames": rows, "safe_temperature_K": float(safe), "safe_bound": bound,
             "safe_temperature_by_reach": by_reach,
             "n_ran_away": sum(r["ran_away"] for r in rows),
+            "fraction_ran_away": float(np.mean([r["ran_away"] for r in rows])) if rows else math.nan,
             "mean_survival": float(np.mean([r["survived"] for r in rows])) if rows else math.nan,
             "survival_by_kT": survival_by_kT, "md_steps": int(config.md_steps), "committee_calls": calls,
             "reference_calls": reference_calls, "cpu_s": time.process_time() - started}

@@ -268,7 +268,7 @@ def _audit_record(committee, held_out, test_half, starts, audit_config, referenc
         record.update(md_checked_safe_temperature_K=checked["safe_temperature_K"], md_checked_bound=checked["safe_bound"],
                       runaway_survival=checked["mean_survival"], runaway_runs=len(checked["frames"]),
                       runaway_ran_away=checked["n_ran_away"], runaway_survival_by_kT=checked["survival_by_kT"],
-                      runaway_fraction=checked["n_ran_away"] / len(checked["frames"]) if checked["frames"] else float("nan"),
+                      runaway_fraction=checked["fraction_ran_away"],
                       md_check_cpu_s=checked["cpu_s"], md_check_reference_calls=checked["reference_calls"])
     if result.verified is not None:
         record.update(verified_record(result.verified), verified_frames=[
@@ -887,25 +887,20 @@ def combined_with_runs(rows: list[dict], measure: str, cpu_fraction: float, k: i
         return None
     sign = HEADLINE_MEASURES[measure]
     score = stats.rankdata([sign * r[measure] for r in rows])
-    n = [int(r["n_runs"]) for r in rows]
-    equal = min(max(1, round((cpu_fraction + k / min(n)) * min(n))), min(n) - 1)
+    groups = [md_groups(r) for r in rows]
+    n = min(runs for g in groups for _, runs in g)
+    equal = min(max(1, round((cpu_fraction + k / n) * n)), n - 1)
     rng = np.random.default_rng(seed)
-
-    def draw(size):
-        picked = [rng.hypergeometric(r["n_stable"], m - r["n_stable"], size) for r, m in zip(rows, n)]
-        return (np.array([p / size for p in picked]),
-                np.array([(r["n_stable"] - p) / (m - size) for r, p, m in zip(rows, picked, n)]))
-
     together, runs, alone = [], [], []
     for _ in range(draws):
-        cheap, rest = draw(k)
+        cheap, rest = split_runs(groups, [[k] * len(g) for g in groups], rng)
         together.append(stats.spearmanr(score + stats.rankdata(cheap), rest).statistic)
         runs.append(stats.spearmanr(cheap, rest).statistic)
-        cheap, rest = draw(equal)
+        cheap, rest = split_runs(groups, [[equal] * len(g) for g in groups], rng)
         alone.append(stats.spearmanr(cheap, rest).statistic)
     summary = lambda values: (float(np.nanmean(values)), float(np.nanpercentile(values, 5)),  # noqa: E731
                               float(np.nanpercentile(values, 95)))
-    return {"measure": measure, "k": k, "cpu_fraction": cpu_fraction + k / min(n), "with_runs": summary(together),
+    return {"measure": measure, "k": k, "cpu_fraction": cpu_fraction + k / n, "with_runs": summary(together),
             "runs_alone": summary(runs)[0], "test_at_same_cpu": summary(alone), "test_runs": equal, "n": len(rows)}
 
 
@@ -916,6 +911,19 @@ def md_groups(row: dict) -> list[tuple[int, int]]:
         n = int(row["md_runs_per_temperature"])
         return [(round(f * n), n) for f in row["md_stable_fraction"].values()]
     return [(int(row["n_stable"]), int(row["n_runs"]))]
+
+
+def split_runs(groups: list, drawn: list, rng) -> tuple[np.ndarray, np.ndarray]:
+    """One random split of every committee's NN-MD runs: ``groups`` (per committee, (stable runs, runs) per
+    temperature, :func:`md_groups`), ``drawn`` (per committee, the runs k drawn at each temperature). Returns [C] the
+    stable fraction of the k drawn runs (a hypergeometric draw of the stable ones; mean over temperatures) and [C] that
+    of the other n − k runs."""
+    cheap, rest = [], []
+    for g, ks in zip(groups, drawn):
+        picked = [rng.hypergeometric(stable, n - stable, k) for (stable, n), k in zip(g, ks)]
+        cheap.append(np.mean([p / k for p, k in zip(picked, ks)]))
+        rest.append(np.mean([(stable - p) / (n - k) for (stable, n), p, k in zip(g, picked, ks)]))
+    return np.array(cheap), np.array(rest)
 
 
 def subsampled_md_baseline(rows: list[dict], cpu_fraction: float, draws: int = 200, seed: int = 0) -> dict | None:
@@ -933,11 +941,7 @@ def subsampled_md_baseline(rows: list[dict], cpu_fraction: float, draws: int = 2
     drawn = [[min(max(1, round(cpu_fraction * n)), n - 1) for _, n in g] for g in groups]
     rhos = []
     for _ in range(draws):
-        cheap, rest = [], []
-        for g, ks in zip(groups, drawn):
-            picked = [rng.hypergeometric(stable, n - stable, k) for (stable, n), k in zip(g, ks)]
-            cheap.append(np.mean([p / k for p, k in zip(picked, ks)]))
-            rest.append(np.mean([(stable - p) / (n - k) for (stable, n), p, k in zip(g, picked, ks)]))
+        cheap, rest = split_runs(groups, drawn, rng)
         with warnings.catch_warnings():  # every committee tied in a draw: no ranking, counted 0
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
             rho = stats.spearmanr(cheap, rest).statistic

@@ -203,6 +203,7 @@ def test_audit_with_the_md_check_reports_each_run(committees, tmp_path):
         assert row["energy_above_min"] <= result.reach_kT * row["kT"] + 1e-9
         assert row["ran_away"] == bool(row["reason"]) and 0 <= row["survived"] <= 1
     assert checked["n_ran_away"] == sum(row["ran_away"] for row in checked["frames"])
+    assert checked["fraction_ran_away"] == pytest.approx(checked["n_ran_away"] / len(checked["frames"]))
     assert set(checked["survival_by_kT"]) <= {f"{kT:g}" for kT in MD_CHECK.kT_values}
     assert checked["cpu_s"] > 0 and result.time_s >= checked["cpu_s"]
     result.write(tmp_path)
