@@ -40,6 +40,9 @@ isolated atom or a fragmentation judged against the bonds of the frame's start s
 or with ``md_energy_tolerance`` and a reference, a committee energy that far off the reference's on one of three
 frames. ``result.md_checked`` reports each run and an MD-checked safe temperature: min ΔE over the frames whose
 run ran away, over (q k_B). No labels are needed unless the energy is checked.
+``md_start="minimum"`` is the control: the same runs (as many per kT, same T, steps and seeds), each started
+from its attack seed's start structure instead of the frame, so that a comparison asks whether the adversarial
+frame tells more than hot MD from the minimum would (their ΔE is then the start's, their error bar NaN).
 
 E_min and log Q come from the committee's own energies of the start structures (they need
 no labels). Shapes: B seeds, T recorded steps, N atoms. Energies in the committee's unit.
@@ -66,6 +69,7 @@ from .structures import Batch
 
 
 REACHES = ("frame", "path")  # AuditConfig.reach
+MD_STARTS = ("frame", "minimum")  # AuditConfig.md_start
 
 
 @dataclass
@@ -96,6 +100,7 @@ class AuditConfig:
     md_timestep_fs: float = 0.5
     md_friction: float = 0.02  # Langevin friction of the short runs (ASE's Langevin, as in run_stability)
     md_energy_tolerance: float | None = None  # short runs also fail this far off the reference's energy (needs one)
+    md_start: str = "frame"  # the short runs start from the attack's frame, or ("minimum", the control) its seed
 
     def __post_init__(self):
         kTs = list(self.kT_values)
@@ -119,6 +124,8 @@ class AuditConfig:
         if int(self.md_steps) < 1 or not self.md_timestep_fs > 0 or not self.md_friction > 0:
             raise ValueError(f"md_steps must be >= 1 and md_timestep_fs, md_friction positive, got {self.md_steps!r}, "
                              f"{self.md_timestep_fs!r}, {self.md_friction!r}")
+        if self.md_start not in MD_STARTS:
+            raise ValueError(f"md_start must be one of {MD_STARTS}, got {self.md_start!r}")
         if self.md_energy_tolerance is not None and not self.md_energy_tolerance > 0:
             raise ValueError(f"md_energy_tolerance must be a positive energy or None, got {self.md_energy_tolerance!r}")
         self.kT_values = tuple(sorted(float(k) for k in kTs))
@@ -245,6 +252,7 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
     n_free = int((~Batch.from_atoms([starts[0]]).fixed).sum())
     reach = float(stats.gamma.ppf(1.0 - config.tail_probability, max(n_free, 1) / 2.0))
     seeds = [atoms for atoms in starts for _ in range(config.n_replicas)]
+    seed_delta_e = np.repeat(start_energies[order] - e_min, config.n_replicas)
     counts = {"calls": 1, "evaluations": len(start_energies)}
     rows, per_kT, geometries = [], [], []
     frames = {"kT": [], "energy_above_min": [], "path_energy_above_min": [], "error": []}
@@ -267,8 +275,8 @@ def audit(committee, structures, config: AuditConfig | None = None, progress: bo
         within = np.flatnonzero(over & (reach_e <= reach * kT))
         to_verify.extend((kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]))
                          for k in farthest_within_reach(candidates, reach_e, errors, reach * kT, config.verify_per_kT))
-        to_run.extend((kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]),
-                       seeds[candidates[k].info["attack_seed"]])
+        to_run.extend(md_run_item(kT, candidates[k], float(delta_e[k]), float(errors[k]), float(path_e[k]),
+                                  seeds, seed_delta_e, config.md_start)
                       for k in farthest_within_reach(candidates, reach_e, errors, reach * kT, config.md_per_kT))
         ranked = within[np.argsort(delta_e[within], kind="stable")][: config.top_k]
         per_kT.append({"kT": kT, "temperature_K": kT / config.kB, "n_frames": len(candidates),
@@ -396,6 +404,20 @@ def verify_frames(committee, reference, start: Atoms, items: Sequence[tuple], co
                 {k: f[k] for k in ("index", "reason")} for f in labels.failures],
             "reference_s": labels.compute_seconds, "committee_calls": 1 if kept else 0,
             "energy_zero_labeled": 0 in by_index}
+
+
+def md_run_item(kT: float, frame: Atoms, delta_e: float, bar: float, path_e: float, seeds: Sequence[Atoms],
+                seed_delta_e: Sequence[float], md_start: str = "frame") -> tuple:
+    """One short run of :func:`md_check_frames`: (kT, start, ΔE, error bar, path ΔE, the seed whose bonds judge it).
+    ``md_start="minimum"`` (the control) starts it from the frame's attack seed instead: ΔE and path ΔE are the
+    seed's (``seed_delta_e``), no error bar (NaN), the seed's index kept and its step 0."""
+    seed = seeds[frame.info["attack_seed"]]
+    if md_start == "frame":
+        return kT, frame, delta_e, bar, path_e, seed
+    start = _bare(seed)
+    start.info.update(attack_seed=frame.info["attack_seed"], attack_step=0)
+    seed_e = float(seed_delta_e[frame.info["attack_seed"]])
+    return kT, start, seed_e, math.nan, seed_e, seed
 
 
 def md_check_frames(committee, items: Sequence[tuple], config: AuditConfig, reach: float, reference=None) -> dict:
@@ -610,7 +632,8 @@ def command_line(args) -> int:
                              reach=getattr(args, "reach", "frame"), verify_per_kT=getattr(args, "verify", 0),
                              energy_tolerance=getattr(args, "energy_tolerance", None),
                              md_per_kT=getattr(args, "md_check", 0), md_steps=getattr(args, "md_steps", 200),
-                             md_timestep_fs=getattr(args, "md_timestep_fs", 0.5))
+                             md_timestep_fs=getattr(args, "md_timestep_fs", 0.5),
+                             md_start=getattr(args, "md_start", "frame"))
         if args.system:
             from .systems import get_system
 
@@ -657,7 +680,8 @@ def command_line(args) -> int:
         m = result.md_checked
         word = "at least" if m["safe_bound"] == "lower" else "about"
         by_kT = ", ".join(f"kT {kT}: {survival:.2f}" for kT, survival in m["survival_by_kT"].items())
-        print(f"short NN-MD from the frames ({len(m['frames'])} runs of {m['md_steps']} steps, {m['cpu_s']:.1f} s CPU; "
+        where = "frames" if config.md_start == "frame" else "start structures (the control)"
+        print(f"short NN-MD from the {where} ({len(m['frames'])} runs of {m['md_steps']} steps, {m['cpu_s']:.1f} s CPU; "
               f"md_checked.csv): {m['n_ran_away']} ran away; mean fraction survived {by_kT}; "
               f"MD-checked safe temperature: {word} {m['safe_temperature_K']:.0f} K")
     if getattr(args, "bond_scan", False):

@@ -99,6 +99,9 @@ def _add_audit(sub) -> None:
                             "labels (default 0: none)")
     audit.add_argument("--md-steps", type=int, default=200, help="--md-check: steps of each short run (default 200)")
     audit.add_argument("--md-timestep-fs", type=float, default=0.5, help="--md-check: time step (default 0.5 fs)")
+    audit.add_argument("--md-start", choices=("frame", "minimum"), default="frame",
+                       help="--md-check: start each short run from the attack's frame (default) or, as a control, "
+                            "from its start structure")
 
 
 RUN_EPILOG = """\

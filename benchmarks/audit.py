@@ -315,7 +315,7 @@ MD_KEYS = ("md_stable_fraction", "md_stable_fraction_mean", "md_cpu_s", "md_runs
 
 
 def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=("own",), extend_kT: int = 0,
-               verify: int = 0, md_from=None, md_check: int = 0) -> dict:
+               verify: int = 0, md_from=None, md_check: int = 0, md_start: str = "frame") -> dict:
     """One series: train, audit under each of ``calibrations`` (the first is the headline number), NN-MD.
     ``extend_kT``: append this many doublings of the sweep's largest kT (a sweep that reaches past the bound).
     ``verify``: frames per kT checked with the reference (:func:`advsample.audit.verify_frames`); a frame fails on
@@ -323,7 +323,8 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     that NN-MD tolerance. ``md_from``: take the NN-MD rows from that earlier JSON output instead of running NN-MD
     again; refused unless every committee's unverified audit repeats that file's exactly (same committees).
     ``md_check``: frames per kT from which a short NN-MD is run (:func:`advsample.audit.md_check_frames`): a tenth of
-    the series' NN-MD steps, its time step, and its energy check against the reference where it has one."""
+    the series' NN-MD steps, its time step, and its energy check against the reference where it has one;
+    ``md_start``: from the attack's frames, or ("minimum", the control) from the seeds' start structures."""
     settings = SETTINGS[name]
     reused = reused_md(md_from, name) if md_from else None
     build_cpu = time.process_time()
@@ -341,7 +342,7 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
                                energy_tolerance=settings["md"].get("energy_tolerance_eV") if verify else None,
                                md_per_kT=md_check, md_steps=max(1, settings["md_steps"][0 if quick else 1] // 10),
                                md_timestep_fs=settings["md"].get("timestep_fs", 0.5),
-                               md_energy_tolerance=energy_check if md_check else None)
+                               md_energy_tolerance=energy_check if md_check else None, md_start=md_start)
     n_runs = md_runs or (16 if quick else 64)
     fixed = fixed_split(stages)
     for stage, train, validation in stages:
@@ -368,11 +369,14 @@ def run_system(name: str, quick: bool, md_runs: int | None = None, calibrations=
     correlations = {mode: {key: spearman([r["by_calibration"][mode][key] for r in rows], stable) for key in keys}
                     for mode in calibrations}
     audit_cpu, md_cpu = sum(r["audit_cpu_s"] for r in rows), sum(r["md_cpu_s"] for r in rows)
+    check_ratio = sum(r["md_check_cpu_s"] for r in rows) / md_cpu if md_check and md_cpu else None
     return {"committees": rows, "md_rank_reliability": thermal_rank_reliability(rows),
             "spearman_safe_T_vs_md_stable": correlations[calibrations[0]]["safe_temperature_K"]["rho"],
             "spearman_by_calibration": correlations, "calibration": calibrations[0],
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_cpu / md_cpu if md_cpu else float("nan"),
-            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_cpu / md_cpu if md_cpu else None),
+            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_cpu / md_cpu if md_cpu else None, check_ratio),
+            "md_check_over_md_cpu": check_ratio, "md_start": md_start if md_check else None,
+            **({"declared_md_start": MD_START_DECLARED} if md_check else {}),
             "stated_coverage": 0.95, "audit_tolerance": settings["audit"]["force_tolerance"],
             "audit_kT_values": list(audit_config.kT_values), "n_fixed_calibration": len(fixed),
             "md_temperatures_K": [round(kT / units.kB) for kT in settings["md_kT"]], "data_cpu_s": build_cpu,
@@ -537,7 +541,7 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
     (it is listed in ``collapsed_cells``; the pooled fraction is NaN when no cell has frames). With
     ``config.verify_per_kT`` > 0 each cell's frames are checked with ``reference`` (:func:`verified_cells`)."""
     k_eff = min(config.kT_values, key=lambda kT: abs(kT - effective_kT))
-    per_cell, over, n_frames, errors, cpu, checked, md_checked = {}, 0, 0, [], 0.0, {}, {}
+    per_cell, over, n_frames, errors, cpu, checked, md_checked, relax_total = {}, 0, 0, [], 0.0, {}, {}, 0.0
     by_tolerance = {f"{t:g}": [] for t in TOLERANCE_GRID}
     over_by_tolerance = {f"{t:g}": 0 for t in TOLERANCE_GRID}
     for name, start in minima.items():
@@ -554,6 +558,7 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
                               "collapsed_on_relax": str(error), "per_kT": []}
             continue
         relax_cpu = time.process_time() - relax_cpu
+        relax_total += relax_cpu
         result = audit(committee, [start], config, progress=False, reference=reference)
         cpu += result.time_s + relax_cpu
         if result.verified is not None:
@@ -578,7 +583,8 @@ def audit_cells(committee, minima: dict, config: AuditConfig, effective_kT: floa
                                                    "max_error", "min_energy_above_min_over_tolerance")}
                               for row in result.per_kT]}
     safe, bound = lowest([(c["safe_temperature_K"], c["safe_bound"]) for c in per_cell.values()])
-    return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "effective_kT": k_eff,
+    return {"safe_temperature_K": safe, "safe_bound": bound, "audit_cpu_s": cpu, "relax_cpu_s": relax_total,
+            "effective_kT": k_eff,
             "safe_temperature_path_K": min(c["safe_temperature_path_K"] for c in per_cell.values()),
             "safe_temperature_K_by_tolerance": {t: min(v) for t, v in by_tolerance.items()},
             "fraction_over_tolerance_effective_by_tolerance": {t: v / n_frames if n_frames else float("nan")
@@ -790,7 +796,8 @@ def run_headline(directory, arms=None, audit_settings=None, calibration_settings
             "effective_temperature_K": effective_K, "cells": list(minima), "source": str(directory),
             **({"declared_bond_survival": BOND_SURVIVAL_DECLARED} if "bond_scan" in measures else {}),
             **({"declared_verified": VERIFIED_DECLARED} if verify else {}),
-            **({"declared_md_check": MD_CHECK_DECLARED} if md_check else {})}
+            **({"declared_md_check": MD_CHECK_DECLARED} if md_check else {}),
+            **({"declared_md_start": MD_START_DECLARED} if md_check else {})}
 
 
 BOND_SURVIVAL_DECLARED = (
@@ -814,6 +821,18 @@ MD_CHECK_DECLARED = (
     "frame within reach), HEADLINE_AUDIT otherwise. A probe on gen1 seeds 0 and 1 (cost and run-away rate) came "
     "first: with kT 0.043 and 0.086 only 1 of 48 short runs ran away, so 0.172 (2000 K) was added; nothing else "
     "changed. The baseline to beat: the NN-MD test itself at the same CPU fraction (subsampled_md_baseline)")
+
+MD_START_DECLARED = (
+    "written 2026-12-07 09:20 UTC before any run of it. (1) The control: --md-start minimum, the short runs of the "
+    "tenth session's md-checked runs (the 126 host-guest committees: --md-check 4 --md-steps 200 --kT 0.043 0.086 "
+    "0.172, --attack-steps 1 since the control uses no frame; the four series: --calibration both --extend-kT 2 "
+    "--md-check 4 --md-from) started from the seeds' start structures instead of the attack's frames, same seeds, "
+    "kT, steps and noise. Primary: runaway_survival (+); the question: rho(frames) - rho(minimum) on the same "
+    "committees (--compare, paired bootstrap over committees); the adversarial frame adds if that difference is "
+    "positive with its 2.5th percentile above 0 on the 126. Each arm is also set against the NN-MD test at its own "
+    "CPU (the control's: relaxation + short runs, md_check_over_md_cpu). (2) A cheaper frame check, to bring the "
+    "check under 0.1 of the NN-MD CPU on the 126: --kT 0.086 0.172 --attack-steps 20, --md-check 4 --md-steps 200; "
+    "primary runaway_survival (+) against the NN-MD test at the same CPU")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
@@ -844,13 +863,17 @@ def headline_summary(rows: list[dict]) -> dict:
     reliability = md_rank_reliability(rows, correlations)
     where = [r["bond_break_where"] for r in rows if "bond_break_where" in r]
     audit_ratio = audit_cpu / md_cpu if md_cpu else None
+    checked = [r for r in rows if "md_check_cpu_s" in r]
+    check_ratio = (sum(r["md_check_cpu_s"] + r.get("relax_cpu_s", 0.0) for r in checked) /
+                   sum(r["md_cpu_s"] or 0.0 for r in checked)) if checked and md_cpu else None
     return {"committees": rows, "bond_survival_by_cell_vs_md": survival_by_cell_vs_md(rows),
             "bond_break_where": {k: sum(w[k] for w in where) for k in ("named", "hits", "chance")} if where else None,
             "spearman_vs_md_stable": correlations, "expected_sign": HEADLINE_MEASURES,
             "md_rank_reliability": reliability,
             "same_weights": [g for g in groups.values() if len(g) > 1],  # copies: not independent committees
             "audit_cpu_s": audit_cpu, "md_cpu_s": md_cpu, "audit_over_md_cpu": audit_ratio,
-            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_ratio),
+            "nn_md_at_cpu_fraction": cpu_baselines(rows, audit_ratio, check_ratio),
+            "md_check_over_md_cpu": check_ratio,  # the short runs and relaxation alone: the control's cost (no attack)
             "bond_scan_cpu_s": bond_cpu, "bond_scan_over_md_cpu": bond_cpu / md_cpu if md_cpu else None}
 
 
@@ -869,9 +892,10 @@ def survival_by_cell_vs_md(rows: list[dict]) -> dict | None:
     return {"pooled": spearman(*zip(*pairs)), **within}
 
 
-def cpu_baselines(rows: list[dict], audit_ratio: float | None) -> dict:
-    """:func:`subsampled_md_baseline` at the goal's CPU fraction (0.1) and at the audit's measured one."""
-    fractions = {0.1} | ({round(audit_ratio, 3)} if audit_ratio and audit_ratio > 0 else set())
+def cpu_baselines(rows: list[dict], *ratios: float | None) -> dict:
+    """:func:`subsampled_md_baseline` at the goal's CPU fraction (0.1) and at each measured one of ``ratios`` (the
+    audit's; the short-run check's alone)."""
+    fractions = {0.1} | {round(r, 3) for r in ratios if r and r > 0}
     return {f"{fraction:.3g}": subsampled_md_baseline(rows, fraction) for fraction in sorted(fractions)}
 
 
@@ -1058,6 +1082,16 @@ def main(argv=None) -> dict:
                         help="run short NN-MD from N frames per kT of every audit (does it run away?)")
     parser.add_argument("--md-steps", type=int, default=200, help="--from-headline --md-check: steps of each short run "
                                                                   "(0.5 fs; a series runs a tenth of its NN-MD steps)")
+    parser.add_argument("--md-start", choices=("frame", "minimum"), default="frame",
+                        help="--md-check: start the short runs from the attack's frames (default) or, the control, "
+                             "from the start structures (does the adversarial frame add to hot MD from the minimum?)")
+    parser.add_argument("--attack-steps", type=int, default=None, metavar="N",
+                        help="--from-headline: override the attack's steps per kT (a cheaper audit)")
+    parser.add_argument("--compare", nargs=2, default=None, metavar="JSON",
+                        help="two stored results of the same committees: each one's Spearman of --measure against "
+                             "the NN-MD stable fraction and a paired bootstrap of their difference")
+    parser.add_argument("--measure", default="runaway_survival", help="--compare: the measure (default "
+                                                                      "runaway_survival)")
     parser.add_argument("--md-energy-tolerance", type=float, default=None, metavar="EV",
                         help="--from-headline --md-check: a short run also fails where its committee energy is this far "
                              "off the reference's (as the headline's NN-MD test with --energy-tolerance)")
@@ -1095,6 +1129,8 @@ def main(argv=None) -> dict:
     set_threads(args.threads)
     if args.baselines:
         return baselines_main(args.baselines, args.json, args.combine)
+    if args.compare:
+        return compare_main(args.compare, args.measure, args.json)
     if args.from_headline:
         if args.exclude and not args.merge:
             parser.error("--exclude applies to --merge only (a post-hoc exclusion from a ranking already measured)")
@@ -1110,7 +1146,8 @@ def main(argv=None) -> dict:
         parser.error(f"unknown system(s) {unknown}; choose from {sorted(SETTINGS)}")
     started = time.perf_counter()
     out = {"benchmark": "audit", "quick": args.quick, "systems": {
-        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT, args.verify, args.md_from, args.md_check)
+        n: run_system(n, args.quick, args.md_runs, calibrations, args.extend_kT, args.verify, args.md_from, args.md_check,
+                      args.md_start)
         for n in names},
            "machine": machine(), "wall_s": time.perf_counter() - started}
     for n, result in out["systems"].items():
@@ -1142,6 +1179,71 @@ def main(argv=None) -> dict:
                   f"MD {row['md_cpu_s']:.1f} s")
     if args.json:
         print(json.dumps(out, default=float))
+    return out
+
+
+def committee_rows(result: dict) -> dict:
+    """The committees of a stored result by name: {part: {committee key: row}}, a part per series of a thermal run
+    (keyed by stage) or the one of a headline run (keyed by arm:seed)."""
+    if "systems" in result:
+        return {name: {r["stage"]: r for r in part["committees"]} for name, part in result["systems"].items()}
+    return {"headline": {f"{r['arm']}:{r['seed']}": r for r in result["headline"]["committees"]}}
+
+
+def measure_values(row: dict, measure: str) -> float:
+    """``measure`` of one committee row (a series row keeps the headline calibration's at its top level)."""
+    value = row.get(measure, float("nan"))
+    return float(value) if value is not None else float("nan")
+
+
+def rho_difference(rows_a: list[dict], rows_b: list[dict], measure: str, draws: int = 2000, seed: int = 0) -> dict:
+    """Two measurements of ``measure`` on the same committees (rows paired by position, each with the NN-MD stable
+    fraction: ``md_stable_fraction_mean`` of a series row, ``md_stable_fraction`` of a headline one): Spearman of
+    each against it and a paired bootstrap over committees of ρ_a − ρ_b (mean, 2.5th and 97.5th percentile, and the
+    fraction of draws with a ≤ b). Committees where either is NaN are left out."""
+    stable = np.array([r.get("md_stable_fraction_mean", r.get("md_stable_fraction")) for r in rows_a], dtype=float)
+    a = np.array([measure_values(r, measure) for r in rows_a])
+    b = np.array([measure_values(r, measure) for r in rows_b])
+    keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(stable)
+    a, b, stable = a[keep], b[keep], stable[keep]
+    rho = lambda x, y: float(np.nan_to_num(stats.spearmanr(x, y).statistic))  # noqa: E731  (all tied: 0)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rho_a, rho_b = rho(a, stable), rho(b, stable)
+        for _ in range(draws if len(a) >= 3 else 0):
+            k = rng.integers(0, len(a), len(a))
+            diffs.append(rho(a[k], stable[k]) - rho(b[k], stable[k]))
+    diffs = np.array(diffs)
+    return {"measure": measure, "n": int(keep.sum()), "rho_a": rho_a, "rho_b": rho_b, "difference": rho_a - rho_b,
+            "bootstrap_mean": float(diffs.mean()) if len(diffs) else float("nan"),
+            "bootstrap_2_5": float(np.percentile(diffs, 2.5)) if len(diffs) else float("nan"),
+            "bootstrap_97_5": float(np.percentile(diffs, 97.5)) if len(diffs) else float("nan"),
+            "fraction_a_not_better": float(np.mean(diffs <= 0)) if len(diffs) else float("nan"), "draws": len(diffs)}
+
+
+def compare_main(paths, measure: str, as_json: bool) -> dict:
+    """``--compare A B``: :func:`rho_difference` of ``measure`` for every part the two results share, on the
+    committees both have (refused when a shared committee's NN-MD stable fraction differs: not the same test)."""
+    a_parts, b_parts = (committee_rows(_json_result(path)) for path in paths)
+    out = {}
+    for name in sorted(set(a_parts) & set(b_parts)):
+        keys = sorted(set(a_parts[name]) & set(b_parts[name]))
+        for key in keys:
+            stable = [parts[name][key].get("md_stable_fraction_mean", parts[name][key].get("md_stable_fraction"))
+                      for parts in (a_parts, b_parts)]
+            if stable[0] != stable[1]:
+                raise SystemExit(f"--compare: {name} {key} has NN-MD stable fraction {stable[0]} in {paths[0]} and "
+                                 f"{stable[1]} in {paths[1]}: not the same committees' test")
+        out[name] = rho_difference([a_parts[name][k] for k in keys], [b_parts[name][k] for k in keys], measure)
+        d = out[name]
+        print(f"{name} ({d['n']} committees): {measure} rho {d['rho_a']:+.2f} ({paths[0]}) vs {d['rho_b']:+.2f} "
+              f"({paths[1]}); difference {d['difference']:+.2f}, paired bootstrap 95 % {d['bootstrap_2_5']:+.2f} to "
+              f"{d['bootstrap_97_5']:+.2f} (first not better in {d['fraction_a_not_better']:.0%} of {d['draws']})")
+    if as_json:
+        print(json.dumps({"benchmark": "audit", "mode": "compare", "files": list(paths), "results": out,
+                          "machine": machine()}))
     return out
 
 
@@ -1182,9 +1284,12 @@ def headline_main(args) -> dict:
         audit_settings["kT_values"] = tuple(args.kT)
     if args.quick:
         audit_settings.update(n_steps=10, n_replicas=2)
+    if args.attack_steps is not None:
+        audit_settings["n_steps"] = args.attack_steps
     if args.md_check:
         audit_settings["md_steps"] = args.md_steps
         audit_settings["md_energy_tolerance"] = args.md_energy_tolerance
+        audit_settings["md_start"] = args.md_start
     arms = None if args.arms == "all" or (args.arms is None and args.merge) else tuple(
         (args.arms or ",".join(HEADLINE_ARMS)).split(","))
     seeds = None if args.seeds is None else [int(k) for k in args.seeds.split(",")]

@@ -195,8 +195,15 @@ def test_short_md_from_the_unseen_well_runs_away_only_where_the_committee_is_wro
     assert hole["reference_calls"] > 0 and full["reference_calls"] == 3 * len(right)  # three checked frames per run
 
 
-def test_audit_with_the_md_check_reports_each_run(committees, tmp_path):
-    result = audit(committees["hole"], committees["starts"], MD_CHECK, progress=False, reference=double_well_2d())
+@pytest.fixture(scope="module")
+def md_checked(committees):
+    """The hole committee's audit with the short-run check from the frames, and the control from the minima."""
+    return {start: audit(committees["hole"], committees["starts"], replace(MD_CHECK, md_start=start), progress=False,
+                         reference=double_well_2d()) for start in ("frame", "minimum")}
+
+
+def test_audit_with_the_md_check_reports_each_run(committees, md_checked, tmp_path):
+    result = md_checked["frame"]
     checked = result.md_checked
     assert 0 < len(checked["frames"]) <= MD_CHECK.md_per_kT * len(MD_CHECK.kT_values)
     for row in checked["frames"]:  # each run starts from a frame within thermal reach at its kT
@@ -214,6 +221,27 @@ def test_audit_with_the_md_check_reports_each_run(committees, tmp_path):
         audit(committees["hole"], committees["starts"], MD_CHECK, progress=False)
     unchecked = replace(MD_CHECK, md_energy_tolerance=None)  # geometry only: a one-atom toy never fails it
     assert audit(committees["hole"], committees["starts"], unchecked, progress=False).md_checked["n_ran_away"] == 0
+
+
+def test_the_control_runs_as_many_short_runs_from_the_minima_and_they_stay(committees, md_checked):
+    """md_start="minimum": the same seeds' runs, each from its start structure (its ΔE, no error bar). The hole
+    committee is right in the left well and its barrier (~8) is far above kT ≤ 1, so 100 steps from there do not run
+    away; from the attack's frames in the unseen right well one does (the energy check)."""
+    frames, control = (md_checked[start].md_checked for start in ("frame", "minimum"))
+    key = lambda f: (f["kT"], f["attack_seed"])  # noqa: E731
+    assert sorted(map(key, control["frames"])) == sorted(map(key, frames["frames"]))
+    starts = committees["starts"]
+    energies = committees["hole"].predict(starts)["energy_mean"]
+    order = np.argsort(energies, kind="stable")[: CONFIG.max_starts]
+    for f in control["frames"]:
+        seed_start = order[f["attack_seed"] // CONFIG.n_replicas]
+        assert f["energy_above_min"] == pytest.approx(energies[seed_start] - energies.min(), abs=1e-5)
+        assert f["attack_step"] == 0 and np.isnan(f["error_bar"])
+    assert frames["n_ran_away"] >= 1 and control["n_ran_away"] == 0
+    assert max(f["energy_above_min"] for f in frames["frames"] if f["ran_away"]) > 2.8  # the right well's floor
+    assert control["mean_survival"] == 1.0 > frames["mean_survival"]
+    with pytest.raises(ValueError, match="md_start"):
+        AuditConfig(md_start="saddle")
 
 
 def test_collective_motion_names_atoms_and_distances():
@@ -275,6 +303,13 @@ def test_command_line_audit(committees, tmp_path, capsys):
     assert code == 0 and "short NN-MD from the frames" in capsys.readouterr().out
     with open(tmp_path / "md" / "md_checked.csv") as handle:
         assert 1 <= len(list(csv.DictReader(handle))) <= 2
+    code = main(["audit", str(checkpoint), str(tmp_path / "starts.extxyz"), "--kT", "1.0", "--force-tolerance", "2.0",
+                 "--n-steps", "10", "--n-replicas", "1", "-o", str(tmp_path / "control"), "--no-progress",
+                 "--md-check", "2", "--md-steps", "20", "--md-start", "minimum"])
+    assert code == 0 and "short NN-MD from the start structures (the control)" in capsys.readouterr().out
+    with open(tmp_path / "control" / "md_checked.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert 1 <= len(rows) <= 2 and all(row["attack_step"] == "0" for row in rows)
 
 
 def test_benchmark_quick_json(tmp_path):

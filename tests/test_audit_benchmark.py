@@ -185,6 +185,10 @@ def test_from_headline_quick_json(quick_headline):
     assert correlation["n"] == 2 and (correlation["rho"] != correlation["rho"] or abs(correlation["rho"]) == pytest.approx(1))
     assert result["audit_over_md_cpu"] == pytest.approx(result["audit_cpu_s"] / 10.0)
     assert "runaway_survival" in result["declared_md_check"] and result["audit"]["md_steps"] == 5
+    assert result["audit"]["md_start"] == "frame" and "minimum" in result["declared_md_start"]
+    for row in rows:  # the check's own CPU (relaxation + short runs) is part of the audit's
+        assert 0 < row["relax_cpu_s"] and row["md_check_cpu_s"] + row["relax_cpu_s"] < row["audit_cpu_s"]
+    assert 0 < result["md_check_over_md_cpu"] < result["audit_over_md_cpu"]
     assert result["nn_md_at_cpu_fraction"]["0.1"] is None  # two committees: no baseline ranking
 
 
@@ -448,3 +452,31 @@ def test_a_measure_combined_with_a_few_runs_against_the_test_at_the_same_cpu():
     assert noise["with_runs"][0] < informed["with_runs"][0]
     assert informed["test_runs"] == round((0.1 + 3 / 55) * 55) and informed["cpu_fraction"] == pytest.approx(0.1 + 3 / 55)
     assert benchmark.combined_with_runs(rows[:2], "runaway_survival", 0.1, 3) is None
+
+
+def test_two_measures_of_the_same_committees_compared_by_a_paired_bootstrap(tmp_path, capsys):
+    """A measure that knows each committee's survival probability against one that is noise: the difference of
+    their Spearman ρ is positive and its bootstrap interval excludes 0; a measure against itself differs by 0.
+    Stored results whose NN-MD fractions differ are not the same committees' test: refused."""
+    import json
+
+    rng = np.random.default_rng(3)
+    p = np.linspace(0.1, 0.9, 30)
+    stable = [int(rng.binomial(60, q)) for q in p]
+    rows = lambda values: [{"arm": "gen1", "seed": k, "md_stable_fraction": n / 60, "runaway_survival": v}  # noqa: E731
+                           for k, (n, v) in enumerate(zip(stable, values))]
+    informed, noise = rows(p), rows(rng.random(30))
+    out = benchmark.rho_difference(informed, noise, "runaway_survival", draws=300)
+    assert out["n"] == 30 and out["rho_a"] > 0.7 and abs(out["rho_b"]) < 0.5
+    assert out["bootstrap_2_5"] > 0 and out["fraction_a_not_better"] < 0.025
+    same = benchmark.rho_difference(informed, informed, "runaway_survival", draws=50)
+    assert same["difference"] == 0 and same["bootstrap_97_5"] == 0
+    for name, committees in (("a", informed), ("b", noise)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"headline": {"committees": committees}}))
+    result = benchmark.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json"])
+    assert result["headline"]["difference"] == pytest.approx(out["difference"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["mode"] == "compare"
+    shifted = [{**r, "md_stable_fraction": 1.0} for r in noise]
+    (tmp_path / "c.json").write_text(json.dumps({"headline": {"committees": shifted}}))
+    with pytest.raises(SystemExit, match="not the same committees"):
+        benchmark.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
