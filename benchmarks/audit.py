@@ -832,7 +832,9 @@ MD_START_DECLARED = (
     "positive with its 2.5th percentile above 0 on the 126. Each arm is also set against the NN-MD test at its own "
     "CPU (the control's: relaxation + short runs, md_check_over_md_cpu). (2) A cheaper frame check, to bring the "
     "check under 0.1 of the NN-MD CPU on the 126: --kT 0.086 0.172 --attack-steps 20, --md-check 4 --md-steps 200; "
-    "primary runaway_survival (+) against the NN-MD test at the same CPU")
+    "primary runaway_survival (+) against the NN-MD test at the same CPU. (3) Appended 09:24 UTC, before their runs: "
+    "the control on the out-of-sample sets of the tenth session (host-guest 21, 12 and 6 committees; the slab "
+    "headline's 33, each with that session's settings), compared with their frame runs the same way")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,
