@@ -1201,8 +1201,9 @@ def measure_values(row: dict, measure: str) -> float:
 def rho_difference(rows_a: list[dict], rows_b: list[dict], measure: str, draws: int = 2000, seed: int = 0) -> dict:
     """Two measurements of ``measure`` on the same committees (rows paired by position, each with the NN-MD stable
     fraction: ``md_stable_fraction_mean`` of a series row, ``md_stable_fraction`` of a headline one): Spearman of
-    each against it and a paired bootstrap over committees of ρ_a − ρ_b (mean, 2.5th and 97.5th percentile, and the
-    fraction of draws with a ≤ b). Committees where either is NaN are left out."""
+    each against it and a paired bootstrap over committees of ρ_a − ρ_b (mean, 2.5th and 97.5th percentile), and
+    the fraction of draws in which a does not predict better (ρ_a − ρ_b ≤ 0 for a measure whose safer sign in
+    :data:`HEADLINE_MEASURES` is +, ≥ 0 for a − one). Committees where either is NaN are left out."""
     stable = np.array([r.get("md_stable_fraction_mean", r.get("md_stable_fraction")) for r in rows_a], dtype=float)
     a = np.array([measure_values(r, measure) for r in rows_a])
     b = np.array([measure_values(r, measure) for r in rows_b])
@@ -1222,7 +1223,8 @@ def rho_difference(rows_a: list[dict], rows_b: list[dict], measure: str, draws: 
             "bootstrap_mean": float(diffs.mean()) if len(diffs) else float("nan"),
             "bootstrap_2_5": float(np.percentile(diffs, 2.5)) if len(diffs) else float("nan"),
             "bootstrap_97_5": float(np.percentile(diffs, 97.5)) if len(diffs) else float("nan"),
-            "fraction_a_not_better": float(np.mean(diffs <= 0)) if len(diffs) else float("nan"), "draws": len(diffs)}
+            "fraction_a_not_better": float(np.mean(HEADLINE_MEASURES.get(measure, +1) * diffs <= 0)) if len(diffs)
+            else float("nan"), "draws": len(diffs), "sign": HEADLINE_MEASURES.get(measure, +1)}
 
 
 def compare_main(paths, measure: str, as_json: bool) -> dict:

@@ -469,6 +469,9 @@ def test_two_measures_of_the_same_committees_compared_by_a_paired_bootstrap(tmp_
     out = benchmark.rho_difference(informed, noise, "runaway_survival", draws=300)
     assert out["n"] == 30 and out["rho_a"] > 0.7 and abs(out["rho_b"]) < 0.5
     assert out["bootstrap_2_5"] > 0 and out["fraction_a_not_better"] < 0.025
+    fractions = [{**r, "runaway_fraction": -r["runaway_survival"]} for r in informed]  # safer sign −: a is better
+    assert benchmark.rho_difference(fractions, [{**r, "runaway_fraction": r["runaway_survival"]} for r in noise],
+                                    "runaway_fraction", draws=300)["fraction_a_not_better"] < 0.025
     same = benchmark.rho_difference(informed, informed, "runaway_survival", draws=50)
     assert same["difference"] == 0 and same["bootstrap_97_5"] == 0
     for name, committees in (("a", informed), ("b", noise)):
