@@ -1168,7 +1168,8 @@ def main(argv=None) -> dict:
                                                        for key, v in measures.items()))
         for row in result["committees"]:
             if "runaway_survival" in row:
-                print(f"  {row['stage']:>8}: short NN-MD from the audit's frames: {row['runaway_ran_away']} of "
+                where = "the start structures (the control)" if result.get("md_start") == "minimum" else "the audit's frames"
+                print(f"  {row['stage']:>8}: short NN-MD from {where}: {row['runaway_ran_away']} of "
                       f"{row['runaway_runs']} ran away, mean survival {row['runaway_survival']:.2f}, MD-checked safe T "
                       f"{row['md_checked_safe_temperature_K']:.0f} K ({row['md_checked_bound']})")
             if "verified_safe_temperature_K" in row:
