@@ -1000,8 +1000,10 @@ MERGE_KEEPS = ("audit", "calibration_set", "relax_on_committee", "n_calibration_
 
 def _json_result(path) -> dict:
     """A benchmark's JSON result: the whole file when it is one JSON document (indented or not), else its last
-    line (the ``--json`` output after the progress lines)."""
+    line (the ``--json`` output after the progress lines). An empty file is refused by name (a run not finished)."""
     text = Path(path).read_text().strip()
+    if not text:
+        raise SystemExit(f"{path}: empty, no JSON result (has its run finished?)")
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -479,6 +479,9 @@ def test_two_measures_of_the_same_committees_compared_by_a_paired_bootstrap(tmp_
     result = benchmark.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json"])
     assert result["headline"]["difference"] == pytest.approx(out["difference"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["mode"] == "compare"
+    (tmp_path / "unfinished.json").write_text("")
+    with pytest.raises(SystemExit, match="empty, no JSON result"):
+        benchmark.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "unfinished.json")])
     shifted = [{**r, "md_stable_fraction": 1.0} for r in noise]
     (tmp_path / "c.json").write_text(json.dumps({"headline": {"committees": shifted}}))
     with pytest.raises(SystemExit, match="not the same committees"):
