@@ -44,8 +44,8 @@ ROW_FIELDS = [
     "system", "method", "sampler", "kT", "seed", "round", "labels", "budget", "budget_unit", "n_train",
     "reference_calls", "reference_calls_failed", "reference_calls_outside_window",
     "energy_unit", "force_mae", "energy_mae", "force_rmse", "force_spearman", "force_miscalibration_area",
-    "selected_energy_mean", "selected_energy_max", "selected_energy_median", "sample_s", "select_s", "label_s",
-    "train_s",
+    "force_coverage", "force_coverage_stated", "selected_energy_mean", "selected_energy_max", "selected_energy_median",
+    "sample_s", "select_s", "label_s", "train_s",
 ]
 _TEXT = ("system", "method", "sampler", "energy_unit", "budget_unit")
 _INTEGERS = ("seed", "round", "labels", "budget", "n_train", "reference_calls", "reference_calls_failed",
@@ -83,6 +83,9 @@ def _row(system: System, method: str, kT: float, seed: int, selection, metrics: 
         "reference_calls_outside_window": metrics.get("reference_calls_outside_window", math.nan),
         "energy_unit": system.energy_unit,
         **{m.name: test.get(m.name, math.nan) for m in TEST_METRICS},
+        # the test force errors inside the round's calibrated interval, and the coverage it states (issue 36)
+        "force_coverage": test.get("force_coverage", math.nan),
+        "force_coverage_stated": test.get("force_coverage_stated", math.nan),
         "selected_energy_mean": float(energies.mean()) if energies.size else math.nan,
         "selected_energy_max": float(energies.max()) if energies.size else math.nan,
         "selected_energy_median": float(np.median(energies)) if energies.size else math.nan,
@@ -359,7 +362,7 @@ def aggregate(rows: Sequence[dict], system: "System | str | None" = None) -> dic
                "labels": cost if unit == "labels" else None, "rounds": rounds,
                "metrics": [asdict(m) for m in declared], "methods": {}, "reference_calls": {}}
     names = [m.name for m in declared] + ["selected_energy_mean", "reference_calls", "reference_calls_failed",
-                                          "reference_calls_outside_window", "labels"]
+                                          "reference_calls_outside_window", "labels", "force_coverage"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         entry = {"n_seeds": len({r["seed"] for r in mine}), "kT": mine[0]["kT"]}
@@ -460,6 +463,7 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "energy_mae_final": entry["energy_mae"]["mean"][-1],
             "spearman_final": entry["force_spearman"]["mean"][-1],
             "miscalibration_final": entry["force_miscalibration_area"]["mean"][-1],
+            "coverage_final": entry.get("force_coverage", {}).get("mean", [math.nan])[-1],
             "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
             if len(summary["cost"]) > 1 else math.nan,
         }

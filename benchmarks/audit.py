@@ -834,7 +834,12 @@ MD_START_DECLARED = (
     "check under 0.1 of the NN-MD CPU on the 126: --kT 0.086 0.172 --attack-steps 20, --md-check 4 --md-steps 200; "
     "primary runaway_survival (+) against the NN-MD test at the same CPU. (3) Appended 09:24 UTC, before their runs: "
     "the control on the out-of-sample sets of the tenth session (host-guest 21, 12 and 6 committees; the slab "
-    "headline's 33, each with that session's settings), compared with their frame runs the same way")
+    "headline's 33, each with that session's settings), compared with their frame runs the same way. (4) Appended "
+    "10:26 UTC, after (1)-(3) were seen and before these runs: the cheaper frame check out of sample, on the "
+    "host-guest 21, 12 and 6 committees with the 126's cheaper settings (--kT 0.086 0.172 --attack-steps 20) and on "
+    "the slab headline's 33 with its two hottest kT (--kT 0.1 0.2 --attack-steps 20, otherwise the tenth session's "
+    "slab settings). Primary runaway_survival (+); it holds out of sample where its CPU is <= 0.1 of the NN-MD's "
+    "and its rho lies within or above the NN-MD test's 5-95 % range at the same CPU")
 
 HEADLINE_MEASURES = {"safe_temperature_K": +1, "fraction_over_tolerance_effective": -1, "mean_error_effective": -1,
                      "test_force_mae": -1, "calibration_force_mae": -1, "calibration_mean_sigma": -1,

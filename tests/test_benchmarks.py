@@ -263,3 +263,27 @@ def test_a_comparison_at_equal_reference_calls_runs_and_reports_labels_beside_th
     assert compare.comparison_figure(summary).axes[0].get_xlabel() == "reference calls paid"
     with pytest.raises(ValueError, match="unknown budget_unit 'euros'"):
         compare.plan("double_well_1d", "random", budget_unit="euros")
+
+
+def test_the_comparison_reports_each_rounds_calibrated_coverage():
+    """A round's test-set coverage of its calibrated force intervals (issue 36) reaches the comparison's rows, and
+    its mean over seeds the summary and the final table; a round whose calibration was not fitted has none (NaN),
+    left out of the mean."""
+    from types import SimpleNamespace
+
+    system = SimpleNamespace(name="toy", energy_unit="eV", metrics=[])
+    budget = SimpleNamespace(budget=10, budget_unit="labels")
+    fitted = {"round": 1, "labels_used": 10, "n_train": 110,
+              "test": {"force_mae": 0.2, "force_coverage": 0.93, "force_coverage_stated": 0.95}}
+    row = compare._row(system, "adversarial", 1.0, 0, budget, fitted)
+    assert row["force_coverage"] == 0.93 and row["force_coverage_stated"] == 0.95
+    unfitted = compare._row(system, "adversarial", 1.0, 0, budget, {**fitted, "round": 0, "labels_used": 0,
+                                                                      "test": {"force_mae": 0.3}})
+    assert math.isnan(unfitted["force_coverage"])
+    rows = _rows({("adversarial", 0): [0, 10], ("adversarial", 1): [0, 10]})
+    for r, coverage in zip(rows, (math.nan, 0.91, math.nan, 0.97)):
+        r["force_coverage"] = coverage
+    summary = compare.aggregate(rows)
+    assert math.isnan(summary["methods"]["adversarial"]["force_coverage"]["mean"][0])
+    assert summary["methods"]["adversarial"]["force_coverage"]["mean"][1] == pytest.approx(0.94)
+    assert compare.final_table(summary)[0]["coverage_final"] == pytest.approx(0.94)
