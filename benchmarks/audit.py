@@ -31,6 +31,11 @@ against the NN-MD stable fractions in rows.json beside the test-error baselines 
 
     python benchmarks/audit.py --from-headline DIR [--arms all] [--seeds 0,1] [--calibration-cache DIR] --json
     python benchmarks/audit.py --from-headline DIR --merge part1.json part2.json [--arms 'gen2+*'] [--exclude ARM:SEED] --json
+
+Two stored results of the same committees (e.g. the short-run check from the attack's frames and, ``--md-start
+minimum``, the control from the minima), one measure's Spearman each and a paired bootstrap of the difference:
+
+    python benchmarks/audit.py --compare A.json B.json [--measure runaway_survival] [--json]
 """
 from __future__ import annotations
 
@@ -1201,7 +1206,8 @@ def committee_rows(result: dict) -> dict:
 
 
 def measure_values(row: dict, measure: str) -> float:
-    """``measure`` of one committee row (a series row keeps the headline calibration's at its top level)."""
+    """``measure`` of one committee row, NaN where it has none (a series row keeps its first calibration's at its
+    top level)."""
     value = row.get(measure, float("nan"))
     return float(value) if value is not None else float("nan")
 
