@@ -440,6 +440,11 @@ def label_ratio(summary: dict, baseline: str = "random", method: str = "adversar
     }
 
 
+def _finite_or_none(value: float) -> float | None:
+    """``value``, or None where it was not measured (NaN: e.g. no round calibrated, so no coverage)."""
+    return float(value) if math.isfinite(value) else None
+
+
 def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
     """One line per method: initial and final mean ± std of ``metric``, the labels and
     reference calls used, and the final mean ± std of every metric the system declares."""
@@ -463,7 +468,7 @@ def final_table(summary: dict, metric: str = "force_mae") -> list[dict]:
             "energy_mae_final": entry["energy_mae"]["mean"][-1],
             "spearman_final": entry["force_spearman"]["mean"][-1],
             "miscalibration_final": entry["force_miscalibration_area"]["mean"][-1],
-            "coverage_final": entry.get("force_coverage", {}).get("mean", [math.nan])[-1],
+            "coverage_final": _finite_or_none(entry.get("force_coverage", {}).get("mean", [math.nan])[-1]),
             "selected_energy_mean": float(np.nanmean(entry["selected_energy_mean"]["mean"][1:]))
             if len(summary["cost"]) > 1 else math.nan,
         }
@@ -481,7 +486,8 @@ def markdown_table(table: Sequence[dict], digits: int = 3) -> str:
     keys = list(dict.fromkeys(k for line in table for k in line))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for line in table:
-        cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in (line.get(k, math.nan) for k in keys)]
+        cells = [f"{v:.{digits}g}" if isinstance(v, float) else "—" if v is None else str(v)  # None: not measured
+                 for v in (line.get(k, math.nan) for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

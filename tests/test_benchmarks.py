@@ -287,3 +287,7 @@ def test_the_comparison_reports_each_rounds_calibrated_coverage():
     assert math.isnan(summary["methods"]["adversarial"]["force_coverage"]["mean"][0])
     assert summary["methods"]["adversarial"]["force_coverage"]["mean"][1] == pytest.approx(0.94)
     assert compare.final_table(summary)[0]["coverage_final"] == pytest.approx(0.94)
+    for r in rows:  # no round calibrated (the loop had no validation set): no coverage, and None says so
+        r["force_coverage"] = math.nan
+    table = compare.final_table(compare.aggregate(rows))
+    assert table[0]["coverage_final"] is None and " — " in compare.markdown_table(table).splitlines()[2]
