@@ -43,21 +43,15 @@ def smoke_run(tmp_path_factory):
     with ``smoke=True`` under papermill, made on first request and shared by the session's tests (a notebook's own
     test and tests/test_notebooks.py's run-twice test, which runs it again in the same folder)."""
     import json
-    from pathlib import Path
 
-    import nbformat
-    import papermill
+    from notebook_support import execute
 
-    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     runs = {}
 
     def run(stem: str):
         if stem not in runs:
             folder = tmp_path_factory.mktemp(f"smoke_{stem}")
-            out = folder / f"{stem}.out.ipynb"
-            papermill.execute_notebook(str(notebooks / f"{stem}.ipynb"), str(out), parameters={"smoke": True},
-                                       kernel_name="python3", cwd=str(folder), progress_bar=False)
-            runs[stem] = (nbformat.read(out, as_version=4), json.loads((folder / "summary.json").read_text()), folder)
+            runs[stem] = (execute(stem, folder, smoke=True), json.loads((folder / "summary.json").read_text()), folder)
         return runs[stem]
 
     return run

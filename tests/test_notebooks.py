@@ -9,24 +9,16 @@ animation; or a widget view).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
+from notebook_support import NOTEBOOKS, execute
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 STEMS = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 MAX_CELL_LINES = 12
 SMOKE = {"smoke": True}
 INT_PARAMETER = {"06_headline": "n_seeds"}  # an int parameter of notebooks without n_rounds (06 has no rounds)
-
-
-def execute(stem: str, cwd: Path, **parameters) -> nbformat.NotebookNode:
-    out = cwd / f"{stem}.out.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / f"{stem}.ipynb"), str(out), parameters=parameters,
-                               kernel_name="python3", cwd=str(cwd), progress_bar=False)
-    return nbformat.read(out, as_version=4)
 
 
 def _is_view(output) -> bool:
